@@ -1,0 +1,217 @@
+"""The backend: the one place that knows about NumPy versus CuPy.
+
+Everything else in minunet asks this module which array library an array
+belongs to (`xp_of`), moves arrays between host and device (`to_device`,
+`to_host`), and calls the fast twins of the hot loops through the small
+dispatchers below. CuPy is imported lazily, only when a CuPy array or the GPU
+is asked for, so `import minunet` works (and stays fast) without CuPy or a GPU.
+
+The hot loops have three implementations with one signature and one layout:
+
+    plain NumPy reference   minunet/ops/*.py          (readable, used by tests/tutorials)
+    CPU twin (Numba)        minunet/backend/cpu.py    (what runs on NumPy arrays)
+    GPU twin (CUDA)         kernels/*.cu via backend/gpu.py (what runs on CuPy arrays)
+
+Each dispatcher below picks the twin from its first argument's type.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "xp_of", "is_gpu_array", "to_device", "to_host", "gpu_status", "device_info",
+    "resolve_device", "workspace", "im2col", "col2im", "maxpool2x2_forward",
+    "maxpool2x2_backward", "softmax_xent_forward", "softmax_xent_backward",
+]
+
+
+def is_gpu_array(a) -> bool:
+    """True for a CuPy array, without importing CuPy."""
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def xp_of(*arrays):
+    """The array module (numpy or cupy) of the given arrays; they must agree.
+
+    Python scalars and None are ignored. Raises ValueError for a mix of host and
+    device arrays, naming the fix (move them with `to_device` / `to_host`).
+    """
+    kinds = {is_gpu_array(a) for a in arrays if isinstance(a, np.ndarray) or is_gpu_array(a)}
+    if len(kinds) > 1:
+        raise ValueError(
+            "got a mix of NumPy (host) and CuPy (device) arrays; move them all to one place "
+            "with minunet.backend.to_device(...) or to_host(...)"
+        )
+    if kinds == {True}:
+        return _cupy()
+    return np
+
+
+@functools.lru_cache(maxsize=1)
+def _cupy():
+    import cupy  # the only import of cupy in minunet
+
+    return cupy
+
+
+@dataclass(frozen=True)
+class GpuStatus:
+    """Whether a CUDA GPU can be used, and if not, why not (readable)."""
+
+    available: bool
+    reason: str
+    name: str = ""
+    memory_bytes: int = 0
+    compute_capability: str = ""
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_status() -> GpuStatus:
+    """Probe CuPy and the CUDA device once; never raises."""
+    try:
+        import cupy
+    except ImportError:
+        return GpuStatus(False, "CuPy is not installed (pip install 'minunet[cuda12]' or "
+                                "'minunet[cuda13]' to match your CUDA driver)")
+    except Exception as e:  # a broken CuPy install raises many things
+        return GpuStatus(False, f"CuPy failed to import: {type(e).__name__}: {e}")
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return GpuStatus(False, f"CuPy found no usable CUDA driver/device: {e}")
+    if n == 0:
+        return GpuStatus(False, "CuPy is installed but no CUDA GPU is visible")
+    dev = cupy.cuda.Device(0)
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    free, total = dev.mem_info
+    return GpuStatus(True, "ok", name, int(total), str(dev.compute_capability))
+
+
+def device_info() -> str:
+    """One line saying what will run: the GPU's name and memory, or the CPU and why."""
+    st = gpu_status()
+    if st.available:
+        return f"GPU: {st.name} (sm_{st.compute_capability}, {st.memory_bytes / 2**30:.0f} GiB)"
+    import os
+
+    return f"CPU: {os.cpu_count()} cores (no GPU: {st.reason})"
+
+
+def resolve_device(device: str = "auto") -> str:
+    """Map 'auto' | 'cpu' | 'cuda' to 'cpu' or 'cuda'; 'cuda' without a GPU is an error."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    st = gpu_status()
+    if device == "cuda" and not st.available:
+        raise RuntimeError(f"--device cuda was asked for, but {st.reason}; use --device cpu")
+    return "cuda" if st.available else "cpu"
+
+
+def to_device(a, device: str = "cuda"):
+    """Copy a host array to `device` ('cuda' or 'cpu'); arrays already there are returned."""
+    if device == "cpu":
+        return to_host(a)
+    cp = _cupy()
+    return cp.asarray(a)
+
+
+def to_host(a) -> np.ndarray:
+    """A NumPy array (copies device arrays to the host, returns host arrays unchanged)."""
+    if is_gpu_array(a):
+        return a.get()
+    return np.asarray(a)
+
+
+# ---------------------------------------------------------------------------
+# Workspace: one reusable scratch buffer per (array module, dtype, slot).
+# The im2col column matrices of the big layers would be hundreds of MB; the ops
+# work in row chunks that fit WORKSPACE_BYTES and reuse this buffer instead of
+# allocating (and page-faulting) a new one for every chunk of every call.
+# ---------------------------------------------------------------------------
+
+WORKSPACE_BYTES = 64 * 2**20  # upper bound for one column matrix (per slot)
+_workspaces: dict = {}
+
+
+def workspace(xp, dtype, n: int, slot: int = 0):
+    """A 1-D scratch array of `n` elements of `dtype`, reused between calls.
+
+    Contents are garbage. Two slots let an op hold two workspaces at once
+    (the column matrix and its gradient). The buffer only grows.
+    """
+    dtype = np.dtype(dtype)
+    key = (xp.__name__, dtype.str, slot)
+    buf = _workspaces.get(key)
+    if buf is None or buf.size < n:
+        buf = xp.empty(n, dtype=dtype)
+        _workspaces[key] = buf
+    return buf[:n]
+
+
+def release_workspaces() -> None:
+    """Free the cached workspaces (e.g. before measuring peak memory)."""
+    _workspaces.clear()
+
+
+# ---------------------------------------------------------------------------
+# Dispatchers: one signature, the twin chosen by the array type.
+# ---------------------------------------------------------------------------
+
+
+def _twin(a):
+    if is_gpu_array(a):
+        from . import gpu
+
+        return gpu
+    from . import cpu
+
+    return cpu
+
+
+def im2col(x, k: int, y0: int, y1: int, out):
+    """Columns of a valid k x k convolution for output rows y0..y1-1 of one image.
+
+    x: (C, H, W) contiguous; out: (C*k*k, (y1-y0)*Wo) with Wo = W-k+1, filled as
+    out[(c*k + i)*k + j, (y-y0)*Wo + xx] = x[c, y+i, xx+j]. Returns out.
+    """
+    return _twin(x).im2col(x, k, y0, y1, out)
+
+
+def col2im(cols, k: int, y0: int, y1: int, dx):
+    """Adjoint of im2col: add the column gradients back into dx (C, H, W) in place.
+
+    cols: (C*k*k, (y1-y0)*Wo). Gather form: each input pixel sums the column
+    entries that were copied from it (deterministic, no atomics). Returns dx.
+    """
+    return _twin(cols).col2im(cols, k, y0, y1, dx)
+
+
+def maxpool2x2_forward(x):
+    """(N, C, H, W) -> out (N, C, H/2, W/2), arg (N, C, H/2, W/2) uint8 in 0..3."""
+    return _twin(x).maxpool2x2_forward(x)
+
+
+def maxpool2x2_backward(dout, arg):
+    """(N, C, H/2, W/2) upstream gradient and arg-max -> dx (N, C, H, W)."""
+    return _twin(dout).maxpool2x2_backward(dout, arg)
+
+
+def softmax_xent_forward(logits, labels, weights):
+    """Fused softmax + weighted cross-entropy; returns (loss_sum, probs).
+
+    logits (N, K, H, W); labels (N, H, W) int; weights (N, H, W).
+    loss_sum = sum_x w(x) * -log p_{l(x)}(x) (a 0-d array); probs (N, K, H, W).
+    """
+    return _twin(logits).softmax_xent_forward(logits, labels, weights)
+
+
+def softmax_xent_backward(probs, labels, weights, scale):
+    """dlogits = scale * w(x) * (probs - onehot(labels)), (N, K, H, W)."""
+    return _twin(probs).softmax_xent_backward(probs, labels, weights, scale)

@@ -1,0 +1,181 @@
+"""CPU twins of the hot loops, compiled with Numba.
+
+Each function has the signature and layout of its dispatcher in
+`minunet/backend/__init__.py`, its plain-NumPy reference in `minunet/ops/`, and
+its CUDA twin in `kernels/`. Tests compare all three (tests/backend/).
+
+Parallel loops (`prange`) always split over an index whose iterations write
+disjoint outputs, and every reduction runs in a fixed order, so results do not
+depend on the number of threads. Functions are compiled on first use and
+cached on disk (`cache=True`), so `import minunet` stays fast.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+# --- im2col / col2im --------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _im2col(x, k, y0, y1, out):
+    C, H, W = x.shape
+    Wo = W - k + 1
+    rows = y1 - y0
+    for r in prange(C * k * k):  # one column-matrix row (c, i, j) per iteration
+        c = r // (k * k)
+        i = (r // k) % k
+        j = r % k
+        for y in range(rows):
+            src = x[c, y0 + y + i]
+            base = y * Wo
+            for xx in range(Wo):
+                out[r, base + xx] = src[xx + j]
+
+
+@njit(parallel=True, cache=True)
+def _col2im(cols, k, y0, y1, dx):
+    C, H, W = dx.shape
+    Wo = W - k + 1
+    rows = y1 - y0
+    for c in prange(C):  # a thread owns channel c of dx: no two threads write one pixel
+        for i in range(k):
+            for j in range(k):
+                r = (c * k + i) * k + j
+                for y in range(rows):
+                    dst = dx[c, y0 + y + i]
+                    base = y * Wo
+                    for xx in range(Wo):
+                        dst[xx + j] += cols[r, base + xx]
+
+
+def im2col(x, k, y0, y1, out):
+    """See minunet.backend.im2col. x (C, H, W); out (C*k*k, (y1-y0)*(W-k+1))."""
+    _im2col(x, k, y0, y1, out)
+    return out
+
+
+def col2im(cols, k, y0, y1, dx):
+    """See minunet.backend.col2im. cols (C*k*k, (y1-y0)*(W-k+1)); dx (C, H, W) += ."""
+    _col2im(cols, k, y0, y1, dx)
+    return dx
+
+
+# --- 2x2 max-pool -------------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _maxpool_fwd(x, out, arg):
+    P, Ho, Wo = out.shape
+    for p in prange(P):
+        for y in range(Ho):
+            for xx in range(Wo):
+                # window order 0: (0,0), 1: (0,1), 2: (1,0), 3: (1,1); strict '>' keeps
+                # the first maximum in this order (the tie rule, see ops/pool.py)
+                best = x[p, 2 * y, 2 * xx]
+                a = 0
+                v = x[p, 2 * y, 2 * xx + 1]
+                if v > best:
+                    best = v
+                    a = 1
+                v = x[p, 2 * y + 1, 2 * xx]
+                if v > best:
+                    best = v
+                    a = 2
+                v = x[p, 2 * y + 1, 2 * xx + 1]
+                if v > best:
+                    best = v
+                    a = 3
+                out[p, y, xx] = best
+                arg[p, y, xx] = a
+
+
+@njit(parallel=True, cache=True)
+def _maxpool_bwd(dout, arg, dx):
+    P, Ho, Wo = dout.shape
+    for p in prange(P):
+        for y in range(Ho):
+            for xx in range(Wo):
+                a = arg[p, y, xx]
+                dx[p, 2 * y + a // 2, 2 * xx + a % 2] = dout[p, y, xx]
+
+
+def maxpool2x2_forward(x):
+    """See minunet.backend.maxpool2x2_forward."""
+    N, C, H, W = x.shape
+    x3 = np.ascontiguousarray(x).reshape(N * C, H, W)  # (N*C, H, W)
+    out = np.empty((N * C, H // 2, W // 2), dtype=x.dtype)
+    arg = np.empty((N * C, H // 2, W // 2), dtype=np.uint8)
+    _maxpool_fwd(x3, out, arg)
+    return out.reshape(N, C, H // 2, W // 2), arg.reshape(N, C, H // 2, W // 2)
+
+
+def maxpool2x2_backward(dout, arg):
+    """See minunet.backend.maxpool2x2_backward."""
+    N, C, Ho, Wo = dout.shape
+    dx = np.zeros((N * C, 2 * Ho, 2 * Wo), dtype=dout.dtype)  # pixels that lost get 0
+    _maxpool_bwd(np.ascontiguousarray(dout).reshape(N * C, Ho, Wo),
+                 np.ascontiguousarray(arg).reshape(N * C, Ho, Wo), dx)
+    return dx.reshape(N, C, 2 * Ho, 2 * Wo)
+
+
+# --- fused softmax + weighted cross-entropy ----------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _softmax_xent_fwd(logits, labels, weights, probs, row_loss):
+    N, K, H, W = logits.shape
+    for r in prange(N * H):  # one image row per iteration
+        n = r // H
+        y = r % H
+        acc = 0.0
+        for xx in range(W):
+            m = logits[n, 0, y, xx]
+            for c in range(1, K):
+                m = max(m, logits[n, c, y, xx])
+            s = 0.0
+            for c in range(K):
+                e = np.exp(logits[n, c, y, xx] - m)
+                probs[n, c, y, xx] = e
+                s += e
+            for c in range(K):
+                probs[n, c, y, xx] /= s
+            # -log p_l = log(sum exp(z - m)) - (z_l - m): stable for any logit size
+            w = weights[n, y, xx]
+            if w != 0:
+                acc += w * (np.log(s) - (logits[n, labels[n, y, xx], y, xx] - m))
+        row_loss[r] = acc
+
+
+@njit(parallel=True, cache=True)
+def _softmax_xent_bwd(probs, labels, weights, scale, dlogits):
+    N, K, H, W = probs.shape
+    for r in prange(N * H):
+        n = r // H
+        y = r % H
+        for xx in range(W):
+            g = scale * weights[n, y, xx]
+            lab = labels[n, y, xx]
+            for c in range(K):
+                onehot = 1.0 if c == lab else 0.0
+                dlogits[n, c, y, xx] = g * (probs[n, c, y, xx] - onehot)
+
+
+def softmax_xent_forward(logits, labels, weights):
+    """See minunet.backend.softmax_xent_forward."""
+    N, K, H, W = logits.shape
+    probs = np.empty(logits.shape, dtype=logits.dtype)
+    row_loss = np.empty(N * H, dtype=np.float64)  # summed in a fixed order below
+    _softmax_xent_fwd(np.ascontiguousarray(logits), np.ascontiguousarray(labels),
+                      np.ascontiguousarray(weights), probs, row_loss)
+    return np.asarray(row_loss.sum(), dtype=logits.dtype), probs
+
+
+def softmax_xent_backward(probs, labels, weights, scale):
+    """See minunet.backend.softmax_xent_backward."""
+    dlogits = np.empty(probs.shape, dtype=probs.dtype)
+    _softmax_xent_bwd(probs, np.ascontiguousarray(labels), np.ascontiguousarray(weights),
+                      probs.dtype.type(scale), dlogits)
+    return dlogits

@@ -1,0 +1,37 @@
+"""The U-Net's operations: forward/backward pairs with small NamedTuple caches.
+
+Every op is `xxx_forward(inputs...) -> (out, cache)` and
+`xxx_backward(dout, cache) -> gradients` in the order of the forward's
+differentiable inputs (a tuple when there are several, the array when one).
+Tensors are NCHW; float32 and float64; NumPy or CuPy is inferred from the inputs.
+"""
+
+from .conv import Conv2dCache, conv2d_backward, conv2d_forward
+from .crop import (
+    CenterCropCache,
+    ConcatCache,
+    center_crop_backward,
+    center_crop_forward,
+    concat_backward,
+    concat_forward,
+)
+from .dropout import DropoutCache, dropout_backward, dropout_forward, dropout_mask
+from .pool import MaxPool2x2Cache, maxpool2x2_backward, maxpool2x2_forward
+from .relu import ReluCache, relu_backward, relu_forward
+from .softmax import (
+    SoftmaxXentCache,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+)
+from .upconv import Upconv2x2Cache, upconv2x2_backward, upconv2x2_forward
+
+__all__ = [
+    "Conv2dCache", "conv2d_forward", "conv2d_backward",
+    "Upconv2x2Cache", "upconv2x2_forward", "upconv2x2_backward",
+    "MaxPool2x2Cache", "maxpool2x2_forward", "maxpool2x2_backward",
+    "ReluCache", "relu_forward", "relu_backward",
+    "CenterCropCache", "center_crop_forward", "center_crop_backward",
+    "ConcatCache", "concat_forward", "concat_backward",
+    "SoftmaxXentCache", "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
+    "DropoutCache", "dropout_mask", "dropout_forward", "dropout_backward",
+]
