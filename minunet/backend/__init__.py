@@ -25,7 +25,7 @@ import numpy as np
 __all__ = [
     "xp_of", "is_gpu_array", "to_device", "to_host", "gpu_status", "device_info",
     "resolve_device", "workspace", "im2col", "col2im", "maxpool2x2_forward",
-    "maxpool2x2_backward", "softmax_xent_forward", "softmax_xent_backward",
+    "maxpool2x2_backward", "softmax_xent_forward", "softmax_xent_backward", "sgd_update",
 ]
 
 
@@ -215,3 +215,18 @@ def softmax_xent_forward(logits, labels, weights):
 def softmax_xent_backward(probs, labels, weights, scale):
     """dlogits = scale * w(x) * (probs - onehot(labels)), (N, K, H, W)."""
     return _twin(probs).softmax_xent_backward(probs, labels, weights, scale)
+
+
+def sgd_update(w, v, g, lr: float, momentum: float, weight_decay: float) -> None:
+    """One momentum-SGD step in place, Caffe convention (Jia et al. 2014):
+
+        v <- momentum * v - lr * (g + weight_decay * w);   w <- w + v
+
+    w, v, g: contiguous arrays of one shape and dtype (one pass over memory).
+    """
+    _twin(w).sgd_update(w, v, g, lr, momentum, weight_decay)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for an allocation failure of NumPy (MemoryError) or CuPy (OutOfMemoryError)."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"

@@ -179,3 +179,20 @@ def softmax_xent_backward(probs, labels, weights, scale):
     _softmax_xent_bwd(probs, np.ascontiguousarray(labels), np.ascontiguousarray(weights),
                       probs.dtype.type(scale), dlogits)
     return dlogits
+
+
+# --- momentum SGD update --------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _sgd_update(w, v, g, lr, momentum, weight_decay):
+    for i in prange(w.size):
+        vi = momentum * v[i] - lr * (g[i] + weight_decay * w[i])
+        v[i] = vi
+        w[i] += vi
+
+
+def sgd_update(w, v, g, lr, momentum, weight_decay):
+    """See minunet.backend.sgd_update. w, v, g: same shape, contiguous; updated in place."""
+    t = w.dtype.type
+    _sgd_update(w.reshape(-1), v.reshape(-1), g.reshape(-1), t(lr), t(momentum), t(weight_decay))

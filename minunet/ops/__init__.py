@@ -15,7 +15,14 @@ from .crop import (
     concat_backward,
     concat_forward,
 )
-from .dropout import DropoutCache, dropout_backward, dropout_forward, dropout_mask
+from .dropout import (
+    DropoutCache,
+    counter_uniform,
+    dropout_backward,
+    dropout_forward,
+    dropout_mask,
+    dropout_mask_hashed,
+)
 from .pool import MaxPool2x2Cache, maxpool2x2_backward, maxpool2x2_forward
 from .relu import ReluCache, relu_backward, relu_forward
 from .softmax import (
@@ -33,5 +40,5 @@ __all__ = [
     "CenterCropCache", "center_crop_forward", "center_crop_backward",
     "ConcatCache", "concat_forward", "concat_backward",
     "SoftmaxXentCache", "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
-    "DropoutCache", "dropout_mask", "dropout_forward", "dropout_backward",
+    "DropoutCache", "dropout_mask", "dropout_mask_hashed", "counter_uniform", "dropout_forward", "dropout_backward",
 ]

@@ -12,7 +12,7 @@ per output pixel (y, xx):
 
 The backward pass is three products with the same pieces:
 
-    dw   = dout @ cols.T                 (Cout, C*k*k)
+    dw   = dout @ cols.T = (cols @ dout.T).T   (Cout, C*k*k)
     dcol = w.T @ dout                    (C*k*k, Ho*Wo)
     dx   = col2im(dcol)                  each pixel sums the entries copied from it
     db   = dout summed over N, Ho, Wo
@@ -159,7 +159,8 @@ def conv2d_backward(dout, cache, need_dx=True):
         for y0, y1 in _row_chunks(Ho, Wo, Cin * k * k * Wo * x.itemsize):
             dchunk = d2[:, y0 * Wo : y1 * Wo]  # (Cout, L), L = (y1-y0)*Wo
             cols = _columns(x[n], k, y0, y1)  # (Cin*k*k, L)
-            dw2 += dchunk @ cols.T
+            dw2 += (cols @ dchunk.T).T  # (Cout, Cin*k*k); this operand order is the
+            # fast one for BLAS when L is long and Cout, Cin*k*k are short
             if not need_dx:
                 continue
             if k == 1:  # col2im of a 1x1 conv is the identity

@@ -32,6 +32,37 @@ def dropout_mask(shape, p, rng, dtype, xp=None):
     return (keep * (1.0 / (1.0 - p))).astype(dtype)  # (shape) of dtype
 
 
+def counter_uniform(shape, key, like):
+    """Uniform [0, 1) numbers that depend only on (key, position): a counter-based RNG.
+
+    Element i is splitmix64(key * golden + i) (Steele, Lea, Flood 2014) scaled to
+    53 bits. NumPy and CuPy compute the same bits, so a dropout mask is identical
+    on the CPU and the GPU, is made on the device without a host copy, and a
+    resumed run redraws exactly the masks of the run it continues.
+    shape: output shape; key: Python int; like: an array whose module (numpy or
+    cupy) the result uses. Returns float64 of `shape`.
+    """
+    xp = backend.xp_of(like)
+    u64 = xp.uint64
+    n = 1
+    for s in shape:
+        n *= s
+    mix = (key * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = xp.arange(n, dtype=u64) + u64(mix)  # wraps modulo 2^64
+    z = (z ^ (z >> u64(30))) * u64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> u64(27))) * u64(0x94D049BB133111EB)
+    z = z ^ (z >> u64(31))
+    return ((z >> u64(11)).astype(xp.float64) * (1.0 / 2**53)).reshape(shape)
+
+
+def dropout_mask_hashed(shape, p, key, dtype, like):
+    """Scaled keep-mask like `dropout_mask`, drawn with `counter_uniform(shape, key, like)`."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    keep = counter_uniform(shape, key, like) >= p  # (shape) bool
+    return (keep * (1.0 / (1.0 - p))).astype(dtype)
+
+
 def dropout_forward(x, scale_mask):
     """x: any shape; scale_mask: same shape (from dropout_mask). Returns x * mask, cache."""
     if scale_mask.shape != x.shape:

@@ -1,0 +1,443 @@
+"""Loaders: ISBI 2012 (TIFF stacks or a folder of slices), generic image/mask folders, and the
+`load_dataset(spec)` entry point of the training CLI.
+
+Everything comes out in one format (`Sample`): image (H, W) float32 in [0, 1] (integer images
+divided by their dtype's maximum; RGB converted to gray), label (H, W) int64 class indices
+(ISBI 2012: 1 = cell, 0 = membrane), instances (H, W) int64 or None. Bad input raises `DataError`
+(a ValueError) with a message that says what was found and how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .weightmap import instances_to_mask
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+MASK_KINDS = ("binary", "classes", "instances")
+ISBI_VAL = (25, 26, 27, 28, 29)  # default held-out ISBI slices: the last five of the stack
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as it is; the message names the fix."""
+
+
+@dataclass
+class Sample:
+    """One image with its ground truth.
+
+    image:     (H, W) float32 in [0, 1].
+    label:     (H, W) int64 class indices (binary: 1 = cell / foreground, 0 = background), or None.
+    instances: (H, W) int64 instance ids (0 = background), or None (ISBI: the weight map uses the
+               connected components of the cell label).
+    name:      where it came from (file stem or slice index), for messages and plots.
+    """
+
+    image: np.ndarray
+    label: np.ndarray | None
+    instances: np.ndarray | None = None
+    name: str = ""
+
+
+@dataclass
+class Dataset:
+    """Training and validation samples (plus unlabelled test images where the source has them)."""
+
+    train: list[Sample]
+    val: list[Sample]
+    n_classes: int = 2
+    source: str = ""
+    test: list[Sample] = field(default_factory=list)
+
+    def stack(self, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+        """Images (n, H, W) float32 and labels (n, H, W) int64 of a split of equal-size samples."""
+        samples = getattr(self, split)
+        shapes = {s.image.shape for s in samples}
+        if len(shapes) > 1:
+            raise DataError(f"{split} images differ in size ({sorted(shapes)}): use the lists")
+        return np.stack([s.image for s in samples]), np.stack([s.label for s in samples])
+
+
+# ----------------------------------------------------------------------------- reading files
+
+
+def read_array(path: str | Path, mask: bool = False) -> np.ndarray:
+    """Pixel array of a PNG or TIFF file as stored: (H, W) or (H, W, C), or (pages, H, W).
+
+    Palette PNGs give their indices when `mask` (class ids, as in many label sets), else colours.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        return np.asarray(tifffile.imread(path))
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode == "P":  # palette: keep the indices for masks (class ids), colours otherwise
+            return np.asarray(im) if mask else np.asarray(im.convert("RGB"))
+        if im.mode == "1":
+            return np.asarray(im.convert("L")) > 0
+        if im.mode in ("I", "I;16", "I;16B", "I;16L"):
+            return np.asarray(im).astype(np.uint16, copy=False)
+        return np.asarray(im)
+
+
+def to_float_image(array: np.ndarray, name: str = "image") -> np.ndarray:
+    """Image array to (H, W) float32 in [0, 1].
+
+    Integers are divided by their dtype's maximum (uint8 by 255, uint16 by 65535); floats are
+    kept (they must lie in [0, 1]); RGB(A) becomes gray with the ITU-R 601 luma weights.
+    """
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        a = a[..., :3]  # drop alpha
+    if a.dtype == bool:
+        a = a.astype(np.float32)
+    elif np.issubdtype(a.dtype, np.integer):
+        a = a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
+    else:
+        a = a.astype(np.float32)
+        if a.size and (a.min() < 0 or a.max() > 1):
+            raise DataError(
+                f"{name}: float image with values in [{a.min():g}, {a.max():g}]; "
+                "float images must lie in [0, 1] (or save it as 8- or 16-bit integers)"
+            )
+    if a.ndim == 3 and a.shape[-1] == 3:
+        a = a @ np.array([0.299, 0.587, 0.114], np.float32)  # (H, W, 3) -> (H, W)
+    if a.ndim != 2:
+        raise DataError(f"{name}: expected a 2-D gray or RGB image, got shape {a.shape}")
+    return a
+
+
+def _values(a: np.ndarray, limit: int = 10) -> str:
+    v = np.unique(a)
+    shown = ", ".join(str(x) for x in v[:limit].tolist())
+    return "{" + shown + (f", ... ({v.size} values)" if v.size > limit else "") + "}"
+
+
+def to_label(
+    array: np.ndarray, kind: str, name: str = "mask"
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mask array to (label (H, W) int64, instances (H, W) int64 or None), checked against `kind`.
+
+    binary:    at most one non-zero value (e.g. {0, 1}, {0, 255}, bool); label = mask != 0.
+    classes:   non-negative integer class indices, label = mask.
+    instances: non-negative integer ids, 0 = background; label = cells minus the separation
+               borders between touching cells (`instances_to_mask`).
+    """
+    if kind not in MASK_KINDS:
+        raise DataError(f"mask kind {kind!r} unknown: use one of {', '.join(MASK_KINDS)}")
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        rgb = a[..., :3]
+        gray = np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
+        if not gray:
+            raise DataError(
+                f"{name}: colour mask (shape {a.shape}); save masks as single-channel images "
+                "with one integer value per class or instance"
+            )
+        a = rgb[..., 0]
+    if a.ndim != 2:
+        raise DataError(f"{name}: expected a 2-D mask, got shape {a.shape}")
+    if a.dtype == bool:
+        a = a.astype(np.int64)
+    if not np.issubdtype(a.dtype, np.integer):
+        if not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a)):
+            raise DataError(f"{name}: mask values must be integers, found {_values(a)}")
+    if a.size and a.min() < 0:
+        raise DataError(f"{name}: negative mask values found {_values(a)}; ids must be >= 0")
+    a = a.astype(np.int64)
+    if kind == "binary":
+        nonzero = np.unique(a[a != 0])
+        if nonzero.size > 1:
+            hint = "use mask kind 'classes' or 'instances'"
+            raise DataError(f"{name}: a binary mask has at most one non-zero value, found "
+                            f"{_values(a)}; {hint}")
+        return (a != 0).astype(np.int64), None
+    if kind == "classes":
+        v = np.unique(a)
+        if v.size == 2 and v[0] == 0 and v[1] > 1:
+            raise DataError(f"{name}: class-index mask with values {_values(a)} looks binary; "
+                            "use mask kind 'binary' (or store classes as 0..K-1)")
+        if v[-1] > 255:
+            raise DataError(f"{name}: class-index mask with values up to {v[-1]} ({_values(a)}); "
+                            "is it an instance map? use mask kind 'instances'")
+        return a, None
+    return instances_to_mask(a), a
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def split_indices(n: int, val) -> tuple[list[int], list[int]]:
+    """Train and validation indices of n items.
+
+    val: a sequence of indices (held out as given), a fraction 0 <= f < 1 (the last round(f*n)
+    items, at least one when f > 0 and n > 1; none of a single item), an int count (the last
+    `val` items), or None (none held out).
+    The last items rather than random ones: neighbouring EM sections are correlated, so a
+    contiguous block keeps validation honest.
+    """
+    if val is None:
+        held = []
+    elif isinstance(val, float):
+        if not 0.0 <= val < 1.0:
+            raise DataError(f"validation fraction {val} must lie in [0, 1)")
+        k = 0 if val == 0 or n < 2 else max(1, round(val * n))  # never all of them by default
+        held = list(range(n - k, n))
+    elif isinstance(val, int | np.integer):
+        if not 0 <= val < n:
+            raise DataError(f"validation count {val} must lie in [0, {n - 1}] for {n} images")
+        held = list(range(n - int(val), n))
+    else:
+        held = sorted({int(i) for i in val})
+        bad = [i for i in held if not 0 <= i < n]
+        if bad:
+            raise DataError(f"validation indices {bad} out of range for {n} images (0..{n - 1})")
+    train = [i for i in range(n) if i not in set(held)]
+    if not train:
+        raise DataError(f"validation takes all {n} images; hold out fewer")
+    return train, held
+
+
+# ----------------------------------------------------------------------------- ISBI 2012
+
+
+def _isbi_label(lab: np.ndarray, name: str) -> np.ndarray:
+    """ISBI label (255 = cell, 0 = membrane; {0, 1} also accepted) to int64 1 = cell."""
+    v = np.unique(lab)
+    if not (set(v.tolist()) <= {0, 255} or set(v.tolist()) <= {0, 1}):
+        raise DataError(f"{name}: ISBI 2012 labels are binary {{0, 255}}, found {_values(lab)}; "
+                        "for other masks use 'folder:PATH' with a mask kind")
+    return (lab != 0).astype(np.int64)
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DataError(f"{what} {str(path)!r} does not exist; check the path")
+    return path
+
+
+def load_isbi2012(path: str | Path, val=ISBI_VAL) -> Dataset:
+    """ISBI 2012 training slices with held-out validation slices, plus the test slices if present.
+
+    path: a folder with images/NN.png + labels/NN.png (+ test/NN.png), or one with the original
+    stacks train-volume.tif + train-labels.tif (+ test-volume.tif), or train-volume.tif itself.
+    val:  held-out slices (see `split_indices`); default the last five, 25..29.
+    Labels: 1 = cell (255 in the files), 0 = membrane; instances None (connected components are
+    taken by the weight map).
+    """
+    path = _require_dir(Path(path), "ISBI 2012 path")
+    root = path.parent if path.is_file() else path
+    if (root / "train-volume.tif").exists():
+        if not (root / "train-labels.tif").exists():
+            raise DataError(f"{root}: train-volume.tif without train-labels.tif next to it")
+        images = read_array(root / "train-volume.tif")
+        labels = read_array(root / "train-labels.tif", mask=True)
+        if images.ndim == 2:
+            images, labels = images[None], labels[None]
+        if images.shape != labels.shape:
+            raise DataError(f"train-volume.tif {images.shape} and train-labels.tif "
+                            f"{labels.shape} differ in shape")
+        names = [f"slice {i}" for i in range(len(images))]
+        test_path = root / "test-volume.tif"
+        test = read_array(test_path) if test_path.exists() else np.zeros((0, 1, 1), np.uint8)
+        test_images = list(test if test.ndim == 3 else test[None])
+    elif (root / "images").is_dir() and (root / "labels").is_dir():
+        pairs = _pair_files(root / "images", root / "labels")
+        images = [read_array(a) for a, _ in pairs]
+        labels = [read_array(b, mask=True) for _, b in pairs]
+        for (a, b), im, lab in zip(pairs, images, labels, strict=True):
+            _check_same_size(im, lab, a, b)
+        names = [a.stem for a, _ in pairs]
+        test_images = [read_array(f) for f in _image_files(root / "test")] \
+            if (root / "test").is_dir() else []
+    else:
+        raise DataError(
+            f"{root}: not an ISBI 2012 folder; expected images/ and labels/ subfolders of "
+            "slices, or train-volume.tif and train-labels.tif"
+        )
+    samples = [
+        Sample(to_float_image(im, n), _isbi_label(lab, n), None, n)
+        for im, lab, n in zip(images, labels, names, strict=True)
+    ]
+    train, held = split_indices(len(samples), val)
+    test = [Sample(to_float_image(t, f"test {i}"), None, None, f"test {i}")
+            for i, t in enumerate(test_images)]
+    return Dataset([samples[i] for i in train], [samples[i] for i in held], 2, f"isbi2012:{path}",
+                   test)
+
+
+# ----------------------------------------------------------------------------- generic folders
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _pair_files(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
+    """(image, mask) file pairs matched by file stem; errors list what is missing."""
+    images, masks = _image_files(image_dir), _image_files(mask_dir)
+    for folder, files in ((image_dir, images), (mask_dir, masks)):
+        if not files:
+            raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)} files); "
+                            "put the files there or point to another folder")
+    by_stem = {}
+    for kind, files in (("image", images), ("mask", masks)):
+        for f in files:
+            if (f.stem, kind) in by_stem:
+                raise DataError(f"two {kind} files share the name {f.stem!r}: "
+                                f"{by_stem[(f.stem, kind)].name} and {f.name}; keep one")
+            by_stem[(f.stem, kind)] = f
+    image_stems, mask_stems = {f.stem for f in images}, {f.stem for f in masks}
+    lonely_images = sorted(image_stems - mask_stems)
+    lonely_masks = sorted(mask_stems - image_stems)
+    if lonely_images or lonely_masks:
+        msg = ["images and masks are paired by file name (without extension), but"]
+        if lonely_images:
+            msg.append(f"  images without a mask in {mask_dir}: {', '.join(lonely_images)}")
+        if lonely_masks:
+            msg.append(f"  masks without an image in {image_dir}: {', '.join(lonely_masks)}")
+        msg.append("rename or remove these files")
+        raise DataError("\n".join(msg))
+    return [(by_stem[(s, "image")], by_stem[(s, "mask")]) for s in sorted(image_stems)]
+
+
+def _check_same_size(image: np.ndarray, mask: np.ndarray, image_file: Path, mask_file: Path):
+    if image.shape[:2] != mask.shape[:2]:
+        raise DataError(
+            f"size mismatch: image {image_file.name} is {image.shape[0]}x{image.shape[1]} "
+            f"(shape {image.shape}) but mask {mask_file.name} is {mask.shape[0]}x{mask.shape[1]} "
+            f"(shape {mask.shape}); resize or crop one to match"
+        )
+
+
+def find_mask_dir(root: Path) -> Path:
+    """The mask folder of a dataset folder: masks/ or labels/."""
+    found = [root / d for d in ("masks", "labels") if (root / d).is_dir()]
+    if len(found) != 1:
+        what = "both masks/ and labels/" if found else "no masks/ or labels/ subfolder"
+        raise DataError(f"{root}: found {what}; a dataset folder holds images/ and one of "
+                        "masks/ or labels/")
+    return found[0]
+
+
+def load_folder(
+    path: str | Path,
+    mask_kind: str = "binary",
+    val=0.2,
+    image_dir: str = "images",
+    mask_dir: str | None = None,
+) -> Dataset:
+    """A folder of images and masks paired by file stem.
+
+    path:      folder with images/ and masks/ (or labels/); PNG or TIFF, 8- or 16-bit, gray or RGB.
+    mask_kind: 'binary' (one non-zero value = foreground), 'classes' (class indices 0..K-1) or
+               'instances' (instance ids, 0 = background; touching cells get separation borders).
+    val:       held-out samples (see `split_indices`), default the last 20 % in name order.
+    """
+    if mask_kind not in MASK_KINDS:
+        raise DataError(f"mask kind {mask_kind!r} unknown: use one of {', '.join(MASK_KINDS)}")
+    root = _require_dir(Path(path), "dataset folder")
+    images_path = _require_dir(root / image_dir, "image folder")
+    masks_path = find_mask_dir(root) if mask_dir is None else _require_dir(root / mask_dir,
+                                                                          "mask folder")
+    samples = []
+    for image_file, mask_file in _pair_files(images_path, masks_path):
+        image, mask = read_array(image_file), read_array(mask_file, mask=True)
+        _check_same_size(image, mask, image_file, mask_file)
+        label, instances = to_label(mask, mask_kind, mask_file.name)
+        samples.append(Sample(to_float_image(image, image_file.name), label, instances,
+                              image_file.stem))
+    n_classes = max(2, max(int(s.label.max()) for s in samples) + 1)
+    train, held = split_indices(len(samples), val)
+    return Dataset([samples[i] for i in train], [samples[i] for i in held], n_classes,
+                   f"folder:{path}")
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def load_synthetic(n: int = 30, size: int = 512, seed: int = 0, val=5, kind: str = "em") -> Dataset:
+    """Built-in synthetic data: `synthetic_em` slices (kind 'em') or `touching_cells` ('cells')."""
+    from tqdm import tqdm
+
+    from .synthetic import synthetic_em, touching_cells
+
+    samples = []
+    for i in tqdm(range(n), desc=f"synthetic {kind}", unit="slice", disable=None, leave=False):
+        if kind == "em":
+            s = synthetic_em(size, seed=(seed, i))
+            samples.append(Sample(to_float_image(s.image), (s.label > 0).astype(np.int64),
+                                  s.instances.astype(np.int64), f"synthetic {i}"))
+        elif kind == "cells":
+            c = touching_cells(size, seed=(seed, i))
+            samples.append(Sample(to_float_image(c.image), (c.mask > 0).astype(np.int64),
+                                  c.instances.astype(np.int64), f"cells {i}"))
+        else:
+            raise DataError(f"synthetic kind {kind!r} unknown: use 'em' or 'cells'")
+    train, held = split_indices(n, val)
+    return Dataset([samples[i] for i in train], [samples[i] for i in held], 2,
+                   f"synthetic:{kind}")
+
+
+def _parse_options(text: str, allowed: dict) -> dict:
+    """'n=8,size=256' -> {'n': 8, 'size': 256}, typed like the defaults in `allowed`."""
+    out = {}
+    for part in filter(None, text.split(",")):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in allowed:
+            keys = ", ".join(f"{k}=..." for k in allowed)
+            raise DataError(f"synthetic option {part!r} not understood; use {keys}, "
+                            "e.g. synthetic:n=8,size=256")
+        out[key] = type(allowed[key])(value)
+    return out
+
+
+def load_dataset(spec: str, val=None, mask_kind: str = "binary") -> Dataset:
+    """The training CLI's data spec to a Dataset.
+
+    spec: 'synthetic' or 'synthetic:n=30,size=512,seed=0' (EM-like slices),
+          'cells' or 'cells:n=..,size=..,seed=..' (touching cells, instance labels),
+          'isbi2012:PATH' (ISBI 2012 slices or stacks), 'folder:PATH' (images/ + masks/ or labels/).
+    val:  held-out validation (indices, fraction or count; see `split_indices`); None takes the
+          default of the source (ISBI: slices 25..29; folders: last 20 %; synthetic: last 5).
+    mask_kind: for 'folder': 'binary', 'classes' or 'instances'.
+    """
+    kind, _, rest = spec.partition(":")
+    if kind in ("synthetic", "cells"):
+        defaults = {"n": 30, "size": 512, "seed": 0}
+        opts = {**defaults, **_parse_options(rest, defaults)}
+        n = opts["n"]
+        if n < 2:
+            raise DataError(f"{kind}: need n >= 2 (one to train, one to validate), got {n}")
+        v = (min(5, max(1, math.ceil(n / 6))) if val is None else val)
+        return load_synthetic(opts["n"], opts["size"], opts["seed"], v,
+                              "em" if kind == "synthetic" else "cells")
+    if kind in ("isbi2012", "folder") and not rest:
+        raise DataError(f"data spec {spec!r} needs a path: {kind}:PATH")
+    if kind == "isbi2012":
+        return load_isbi2012(rest, ISBI_VAL if val is None else val)
+    if kind == "folder":
+        return load_folder(rest, mask_kind, 0.2 if val is None else val)
+    raise DataError(f"data spec {spec!r} not understood; use one of: synthetic, "
+                    "synthetic:n=30,size=512, cells, isbi2012:PATH, folder:PATH")
+
+
+def as_index_list(val: str | Sequence[int] | float | None):
+    """Parse a CLI --val value: '25,26,27' -> [25, 26, 27], '0.2' -> 0.2, '5' -> 5, '' -> None."""
+    if val is None or isinstance(val, int | float | list | tuple):
+        return val
+    val = val.strip()
+    if not val:
+        return None
+    if "," in val:
+        return [int(v) for v in val.split(",") if v.strip()]
+    return float(val) if "." in val else int(val)
