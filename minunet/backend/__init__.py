@@ -230,3 +230,14 @@ def sgd_update(w, v, g, lr: float, momentum: float, weight_decay: float) -> None
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for an allocation failure of NumPy (MemoryError) or CuPy (OutOfMemoryError)."""
     return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def set_tf32(enabled: bool) -> None:
+    """Allow TF32 tensor-core GEMMs in CuPy (off by default: plain fp32, as the tests assume).
+
+    CuPy reads CUPY_TF32 when it loads its linear-algebra routines, so call this
+    before the first GPU computation.
+    """
+    import os
+
+    os.environ["CUPY_TF32"] = "1" if enabled else "0"

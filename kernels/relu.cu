@@ -1,0 +1,48 @@
+// relu.cu -- bias + ReLU fused forward (in place), and the ReLU backward.
+//
+// What: bias_relu_forward: x[n, c, s] = relu(x[n, c, s] + b[c]) in place, x (N, C, S) with S the
+//   flattened spatial size (H*W), b (C,); relu(v) = v if not (v <= 0) else 0, so a NaN passes
+//   through like numpy.maximum(v, 0) and v <= 0 (also -0) gives +0.
+//   relu_backward: dx = dout where out > 0, else 0 (elementwise over any shape; a select, not a
+//   product, so an inf/NaN in dout does not leak through a dead unit -- as numpy.where).
+// Launch geometry: blocks of 256 threads (x), grid-stride loops.
+//   bias_relu_forward: 2-D grid, grid.y walks the N*C planes (one bias value per plane),
+//   grid.x the S pixels of a plane (coalesced). relu_backward: 1-D grid over all elements.
+//   All offsets 64-bit.
+// CPU twin: the NumPy code it fuses -- conv2d_forward's `o2 += b[:, None]` (minunet/ops/conv.py)
+//   followed by relu_forward, and relu_backward (minunet/ops/relu.py).
+// Test: tests/backend/test_gpu.py::test_bias_relu_forward_matches_numpy,
+//   test_relu_backward_matches_numpy, test_bias_relu_forward_64bit_offsets (slow).
+
+template <typename T>
+__global__ void bias_relu_forward(T* __restrict__ x, const T* __restrict__ b,
+                                  long long planes, int C, long long S)
+{
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long p = blockIdx.y; p < planes; p += gridDim.y) {
+        const T bias = b[p % C];
+        T* xp = x + p * S;
+        for (long long s = (long long)blockIdx.x * blockDim.x + threadIdx.x; s < S; s += stride) {
+            const T v = xp[s] + bias;
+            xp[s] = (v <= T(0)) ? T(0) : v;
+        }
+    }
+}
+
+template <typename T>
+__global__ void relu_backward(const T* __restrict__ dout, const T* __restrict__ out,
+                              T* __restrict__ dx, long long n)
+{
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += stride) {
+        dx[e] = out[e] > T(0) ? dout[e] : T(0);
+    }
+}
+
+#ifdef MINUNET_NVCC_CHECK  // explicit instances for the CI compile (.ci/compile_kernels.sh)
+template __global__ void bias_relu_forward<float>(float*, const float*, long long, int, long long);
+template __global__ void bias_relu_forward<double>(double*, const double*, long long, int,
+                                                   long long);
+template __global__ void relu_backward<float>(const float*, const float*, float*, long long);
+template __global__ void relu_backward<double>(const double*, const double*, double*, long long);
+#endif

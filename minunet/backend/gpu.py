@@ -1,0 +1,486 @@
+"""GPU twins of the hot loops: launchers for the CUDA kernels in kernels/*.cu.
+
+Each public function here has the signature and layout of its CPU twin in
+`minunet/backend/cpu.py` (and of its dispatcher in `minunet/backend/__init__.py`);
+the extra launchers (bias_relu_forward, relu_backward, upconv_scatter,
+upconv_gather, sgd_update, sgd_update_many) have their NumPy twins named in the
+header of their `.cu` file.
+
+How a kernel is found and compiled:
+
+    kernel_dir()                 the folder of the .cu files: minunet/kernels in an
+                                 installed wheel, <repo>/kernels in a checkout
+    kernel(file, name, dtype)    the template instance name<float> or name<double>
+                                 (softmax_xent: name<float, int> ... by label dtype)
+
+Every .cu file is compiled once per (device, file) by NVRTC through
+`cupy.RawModule(code=..., name_expressions=...)`, with all its template
+instances at once, and the module and each looked-up kernel are kept in dicts.
+(CuPy's compiler, as of v13, skips its on-disk cache when name_expressions are
+given, because it needs NVRTC to report the mangled names: each process pays one
+NVRTC compile per file it uses, a fraction of a second each; call
+`compile_all()` before timing anything.) CuPy is imported lazily
+(`backend._cupy()`), so this module imports, and `kernel_dir()` works, without it.
+
+No launcher copies between host and device or synchronises: shapes, dtypes and
+pointers are host-side facts, and every reduction stays on the device (the
+softmax loss comes back as a 0-d device array).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import _cupy
+
+__all__ = [
+    "KERNEL_FILES", "kernel_dir", "kernel", "name_expressions", "compile_all",
+    "im2col", "col2im", "maxpool2x2_forward", "maxpool2x2_backward",
+    "softmax_xent_forward", "softmax_xent_backward",
+    "bias_relu_forward", "relu_backward", "upconv_scatter", "upconv_gather",
+    "sgd_update", "sgd_update_many",
+]
+
+# Every kernel file and the templates it defines (templated on the element type T).
+KERNEL_FILES: dict[str, tuple[str, ...]] = {
+    "im2col.cu": ("im2col", "col2im"),
+    "pool.cu": ("maxpool2x2_forward", "maxpool2x2_backward"),
+    "relu.cu": ("bias_relu_forward", "relu_backward"),
+    "softmax_xent.cu": ("softmax_xent_forward", "softmax_xent_backward", "sum_partials"),
+    "upconv.cu": ("upconv_scatter", "upconv_gather"),
+    "sgd.cu": ("sgd_update", "sgd_update_many"),
+}
+# Templates with a second parameter, the label type L.
+_LABEL_TEMPLATES = {"softmax_xent_forward", "softmax_xent_backward"}
+
+_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+_LTYPE = {np.dtype(np.int32): "int", np.dtype(np.int64): "long long"}
+
+# NVRTC options (CuPy adds -arch for the current device and -ftz=true).
+COMPILE_OPTIONS = ("--std=c++17",)
+
+_BLOCK = 256  # threads per block for every kernel (softmax_xent.cu's kBlock must match)
+_MAX_BLOCKS = 65535  # grid-stride loops cover the rest; also the limit of grid.y
+_SOFTMAX_MAX_BLOCKS = 1024  # partial loss sums; a function of the pixel count only
+_I32 = 2**31  # sizes that index one row/plane with 32-bit math must stay below this
+
+
+# ---------------------------------------------------------------------------
+# Finding, compiling and looking up kernels
+# ---------------------------------------------------------------------------
+
+
+def kernel_dir() -> Path:
+    """The folder holding the kernel sources (*.cu).
+
+    An installed wheel carries them at minunet/kernels (pyproject's force-include);
+    a source checkout has them at <repo root>/kernels. Raises FileNotFoundError
+    naming both places when neither has them.
+    """
+    package = Path(__file__).resolve().parent.parent  # minunet/
+    candidates = (package / "kernels", package.parent / "kernels")
+    for d in candidates:
+        if (d / "im2col.cu").is_file():
+            return d
+    raise FileNotFoundError(
+        "minunet's CUDA kernel sources (*.cu) were not found in "
+        + " or ".join(str(d) for d in candidates)
+        + "; reinstall minunet (the wheel ships them) or run from a full checkout"
+    )
+
+
+def _expr(name: str, dtype, label_dtype=None) -> str:
+    """The C++ name expression of one template instance, e.g. 'col2im<float>'."""
+    ctype = _CTYPE[np.dtype(dtype)]
+    if name in _LABEL_TEMPLATES:
+        return f"{name}<{ctype}, {_LTYPE[np.dtype(label_dtype)]}>"
+    return f"{name}<{ctype}>"
+
+
+def name_expressions(file: str) -> list[str]:
+    """Every template instance of one kernel file (float and double, and label types)."""
+    out = []
+    for name in KERNEL_FILES[file]:
+        for dt in _CTYPE:
+            labels = _LTYPE if name in _LABEL_TEMPLATES else (None,)
+            out.extend(_expr(name, dt, lt) for lt in labels)
+    return out
+
+
+_modules: dict = {}  # (device id, file) -> cupy.RawModule
+_kernels: dict = {}  # (device id, file, name expression) -> cupy.RawKernel
+
+
+def _module(file: str, device: int | None = None):
+    cp = _cupy()
+    key = (cp.cuda.runtime.getDevice() if device is None else device, file)
+    mod = _modules.get(key)
+    if mod is None:
+        code = (kernel_dir() / file).read_text()
+        mod = cp.RawModule(code=code, options=COMPILE_OPTIONS,
+                           name_expressions=name_expressions(file))
+        _modules[key] = mod
+    return mod
+
+
+def kernel(file: str, name: str, dtype, label_dtype=None):
+    """The compiled instance of template `name` from kernels/`file` for `dtype`.
+
+    dtype: float32 or float64 (the element type T); label_dtype: int32 or int64
+    for the softmax kernels. Returns a cupy.RawKernel for the current device.
+    """
+    if name not in KERNEL_FILES.get(file, ()):
+        raise ValueError(f"no kernel {name!r} in kernels/{file}; known: {KERNEL_FILES}")
+    if np.dtype(dtype) not in _CTYPE:
+        raise ValueError(f"GPU kernels run in float32 or float64, got {np.dtype(dtype)}")
+    device = _cupy().cuda.runtime.getDevice()
+    expr = _expr(name, dtype, label_dtype)
+    kern = _kernels.get((device, file, expr))
+    if kern is None:
+        kern = _module(file, device).get_function(expr)
+        _kernels[(device, file, expr)] = kern
+    return kern
+
+
+def compile_all() -> None:
+    """Compile every kernel file for the current device now (e.g. before timing)."""
+    for file, names in KERNEL_FILES.items():
+        for name in names:
+            for dt in _CTYPE:
+                for lt in (_LTYPE if name in _LABEL_TEMPLATES else (None,)):
+                    kernel(file, name, dt, lt)
+
+
+# ---------------------------------------------------------------------------
+# Small launch helpers (host-side facts only: no synchronisation)
+# ---------------------------------------------------------------------------
+
+
+def _blocks(n: int, cap: int = _MAX_BLOCKS) -> int:
+    return int(max(1, min(-(-n // _BLOCK), cap)))
+
+
+def _float_dtype(name: str, a):
+    dt = np.dtype(a.dtype)
+    if dt not in _CTYPE:
+        raise ValueError(f"{name} must be float32 or float64 on the GPU, got {dt}")
+    return dt
+
+
+def _contiguous_out(name: str, a, shape, dtype):
+    if tuple(a.shape) != tuple(shape) or a.dtype != dtype or not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be a C-contiguous {np.dtype(dtype)} array of shape "
+                         f"{tuple(shape)}, got {a.dtype} {tuple(a.shape)} "
+                         f"(c_contiguous={a.flags.c_contiguous})")
+
+
+def _below_2_31(what: str, n: int) -> None:
+    if n >= _I32:
+        raise ValueError(f"{what} = {n} is too large for the GPU kernels' 32-bit in-plane "
+                         f"indexing (must be < 2**31); split the work into smaller pieces")
+
+
+def _labels(labels):
+    """Labels as a contiguous int32 or int64 device array (converted on the device if needed)."""
+    cp = _cupy()
+    if np.dtype(labels.dtype) not in _LTYPE:
+        if labels.dtype.kind not in "iu":
+            raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+        labels = labels.astype(cp.int32)
+    return cp.ascontiguousarray(labels)
+
+
+# ---------------------------------------------------------------------------
+# The twins of cpu.py (same signatures and layouts)
+# ---------------------------------------------------------------------------
+
+
+def im2col(x, k, y0, y1, out):
+    """See minunet.backend.im2col. x (C, H, W); out (C*k*k, (y1-y0)*(W-k+1)), contiguous."""
+    cp = _cupy()
+    dt = _float_dtype("im2col input x", x)
+    x = cp.ascontiguousarray(x)
+    C, H, W = x.shape
+    k, y0, y1 = int(k), int(y0), int(y1)
+    Wo = W - k + 1
+    L = (y1 - y0) * Wo
+    _contiguous_out("im2col out", out, (C * k * k, L), dt)
+    _below_2_31("im2col columns per row (y1-y0)*Wo", L)
+    _below_2_31("im2col image plane H*W", H * W)
+    kernel("im2col.cu", "im2col", dt)(
+        (_blocks(L), min(C * k * k, _MAX_BLOCKS)), (_BLOCK,),
+        (x, out, np.int32(C), np.int32(H), np.int32(W), np.int32(k), np.int32(y0), np.int32(y1)),
+    )
+    return out
+
+
+def col2im(cols, k, y0, y1, dx):
+    """See minunet.backend.col2im. cols (C*k*k, (y1-y0)*(W-k+1)); dx (C, H, W) += (gather)."""
+    cp = _cupy()
+    dt = _float_dtype("col2im cols", cols)
+    cols = cp.ascontiguousarray(cols)
+    C, H, W = dx.shape
+    k, y0, y1 = int(k), int(y0), int(y1)
+    Wo = W - k + 1
+    L = (y1 - y0) * Wo
+    _contiguous_out("col2im dx", dx, (C, H, W), dt)
+    if tuple(cols.shape) != (C * k * k, L):
+        raise ValueError(f"col2im cols shape {tuple(cols.shape)} does not match dx {(C, H, W)}, "
+                         f"k = {k}, rows {y0}..{y1}: expected {(C * k * k, L)}")
+    _below_2_31("col2im columns per row (y1-y0)*Wo", L)
+    _below_2_31("col2im image plane H*W", H * W)
+    band = (y1 - y0 + k - 1) * W  # dx pixels that receive gradient in each channel
+    kernel("im2col.cu", "col2im", dt)(
+        (_blocks(band), min(C, _MAX_BLOCKS)), (_BLOCK,),
+        (cols, dx, np.int32(C), np.int32(H), np.int32(W), np.int32(k), np.int32(y0),
+         np.int32(y1)),
+    )
+    return dx
+
+
+def maxpool2x2_forward(x):
+    """See minunet.backend.maxpool2x2_forward. (N, C, H, W) -> out, arg uint8 (N, C, H/2, W/2)."""
+    cp = _cupy()
+    dt = _float_dtype("maxpool2x2 input x", x)
+    x = cp.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    _below_2_31("maxpool2x2 plane H*W", H * W)
+    out = cp.empty((N, C, H // 2, W // 2), dtype=dt)
+    arg = cp.empty((N, C, H // 2, W // 2), dtype=cp.uint8)
+    P = N * C
+    kernel("pool.cu", "maxpool2x2_forward", dt)(
+        (_blocks((H // 2) * (W // 2)), min(max(P, 1), _MAX_BLOCKS)), (_BLOCK,),
+        (x, out, arg, np.int64(P), np.int32(H), np.int32(W)),
+    )
+    return out, arg
+
+
+def maxpool2x2_backward(dout, arg):
+    """See minunet.backend.maxpool2x2_backward. (N, C, Ho, Wo) -> dx (N, C, 2Ho, 2Wo)."""
+    cp = _cupy()
+    dt = _float_dtype("maxpool2x2_backward dout", dout)
+    dout = cp.ascontiguousarray(dout)
+    arg = cp.ascontiguousarray(arg)
+    if arg.shape != dout.shape or arg.dtype != cp.uint8:
+        raise ValueError(f"maxpool2x2_backward: arg must be uint8 of dout's shape {dout.shape}, "
+                         f"got {arg.dtype} {arg.shape}")
+    N, C, Ho, Wo = dout.shape
+    _below_2_31("maxpool2x2 plane H*W", 4 * Ho * Wo)
+    dx = cp.empty((N, C, 2 * Ho, 2 * Wo), dtype=dt)  # every pixel is written by the kernel
+    P = N * C
+    kernel("pool.cu", "maxpool2x2_backward", dt)(
+        (_blocks(Ho * Wo), min(max(P, 1), _MAX_BLOCKS)), (_BLOCK,),
+        (dout, arg, dx, np.int64(P), np.int32(Ho), np.int32(Wo)),
+    )
+    return dx
+
+
+def softmax_xent_forward(logits, labels, weights):
+    """See minunet.backend.softmax_xent_forward. Returns (loss_sum 0-d device array, probs).
+
+    A label outside 0..K-1 on a pixel with weight != 0 makes loss_sum NaN (the
+    kernel cannot raise; the ops check labels on the host, the loaders once).
+    """
+    cp = _cupy()
+    dt = _float_dtype("softmax_xent logits", logits)
+    logits = cp.ascontiguousarray(logits)
+    N, K, H, W = logits.shape
+    labels = _labels(labels)
+    weights = cp.ascontiguousarray(weights, dtype=dt)
+    if labels.shape != (N, H, W) or weights.shape != (N, H, W):
+        raise ValueError(f"softmax_xent: logits {logits.shape} need labels and weights of shape "
+                         f"{(N, H, W)}, got {labels.shape} and {weights.shape}")
+    npix = N * H * W
+    probs = cp.empty_like(logits)
+    blocks = _blocks(npix, _SOFTMAX_MAX_BLOCKS)  # depends on npix only: reproducible sums
+    partial = cp.empty(blocks, dtype=cp.float64)
+    kernel("softmax_xent.cu", "softmax_xent_forward", dt, labels.dtype)(
+        (blocks,), (_BLOCK,),
+        (logits, labels, weights, probs, partial, np.int32(K), np.int64(H * W), np.int64(npix)),
+    )
+    loss_sum = cp.empty((), dtype=dt)
+    kernel("softmax_xent.cu", "sum_partials", dt)(
+        (1,), (_BLOCK,), (partial, np.int32(blocks), loss_sum)
+    )
+    return loss_sum, probs
+
+
+def softmax_xent_backward(probs, labels, weights, scale):
+    """See minunet.backend.softmax_xent_backward. dlogits = scale*w*(probs - onehot)."""
+    cp = _cupy()
+    dt = _float_dtype("softmax_xent probs", probs)
+    probs = cp.ascontiguousarray(probs)
+    N, K, H, W = probs.shape
+    labels = _labels(labels)
+    weights = cp.ascontiguousarray(weights, dtype=dt)
+    if labels.shape != (N, H, W) or weights.shape != (N, H, W):
+        raise ValueError(f"softmax_xent_backward: probs {probs.shape} need labels and weights of "
+                         f"shape {(N, H, W)}, got {labels.shape} and {weights.shape}")
+    npix = N * H * W
+    dlogits = cp.empty_like(probs)
+    kernel("softmax_xent.cu", "softmax_xent_backward", dt, labels.dtype)(
+        (_blocks(npix),), (_BLOCK,),
+        (probs, labels, weights, dlogits, dt.type(scale), np.int32(K), np.int64(H * W),
+         np.int64(npix)),
+    )
+    return dlogits
+
+
+# ---------------------------------------------------------------------------
+# Launchers of the extra kernels (their NumPy twins: see each .cu file's header)
+# ---------------------------------------------------------------------------
+
+
+def bias_relu_forward(x, b):
+    """x = relu(x + b[c]) IN PLACE for x (N, C, ...) C-contiguous, b (C,). Returns x.
+
+    The fused epilogue of conv2d_forward: `o2 += b[:, None]` then relu_forward.
+    """
+    dt = _float_dtype("bias_relu_forward x", x)
+    if not x.flags.c_contiguous:
+        raise ValueError("bias_relu_forward works in place and needs a C-contiguous x, got a "
+                         "strided view; pass cupy.ascontiguousarray(x)")
+    if x.ndim < 2 or tuple(b.shape) != (x.shape[1],) or b.dtype != dt:
+        raise ValueError(f"bias_relu_forward: x (N, C, ...) {x.shape} needs a bias of shape "
+                         f"({x.shape[1] if x.ndim >= 2 else '?'},) and dtype {dt}, "
+                         f"got {b.dtype} {b.shape}")
+    b = _cupy().ascontiguousarray(b)
+    planes = x.shape[0] * x.shape[1]
+    S = x.size // max(planes, 1)
+    kernel("relu.cu", "bias_relu_forward", dt)(
+        (_blocks(S), min(max(planes, 1), _MAX_BLOCKS)), (_BLOCK,),
+        (x, b, np.int64(planes), np.int32(x.shape[1]), np.int64(S)),
+    )
+    return x
+
+
+def relu_backward(dout, out):
+    """dx = dout where out > 0, else 0 (any shape; dout and out of one shape and dtype)."""
+    cp = _cupy()
+    dt = _float_dtype("relu_backward dout", dout)
+    if dout.shape != out.shape or out.dtype != dt:
+        raise ValueError(f"relu_backward: dout {dout.dtype} {dout.shape} and out "
+                         f"{out.dtype} {out.shape} must match")
+    dout = cp.ascontiguousarray(dout)
+    out = cp.ascontiguousarray(out)
+    dx = cp.empty_like(dout)
+    kernel("relu.cu", "relu_backward", dt)(
+        (_blocks(dout.size),), (_BLOCK,), (dout, out, dx, np.int64(dout.size))
+    )
+    return dx
+
+
+def upconv_scatter(cols, b):
+    """cols (N, Cout, 2, 2, H, W), b (Cout,) -> out (N, Cout, 2H, 2W), out[.., 2y+i, 2x+j] =
+    cols[.., i, j, y, x] + b[o]. The forward rearrangement of upconv2x2 after its GEMM."""
+    cp = _cupy()
+    dt = _float_dtype("upconv_scatter cols", cols)
+    if cols.ndim != 6 or cols.shape[2:4] != (2, 2):
+        raise ValueError(f"upconv_scatter: cols must be (N, Cout, 2, 2, H, W), got {cols.shape}")
+    N, Cout, _, _, H, W = cols.shape
+    if tuple(b.shape) != (Cout,) or b.dtype != dt:
+        raise ValueError(f"upconv_scatter: bias must be {dt} ({Cout},), got {b.dtype} {b.shape}")
+    _below_2_31("upconv plane 4*H*W", 4 * H * W)
+    cols = cp.ascontiguousarray(cols)
+    b = cp.ascontiguousarray(b)
+    out = cp.empty((N, Cout, 2 * H, 2 * W), dtype=dt)
+    planes = N * Cout
+    kernel("upconv.cu", "upconv_scatter", dt)(
+        (_blocks(4 * H * W), min(max(planes, 1), _MAX_BLOCKS)), (_BLOCK,),
+        (cols, b, out, np.int64(planes), np.int32(Cout), np.int32(H), np.int32(W)),
+    )
+    return out
+
+
+def upconv_gather(dout):
+    """dout (N, Cout, 2H, 2W) -> dcols (N, Cout, 2, 2, H, W), dcols[.., i, j, y, x] =
+    dout[.., 2y+i, 2x+j]. The inverse of upconv_scatter (without bias), for the backward."""
+    cp = _cupy()
+    dt = _float_dtype("upconv_gather dout", dout)
+    if dout.ndim != 4 or dout.shape[2] % 2 or dout.shape[3] % 2:
+        raise ValueError(f"upconv_gather: dout must be (N, Cout, 2H, 2W) with even sizes, "
+                         f"got {dout.shape}")
+    N, Cout, H2, W2 = dout.shape
+    H, W = H2 // 2, W2 // 2
+    _below_2_31("upconv plane 4*H*W", 4 * H * W)
+    dout = cp.ascontiguousarray(dout)
+    dcols = cp.empty((N, Cout, 2, 2, H, W), dtype=dt)
+    planes = N * Cout
+    kernel("upconv.cu", "upconv_gather", dt)(
+        (_blocks(4 * H * W), min(max(planes, 1), _MAX_BLOCKS)), (_BLOCK,),
+        (dout, dcols, np.int64(planes), np.int32(H), np.int32(W)),
+    )
+    return dcols
+
+
+def sgd_update(w, v, g, lr, momentum, weight_decay=0.0):
+    """Momentum SGD, Caffe convention, in place: v = m*v - lr*(g + wd*w); w += v.
+
+    w, v, g: C-contiguous arrays of one shape and dtype (one parameter or one flat
+    buffer holding all of them). Returns (w, v).
+    """
+    dt = _float_dtype("sgd_update w", w)
+    for name, a in (("v", v), ("g", g)):
+        if a.shape != w.shape or a.dtype != dt:
+            raise ValueError(f"sgd_update: {name} {a.dtype} {a.shape} must match w {dt} "
+                             f"{w.shape}")
+    if not (w.flags.c_contiguous and v.flags.c_contiguous):
+        raise ValueError("sgd_update updates w and v in place: both must be C-contiguous")
+    g = _cupy().ascontiguousarray(g)
+    kernel("sgd.cu", "sgd_update", dt)(
+        (_blocks(w.size),), (_BLOCK,),
+        (w, v, g, np.int64(w.size), dt.type(lr), dt.type(momentum), dt.type(weight_decay)),
+    )
+    return w, v
+
+
+_sgd_tables: dict = {}  # (dtype, pointers, sizes) -> device tables, built once per parameter set
+
+
+def _sgd_table(ws, vs, gs, dt):
+    key = (dt.str,) + tuple((a.data.ptr, b.data.ptr, c.data.ptr, a.size)
+                            for a, b, c in zip(ws, vs, gs, strict=True))
+    table = _sgd_tables.get(key)
+    if table is None:  # one small host->device copy per new parameter set, not per step
+        cp = _cupy()
+        sizes = np.array([a.size for a in ws], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        table = (
+            cp.asarray(np.array([a.data.ptr for a in ws], dtype=np.uint64)),
+            cp.asarray(np.array([a.data.ptr for a in vs], dtype=np.uint64)),
+            cp.asarray(np.array([a.data.ptr for a in gs], dtype=np.uint64)),
+            cp.asarray(offsets),
+            int(offsets[-1]),
+        )
+        if len(_sgd_tables) >= 16:  # parameter sets come and go (tests); keep a few
+            _sgd_tables.clear()
+        _sgd_tables[key] = table
+    return table
+
+
+def sgd_update_many(ws, vs, gs, lr, momentum, weight_decay=0.0):
+    """sgd_update over several arrays in ONE launch (all parameters of the model).
+
+    ws, vs, gs: sequences of C-contiguous device arrays, pairwise of one shape, all of
+    one dtype. The pointer tables are built on the first call for a given set of
+    arrays and reused (keep the velocity and gradient buffers alive between steps).
+    """
+    ws, vs, gs = list(ws), list(vs), list(gs)
+    if not (len(ws) == len(vs) == len(gs)) or not ws:
+        raise ValueError(f"sgd_update_many needs equally many (>= 1) weights, velocities and "
+                         f"gradients, got {len(ws)}, {len(vs)}, {len(gs)}")
+    dt = _float_dtype("sgd_update_many weights", ws[0])
+    for i, (w, v, g) in enumerate(zip(ws, vs, gs, strict=True)):
+        for name, a in (("w", w), ("v", v), ("g", g)):
+            if a.shape != w.shape or a.dtype != dt or not a.flags.c_contiguous:
+                raise ValueError(f"sgd_update_many: array {i}: {name} must be a C-contiguous {dt} "
+                                 f"array of shape {w.shape}, got {a.dtype} {a.shape}")
+    wt, vt, gt, offsets, total = _sgd_table(ws, vs, gs, dt)
+    kernel("sgd.cu", "sgd_update_many", dt)(
+        (_blocks(total),), (_BLOCK,),
+        (wt, vt, gt, offsets, np.int32(len(ws)), dt.type(lr), dt.type(momentum),
+         dt.type(weight_decay)),
+    )
+    return ws, vs

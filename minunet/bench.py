@@ -1,0 +1,312 @@
+"""Benchmark: `python -m minunet.bench` (see --help). Check first, then time.
+
+For one configuration (input size, base, batch, dtype, device) it
+  1. checks every fast path (Numba on the CPU, CUDA on the GPU) against its plain
+     reference on small inputs, and stops if one disagrees;
+  2. times the hot loops (im2col, col2im, max-pool, softmax + cross-entropy, SGD)
+     at the sizes of the paper network and prints GB/s beside the time;
+  3. times forward, forward + backward and a whole training step of the U-Net
+     (median of --repeat runs after --warmup), with GFLOP/s and peak memory;
+  4. if PyTorch happens to be importable (never a dependency), times the same
+     network in PyTorch in the same run and prints our time / PyTorch's time;
+  5. optionally (--data) the tiles per second of the augmentation pipeline.
+On the GPU, times come from CUDA events and no host copy happens inside a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from . import backend, ops
+from .model import UNet, UNetConfig, layer_table, output_size
+from .optim import MomentumSGD, SGDConfig
+
+
+class Timer:
+    """Wall-clock timing on the CPU; CUDA events around the work on the GPU."""
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def __call__(self, fn, repeat: int, warmup: int) -> list[float]:
+        for _ in range(warmup):
+            fn()
+        times = []
+        if self.xp is np:
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            return times
+        cp = self.xp
+        for _ in range(repeat):
+            start, stop = cp.cuda.Event(), cp.cuda.Event()
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
+        return times
+
+
+def median(ts):
+    return statistics.median(ts)
+
+
+# --- 1. correctness before timing -------------------------------------------------
+
+
+def check_fast_paths(xp, dtype) -> list[tuple[str, float]]:
+    """Max abs difference of each fast path from its reference, on small random inputs."""
+    from .ops.conv import col2im_reference, im2col_reference
+    from .ops.pool import maxpool2x2_backward_reference, maxpool2x2_reference
+    from .ops.softmax import softmax_xent_backward_reference, softmax_xent_reference
+
+    rng = np.random.default_rng(0)
+
+    def arr(*shape):
+        return xp.asarray(rng.standard_normal(shape).astype(dtype))
+
+    x = arr(3, 11, 13)
+    cols = xp.empty((27, 9 * 11), dtype=dtype)
+    res = [("im2col", _maxdiff(backend.im2col(x, 3, 0, 9, cols), im2col_reference(x, 3, 0, 9)))]
+    dx1, dx2 = xp.zeros_like(x), xp.zeros_like(x)
+    c = arr(27, 9 * 11)
+    res.append(("col2im", _maxdiff(backend.col2im(c, 3, 0, 9, dx1),
+                                   col2im_reference(c, 3, 0, 9, dx2))))
+    p = xp.asarray(rng.permutation(2 * 3 * 8 * 10).reshape(2, 3, 8, 10).astype(dtype))
+    o1, a1 = backend.maxpool2x2_forward(p)
+    o2, a2 = maxpool2x2_reference(p)
+    res.append(("maxpool fwd", max(_maxdiff(o1, o2), _maxdiff(a1, a2))))
+    d = arr(2, 3, 4, 5)
+    res.append(("maxpool bwd", _maxdiff(backend.maxpool2x2_backward(d, a1),
+                                        maxpool2x2_backward_reference(d, a2))))
+    logits = arr(2, 3, 6, 7) * 5
+    labels = xp.asarray(rng.integers(0, 3, (2, 6, 7)))
+    w = xp.asarray(rng.random((2, 6, 7)).astype(dtype))
+    l1, p1 = backend.softmax_xent_forward(logits, labels, w)
+    l2, p2 = softmax_xent_reference(logits, labels, w)
+    res.append(("softmax-xent fwd", max(_maxdiff(l1, l2) / max(1.0, abs(float(l2))),
+                                        _maxdiff(p1, p2))))
+    res.append(("softmax-xent bwd", _maxdiff(backend.softmax_xent_backward(p1, labels, w, 0.1),
+                                             softmax_xent_backward_reference(p2, labels, w, 0.1))))
+    wt, v, g = arr(1000), arr(1000), arr(1000)
+    w_ref, v_ref = wt.copy(), v.copy()
+    backend.sgd_update(wt, v, g, 0.01, 0.99, 1e-4)
+    v_ref = 0.99 * v_ref - 0.01 * (g + 1e-4 * w_ref)
+    res.append(("sgd update", max(_maxdiff(wt, w_ref + v_ref), _maxdiff(v, v_ref))))
+    return res
+
+
+def _maxdiff(a, b) -> float:
+    return float(np.max(np.abs(backend.to_host(a).astype(np.float64)
+                               - backend.to_host(b).astype(np.float64))))
+
+
+# --- 2. the hot loops at paper sizes ------------------------------------------------
+
+
+def bench_ops(xp, dtype, timer, repeat, warmup, size=572, base=64) -> list[tuple]:
+    """(name, seconds, bytes moved) per hot loop, at the paper network's biggest sizes."""
+    rng = np.random.default_rng(0)
+    item = np.dtype(dtype).itemsize
+    s = size - 2  # after the first conv: (base, s, s) feeds the second 3x3 conv
+    x = xp.asarray(rng.standard_normal((base, s, s)).astype(dtype))
+    rows = max(1, backend.WORKSPACE_BYTES // (base * 9 * (s - 2) * item))
+    cols = xp.empty((base * 9, rows * (s - 2)), dtype=dtype)
+    nbytes = 2 * cols.size * item  # read ~ the same, write the columns
+    out = [("im2col (one workspace chunk)", median(timer(
+        lambda: backend.im2col(x, 3, 0, rows, cols), repeat, warmup)), nbytes)]
+    dx = xp.zeros_like(x)
+    out.append(("col2im (one workspace chunk)", median(timer(
+        lambda: backend.col2im(cols, 3, 0, rows, dx), repeat, warmup)), nbytes + 2 * x.size * item))
+    p = xp.asarray(rng.standard_normal((1, base, s - 2, s - 2)).astype(dtype))
+    o, a = backend.maxpool2x2_forward(p)
+    out.append(("maxpool fwd", median(timer(lambda: backend.maxpool2x2_forward(p), repeat,
+                                            warmup)), p.size * item * 1.25 + o.size))
+    out.append(("maxpool bwd", median(timer(lambda: backend.maxpool2x2_backward(o, a), repeat,
+                                            warmup)), p.size * item * 1.25 + o.size))
+    n = output_size(size)
+    logits = xp.asarray(rng.standard_normal((1, 2, n, n)).astype(dtype))
+    labels = xp.asarray(rng.integers(0, 2, (1, n, n)))
+    w = xp.asarray(rng.random((1, n, n)).astype(dtype))
+    _, probs = backend.softmax_xent_forward(logits, labels, w)
+    px = n * n * (2 * 2 * item + 8 + item)
+    out.append(("softmax-xent fwd", median(timer(
+        lambda: backend.softmax_xent_forward(logits, labels, w), repeat, warmup)), px))
+    out.append(("softmax-xent bwd", median(timer(
+        lambda: backend.softmax_xent_backward(probs, labels, w, 1.0), repeat, warmup)), px))
+    m = UNet(UNetConfig(base=base, dtype=np.dtype(dtype).name))
+    m.to("cpu" if xp is np else "cuda")
+    opt = MomentumSGD(m.params, SGDConfig())
+    nparam = m.num_parameters()
+    out.append(("sgd update (all parameters)", median(timer(
+        lambda: opt.step(m.grads, 0), repeat, warmup)), 5 * nparam * item))
+    return out
+
+
+# --- 3. the network ---------------------------------------------------------------------
+
+
+def bench_model(cfg: UNetConfig, size, batch, device, timer, repeat, warmup) -> dict:
+    m = UNet(cfg).to(device)
+    xp = m.xp
+    rng = np.random.default_rng(0)
+    x = xp.asarray(rng.standard_normal((batch, cfg.in_channels, size, size)).astype(cfg.dtype))
+    n = output_size(size, cfg.depth)
+    labels = xp.asarray(rng.integers(0, cfg.n_classes, (batch, n, n)))
+    weights = xp.ones((batch, n, n), dtype=cfg.dtype)
+    opt = MomentumSGD(m.params, SGDConfig(lr=1e-6))
+
+    def fwd():
+        return m.forward(x, dropout_key=1)
+
+    def fwd_bwd():
+        logits = m.forward(x, dropout_key=1)
+        loss, cache = ops.softmax_cross_entropy_forward(logits, labels, weights)
+        m.zero_grad()
+        m.backward(ops.softmax_cross_entropy_backward(1.0, cache))
+
+    def step():
+        fwd_bwd()
+        opt.step(m.grads, 0)
+
+    res = {}
+    for name, fn in (("forward", fwd), ("forward+backward", fwd_bwd), ("training step", step)):
+        res[name] = median(timer(fn, repeat, warmup))
+    res["peak_mb"] = _peak_mb(xp)
+    return res
+
+
+def _peak_mb(xp) -> float:
+    if xp is np:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return xp.get_default_memory_pool().total_bytes() / 2**20
+
+
+def _in_subprocess(which: str, a, device: str) -> dict | None:
+    """Run one network benchmark in a fresh process (so peak memory is its own) -> dict."""
+    import json
+    import subprocess
+
+    if which == "torch":
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            return None
+    argv = [sys.executable, "-m", "minunet.bench", "--_worker", which, "--device", device,
+            "--size", str(a.size), "--base", str(a.base), "--depth", str(a.depth),
+            "--batch", str(a.batch), "--dtype", a.dtype, "--repeat", str(a.repeat),
+            "--warmup", str(a.warmup)] + (["--tf32"] if a.tf32 else [])
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"   {which} benchmark failed:\n{r.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _worker(which: str, a, device: str) -> int:
+    """Child process of _in_subprocess: print one JSON line of timings."""
+    import json
+
+    cfg = UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype)
+    if which == "torch":
+        from . import torch_ref
+
+        res = torch_ref.bench(cfg, a.size, a.batch, device, a.repeat, a.warmup, a.tf32)
+    else:
+        xp = np if device == "cpu" else backend._cupy()
+        res = bench_model(cfg, a.size, a.batch, device, Timer(xp), a.repeat, a.warmup)
+    print(json.dumps(res))
+    return 0
+
+
+# --- CLI ----------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m minunet.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--size", type=int, default=572, help="input tile side (valid size)")
+    p.add_argument("--base", type=int, default=64)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-ops", action="store_true", help="skip the per-op table")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 GEMMs (GPU; ours and torch)")
+    p.add_argument("--data", action="store_true", help="also time the tile pipeline")
+    p.add_argument("--_worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    device = backend.resolve_device(a.device)
+    if a._worker:
+        return _worker(a._worker, a, device)
+    if device == "cuda" and a.tf32:
+        backend.set_tf32(True)
+    xp = np if device == "cpu" else backend._cupy()
+    cfg = UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype)
+    timer = Timer(xp)
+    print(f"minunet.bench: {backend.device_info()}")
+    print(f"config: input {a.batch}x{a.size}x{a.size}, base {a.base}, depth {a.depth}, "
+          f"{a.dtype}, median of {a.repeat} after {a.warmup} warm-up")
+
+    print("\n1. fast paths vs references (max abs difference)")
+    bad = False
+    for name, err in check_fast_paths(xp, np.dtype(a.dtype)):
+        tol = 1e-4 if a.dtype == "float32" else 1e-10
+        ok = err <= tol
+        bad |= not ok
+        print(f"   {name:<20} {err:10.2e}  {'ok' if ok else 'MISMATCH'}")
+    if bad:
+        print("a fast path disagrees with its reference: not timing", file=sys.stderr)
+        return 1
+
+    if not a.no_ops:
+        print("\n2. hot loops at the paper network's sizes")
+        print(f"   {'op':<30}{'ms':>9}{'GB/s':>9}")
+        for name, t, nbytes in bench_ops(xp, np.dtype(a.dtype), timer, a.repeat, a.warmup,
+                                         a.size, a.base):
+            print(f"   {name:<30}{t * 1e3:9.2f}{nbytes / t / 1e9:9.1f}")
+
+    flops = sum(r["gflop"] for r in layer_table(cfg, a.size, a.batch))
+    print(f"\n3. U-Net {a.size}/{a.base}: forward {flops:.1f} GFLOP, training step "
+          f"~{3 * flops:.0f} GFLOP")
+    ours = _in_subprocess("ours", a, device)
+    theirs = None if a.no_torch else _in_subprocess("torch", a, device)
+    print(f"   {'':<18}{'minunet s':>11}{'GFLOP/s':>9}" + (f"{'torch s':>10}{'GFLOP/s':>9}"
+                                                          f"{'ratio':>8}" if theirs else ""))
+    for name, mult in (("forward", 1), ("forward+backward", 3), ("training step", 3)):
+        t = ours[name]
+        line = f"   {name:<18}{t:11.3f}{mult * flops / t:9.1f}"
+        if theirs:
+            tt = theirs[name]
+            line += f"{tt:10.3f}{mult * flops / tt:9.1f}{t / tt:8.2f}x"
+        print(line)
+    line = f"   {'peak memory MB':<18}{ours['peak_mb']:11.0f}"
+    if theirs:
+        line += f"{'':9}{theirs['peak_mb']:10.0f}{'':9}{ours['peak_mb'] / theirs['peak_mb']:8.2f}x"
+    print(line)
+    if theirs is None and not a.no_torch:
+        print("   (PyTorch not installed: no comparison)")
+
+    if a.data:
+        from .data import tiles_per_second
+
+        tps = tiles_per_second(n_tiles=10, in_size=a.size, out_size=output_size(a.size))
+        print(f"\n5. data pipeline: {tps:.1f} tiles/s at {a.size}x{a.size}, all augmentations, "
+              f"one thread")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
