@@ -21,22 +21,18 @@ class Conv:
     def __init__(self, name: str, relu: bool = True):
         self.name = name
         self.relu = relu
-        self.cache = self.relu_cache = None
+        self.cache = None
 
     def forward(self, params, x):
         w, b = params[self.name + ".weight"], params[self.name + ".bias"]
-        out, self.cache = ops.conv2d_forward(x, w, b)
-        if self.relu:
-            out, self.relu_cache = ops.relu_forward(out)
+        out, self.cache = ops.conv2d_forward(x, w, b, relu=self.relu)  # ReLU fused in
         return out
 
     def backward(self, grads, dout, need_dx: bool = True):
-        if self.relu:
-            dout = ops.relu_backward(dout, self.relu_cache)
         dx, dw, db = ops.conv2d_backward(dout, self.cache, need_dx=need_dx)
         grads[self.name + ".weight"] += dw
         grads[self.name + ".bias"] += db
-        self.cache = self.relu_cache = None  # free the activations
+        self.cache = None  # free the activations
         return dx
 
 

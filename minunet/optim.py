@@ -57,8 +57,9 @@ class MomentumSGD:
     def step(self, grads: dict, it: int) -> None:
         """Apply one update with the gradients of iteration `it`."""
         lr, c = self.lr_at(it), self.config
-        for k, w in self.params.items():
-            backend.sgd_update(w, self.velocity[k], grads[k], lr, c.momentum, c.weight_decay)
+        names = list(self.params)
+        backend.sgd_update_many([self.params[k] for k in names], [self.velocity[k] for k in names],
+                                [grads[k] for k in names], lr, c.momentum, c.weight_decay)
 
     def state_dict(self) -> dict:
         """Velocities as host arrays, keyed 'velocity.<param name>'."""

@@ -164,11 +164,9 @@ class Trainer:
 
         self.data = load_dataset(cfg.data, as_index_list(cfg.val) if cfg.val else None)
         n_classes = self.data.n_classes
-        self.model = UNet(model_config(cfg, n_classes), seed=cfg.seed)
-        if state is not None:
-            if UNetConfig(**state[2]) != self.model.config:
-                raise SystemExit(f"error: checkpoint model config {state[2]} differs from "
-                                 f"{asdict(self.model.config)}")
+        mcfg = model_config(cfg, n_classes) if state is None else UNetConfig(**state[2])
+        self.model = UNet(mcfg, seed=cfg.seed)
+        if state is not None:  # refuses parameters of another shape, listing them
             self.model.load_state_dict(state[0])
         self.model.to(cfg.device)
         self.opt = MomentumSGD(self.model.params, SGDConfig(
@@ -204,7 +202,8 @@ class Trainer:
         losses = []  # device scalars, read in batches so the GPU never waits on the host
         try:
             while self.it < cfg.iters:
-                losses.append(self.step())
+                with np.errstate(all="ignore"):  # a diverging loss is caught below, by value
+                    losses.append(self.step())
                 self.it += 1
                 bar.update(1)
                 if len(losses) >= 10 or self.it % cfg.val_every == 0 or self.it == cfg.iters:
@@ -268,7 +267,7 @@ class Trainer:
             return {}
         losses, correct, total, rands, self.val_preds = [], 0, 0, [], []
         for s in self.data.val:
-            probs = backend.to_host(predict(self.model, s.image, tile=self.cfg.tile))  # (K, H, W)
+            probs = backend.to_host(predict(self.model, s.image))  # (K, H, W)
             p_true = np.take_along_axis(probs, s.label[None], axis=0)[0]
             losses.append(float(-np.log(np.maximum(p_true, 1e-12)).mean()))
             pred = probs.argmax(0)

@@ -135,7 +135,9 @@ def _pattern(m):
     import hashlib
 
     hsh = hashlib.sha1()
-    for layer in [*sum(m.down, ()), *m.mid, *sum(m.up, ()), *m.ups]:
+    for layer in [*sum(m.down, ()), *m.mid, *sum(m.up, ())]:
+        hsh.update((layer.cache.out > 0).tobytes())  # the ReLU fused into each 3x3 conv
+    for layer in m.ups:
         if layer.relu_cache is not None:
             hsh.update((layer.relu_cache.out > 0).tobytes())
     for pool in m.pools:

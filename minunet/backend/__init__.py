@@ -26,6 +26,7 @@ __all__ = [
     "xp_of", "is_gpu_array", "to_device", "to_host", "gpu_status", "device_info",
     "resolve_device", "workspace", "im2col", "col2im", "maxpool2x2_forward",
     "maxpool2x2_backward", "softmax_xent_forward", "softmax_xent_backward", "sgd_update",
+    "sgd_update_many", "bias_relu_forward", "relu_backward", "upconv_scatter", "upconv_gather",
 ]
 
 
@@ -241,3 +242,30 @@ def set_tf32(enabled: bool) -> None:
     import os
 
     os.environ["CUPY_TF32"] = "1" if enabled else "0"
+
+
+def sgd_update_many(ws, vs, gs, lr: float, momentum: float, weight_decay: float) -> None:
+    """`sgd_update` over lists of arrays (every parameter of a model); one launch on the GPU."""
+    if ws:
+        _twin(ws[0]).sgd_update_many(ws, vs, gs, lr, momentum, weight_decay)
+
+
+def bias_relu_forward(x, b):
+    """The conv epilogue, fused: x = max(x + b[c], 0) IN PLACE for x (N, C, H, W), b (C,)."""
+    return _twin(x).bias_relu_forward(x, b)
+
+
+def relu_backward(dout, out):
+    """dx = dout where out > 0, else 0 (out is the ReLU's output; any shape)."""
+    return _twin(dout).relu_backward(dout, out)
+
+
+def upconv_scatter(cols, b):
+    """cols (N, Cout, 2, 2, H, W), b (Cout,) -> out (N, Cout, 2H, 2W):
+    out[n, o, 2y+i, 2x+j] = cols[n, o, i, j, y, x] + b[o]."""
+    return _twin(cols).upconv_scatter(cols, b)
+
+
+def upconv_gather(dout):
+    """The inverse rearrangement: dout (N, Cout, 2H, 2W) -> dcols (N, Cout, 2, 2, H, W)."""
+    return _twin(dout).upconv_gather(dout)

@@ -196,3 +196,63 @@ def sgd_update(w, v, g, lr, momentum, weight_decay):
     """See minunet.backend.sgd_update. w, v, g: same shape, contiguous; updated in place."""
     t = w.dtype.type
     _sgd_update(w.reshape(-1), v.reshape(-1), g.reshape(-1), t(lr), t(momentum), t(weight_decay))
+
+
+def sgd_update_many(ws, vs, gs, lr, momentum, weight_decay):
+    """See minunet.backend.sgd_update_many: sgd_update over lists of arrays."""
+    for w, v, g in zip(ws, vs, gs, strict=True):
+        sgd_update(w, v, g, lr, momentum, weight_decay)
+
+
+# --- fused bias + ReLU, ReLU backward ---------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _bias_relu(x3, b):
+    P, C, S = x3.shape
+    for pc in prange(P * C):  # one (image, channel) plane per iteration
+        n = pc // C
+        c = pc % C
+        bc = b[c]
+        for s in range(S):
+            v = x3[n, c, s] + bc
+            x3[n, c, s] = v if v > 0 else 0
+
+
+def bias_relu_forward(x, b):
+    """See minunet.backend.bias_relu_forward: x = max(x + b[c], 0) in place; returns x."""
+    N, C = x.shape[:2]
+    _bias_relu(x.reshape(N, C, -1), b.astype(x.dtype, copy=False))
+    return x
+
+
+@njit(parallel=True, cache=True)
+def _relu_bwd(dout, out, dx):
+    for i in prange(dx.size):
+        dx[i] = dout[i] if out[i] > 0 else 0
+
+
+def relu_backward(dout, out):
+    """See minunet.backend.relu_backward: dx = dout where out > 0, else 0."""
+    dx = np.empty(out.shape, dtype=dout.dtype)
+    _relu_bwd(np.ascontiguousarray(dout).reshape(-1), np.ascontiguousarray(out).reshape(-1),
+              dx.reshape(-1))
+    return dx
+
+
+# --- the rearrangements around the up-conv GEMM --------------------------------------
+
+
+def upconv_scatter(cols, b):
+    """See minunet.backend.upconv_scatter: (N, Cout, 2, 2, H, W) + bias -> (N, Cout, 2H, 2W)."""
+    N, Cout, _, _, H, W = cols.shape
+    out = cols.transpose(0, 1, 4, 2, 5, 3).reshape(N, Cout, 2 * H, 2 * W)  # a copy
+    out += b[None, :, None, None]
+    return out
+
+
+def upconv_gather(dout):
+    """See minunet.backend.upconv_gather: (N, Cout, 2H, 2W) -> (N, Cout, 2, 2, H, W)."""
+    N, Cout, H2, W2 = dout.shape
+    d6 = dout.reshape(N, Cout, H2 // 2, 2, W2 // 2, 2)  # (N, Cout, H, i, W, j)
+    return np.ascontiguousarray(d6.transpose(0, 1, 3, 5, 2, 4))  # (N, Cout, i, j, H, W)

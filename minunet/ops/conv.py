@@ -34,6 +34,7 @@ from ._check import check_float, check_ndim, check_same_dtype
 class Conv2dCache(NamedTuple):
     x: object  # (N, Cin, H, W) input, contiguous
     w: object  # (Cout, Cin, k, k) weight
+    out: object  # (N, Cout, Ho, Wo) output when a ReLU was fused in (its mask), else None
 
 
 # --- the plain references (readable; tests and tutorials compare against them) ---
@@ -112,11 +113,14 @@ def _columns(x1, k, y0, y1):
     return backend.im2col(x1, k, y0, y1, buf.reshape(C * k * k, (y1 - y0) * Wo))
 
 
-def conv2d_forward(x, w, b):
-    """Valid 2-D convolution (cross-correlation), stride 1, with bias.
+def conv2d_forward(x, w, b, relu=False):
+    """Valid 2-D convolution (cross-correlation), stride 1, with bias (and a fused ReLU).
 
     x: (N, Cin, H, W); w: (Cout, Cin, k, k); b: (Cout,)
     out[n, o, y, xx] = b[o] + sum_{c,i,j} w[o, c, i, j] * x[n, c, y+i, xx+j]
+    relu=True applies max(out, 0) in the same pass as the bias (the U-Net's 3x3
+    layers): the same result as relu_forward(conv2d_forward(x, w, b)), one pass
+    over memory fewer.
     Returns out (N, Cout, H-k+1, W-k+1) and a Conv2dCache.
     """
     _check_conv_inputs(x, w, b)
@@ -132,17 +136,21 @@ def conv2d_forward(x, w, b):
         for y0, y1 in _row_chunks(Ho, Wo, Cin * k * k * Wo * x.itemsize):
             cols = _columns(x[n], k, y0, y1)  # (Cin*k*k, (y1-y0)*Wo)
             xp.matmul(w2, cols, out=o2[:, y0 * Wo : y1 * Wo])
-        o2 += b[:, None]
-    return out, Conv2dCache(x, w)
+    if relu:
+        backend.bias_relu_forward(out, b)
+    else:
+        out += b[None, :, None, None]
+    return out, Conv2dCache(x, w, out if relu else None)
 
 
 def conv2d_backward(dout, cache, need_dx=True):
     """Gradients of conv2d_forward.
 
-    dout: (N, Cout, Ho, Wo). Returns (dx (N, Cin, H, W), dw (Cout, Cin, k, k),
-    db (Cout,)); dx is None when need_dx is False (the network's first layer).
+    dout: (N, Cout, Ho, Wo), the gradient of the output (after the ReLU, if fused).
+    Returns (dx (N, Cin, H, W), dw (Cout, Cin, k, k), db (Cout,)); dx is None when
+    need_dx is False (the network's first layer).
     """
-    x, w = cache
+    x, w, out = cache
     xp = backend.xp_of(dout, x)
     N, Cin, H, W = x.shape
     Cout, _, k, _ = w.shape
@@ -150,6 +158,8 @@ def conv2d_backward(dout, cache, need_dx=True):
     if dout.shape != (N, Cout, Ho, Wo):
         raise ValueError(f"conv2d_backward: dout shape {dout.shape} does not match the "
                          f"forward output {(N, Cout, Ho, Wo)}")
+    if out is not None:  # the fused ReLU: the gradient passes where the output is > 0
+        dout = backend.relu_backward(dout, out)
     dout = xp.ascontiguousarray(dout)
     w2 = xp.ascontiguousarray(w).reshape(Cout, Cin * k * k)  # (Cout, Cin*k*k)
     dw2 = xp.zeros((Cout, Cin * k * k), dtype=x.dtype)  # (Cout, Cin*k*k)

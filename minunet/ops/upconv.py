@@ -61,9 +61,9 @@ def upconv2x2_forward(x, w, b):
     wt = xp.ascontiguousarray(w).reshape(Cin, Cout * 4).T  # (Cout*4, Cin)
     cols = xp.matmul(wt, x.reshape(N, Cin, H * W))  # (N, Cout*4, H*W)
     cols = cols.reshape(N, Cout, 2, 2, H, W)  # (N, Cout, i, j, H, W)
-    out = cols.transpose(0, 1, 4, 2, 5, 3)  # (N, Cout, H, i, W, j)
-    out = out.reshape(N, Cout, 2 * H, 2 * W)  # (N, Cout, 2H, 2W), a copy
-    out += b[None, :, None, None]
+    # out[n, o, 2y+i, 2xx+j] = cols[n, o, i, j, y, xx] + b[o]: in plain array code
+    # cols.transpose(0, 1, 4, 2, 5, 3).reshape(N, Cout, 2H, 2W) + b (see backend/cpu.py)
+    out = backend.upconv_scatter(cols, b)  # (N, Cout, 2H, 2W)
     return out, Upconv2x2Cache(x, w)
 
 
@@ -79,8 +79,7 @@ def upconv2x2_backward(dout, cache):
     if dout.shape != (N, Cout, 2 * H, 2 * W):
         raise ValueError(f"upconv2x2_backward: dout shape {dout.shape} does not match the "
                          f"forward output {(N, Cout, 2 * H, 2 * W)}")
-    d6 = dout.reshape(N, Cout, H, 2, W, 2)  # (N, Cout, H, i, W, j)
-    dcols = xp.ascontiguousarray(d6.transpose(0, 1, 3, 5, 2, 4))  # (N, Cout, i, j, H, W)
+    dcols = backend.upconv_gather(dout)  # (N, Cout, i, j, H, W): the inverse rearrangement
     dcols = dcols.reshape(N, Cout * 4, H * W)  # (N, Cout*4, H*W)
     x3 = x.reshape(N, Cin, H * W)  # (N, Cin, H*W)
     w2 = xp.ascontiguousarray(w).reshape(Cin, Cout * 4)  # (Cin, Cout*4)
