@@ -1,18 +1,39 @@
 """Overlap-tile inference (Ronneberger et al. 2015, Fig. 2) and test-time augmentation.
 
-The unpadded U-Net's output is 184 px smaller than its input (depth 4), so to
-segment an H x W image we mirror the missing 92 px of context at the borders and
-run the network on tiles whose outputs cover the image.
+The unpadded U-Net's output is 184 px smaller than its input (depth 4): every
+3x3 convolution eats one pixel per side. To segment an H x W image we mirror the
+missing 92 px of context at the borders ("the missing input data is
+extrapolated by mirroring the input image", Sec. 2) and run the network on
+tiles whose outputs cover the image without gaps.
 
-Exactness. A tile at offset t of the padded image gives exactly the same
-numbers as one pass over the whole padded image if every 2x2 pool sees the same
-windows in both: the tile's origin must lie on the pooling grid of every level,
-i.e. t must be a multiple of 2^depth (16). Valid sizes are 16b + 124 (depth 4),
-so two valid sizes differ by a multiple of 16 and the last tile, flush with the
-end of a valid padded image, is aligned as well. We therefore pad to a VALID
-total size P >= H + 184, step the tiles by a multiple of 16 no larger than the
-tile's output, and stitch: where outputs overlap they are identical. The
-stitched map equals `model.forward(padded image)` to float rounding.
+Exactness: why tile offsets must be multiples of 2^depth. A 2x2, stride-2
+max-pool sees the windows (2i, 2i+1); a tile cut at offset t of the padded
+image sees the windows (t+2i, t+2i+1). These are the same windows as in one
+pass over the whole image only if t is even; after the second pool they agree
+only if t/2 is even as well, and so on: after `depth` pools, only if t is a
+multiple of 2^depth (16 for the paper's net). Convolutions, up-convolutions and
+the centre crops of the skips are translation-equivariant (the crop offset is
+a constant of the architecture, the same for every valid input size), so with
+such offsets every tile computes exactly the numbers the whole-image pass
+computes at the same place. Off the grid (e.g. at offset 8) a deeper pool
+pairs up different pixels and the tile's output differs (tests/test_infer.py
+shows it does).
+
+Valid sizes are 16b + 124 (depth 4), so two valid sizes differ by a multiple of
+16 and the last tile, flush with the end of a valid padded image, is on the
+grid as well. We therefore pad to a VALID total size P >= H + 184, step the
+tiles by the largest multiple of 16 that does not exceed the tile's output
+size (so a tile that is stepped needs an output of at least 16 px: the smallest
+is 204, output 20; 188, output 4, can only cover a whole axis), and stitch:
+where outputs overlap they are identical, nothing is blended.
+The stitched map equals `model.forward(padded image)` to float rounding
+(tested in float64 to 1e-12), so the tile size changes speed and memory only.
+
+Tiles are run `batch` at a time (tiles of all test-time transforms that share a
+shape go into the same batches). With `tile=None` the tile side is chosen from
+the free memory of the device (the whole padded image in one pass when it
+fits). On the GPU the image is copied to the device once; padding, tiling,
+stitching and the test-time transforms all happen there.
 """
 
 from __future__ import annotations
@@ -20,19 +41,35 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend
-from .model import UNet, is_valid_size, nearest_valid_sizes, output_size
+from .model import UNet, is_valid_size, layer_table, nearest_valid_sizes, output_size, valid_sizes
+
+# Fraction of the free memory that one forward pass may plan to use, and the
+# factor on the layer outputs that covers what the layers keep for backward
+# (ReLU outputs, conv inputs) and the transient pre-activation buffers.
+MEMORY_FRACTION = 0.6
+ACTIVATION_FACTOR = 2.5
+CPU_DEFAULT_BUDGET = 2 * 2**30  # when the free RAM cannot be read
+CPU_MAX_BUDGET = 4 * 2**30  # larger CPU tiles are hardly faster; be kind to shared machines
+
+
+def _margin(depth: int) -> int:
+    """input - output of a valid input (184 at depth 4)."""
+    s = nearest_valid_sizes(1, depth)[1]
+    return s - output_size(s, depth)
 
 
 def padded_size(n: int, depth: int) -> int:
     """Smallest valid network input P with P - margin >= n (the output covers n pixels)."""
-    m = _margin(depth)
-    s = n + m
+    s = n + _margin(depth)
     return s if is_valid_size(s, depth) else nearest_valid_sizes(s, depth)[1]
 
 
-def _margin(depth: int) -> int:
-    s = nearest_valid_sizes(1, depth)[1]
-    return s - output_size(s, depth)
+def min_tile(depth: int) -> int:
+    """The smallest tile that can be stepped along an axis: its output must span at least
+    one pooling-grid step 2^depth (204 at depth 4: output 20; 188 gives only 4, so tiles
+    of 188 on the 16-pixel grid would leave gaps; 188 works only as the whole axis)."""
+    return next(s for s in valid_sizes(1, 2 ** (depth + 3) * 8, depth)
+                if output_size(s, depth) >= 2**depth)
 
 
 def tile_offsets(total: int, tile: int, depth: int) -> list[int]:
@@ -40,108 +77,195 @@ def tile_offsets(total: int, tile: int, depth: int) -> list[int]:
 
     Steps are the largest multiple of 2^depth not exceeding the tile's output
     size, and the last tile ends flush with `total`; all offsets are multiples
-    of 2^depth (the pooling grid), which makes the stitch exact.
+    of 2^depth (the pooling grid), which makes the stitch exact (module doc).
     """
     if tile >= total:
         return [0]
     g = 2**depth
-    step = max(g, (output_size(tile, depth) // g) * g)
+    step = (output_size(tile, depth) // g) * g
+    if step == 0:
+        raise ValueError(f"tile {tile} has an output of {output_size(tile, depth)} px, less than "
+                         f"the pooling grid step {g}: use a tile >= {min_tile(depth)}")
     offs = list(range(0, total - tile, step))
     return offs + [total - tile]
 
 
 def choose_tile(padded: tuple[int, int], depth: int, max_tile: int) -> tuple[int, int]:
     """Tile size per axis: the whole padded axis if it is <= max_tile, else the largest
-    valid size <= max_tile."""
-    out = []
-    for p in padded:
-        if p <= max_tile:
-            out.append(p)
-        else:
-            below, _ = nearest_valid_sizes(max_tile, depth)
-            if below is None:
-                raise ValueError(f"--tile {max_tile} is smaller than the smallest valid tile")
-            out.append(below)
-    return tuple(out)
+    valid size <= max_tile, but at least `min_tile(depth)` (a smaller tile cannot be
+    stepped along the pooling grid without gaps)."""
+    below, above = nearest_valid_sizes(max_tile, depth)
+    if below is None:
+        raise ValueError(f"tile {max_tile} is smaller than the smallest valid tile ({above} for "
+                         f"a depth-{depth} U-Net); use a tile >= {min_tile(depth)}")
+    return tuple(p if p <= max_tile else max(below, min_tile(depth)) for p in padded)
 
 
-def mirror_pad(image, top, bottom, left, right):
-    """Mirror-pad the last two axes (numpy 'reflect': the edge pixel is not repeated).
+def forward_bytes(config, size: int, batch: int = 1) -> int:
+    """Planned memory of one inference forward pass on (batch, C, size, size): the layer
+    outputs times ACTIVATION_FACTOR plus the largest im2col workspace."""
+    rows = layer_table(config, size, batch)
+    act = sum(r["act_mb"] for r in rows) * 2**20
+    cols = max(r["im2col_mb"] for r in rows) * 2**20
+    return int(ACTIVATION_FACTOR * act + cols)
 
-    Works for pads larger than the image by reflecting repeatedly. image (..., H, W).
+
+def free_memory_bytes(xp) -> int:
+    """Free memory: on the GPU the device's free bytes plus CuPy's cached free blocks; on
+    the CPU MemAvailable (Linux), at most CPU_MAX_BUDGET / MEMORY_FRACTION."""
+    if xp is np:
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        avail = int(line.split()[1]) * 1024
+                        return min(avail, int(CPU_MAX_BUDGET / MEMORY_FRACTION))
+        except OSError:
+            pass
+        return int(CPU_DEFAULT_BUDGET / MEMORY_FRACTION)
+    free, _total = xp.cuda.Device().mem_info
+    return int(free + xp.get_default_memory_pool().free_bytes())
+
+
+def auto_tile(config, padded: tuple[int, int], batch: int, budget: int) -> int:
+    """The largest valid tile side whose forward pass (batch tiles) fits in `budget` bytes;
+    the whole padded image when it fits; `min_tile` if nothing fits."""
+    smallest = min_tile(config.depth)
+    sizes = valid_sizes(smallest, max(smallest, *padded), config.depth)
+    best = sizes[0]
+    for s in sizes:  # memory grows with s: stop at the first that does not fit
+        if forward_bytes(config, s, batch) > budget:
+            break
+        best = s
+    return best
+
+
+def mirror_pad(image, top: int, bottom: int, left: int, right: int):
+    """Mirror-pad the last two axes of image (..., H, W) -> (..., H+top+bottom, W+left+right).
+
+    numpy 'reflect' (the edge pixel is not repeated: ... 2 1 | 0 1 2 ... n-1 | n-2 ...), and
+    pads longer than the image keep reflecting back and forth (period 2n - 2); a single
+    row or column is repeated. Done by gathering with index vectors, so it runs on the
+    image's device (NumPy or CuPy) without a copy to the host.
     """
     xp = backend.xp_of(image)
-    pad = [(0, 0)] * (image.ndim - 2) + [(top, bottom), (left, right)]
-    if min(image.shape[-2:]) < 2:  # a single row/column cannot be reflected: repeat it
-        return xp.pad(image, pad, mode="symmetric")
-    return xp.pad(image, pad, mode="reflect")
+    H, W = image.shape[-2:]
+    iy = xp.asarray(_reflect_index(H, top, bottom))
+    ix = xp.asarray(_reflect_index(W, left, right))
+    return image.take(iy, axis=-2).take(ix, axis=-1)
+
+
+def _reflect_index(n: int, before: int, after: int) -> np.ndarray:
+    """Source index of each padded position along an axis of length n (see mirror_pad)."""
+    i = np.arange(-before, n + after)
+    if n == 1:
+        return np.zeros_like(i)
+    period = 2 * n - 2
+    i = np.mod(i, period)
+    return np.where(i >= n, period - i, i)
 
 
 def predict(model: UNet, image, tile: int | None = None, batch: int = 1, tta: int = 1):
     """Class probabilities (K, H, W) for one image (H, W) or (C, H, W), any size.
 
     model: a UNet (on the CPU or the GPU; the image is moved there once).
-    tile:  the largest input tile side (valid size); None: the whole padded image
-           in one pass on the GPU, 572 on the CPU (bounded memory).
-    batch: tiles per forward pass. tta: 1 (none), 4 (rotations) or 8 (rotations
-           and flips); the probabilities are averaged over the transformed copies.
-    Returns probabilities in the model's array module and dtype.
+    tile:  the largest input tile side (a valid size, or rounded down to one);
+           None: chosen from the device's free memory (the whole padded image in
+           one pass when it fits).
+    batch: tiles per forward pass.
+    tta:   1 (none), 4 (the four rotations) or 8 (rotations and their mirror
+           images); the probabilities of the transformed copies, transformed back,
+           are averaged (the dihedral group of the square, as the paper's rotated
+           copies).
+    Returns probabilities in the model's array module (NumPy or CuPy) and dtype.
     """
     cfg = model.config
     xp = model.xp
-    img = xp.asarray(image, dtype=cfg.dtype)
+    if getattr(image, "ndim", None) not in (2, 3):
+        raise ValueError(f"predict expects an image (H, W) or (C, H, W), got shape "
+                         f"{getattr(image, 'shape', type(image).__name__)}")
+    img = xp.asarray(image, dtype=cfg.dtype)  # the one host -> device copy
     if img.ndim == 2:
-        img = img[None]
-    if img.ndim != 3 or img.shape[0] != cfg.in_channels:
+        img = img[None]  # (1, H, W)
+    if img.shape[0] != cfg.in_channels:
         raise ValueError(f"predict expects an image (H, W) or (C, H, W) with C = "
-                         f"{cfg.in_channels}, got shape {tuple(image.shape)}")
+                         f"{cfg.in_channels} (the model's in_channels), got shape "
+                         f"{tuple(image.shape)}")
     if tta not in (1, 4, 8):
         raise ValueError(f"tta must be 1, 4 or 8, got {tta}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    _, H, W = img.shape
+    m = _margin(cfg.depth)
+    if tile is None:
+        padded = (padded_size(H, cfg.depth), padded_size(W, cfg.depth))
+        tile = auto_tile(cfg, padded, batch, int(MEMORY_FRACTION * free_memory_bytes(xp)))
+
+    # One padded copy and one output buffer per transform; jobs = (transform, y, x).
+    pads, outs, shapes, jobs = [], [], [], []
+    for k in range(tta):
+        t = _transform(img, k)  # (C, h, w): (H, W) or (W, H)
+        _, h, w = t.shape
+        ph, pw = padded_size(h, cfg.depth), padded_size(w, cfg.depth)
+        top = left = m // 2
+        pads.append(mirror_pad(t, top, ph - h - top, left, pw - w - left))  # (C, ph, pw)
+        outs.append(xp.empty((cfg.n_classes, ph - m, pw - m), dtype=img.dtype))
+        th, tw = choose_tile((ph, pw), cfg.depth, tile)
+        shapes.append((th, tw))
+        jobs += [(k, y, x) for y in tile_offsets(ph, th, cfg.depth)
+                 for x in tile_offsets(pw, tw, cfg.depth)]
+
+    # Run tiles of equal shape together, `batch` at a time, and stitch.
+    for shape in sorted(set(shapes)):
+        th, tw = shape
+        oh, ow = output_size(th, cfg.depth), output_size(tw, cfg.depth)
+        group = [j for j in jobs if shapes[j[0]] == shape]
+        for i in range(0, len(group), batch):
+            chunk = group[i : i + batch]
+            xb = xp.stack([pads[k][:, y : y + th, x : x + tw] for k, y, x in chunk])  # (B,C,th,tw)
+            pb = softmax(model.forward(xb))  # (B, K, oh, ow)
+            _release_caches(model)
+            for (k, y, x), p in zip(chunk, pb, strict=True):
+                outs[k][:, y : y + oh, x : x + ow] = p
+
     acc = None
     for k in range(tta):
-        t = _transform(img, k)
-        p = _predict_once(model, t, tile, batch)
-        p = _untransform(p, k)
+        h, w = (W, H) if k % 2 else (H, W)  # odd k: a quarter turn swapped the axes
+        p = _untransform(outs[k][:, :h, :w], k)  # (K, H, W)
         acc = p if acc is None else acc + p
-    return acc / tta if tta > 1 else acc
+    return acc / tta if tta > 1 else xp.ascontiguousarray(acc)
 
 
-def _transform(img, k):
-    """The k-th of 8 dihedral transforms of (C, H, W): k % 4 quarter turns, then a flip if k >= 4."""
+def _transform(img, k: int):
+    """The k-th of the 8 dihedral transforms of (C, H, W): k % 4 quarter turns, then a
+    left-right flip if k >= 4. k < 4 are the rotations (tta=4)."""
     xp = backend.xp_of(img)
     out = xp.rot90(img, k % 4, axes=(1, 2))
     return out[:, :, ::-1] if k >= 4 else out
 
 
-def _untransform(p, k):
+def _untransform(p, k: int):
+    """Inverse of `_transform` on (K, h, w) maps: flip back, then turn back."""
     xp = backend.xp_of(p)
     if k >= 4:
         p = p[:, :, ::-1]
     return xp.rot90(p, -(k % 4), axes=(1, 2))
 
 
-def _predict_once(model, img, tile, batch):
-    cfg = model.config
-    xp = model.xp
-    C, H, W = img.shape
-    m = _margin(cfg.depth)
-    PH, PW = padded_size(H, cfg.depth), padded_size(W, cfg.depth)
-    top, left = m // 2, m // 2
-    padded = mirror_pad(img, top, PH - H - top, left, PW - W - left)  # (C, PH, PW)
-    if tile is None:
-        tile = 10**9 if xp is not np else 572
-    th, tw = choose_tile((PH, PW), cfg.depth, tile)
-    oh, ow = output_size(th, cfg.depth), output_size(tw, cfg.depth)
-    probs = xp.empty((cfg.n_classes, PH - m, PW - m), dtype=img.dtype)
-    origins = [(y, x) for y in tile_offsets(PH, th, cfg.depth)
-               for x in tile_offsets(PW, tw, cfg.depth)]
-    for i in range(0, len(origins), batch):
-        group = origins[i : i + batch]
-        xb = xp.stack([padded[:, y : y + th, x : x + tw] for y, x in group])  # (B, C, th, tw)
-        pb = softmax(model.forward(xb))  # (B, K, oh, ow)
-        for (y, x), p in zip(group, pb, strict=True):
-            probs[:, y : y + oh, x : x + ow] = p
-    return probs[:, :H, :W]
+def _release_caches(model) -> None:
+    """Drop what the layers kept for a backward pass that inference never runs, so the
+    next tile's activations do not sit on top of this tile's."""
+    release = getattr(model, "release_caches", None)
+    if release is not None:
+        release()
+        return
+    for value in vars(model).values():
+        items = value if isinstance(value, list | tuple) else [value]
+        for item in items:
+            for layer in item if isinstance(item, tuple) else [item]:
+                for attr in ("cache", "relu_cache", "crop_cache", "cat_cache"):
+                    if hasattr(layer, attr):
+                        setattr(layer, attr, None)
 
 
 def softmax(logits):

@@ -1,0 +1,43 @@
+"""Shared fixtures: `xp` (NumPy, and CuPy where a GPU is present), `rng`, the `gpu` marker.
+
+Tests marked `@pytest.mark.gpu` (and the CuPy case of `xp`) are skipped, with the
+reason, on a machine without a usable GPU; everything else must pass there (CI).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minunet import backend
+
+
+def _xp_params():
+    params = [pytest.param(np, id="numpy")]
+    if backend.gpu_status().available:
+        params.append(pytest.param("cupy", id="cupy", marks=pytest.mark.gpu))
+    return params
+
+
+@pytest.fixture(params=_xp_params())
+def xp(request):
+    """The array module a test runs on: numpy, and cupy when a GPU is available."""
+    if request.param == "cupy":
+        return backend.xp_of(backend.to_device(np.zeros(1)))  # cupy, imported by the backend
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    """A seeded NumPy generator: every test sees the same random numbers on every run."""
+    return np.random.default_rng(20150518)  # U-Net's arXiv date
+
+
+def pytest_collection_modifyitems(config, items):
+    status = backend.gpu_status()
+    if status.available:
+        return
+    skip = pytest.mark.skip(reason=f"needs a CUDA GPU: {status.reason}")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,125 @@
+"""`python -m minunet.evaluate` (minunet/evaluate.py): pairing, formats, table and CSV, errors."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from minunet import metrics
+from minunet.evaluate import COLUMNS, main
+
+
+def two_cells(h=24, w=25):
+    truth = np.ones((h, w), bool)
+    truth[:, 11:13] = False
+    return truth
+
+
+def save_png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_folders_paired_by_stem(tmp_path, capsys):
+    truth = two_cells()
+    labels = (truth * 255).astype(np.uint8)
+    gap = labels.copy()
+    gap[8, 11:13] = 255  # merges the two cells
+    save_png(tmp_path / "lab" / "s1.png", labels)
+    save_png(tmp_path / "lab" / "s2.png", labels)
+    save_png(tmp_path / "pred" / "s1.png", labels)  # perfect, 8-bit 0..255
+    save_png(tmp_path / "pred" / "s2.png", gap)
+    out = tmp_path / "scores.csv"
+    assert main([str(tmp_path / "pred"), str(tmp_path / "lab"), "--csv", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "pixel_error" in table and "v_info" in table and "all" in table
+    rows = read_csv(out)
+    assert [r["slice"] for r in rows] == ["s1", "s2", "all"] and list(rows[0]) == list(COLUMNS)
+    s1, s2, agg = ({k: float(v) for k, v in r.items() if k != "slice"} for r in rows)
+    assert (s1["pixel_error"], s1["rand_error"], s1["v_rand"], s1["v_info"]) == (0, 0, 1, 1)
+    assert s1["pixel_accuracy"] == 1 and s1["mean_iou"] == 1 and s1["dice_cell"] == 1
+    want = metrics.isbi_scores(gap / 255.0, truth)
+    assert s2["rand_error"] == pytest.approx(want.rand_error, abs=1e-6) and s2["rand_error"] > 0
+    assert s2["v_rand"] == pytest.approx(want.v_rand, abs=1e-6)
+    both = metrics.isbi_scores(np.stack([labels, gap]) / 255.0, np.stack([truth, truth]))
+    for k in ("pixel_error", "rand_error", "v_rand", "v_info"):
+        assert agg[k] == pytest.approx(getattr(both, k), abs=1e-6)
+    assert agg["pixel_accuracy"] == pytest.approx(1 - 2 / (2 * truth.size), abs=1e-6)
+
+
+def test_float_stacks_paired_page_by_page(tmp_path, capsys):
+    truth = np.stack([two_cells(), two_cells()[::-1, ::-1], two_cells(25, 24).T])
+    prob = np.where(truth, 0.7, 0.2).astype(np.float32)
+    tifffile.imwrite(tmp_path / "pred.tif", prob, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "labels.tif", (truth * 255).astype(np.uint8),
+                     photometric="minisblack")
+    assert main([str(tmp_path / "pred.tif"), str(tmp_path / "labels.tif")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in lines[1:] if not line.startswith("-")]
+    assert names == ["pred[0]", "pred[1]", "pred[2]", "all"]
+    for line in lines[1:]:
+        if not line.startswith("-"):
+            assert line.split()[1:5] == ["0.000000", "0.000000", "1.000000", "1.000000"]
+
+
+def test_pairing_and_format_errors(tmp_path):
+    lab = (two_cells() * 255).astype(np.uint8)
+    save_png(tmp_path / "lab" / "a.png", lab)
+    save_png(tmp_path / "lab" / "b.png", lab)
+    save_png(tmp_path / "pred" / "a.png", lab)
+    save_png(tmp_path / "pred" / "c.png", lab)
+    with pytest.raises(SystemExit, match=r"(?s)without a label.*: c.*without a prediction.*: b"):
+        main([str(tmp_path / "pred"), str(tmp_path / "lab")])
+    with pytest.raises(SystemExit, match="two files .* or two folders"):
+        main([str(tmp_path / "pred" / "a.png"), str(tmp_path / "lab")])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main([str(tmp_path / "nothing"), str(tmp_path / "lab")])
+    save_png(tmp_path / "small.png", lab[:10])
+    with pytest.raises(SystemExit, match="differ in shape"):
+        main([str(tmp_path / "small.png"), str(tmp_path / "lab" / "a.png")])
+    save_png(tmp_path / "gray_labels.png", (np.arange(24 * 25) % 7).astype(np.uint8)
+             .reshape(24, 25))
+    with pytest.raises(SystemExit, match="gray_labels.png: truth must be binary"):
+        main([str(tmp_path / "pred" / "a.png"), str(tmp_path / "gray_labels.png")])
+    tifffile.imwrite(tmp_path / "big.tif", np.full((24, 25), 3.0, np.float32))
+    with pytest.raises(SystemExit, match=r"float probabilities must lie in \[0, 1\]"):
+        main([str(tmp_path / "big.tif"), str(tmp_path / "lab" / "a.png")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="holds no images"):
+        main([str(tmp_path / "empty"), str(tmp_path / "lab")])
+
+
+def test_end_to_end_with_predict(tmp_path):
+    """predict writes prob/STEM.png; evaluate pairs that folder with the labels by stem."""
+    from dataclasses import asdict
+
+    from minunet.checkpoint import save_checkpoint
+    from minunet.model import UNet, UNetConfig
+    from minunet.predict import main as predict_main
+
+    model = UNet(UNetConfig(base=2), seed=1)
+    ckpt = tmp_path / "m.npz"
+    save_checkpoint(ckpt, model.state_dict(), {}, 0, {"model": asdict(model.config)}, {})
+    rng = np.random.default_rng(0)
+    for stem in ("25", "26"):
+        save_png(tmp_path / "images" / f"{stem}.png", rng.integers(0, 256, (24, 25), np.uint8))
+        save_png(tmp_path / "labels" / f"{stem}.png", (two_cells() * 255).astype(np.uint8))
+    assert predict_main(["--checkpoint", str(ckpt), str(tmp_path / "images"),
+                         "--out", str(tmp_path / "out")]) == 0
+    out = tmp_path / "scores.csv"
+    assert main([str(tmp_path / "out" / "prob"), str(tmp_path / "labels"), "--csv",
+                 str(out)]) == 0
+    rows = read_csv(out)
+    assert [r["slice"] for r in rows] == ["25", "26", "all"]
+    for r in rows:
+        for k in COLUMNS[1:]:
+            assert 0.0 <= float(r[k]) <= 1.0

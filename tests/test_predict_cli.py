@@ -1,0 +1,153 @@
+"""`python -m minunet.predict` (minunet/predict.py): outputs, formats, errors. Trains nothing: a
+tiny untrained U-Net is saved as a checkpoint and the CLI's main(argv) runs on tmp files."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from minunet.checkpoint import save_checkpoint
+from minunet.infer import predict
+from minunet.model import UNet, UNetConfig
+from minunet.predict import atomic_write, main
+
+
+def make_checkpoint(path, **config):
+    model = UNet(UNetConfig(base=2, **config), seed=5)
+    cfg = {"train": {}, "model": asdict(model.config), "optimizer": {}}
+    save_checkpoint(path, model.state_dict(), {}, 0, cfg, {"seed": 0})
+    return model
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    path = tmp_path / "model.npz"
+    return path, make_checkpoint(path)
+
+
+def expected_prob(model, image_u8):
+    return predict(model, image_u8.astype(np.float32) / 255)[1]
+
+
+def read_png(path):
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def test_folder_of_pngs(tmp_path, ckpt):
+    path, model = ckpt
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in"
+    src.mkdir()
+    images = {"a": rng.integers(0, 256, (40, 50), dtype=np.uint8),
+              "b": rng.integers(0, 256, (33, 21), dtype=np.uint8)}
+    for stem, im in images.items():
+        Image.fromarray(im).save(src / f"{stem}.png")
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(path), str(src), "--out", str(out)]) == 0
+    for stem, im in images.items():
+        p = expected_prob(model, im)
+        prob = read_png(out / "prob" / f"{stem}.png")
+        assert prob.dtype == np.uint8 and prob.shape == im.shape
+        assert np.abs(prob.astype(int) - np.rint(p * 255)).max() <= 1  # float32 rounding
+        mask = read_png(out / "mask" / f"{stem}.png")
+        assert set(np.unique(mask)) <= {0, 255}
+        np.testing.assert_array_equal(mask == 255, p > 0.5)
+        ov = read_png(out / "overlay" / f"{stem}.png")
+        assert ov.shape == (*im.shape, 3) and ov.dtype == np.uint8
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_float_tiff_stack_tta_and_threshold(tmp_path, ckpt):
+    path, model = ckpt
+    rng = np.random.default_rng(1)
+    stack = rng.random((2, 20, 18)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "vol.tif", stack, photometric="minisblack")
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(path), str(tmp_path / "vol.tif"), "--out", str(out),
+                 "--float", "--tta", "4", "--threshold", "0.3", "--batch", "2",
+                 "--device", "cpu"]) == 0
+    prob = tifffile.imread(out / "prob" / "vol.tif")
+    assert prob.shape == (2, 20, 18) and prob.dtype == np.float32
+    want = np.stack([predict(model, s, tta=4)[1] for s in stack])
+    np.testing.assert_allclose(prob, want, rtol=0, atol=1e-6)
+    mask = tifffile.imread(out / "mask" / "vol.tif")
+    np.testing.assert_array_equal(mask == 255, prob > 0.3)
+    assert sorted(p.name for p in (out / "overlay").iterdir()) == [
+        "vol_000.png", "vol_001.png"]
+
+
+def test_rgb_input_becomes_gray_and_tile_option(tmp_path, ckpt):
+    path, model = ckpt
+    rgb = np.random.default_rng(2).integers(0, 256, (45, 40, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(path), str(tmp_path / "c.png"), "--out", str(out),
+                 "--tile", "204"]) == 0
+    gray = (rgb.astype(np.float32) / 255) @ np.array([0.299, 0.587, 0.114], np.float32)
+    p = predict(model, gray)[1]
+    prob = read_png(out / "prob" / "c.png")
+    assert np.abs(prob.astype(int) - np.rint(p * 255)).max() <= 1
+
+
+def test_more_than_two_classes(tmp_path):
+    path = tmp_path / "m3.npz"
+    model = make_checkpoint(path, n_classes=3)
+    im = np.random.default_rng(3).integers(0, 256, (20, 24), dtype=np.uint8)
+    Image.fromarray(im).save(tmp_path / "x.png")
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(path), str(tmp_path / "x.png"), "--out", str(out)]) == 0
+    probs = predict(model, im.astype(np.float32) / 255)
+    prob = tifffile.imread(out / "prob" / "x.tif")
+    assert prob.shape == (3, 20, 24)
+    np.testing.assert_array_equal(read_png(out / "mask" / "x.png"), probs.argmax(0))
+
+
+def test_clear_errors(tmp_path, ckpt):
+    path, _ = ckpt
+    im = tmp_path / "a.png"
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(im)
+    out = str(tmp_path / "out")
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["--checkpoint", str(tmp_path / "missing.npz"), str(im), "--out", out])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    with pytest.raises(SystemExit, match="is not an image"):
+        main(["--checkpoint", str(path), str(notes), "--out", out])
+    fake = tmp_path / "fake.png"
+    fake.write_text("not a png")
+    with pytest.raises(SystemExit, match="not a readable image"):
+        main(["--checkpoint", str(path), str(fake), "--out", out])
+    with pytest.raises(SystemExit, match="nearest valid sizes are 188 or 204"):
+        main(["--checkpoint", str(path), str(im), "--out", out, "--tile", "200"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["--checkpoint", str(path), str(tmp_path / "nope.png"), "--out", out])
+    two = tmp_path / "two.npz"
+    make_checkpoint(two, in_channels=2)
+    with pytest.raises(SystemExit, match=r"1 channel\(s\).*in_channels=2"):
+        main(["--checkpoint", str(two), str(im), "--out", out])
+    not_ckpt = tmp_path / "bad.npz"
+    np.savez(not_ckpt, x=np.zeros(3))
+    with pytest.raises(SystemExit, match="not a minunet training checkpoint"):
+        main(["--checkpoint", str(not_ckpt), str(im), "--out", out])
+    with pytest.raises(SystemExit):  # argparse: --tta must be 1, 4 or 8
+        main(["--checkpoint", str(path), str(im), "--out", out, "--tta", "2"])
+    assert not (tmp_path / "out").exists()  # nothing written on errors
+
+
+def test_atomic_write_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "sub" / "x.png"
+
+    def fail(f):
+        f.write(b"half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, fail)
+    assert list((tmp_path / "sub").iterdir()) == []
+    atomic_write(target, lambda f: f.write(b"whole"))
+    assert target.read_bytes() == b"whole"
