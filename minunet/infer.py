@@ -41,7 +41,15 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend
-from .model import UNet, is_valid_size, layer_table, nearest_valid_sizes, output_size, valid_sizes
+from .model import (
+    UNet,
+    is_valid_size,
+    layer_table,
+    nearest_valid_sizes,
+    output_size,
+    standardize,
+    valid_sizes,
+)
 
 # Fraction of the free memory that one forward pass may plan to use, and the
 # factor on the layer outputs that covers what the layers keep for backward
@@ -184,7 +192,7 @@ def predict(model: UNet, image, tile: int | None = None, batch: int = 1, tta: in
     if getattr(image, "ndim", None) not in (2, 3):
         raise ValueError(f"predict expects an image (H, W) or (C, H, W), got shape "
                          f"{getattr(image, 'shape', type(image).__name__)}")
-    img = xp.asarray(image, dtype=cfg.dtype)  # the one host -> device copy
+    img = standardize(xp.asarray(image, dtype=cfg.dtype))  # the one host -> device copy
     if img.ndim == 2:
         img = img[None]  # (1, H, W)
     if img.shape[0] != cfg.in_channels:

@@ -126,6 +126,21 @@ def receptive_field(depth: int = 4) -> int:
     return size_margin(depth) + 1
 
 
+# --- the input ---------------------------------------------------------------------
+
+INPUT_MEAN, INPUT_STD = 0.5, 0.25  # images arrive in [0, 1]; EM gray values: mean ~0.5
+
+
+def standardize(image):
+    """Map an image in [0, 1] to the network's input scale: (image - 0.5) / 0.25.
+
+    Training (minunet.train) and inference (minunet.infer) both call this, so a
+    model always sees inputs of one scale; centring keeps the first layer's
+    pre-activations balanced around 0 (the paper does not say how it scaled inputs).
+    """
+    return (image - INPUT_MEAN) * (1.0 / INPUT_STD)
+
+
 # --- the network -----------------------------------------------------------------
 
 
@@ -140,15 +155,18 @@ def parameter_shapes(config: UNetConfig) -> dict[str, tuple]:
     cin = config.in_channels
     for i in range(config.depth):
         c = channels(config, i)
-        shapes |= _conv_shapes(f"down{i}.conv0", cin, c, 3) | _conv_shapes(f"down{i}.conv1", c, c, 3)
+        shapes |= _conv_shapes(f"down{i}.conv0", cin, c, 3)
+        shapes |= _conv_shapes(f"down{i}.conv1", c, c, 3)
         cin = c
     c = channels(config, config.depth)
-    shapes |= _conv_shapes("bottleneck.conv0", cin, c, 3) | _conv_shapes("bottleneck.conv1", c, c, 3)
+    shapes |= _conv_shapes("bottleneck.conv0", cin, c, 3)
+    shapes |= _conv_shapes("bottleneck.conv1", c, c, 3)
     for i in reversed(range(config.depth)):
         c_up, c = channels(config, i + 1), channels(config, i)
         shapes[f"up{i}.upconv.weight"] = (c_up, c, 2, 2)  # (Cin, Cout, 2, 2) as ConvTranspose2d
         shapes[f"up{i}.upconv.bias"] = (c,)
-        shapes |= _conv_shapes(f"up{i}.conv0", 2 * c, c, 3) | _conv_shapes(f"up{i}.conv1", c, c, 3)
+        shapes |= _conv_shapes(f"up{i}.conv0", 2 * c, c, 3)
+        shapes |= _conv_shapes(f"up{i}.conv1", c, c, 3)
     shapes |= _conv_shapes("final", config.base, config.n_classes, 1)
     return shapes
 
@@ -367,7 +385,8 @@ def describe(config: UNetConfig, size: int = 572, batch: int = 1) -> str:
     rows = layer_table(config, size, batch)
     lines = [f"U-Net depth {config.depth}, base {config.base}, {config.in_channels} -> "
              f"{config.n_classes} classes, {config.dtype}, input {batch}x{size}x{size} -> output "
-             f"{output_size(size, config.depth)}; receptive field {receptive_field(config.depth)} px",
+             f"{output_size(size, config.depth)}; receptive field "
+             f"{receptive_field(config.depth)} px",
              f"{'layer':<18}{'output (N,C,H,W)':<24}{'params':>12}{'GFLOP':>10}"
              f"{'act MB':>10}{'im2col MB':>11}"]
     for r in rows:

@@ -9,7 +9,12 @@ optimization step." Caffe's convention, per parameter w with gradient g:
     w <- w + v
 
 The learning rate lr_t follows a schedule: constant, step (x gamma every
-`step_size` iterations) or poly ((1 - t/max_iter)^power), as in Caffe.
+`step_size` iterations) or poly ((1 - t/max_iter)^power), as in Caffe, with an
+optional linear warm-up. The warm-up is not in the paper; it is there because
+He-initialised U-Nets start with large logits (|a| ~ 5-10 on the synthetic data,
+the ReLU activations' positive mean adding up through the skips), so the first
+gradients are large, and momentum 0.99 piles 100 of them up: without a ramp the
+first layers' ReLUs died in our runs.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ class SGDConfig:
     gamma: float = 0.1  # "step": the factor
     power: float = 0.9  # "poly": exponent
     max_iter: int = 10000  # "poly": the iteration where lr reaches 0
+    warmup: int = 0  # ramp lr linearly from lr/warmup to lr over the first `warmup` iterations
 
     def __post_init__(self):
         if self.schedule not in ("constant", "step", "poly"):
@@ -48,11 +54,12 @@ class MomentumSGD:
     def lr_at(self, it: int) -> float:
         """The learning rate at iteration `it` (0-based)."""
         c = self.config
+        ramp = min(1.0, (it + 1) / c.warmup) if c.warmup > 0 else 1.0
         if c.schedule == "step":
-            return c.lr * c.gamma ** (it // c.step_size)
+            return ramp * c.lr * c.gamma ** (it // c.step_size)
         if c.schedule == "poly":
-            return c.lr * max(0.0, 1.0 - it / c.max_iter) ** c.power
-        return c.lr
+            return ramp * c.lr * max(0.0, 1.0 - it / c.max_iter) ** c.power
+        return ramp * c.lr
 
     def step(self, grads: dict, it: int) -> None:
         """Apply one update with the gradients of iteration `it`."""

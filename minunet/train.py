@@ -32,17 +32,25 @@ import numpy as np
 
 from . import backend, ops
 from .checkpoint import load_checkpoint, save_checkpoint
-from .model import UNet, UNetConfig, describe, invalid_size_message, is_valid_size, output_size
+from .model import (
+    UNet,
+    UNetConfig,
+    describe,
+    invalid_size_message,
+    is_valid_size,
+    output_size,
+    standardize,
+)
 from .optim import MomentumSGD, SGDConfig
 
 # Presets: what suits the device. "cpu" finishes in minutes on 2 cores and is
 # already good on the synthetic data; "paper" is the paper's network and tile.
 PRESETS = {
-    "cpu": dict(base=16, depth=4, tile=252, iters=600, lr=0.05, val_every=150,
+    "cpu": dict(base=16, depth=4, tile=252, iters=600, lr=0.001, val_every=150,
                 data="synthetic:n=12,size=320"),
-    "paper": dict(base=64, depth=4, tile=572, iters=5000, lr=0.01, val_every=500,
+    "paper": dict(base=64, depth=4, tile=572, iters=5000, lr=0.001, val_every=500,
                   data="synthetic"),
-    "tiny": dict(base=4, depth=4, tile=188, iters=20, lr=0.05, val_every=10,
+    "tiny": dict(base=4, depth=4, tile=188, iters=20, lr=0.001, val_every=10,
                  data="synthetic:n=3,size=200"),
 }
 
@@ -62,6 +70,7 @@ class TrainConfig:
     momentum: float = 0.99  # paper 0.99
     weight_decay: float = 0.0
     schedule: str = "constant"  # constant | step | poly
+    warmup: int = 100  # iterations of linear lr warm-up (see optim.py; 0 = none, as the paper)
     dropout: float = 0.5  # paper 0.5
     upconv_relu: bool = False
     augment: bool = True  # elastic deformation, shift, rotation, flips, gray values
@@ -86,7 +95,7 @@ def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
     for name, typ in [("base", int), ("depth", int), ("tile", int), ("batch", int),
                       ("iters", int), ("lr", float), ("momentum", float),
                       ("weight-decay", float), ("dropout", float), ("seed", int),
-                      ("val-every", int), ("prefetch", int)]:
+                      ("val-every", int), ("prefetch", int), ("warmup", int)]:
         p.add_argument("--" + name, type=typ)
     p.add_argument("--schedule", choices=["constant", "step", "poly"])
     p.add_argument("--dtype", choices=["float32", "float64"])
@@ -171,7 +180,7 @@ class Trainer:
         self.model.to(cfg.device)
         self.opt = MomentumSGD(self.model.params, SGDConfig(
             lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-            schedule=cfg.schedule, max_iter=cfg.iters))
+            schedule=cfg.schedule, max_iter=cfg.iters, warmup=cfg.warmup))
         if state is not None:
             self.opt.load_state_dict(state[1])
         self.it = start
@@ -245,7 +254,7 @@ class Trainer:
         """One training iteration on tile number self.it; returns the loss (device scalar)."""
         x, labels, weights = self.sampler.batch(self.cfg.batch)
         dev = self.cfg.device
-        x = backend.to_device(x.astype(self.cfg.dtype), dev)  # (B, 1, tile, tile)
+        x = backend.to_device(standardize(x).astype(self.cfg.dtype), dev)  # (B, 1, tile, tile)
         labels = backend.to_device(labels, dev)  # (B, out, out)
         weights = backend.to_device(weights.astype(self.cfg.dtype), dev)  # (B, out, out)
         m = self.model

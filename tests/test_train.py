@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from minunet.checkpoint import load_checkpoint, save_checkpoint
-from minunet.train import PRESETS, Trainer, TrainConfig, main, resolve_config
+from minunet.train import PRESETS, TrainConfig, Trainer, main, resolve_config
 
 TINY = dict(base=2, depth=4, tile=188, lr=0.01, val_every=2, prefetch=0, device="cpu",
             data="synthetic:n=3,size=200")
@@ -109,7 +109,8 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     out = tmp_path / "int"
     proc = subprocess.Popen(
         [sys.executable, "-m", "minunet.train", "--device", "cpu", "--preset", "tiny",
-         "--iters", "100000", "--val-every", "100000", "--prefetch", "0", "--out", str(out)],
+         "--iters", "100000", "--val-every", "100000", "--prefetch", "0", "--lr", "0.001",
+         "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while not (out / "config.json").exists() and time.time() < deadline:

@@ -138,6 +138,12 @@ def to_host(a) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 WORKSPACE_BYTES = 64 * 2**20  # upper bound for one column matrix (per slot)
+CPU_CHUNK_BYTES = 8 * 2**20  # on the CPU, chunks this big stay in cache from im2col to GEMM
+
+
+def chunk_bytes(xp) -> int:
+    """Target size of one im2col chunk: cache-sized on the CPU, WORKSPACE_BYTES on the GPU."""
+    return min(CPU_CHUNK_BYTES, WORKSPACE_BYTES) if xp is np else WORKSPACE_BYTES
 _workspaces: dict = {}
 
 

@@ -1,13 +1,18 @@
-"""CPU twins of the hot loops, compiled with Numba.
+"""CPU twins of the hot loops: Numba loops, and NumPy slice copies for im2col/col2im.
 
 Each function has the signature and layout of its dispatcher in
 `minunet/backend/__init__.py`, its plain-NumPy reference in `minunet/ops/`, and
 its CUDA twin in `kernels/`. Tests compare all three (tests/backend/).
 
-Parallel loops (`prange`) always split over an index whose iterations write
-disjoint outputs, and every reduction runs in a fixed order, so results do not
-depend on the number of threads. Functions are compiled on first use and
-cached on disk (`cache=True`), so `import minunet` stays fast.
+Why the loops run on ONE thread: the twins are called between BLAS matrix
+products, and OpenBLAS keeps its worker threads spinning for a while after each
+product. A parallel Numba loop started in that window fights them for the cores;
+on a 2-core machine a conv layer measured 3-50x slower with parallel twins than
+with serial ones (the 3x3 convs' GEMMs are where the threads pay). The loops
+are still written with `prange` over an index whose iterations write disjoint
+outputs, with every reduction in a fixed order, so PARALLEL = True is safe and
+gives the same numbers. Functions are compiled on first use and cached on disk
+(`cache=True`), so `import minunet` stays fast.
 """
 
 from __future__ import annotations
@@ -15,58 +20,43 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+PARALLEL = False  # see the module docstring
+
 
 # --- im2col / col2im --------------------------------------------------------
-
-
-@njit(parallel=True, cache=True)
-def _im2col(x, k, y0, y1, out):
-    C, H, W = x.shape
-    Wo = W - k + 1
-    rows = y1 - y0
-    for r in prange(C * k * k):  # one column-matrix row (c, i, j) per iteration
-        c = r // (k * k)
-        i = (r // k) % k
-        j = r % k
-        for y in range(rows):
-            src = x[c, y0 + y + i]
-            base = y * Wo
-            for xx in range(Wo):
-                out[r, base + xx] = src[xx + j]
-
-
-@njit(parallel=True, cache=True)
-def _col2im(cols, k, y0, y1, dx):
-    C, H, W = dx.shape
-    Wo = W - k + 1
-    rows = y1 - y0
-    for c in prange(C):  # a thread owns channel c of dx: no two threads write one pixel
-        for i in range(k):
-            for j in range(k):
-                r = (c * k + i) * k + j
-                for y in range(rows):
-                    dst = dx[c, y0 + y + i]
-                    base = y * Wo
-                    for xx in range(Wo):
-                        dst[xx + j] += cols[r, base + xx]
+# These two are NumPy slice copies, not Numba loops: one strided copy per kernel
+# offset (i, j) over all channels and rows moves whole rows of Wo pixels at a
+# time and runs at memory-copy speed (about 30 GB/s for im2col on this 2-core
+# machine, against 4-10 GB/s for the best Numba loop we wrote). No Python loop
+# runs over pixels: the loops below have k*k iterations.
 
 
 def im2col(x, k, y0, y1, out):
     """See minunet.backend.im2col. x (C, H, W); out (C*k*k, (y1-y0)*(W-k+1))."""
-    _im2col(x, k, y0, y1, out)
+    C, H, W = x.shape
+    Wo = W - k + 1
+    o5 = out.reshape(C, k, k, y1 - y0, Wo)  # (C, k, k, rows, Wo) view of out
+    for i in range(k):
+        for j in range(k):
+            o5[:, i, j] = x[:, y0 + i : y1 + i, j : j + Wo]
     return out
 
 
 def col2im(cols, k, y0, y1, dx):
     """See minunet.backend.col2im. cols (C*k*k, (y1-y0)*(W-k+1)); dx (C, H, W) += ."""
-    _col2im(cols, k, y0, y1, dx)
+    C, H, W = dx.shape
+    Wo = W - k + 1
+    c5 = cols.reshape(C, k, k, y1 - y0, Wo)  # (C, k, k, rows, Wo) view of cols
+    for i in range(k):
+        for j in range(k):  # a fixed order of additions: deterministic
+            dx[:, y0 + i : y1 + i, j : j + Wo] += c5[:, i, j]
     return dx
 
 
 # --- 2x2 max-pool -------------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=True)
 def _maxpool_fwd(x, out, arg):
     P, Ho, Wo = out.shape
     for p in prange(P):
@@ -92,7 +82,7 @@ def _maxpool_fwd(x, out, arg):
                 arg[p, y, xx] = a
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=True)
 def _maxpool_bwd(dout, arg, dx):
     P, Ho, Wo = dout.shape
     for p in prange(P):
@@ -124,7 +114,7 @@ def maxpool2x2_backward(dout, arg):
 # --- fused softmax + weighted cross-entropy ----------------------------------
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=True)
 def _softmax_xent_fwd(logits, labels, weights, probs, row_loss):
     N, K, H, W = logits.shape
     for r in prange(N * H):  # one image row per iteration
@@ -149,7 +139,7 @@ def _softmax_xent_fwd(logits, labels, weights, probs, row_loss):
         row_loss[r] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=True)
 def _softmax_xent_bwd(probs, labels, weights, scale, dlogits):
     N, K, H, W = probs.shape
     for r in prange(N * H):
@@ -184,7 +174,7 @@ def softmax_xent_backward(probs, labels, weights, scale):
 # --- momentum SGD update --------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=True)
 def _sgd_update(w, v, g, lr, momentum, weight_decay):
     for i in prange(w.size):
         vi = momentum * v[i] - lr * (g[i] + weight_decay * w[i])
@@ -207,7 +197,7 @@ def sgd_update_many(ws, vs, gs, lr, momentum, weight_decay):
 # --- fused bias + ReLU, ReLU backward ---------------------------------------------
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=True)
 def _bias_relu(x3, b):
     P, C, S = x3.shape
     for pc in prange(P * C):  # one (image, channel) plane per iteration
@@ -226,7 +216,7 @@ def bias_relu_forward(x, b):
     return x
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=PARALLEL, cache=True)
 def _relu_bwd(dout, out, dx):
     for i in prange(dx.size):
         dx[i] = dout[i] if out[i] > 0 else 0

@@ -40,5 +40,6 @@ __all__ = [
     "CenterCropCache", "center_crop_forward", "center_crop_backward",
     "ConcatCache", "concat_forward", "concat_backward",
     "SoftmaxXentCache", "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
-    "DropoutCache", "dropout_mask", "dropout_mask_hashed", "counter_uniform", "dropout_forward", "dropout_backward",
+    "DropoutCache", "dropout_mask", "dropout_mask_hashed", "counter_uniform",
+    "dropout_forward", "dropout_backward",
 ]

@@ -19,8 +19,10 @@ The backward pass is three products with the same pieces:
 
 For the paper's second layer (64 channels, 568 x 568 output) the column matrix
 would be 64*9*568*568*4 bytes = 743 MB, so both passes work on chunks of output
-rows whose columns fit in `backend.WORKSPACE_BYTES`, in a reused buffer. The
-backward recomputes each chunk's columns rather than keeping them.
+rows whose columns fit `backend.chunk_bytes` (8 MB on the CPU, small enough to
+stay in cache between im2col and the GEMM; at most `WORKSPACE_BYTES` = 64 MB),
+in a reused buffer. The backward recomputes each chunk's columns rather than
+keeping them.
 """
 
 from __future__ import annotations
@@ -95,10 +97,9 @@ def _check_conv_inputs(x, w, b):
                          f"(x shape {x.shape}); a valid convolution needs H, W >= k")
 
 
-def _row_chunks(Ho, Wo, rows_of_cols_bytes):
-    """Split output rows 0..Ho into chunks whose column matrix fits the workspace."""
-    per_row = max(1, rows_of_cols_bytes)
-    step = max(1, min(Ho, backend.WORKSPACE_BYTES // per_row))
+def _row_chunks(Ho, xp, row_bytes):
+    """Split output rows 0..Ho into chunks whose column matrix fits `backend.chunk_bytes`."""
+    step = max(1, min(Ho, backend.chunk_bytes(xp) // max(1, row_bytes)))
     return [(y0, min(Ho, y0 + step)) for y0 in range(0, Ho, step)]
 
 
@@ -133,7 +134,7 @@ def conv2d_forward(x, w, b, relu=False):
     out = xp.empty((N, Cout, Ho, Wo), dtype=x.dtype)
     for n in range(N):
         o2 = out[n].reshape(Cout, Ho * Wo)  # (Cout, Ho*Wo) view of out[n]
-        for y0, y1 in _row_chunks(Ho, Wo, Cin * k * k * Wo * x.itemsize):
+        for y0, y1 in _row_chunks(Ho, xp, Cin * k * k * Wo * x.itemsize):
             cols = _columns(x[n], k, y0, y1)  # (Cin*k*k, (y1-y0)*Wo)
             xp.matmul(w2, cols, out=o2[:, y0 * Wo : y1 * Wo])
     if relu:
@@ -166,7 +167,7 @@ def conv2d_backward(dout, cache, need_dx=True):
     dx = xp.zeros_like(x) if need_dx else None
     for n in range(N):
         d2 = dout[n].reshape(Cout, Ho * Wo)  # (Cout, Ho*Wo)
-        for y0, y1 in _row_chunks(Ho, Wo, Cin * k * k * Wo * x.itemsize):
+        for y0, y1 in _row_chunks(Ho, xp, Cin * k * k * Wo * x.itemsize):
             dchunk = d2[:, y0 * Wo : y1 * Wo]  # (Cout, L), L = (y1-y0)*Wo
             cols = _columns(x[n], k, y0, y1)  # (Cin*k*k, L)
             dw2 += (cols @ dchunk.T).T  # (Cout, Cin*k*k); this operand order is the
