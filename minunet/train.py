@@ -46,11 +46,11 @@ from .optim import MomentumSGD, SGDConfig
 # Presets: what suits the device. "cpu" finishes in minutes on 2 cores and is
 # already good on the synthetic data; "paper" is the paper's network and tile.
 PRESETS = {
-    "cpu": dict(base=16, depth=4, tile=252, iters=600, lr=0.001, val_every=150,
-                data="synthetic:n=12,size=320"),
+    "cpu": dict(base=16, depth=4, tile=316, iters=1500, lr=0.001, val_every=300, prefetch=0,
+                data="synthetic:n=16,size=384"),
     "paper": dict(base=64, depth=4, tile=572, iters=5000, lr=0.001, val_every=500,
                   data="synthetic"),
-    "tiny": dict(base=4, depth=4, tile=188, iters=20, lr=0.001, val_every=10,
+    "tiny": dict(base=4, depth=4, tile=188, iters=20, lr=0.001, val_every=10, prefetch=0,
                  data="synthetic:n=3,size=200"),
 }
 
@@ -79,7 +79,7 @@ class TrainConfig:
     val_every: int = 500  # iterations between validations and checkpoints
     out: str = ""  # run folder; '' = runs/<time>
     dtype: str = "float32"
-    prefetch: int = 2  # tiles prepared by a background thread
+    prefetch: int = 2  # tiles prepared by a background thread (0 on the CPU: it competes for cores)
 
 
 def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
