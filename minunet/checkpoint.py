@@ -12,11 +12,11 @@ leaves a half-written checkpoint behind.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_write
 
 META_KEYS = ("config", "iteration", "rng")
 
@@ -24,23 +24,11 @@ META_KEYS = ("config", "iteration", "rng")
 def save_checkpoint(path, params: dict, velocity: dict, iteration: int, config: dict,
                     rng: dict) -> Path:
     """Write a checkpoint atomically. params/velocity: name -> host array (see module doc)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = dict(params) | dict(velocity)
     arrays["config"] = np.array(json.dumps(config, sort_keys=True))
     arrays["iteration"] = np.array(json.dumps(int(iteration)))
     arrays["rng"] = np.array(json.dumps(rng, sort_keys=True))
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_checkpoint(path) -> tuple[dict, dict, int, dict, dict]:

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
-from .data.loaders import IMAGE_SUFFIXES, DataError, read_array
-from .predict import atomic_write
+from .data.loaders import DataError, pair_by_stem, read_array
+from .files import atomic_write
 
 COLUMNS = ("slice", "pixel_error", "rand_error", "v_rand", "v_info", "pixel_accuracy",
            "iou_cell", "iou_boundary", "mean_iou", "dice_cell")
@@ -50,19 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- reading
 
 
-def _files(path: Path) -> dict[str, Path]:
-    found = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-    if not found:
-        raise DataError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    by_stem: dict[str, Path] = {}
-    for f in found:
-        if f.stem in by_stem:
-            raise DataError(f"{path}: {by_stem[f.stem].name} and {f.name} share the name "
-                            f"{f.stem!r}; keep one")
-        by_stem[f.stem] = f
-    return by_stem
-
-
 def pair_inputs(pred: str, labels: str) -> list[tuple[str, Path, Path]]:
     """(name, prediction file, label file) pairs: two files, or two folders paired by stem."""
     p, lab = Path(pred), Path(labels)
@@ -72,17 +59,7 @@ def pair_inputs(pred: str, labels: str) -> list[tuple[str, Path, Path]]:
     if p.is_file() and lab.is_file():
         return [(p.stem, p, lab)]
     if p.is_dir() and lab.is_dir():
-        fp, fl = _files(p), _files(lab)
-        only_p, only_l = sorted(set(fp) - set(fl)), sorted(set(fl) - set(fp))
-        if only_p or only_l:
-            msg = ["predictions and labels are paired by file name (without extension), but"]
-            if only_p:
-                msg.append(f"  predictions without a label in {lab}: {', '.join(only_p)}")
-            if only_l:
-                msg.append(f"  labels without a prediction in {p}: {', '.join(only_l)}")
-            msg.append("rename or remove these files")
-            raise DataError("\n".join(msg))
-        return [(s, fp[s], fl[s]) for s in sorted(fp)]
+        return pair_by_stem(p, lab, "predictions", "labels")
     kinds = f"PRED is a {'folder' if p.is_dir() else 'file'}, LABELS a " \
             f"{'folder' if lab.is_dir() else 'file'}"
     raise DataError(f"{kinds}: give two files (images or stacks, paired page by page) or two "

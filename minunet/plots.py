@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import save_figure
+
 
 def _figure(*args, **kw):
     from matplotlib.figure import Figure  # no pyplot: no global state, no display
@@ -34,8 +36,7 @@ def plot_loss(history: list[dict], train_losses: list[float], last_it: int, path
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def plot_predictions(items, path) -> Path:
@@ -50,5 +51,4 @@ def plot_predictions(items, path) -> Path:
             ax.set_title(title)
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
+    return save_figure(fig, path)

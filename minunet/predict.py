@@ -22,9 +22,7 @@ interrupted run leaves no half-written file.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import numpy as np
 from . import backend
 from .checkpoint import load_checkpoint
 from .data.loaders import IMAGE_SUFFIXES, DataError, read_array, to_float_image
+from .files import atomic_write
 from .infer import predict
 from .model import UNet, UNetConfig, invalid_size_message, is_valid_size
 
@@ -145,23 +144,6 @@ def to_channels(page: np.ndarray, in_channels: int, name: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- outputs
-
-
-def atomic_write(path: Path, write) -> Path:
-    """Call write(file object) on a temporary file next to `path`, then rename it to `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, "wb") as f:  # a named file: writers such as tifffile want f.name
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_png(path: Path, array: np.ndarray) -> Path:

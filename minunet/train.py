@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import signal
@@ -32,6 +33,7 @@ import numpy as np
 
 from . import backend, ops
 from .checkpoint import load_checkpoint, save_checkpoint
+from .files import atomic_write
 from .model import (
     UNet,
     UNetConfig,
@@ -325,14 +327,15 @@ class Trainer:
             return [r for r in csv.DictReader(f) if int(r["iteration"]) <= self.it]
 
     def _write_metrics(self) -> None:
-        path = self.out / "metrics.csv"
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, ["iteration", "train_loss", "val_loss", "pixel_accuracy",
-                                   "rand_error"])
+        def write(f):
+            text = io.StringIO()
+            w = csv.DictWriter(text, ["iteration", "train_loss", "val_loss", "pixel_accuracy",
+                                      "rand_error"])
             w.writeheader()
             w.writerows(self.history)
-        tmp.replace(path)
+            f.write(text.getvalue().encode())
+
+        atomic_write(self.out / "metrics.csv", write)
 
     def _plot(self) -> None:
         from .plots import plot_loss, plot_predictions

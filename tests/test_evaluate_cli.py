@@ -77,7 +77,8 @@ def test_pairing_and_format_errors(tmp_path):
     save_png(tmp_path / "lab" / "b.png", lab)
     save_png(tmp_path / "pred" / "a.png", lab)
     save_png(tmp_path / "pred" / "c.png", lab)
-    with pytest.raises(SystemExit, match=r"(?s)without a label.*: c.*without a prediction.*: b"):
+    unpaired = r"(?s)predictions without a partner.*: c.*labels without a partner.*: b"
+    with pytest.raises(SystemExit, match=unpaired):
         main([str(tmp_path / "pred"), str(tmp_path / "lab")])
     with pytest.raises(SystemExit, match="two files .* or two folders"):
         main([str(tmp_path / "pred" / "a.png"), str(tmp_path / "lab")])

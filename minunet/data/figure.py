@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import save_figure
 from .augment import AugmentConfig, augment_sample
 from .synthetic import synthetic_em
 from .weightmap import weight_map
@@ -55,11 +56,7 @@ def synthetic_em_figure(path: str | Path = DEFAULT_PATH, seed: int = 0, size: in
     fig.colorbar(im, ax=axes[1, 1], fraction=0.046, pad=0.02)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png")
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

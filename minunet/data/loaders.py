@@ -281,32 +281,44 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _pair_files(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
-    """(image, mask) file pairs matched by file stem; errors list what is missing."""
-    images, masks = _image_files(image_dir), _image_files(mask_dir)
-    for folder, files in ((image_dir, images), (mask_dir, masks)):
-        if not files:
-            raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)} files); "
-                            "put the files there or point to another folder")
-    by_stem = {}
-    for kind, files in (("image", images), ("mask", masks)):
-        for f in files:
-            if (f.stem, kind) in by_stem:
-                raise DataError(f"two {kind} files share the name {f.stem!r}: "
-                                f"{by_stem[(f.stem, kind)].name} and {f.name}; keep one")
-            by_stem[(f.stem, kind)] = f
-    image_stems, mask_stems = {f.stem for f in images}, {f.stem for f in masks}
-    lonely_images = sorted(image_stems - mask_stems)
-    lonely_masks = sorted(mask_stems - image_stems)
-    if lonely_images or lonely_masks:
-        msg = ["images and masks are paired by file name (without extension), but"]
-        if lonely_images:
-            msg.append(f"  images without a mask in {mask_dir}: {', '.join(lonely_images)}")
-        if lonely_masks:
-            msg.append(f"  masks without an image in {image_dir}: {', '.join(lonely_masks)}")
+def files_by_stem(folder: Path, what: str = "images") -> dict[str, Path]:
+    """Image files of a folder keyed by file name without extension; errors for none or twins."""
+    found = _image_files(folder)
+    if not found:
+        raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)} files) for the "
+                        f"{what}; "
+                        "put the files there or point to another folder")
+    by_stem: dict[str, Path] = {}
+    for f in found:
+        if f.stem in by_stem:
+            raise DataError(f"two files in {folder} share the name {f.stem!r}: "
+                            f"{by_stem[f.stem].name} and {f.name}; keep one")
+        by_stem[f.stem] = f
+    return by_stem
+
+
+def pair_by_stem(dir_a: Path, dir_b: Path, a: str = "images",
+                 b: str = "masks") -> list[tuple[str, Path, Path]]:
+    """(stem, file in dir_a, file in dir_b) for files paired by name; errors list the unpaired.
+
+    a, b: what the two folders hold, for the messages ("images", "masks").
+    """
+    fa, fb = files_by_stem(dir_a, a), files_by_stem(dir_b, b)
+    only_a, only_b = sorted(set(fa) - set(fb)), sorted(set(fb) - set(fa))
+    if only_a or only_b:
+        msg = [f"{a} and {b} are paired by file name (without extension), but"]
+        if only_a:
+            msg.append(f"  {a} without a partner in {dir_b}: {', '.join(only_a)}")
+        if only_b:
+            msg.append(f"  {b} without a partner in {dir_a}: {', '.join(only_b)}")
         msg.append("rename or remove these files")
         raise DataError("\n".join(msg))
-    return [(by_stem[(s, "image")], by_stem[(s, "mask")]) for s in sorted(image_stems)]
+    return [(stem, fa[stem], fb[stem]) for stem in sorted(fa)]
+
+
+def _pair_files(image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
+    """(image, mask) file pairs matched by file stem; errors list what is missing."""
+    return [(i, m) for _, i, m in pair_by_stem(image_dir, mask_dir, "images", "masks")]
 
 
 def _check_same_size(image: np.ndarray, mask: np.ndarray, image_file: Path, mask_file: Path):

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from ..files import save_figure
+
 W0 = 10.0  # paper, Sec. 3: w0 = 10
 SIGMA = 5.0  # paper, Sec. 3: sigma ~ 5 pixels
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)  # cross-shaped 3x3
@@ -196,8 +198,4 @@ def plot_weightmap(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
