@@ -12,7 +12,7 @@ import pytest
 
 from minunet import backend, infer
 from minunet.infer import mirror_pad, padded_size, predict, softmax, tile_offsets
-from minunet.model import UNet, UNetConfig, output_size
+from minunet.model import UNet, UNetConfig, output_size, standardize
 
 TOL = 1e-12  # float64: tiled and single-pass results agree to rounding
 
@@ -26,7 +26,7 @@ def single_pass(model, image):
     """Probabilities (K, H, W) from one forward pass over the whole padded image."""
     H, W = image.shape
     PH, PW = padded_size(H, 4), padded_size(W, 4)
-    pad = np.pad(image, ((92, PH - H - 92), (92, PW - W - 92)), mode="reflect")
+    pad = np.pad(standardize(image), ((92, PH - H - 92), (92, PW - W - 92)), mode="reflect")
     return softmax(model.forward(pad[None, None]))[0][:, :H, :W]
 
 
@@ -65,7 +65,7 @@ def test_images_smaller_than_a_tile(model):
         p = predict(model, img, tile=204)
         assert p.shape == (2, *shape)
         np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-12)
-        padded = mirror_pad(img, 92, padded_size(shape[0], 4) - shape[0] - 92,
+        padded = mirror_pad(standardize(img), 92, padded_size(shape[0], 4) - shape[0] - 92,
                             92, padded_size(shape[1], 4) - shape[1] - 92)
         ref = softmax(model.forward(padded[None, None]))[0][:, : shape[0], : shape[1]]
         np.testing.assert_allclose(p, ref, rtol=0, atol=TOL)
@@ -127,7 +127,8 @@ def test_tta_of_an_equivariant_function_changes_nothing():
     for tta in (4, 8):
         np.testing.assert_allclose(predict(net, img, tile=204, tta=tta, batch=3), p1,
                                    rtol=0, atol=1e-14)
-    np.testing.assert_allclose(p1[1], 1 / (1 + np.exp(-(4 * img - 2))), rtol=0, atol=1e-14)
+    z = 4 * standardize(img) - 2  # predict feeds the network standardised images
+    np.testing.assert_allclose(p1[1], 1 / (1 + np.exp(-z)), rtol=0, atol=1e-14)
 
 
 def test_tta_averages_the_transformed_predictions(model):
