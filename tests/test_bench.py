@@ -1,0 +1,27 @@
+"""The benchmark CLI: checks before timing, prints its tables (a tiny config, no timing asserts)."""
+
+from minunet import bench
+from minunet.backend import cpu
+
+
+def test_bench_runs_and_prints_every_section(capsys):
+    rc = bench.main(["--device", "cpu", "--size", "188", "--base", "2", "--repeat", "1",
+                     "--warmup", "0", "--no-torch", "--data"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for text in ("fast paths vs references", "im2col", "softmax-xent fwd", "sgd update",
+                 "forward+backward", "training step", "GFLOP/s", "tiles/s"):
+        assert text in out, text
+
+
+def test_bench_refuses_to_time_a_wrong_fast_path(monkeypatch, capsys):
+    wrong = cpu.maxpool2x2_forward
+
+    def bad(x):
+        out, arg = wrong(x)
+        return out + 1, arg
+
+    monkeypatch.setattr(cpu, "maxpool2x2_forward", bad)
+    assert bench.main(["--device", "cpu", "--size", "188", "--base", "2", "--repeat", "1",
+                       "--no-torch", "--no-ops"]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
