@@ -117,7 +117,7 @@ def bench_ops(xp, dtype, timer, repeat, warmup, size=572, base=64) -> list[tuple
     item = np.dtype(dtype).itemsize
     s = size - 2  # after the first conv: (base, s, s) feeds the second 3x3 conv
     x = xp.asarray(rng.standard_normal((base, s, s)).astype(dtype))
-    rows = max(1, backend.WORKSPACE_BYTES // (base * 9 * (s - 2) * item))
+    rows = max(1, min(s - 2, backend.chunk_bytes(xp) // (base * 9 * (s - 2) * item)))
     cols = xp.empty((base * 9, rows * (s - 2)), dtype=dtype)
     nbytes = 2 * cols.size * item  # read ~ the same, write the columns
     out = [("im2col (one workspace chunk)", median(timer(

@@ -138,7 +138,7 @@ def to_host(a) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 WORKSPACE_BYTES = 64 * 2**20  # upper bound for one column matrix (per slot)
-CPU_CHUNK_BYTES = 8 * 2**20  # on the CPU, chunks this big stay in cache from im2col to GEMM
+CPU_CHUNK_BYTES = 4 * 2**20  # on the CPU, chunks this big stay in cache from im2col to GEMM
 
 
 def chunk_bytes(xp) -> int:

@@ -19,7 +19,7 @@ The backward pass is three products with the same pieces:
 
 For the paper's second layer (64 channels, 568 x 568 output) the column matrix
 would be 64*9*568*568*4 bytes = 743 MB, so both passes work on chunks of output
-rows whose columns fit `backend.chunk_bytes` (8 MB on the CPU, small enough to
+rows whose columns fit `backend.chunk_bytes` (4 MB on the CPU, small enough to
 stay in cache between im2col and the GEMM; at most `WORKSPACE_BYTES` = 64 MB),
 in a reused buffer. The backward recomputes each chunk's columns rather than
 keeping them.
