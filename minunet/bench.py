@@ -124,7 +124,8 @@ def bench_ops(xp, dtype, timer, repeat, warmup, size=572, base=64) -> list[tuple
         lambda: backend.im2col(x, 3, 0, rows, cols), repeat, warmup)), nbytes)]
     dx = xp.zeros_like(x)
     out.append(("col2im (one workspace chunk)", median(timer(
-        lambda: backend.col2im(cols, 3, 0, rows, dx), repeat, warmup)), nbytes + 2 * x.size * item))
+        lambda: backend.col2im(cols, 3, 0, rows, dx), repeat, warmup)),
+        cols.size * item + 2 * 9 * base * rows * (s - 2) * item))  # read cols, 9 x read+write dx
     p = xp.asarray(rng.standard_normal((1, base, s - 2, s - 2)).astype(dtype))
     o, a = backend.maxpool2x2_forward(p)
     out.append(("maxpool fwd", median(timer(lambda: backend.maxpool2x2_forward(p), repeat,
