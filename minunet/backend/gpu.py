@@ -277,6 +277,21 @@ def maxpool2x2_backward(dout, arg):
     return dx
 
 
+def _softmax_inputs(name, x, labels, weights):
+    """(dtype, x, labels, weights) made contiguous on the device, with the shapes checked:
+    x (N, K, H, W) float, labels (N, H, W) int32/int64, weights (N, H, W) of x's dtype."""
+    cp = _cupy()
+    dt = _float_dtype(name, x)
+    x = cp.ascontiguousarray(x)
+    N, K, H, W = x.shape
+    labels = _labels(labels)
+    weights = cp.ascontiguousarray(weights, dtype=dt)
+    if labels.shape != (N, H, W) or weights.shape != (N, H, W):
+        raise ValueError(f"{name} {x.shape} needs labels and weights of shape {(N, H, W)}, "
+                         f"got {labels.shape} and {weights.shape}")
+    return dt, x, labels, weights
+
+
 def softmax_xent_forward(logits, labels, weights):
     """See minunet.backend.softmax_xent_forward. Returns (loss_sum 0-d device array, probs).
 
@@ -284,14 +299,8 @@ def softmax_xent_forward(logits, labels, weights):
     kernel cannot raise; the ops check labels on the host, the loaders once).
     """
     cp = _cupy()
-    dt = _float_dtype("softmax_xent logits", logits)
-    logits = cp.ascontiguousarray(logits)
+    dt, logits, labels, weights = _softmax_inputs("softmax_xent logits", logits, labels, weights)
     N, K, H, W = logits.shape
-    labels = _labels(labels)
-    weights = cp.ascontiguousarray(weights, dtype=dt)
-    if labels.shape != (N, H, W) or weights.shape != (N, H, W):
-        raise ValueError(f"softmax_xent: logits {logits.shape} need labels and weights of shape "
-                         f"{(N, H, W)}, got {labels.shape} and {weights.shape}")
     npix = N * H * W
     probs = cp.empty_like(logits)
     blocks = _blocks(npix, _SOFTMAX_MAX_BLOCKS)  # depends on npix only: reproducible sums
@@ -310,14 +319,8 @@ def softmax_xent_forward(logits, labels, weights):
 def softmax_xent_backward(probs, labels, weights, scale):
     """See minunet.backend.softmax_xent_backward. dlogits = scale*w*(probs - onehot)."""
     cp = _cupy()
-    dt = _float_dtype("softmax_xent probs", probs)
-    probs = cp.ascontiguousarray(probs)
+    dt, probs, labels, weights = _softmax_inputs("softmax_xent probs", probs, labels, weights)
     N, K, H, W = probs.shape
-    labels = _labels(labels)
-    weights = cp.ascontiguousarray(weights, dtype=dt)
-    if labels.shape != (N, H, W) or weights.shape != (N, H, W):
-        raise ValueError(f"softmax_xent_backward: probs {probs.shape} need labels and weights of "
-                         f"shape {(N, H, W)}, got {labels.shape} and {weights.shape}")
     npix = N * H * W
     dlogits = cp.empty_like(probs)
     kernel("softmax_xent.cu", "softmax_xent_backward", dt, labels.dtype)(
