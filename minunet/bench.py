@@ -6,7 +6,8 @@ For one configuration (input size, base, batch, dtype, device) it
   2. times the hot loops (im2col, col2im, max-pool, softmax + cross-entropy, SGD)
      at the sizes of the paper network and prints GB/s beside the time;
   3. times forward, forward + backward and a whole training step of the U-Net
-     (median of --repeat runs after --warmup), with GFLOP/s and peak memory;
+     (median over --rounds x --repeat runs, each after --warmup), with GFLOP/s and
+     peak memory, each in a fresh process;
   4. if PyTorch happens to be importable (never a dependency), times the same
      network in PyTorch in the same run and prints our time / PyTorch's time;
   5. optionally (--data) the tiles per second of the augmentation pipeline.
@@ -179,7 +180,7 @@ def bench_model(cfg: UNetConfig, size, batch, device, timer, repeat, warmup) -> 
 
     res = {}
     for name, fn in (("forward", fwd), ("forward+backward", fwd_bwd), ("training step", step)):
-        res[name] = median(timer(fn, repeat, warmup))
+        res[name] = timer(fn, repeat, warmup)  # all the times; the parent takes the median
     res["peak_mb"] = _peak_mb(xp)
     return res
 
@@ -213,6 +214,28 @@ def _in_subprocess(which: str, a, device: str) -> dict | None:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def _alternate(a, device: str):
+    """Run ours and PyTorch's network benchmarks in turn, --rounds times, and pool the times.
+
+    The machines we measure on are shared: slow spells come and go for seconds. Taking
+    turns exposes both implementations to the same spells; the medians are over all
+    repeats of all rounds.
+    """
+    names = ("forward", "forward+backward", "training step")
+    runs = {"ours": [], "torch": []}
+    for _ in range(a.rounds):
+        for which in ("ours",) if a.no_torch else ("ours", "torch"):
+            r = _in_subprocess(which, a, device)
+            if r is not None:
+                runs[which].append(r)
+    pooled = {}
+    for which, rs in runs.items():
+        if rs:
+            pooled[which] = {n: median([t for r in rs for t in r[n]]) for n in names}
+            pooled[which]["peak_mb"] = max(r["peak_mb"] for r in rs)
+    return pooled.get("ours"), pooled.get("torch")
+
+
 def _worker(which: str, a, device: str) -> int:
     """Child process of _in_subprocess: print one JSON line of timings."""
     import json
@@ -243,6 +266,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=2,
+                   help="alternate ours and PyTorch this many times (times are pooled)")
     p.add_argument("--no-ops", action="store_true", help="skip the per-op table")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--tf32", action="store_true", help="allow TF32 GEMMs (GPU; ours and torch)")
@@ -259,7 +284,8 @@ def main(argv=None) -> int:
     timer = Timer(xp)
     print(f"minunet.bench: {backend.device_info()}")
     print(f"config: input {a.batch}x{a.size}x{a.size}, base {a.base}, depth {a.depth}, "
-          f"{a.dtype}, median of {a.repeat} after {a.warmup} warm-up")
+          f"{a.dtype}, median of {a.rounds} rounds x {a.repeat} runs, each after {a.warmup} "
+          f"warm-up (ours and PyTorch take turns)")
 
     print("\n1. fast paths vs references (max abs difference)")
     bad = False
@@ -282,8 +308,9 @@ def main(argv=None) -> int:
     flops = sum(r["gflop"] for r in layer_table(cfg, a.size, a.batch))
     print(f"\n3. U-Net {a.size}/{a.base}: forward {flops:.1f} GFLOP, training step "
           f"~{3 * flops:.0f} GFLOP")
-    ours = _in_subprocess("ours", a, device)
-    theirs = None if a.no_torch else _in_subprocess("torch", a, device)
+    ours, theirs = _alternate(a, device)
+    if ours is None:
+        return 1  # _in_subprocess printed why
     print(f"   {'':<18}{'minunet s':>11}{'GFLOP/s':>9}" + (f"{'torch s':>10}{'GFLOP/s':>9}"
                                                           f"{'ratio':>8}" if theirs else ""))
     for name, mult in (("forward", 1), ("forward+backward", 3), ("training step", 3)):

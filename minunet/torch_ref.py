@@ -6,7 +6,6 @@ mean over pixels), dropout placement and optimiser cost (SGD, momentum 0.99).
 
 from __future__ import annotations
 
-import statistics
 import time
 
 from .model import UNetConfig, channels, output_size
@@ -100,7 +99,7 @@ def bench(cfg: UNetConfig, size, batch, device, repeat, warmup, tf32=False) -> d
                 t0 = time.perf_counter()
                 fn()
                 ts.append(time.perf_counter() - t0)
-        return statistics.median(ts)
+        return ts
 
     res = {"forward": timed(fwd), "forward+backward": timed(fwd_bwd), "training step": timed(step)}
     if device == "cuda":

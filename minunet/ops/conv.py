@@ -159,16 +159,19 @@ def conv2d_backward(dout, cache, need_dx=True):
     if dout.shape != (N, Cout, Ho, Wo):
         raise ValueError(f"conv2d_backward: dout shape {dout.shape} does not match the "
                          f"forward output {(N, Cout, Ho, Wo)}")
-    if out is not None:  # the fused ReLU: the gradient passes where the output is > 0
-        dout = backend.relu_backward(dout, out)
     dout = xp.ascontiguousarray(dout)
     w2 = xp.ascontiguousarray(w).reshape(Cout, Cin * k * k)  # (Cout, Cin*k*k)
     dw2 = xp.zeros((Cout, Cin * k * k), dtype=x.dtype)  # (Cout, Cin*k*k)
+    db = xp.zeros(Cout, dtype=x.dtype)
     dx = xp.zeros_like(x) if need_dx else None
     for n in range(N):
         d2 = dout[n].reshape(Cout, Ho * Wo)  # (Cout, Ho*Wo)
         for y0, y1 in _row_chunks(Ho, xp, Cin * k * k * Wo * x.itemsize):
             dchunk = d2[:, y0 * Wo : y1 * Wo]  # (Cout, L), L = (y1-y0)*Wo
+            if out is not None:  # the fused ReLU: the gradient passes where the output is > 0
+                o_chunk = out[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo]  # (Cout, L)
+                dchunk = backend.relu_backward(dchunk, o_chunk)  # chunk by chunk: in cache
+            db += dchunk.sum(axis=1)
             cols = _columns(x[n], k, y0, y1)  # (Cin*k*k, L)
             dw2 += (cols @ dchunk.T).T  # (Cout, Cin*k*k); this operand order is the
             # fast one for BLAS when L is long and Cout, Cin*k*k are short
@@ -180,5 +183,4 @@ def conv2d_backward(dout, cache, need_dx=True):
             dbuf = backend.workspace(xp, x.dtype, Cin * k * k * (y1 - y0) * Wo, slot=1)
             dcols = xp.matmul(w2.T, dchunk, out=dbuf.reshape(Cin * k * k, (y1 - y0) * Wo))
             backend.col2im(dcols, k, y0, y1, dx[n])
-    db = dout.sum(axis=(0, 2, 3))
     return dx, dw2.reshape(w.shape), db
