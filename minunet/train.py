@@ -148,7 +148,12 @@ def main(argv=None) -> int:
     if args.describe:
         print(describe(model_config(cfg, 2), cfg.tile, cfg.batch))
         return 0
-    return Trainer(cfg, resume=args.resume).run()
+    try:
+        trainer = Trainer(cfg, resume=args.resume)
+    except (ValueError, FileNotFoundError) as e:  # bad data, path or checkpoint: say so plainly
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return trainer.run()
 
 
 class Trainer:
@@ -168,12 +173,11 @@ class Trainer:
                 cfg.out = str(Path(resume).parent)
             state = (params, velocity, saved["model"])
         self.cfg = cfg
-        self.out = Path(cfg.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-        self.out.mkdir(parents=True, exist_ok=True)
         self._say(f"minunet.train: {backend.device_info()}")
         self._say(json.dumps(asdict(cfg), indent=1))
-
         self.data = load_dataset(cfg.data, as_index_list(cfg.val) if cfg.val else None)
+        self.out = Path(cfg.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+        self.out.mkdir(parents=True, exist_ok=True)  # only once the data is known to load
         n_classes = self.data.n_classes
         mcfg = model_config(cfg, n_classes) if state is None else UNetConfig(**state[2])
         self.model = UNet(mcfg, seed=cfg.seed)

@@ -122,3 +122,12 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert "interrupted at iteration" in text
     _, _, it, _, _ = load_checkpoint(out / "last.npz")
     assert it >= 1
+
+
+def test_bad_data_or_checkpoint_is_a_clear_error_and_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert main(["--device", "cpu", "--data", "isbi2012:/no/such/path", "--out", str(out)]) == 2
+    assert "error: ISBI 2012 path '/no/such/path' does not exist" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["--device", "cpu", "--resume", str(tmp_path / "missing.npz")]) == 2
+    assert "checkpoint" in capsys.readouterr().err
