@@ -196,6 +196,7 @@ class Trainer:
                                    start=start * cfg.batch, prefetch=cfg.prefetch,
                                    use_weights=cfg.weight_map)
         self.best = math.inf
+        self.train_losses: list[float] = []  # per iteration, this process's iterations only
         self.history = self._read_history()
         (self.out / "config.json").write_text(json.dumps(self._config_json(), indent=2))
 
@@ -228,7 +229,7 @@ class Trainer:
                         raise Stop(f"the loss became {vals[-1]} at iteration {self.it}: training "
                                    f"diverged. Lower --lr (now {cfg.lr}); the last good "
                                    f"checkpoint is {self.out / 'last.npz'}")
-                    self.train_losses = getattr(self, "train_losses", []) + vals
+                    self.train_losses.extend(vals)
                     bar.set_postfix(loss=f"{np.mean(vals):.4f}")
                 if self.it % cfg.val_every == 0 or self.it == cfg.iters:
                     self.validate_and_save()
@@ -298,7 +299,7 @@ class Trainer:
 
     def validate_and_save(self) -> None:
         res = self.validate()
-        recent = self.train_losses[-self.cfg.val_every:] if hasattr(self, "train_losses") else []
+        recent = self.train_losses[-self.cfg.val_every:]
         row = {"iteration": self.it, "train_loss": float(np.mean(recent)) if recent else "",
                "val_loss": res.get("val_loss", ""), "pixel_accuracy": res.get("pixel_accuracy", ""),
                "rand_error": res.get("rand_error", "")}
@@ -344,7 +345,7 @@ class Trainer:
     def _plot(self) -> None:
         from .plots import plot_loss, plot_predictions
 
-        plot_loss(self.history, getattr(self, "train_losses", []), self.it,
+        plot_loss(self.history, self.train_losses, self.it,
                   self.out / "loss.png")
         if getattr(self, "val_preds", None):
             plot_predictions(self.val_preds[:3], self.out / "val_predictions.png")
