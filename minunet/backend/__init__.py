@@ -24,9 +24,10 @@ import numpy as np
 
 __all__ = [
     "xp_of", "is_gpu_array", "to_device", "to_host", "gpu_status", "device_info",
-    "resolve_device", "workspace", "im2col", "col2im", "maxpool2x2_forward",
-    "maxpool2x2_backward", "softmax_xent_forward", "softmax_xent_backward", "sgd_update",
-    "sgd_update_many", "bias_relu_forward", "relu_backward", "upconv_scatter", "upconv_gather",
+    "resolve_device", "workspace", "workers", "parallel_for", "im2col", "col2im",
+    "maxpool2x2_forward", "maxpool2x2_backward", "softmax_xent_forward",
+    "softmax_xent_backward", "sgd_update", "sgd_update_many", "bias_relu_forward",
+    "relu_backward", "upconv_scatter", "upconv_gather",
 ]
 
 
@@ -147,11 +148,12 @@ def chunk_bytes(xp) -> int:
 _workspaces: dict = {}
 
 
-def workspace(xp, dtype, n: int, slot: int = 0):
+def workspace(xp, dtype, n: int, slot=0):
     """A 1-D scratch array of `n` elements of `dtype`, reused between calls.
 
-    Contents are garbage. Two slots let an op hold two workspaces at once
-    (the column matrix and its gradient). The buffer only grows.
+    Contents are garbage. Slots (any hashable) let an op hold several workspaces
+    at once: the column matrix and its gradient, one pair per worker thread
+    (slot=(0, worker), (1, worker)). The buffer only grows.
     """
     dtype = np.dtype(dtype)
     key = (xp.__name__, dtype.str, slot)
@@ -160,6 +162,32 @@ def workspace(xp, dtype, n: int, slot: int = 0):
         buf = xp.empty(n, dtype=dtype)
         _workspaces[key] = buf
     return buf[:n]
+
+
+def workers(xp) -> int:
+    """How many chunks `parallel_for` works on at once: the CPU's worker threads, 1 on the GPU."""
+    if xp is np:
+        from . import threads
+
+        return threads.workers()
+    return 1
+
+
+def parallel_for(xp, items, fn) -> None:
+    """Call fn(item, worker) for every item, worker in 0..workers(xp)-1.
+
+    On the CPU the items run on one thread per core (see backend/threads.py:
+    worker w takes items[w::T], in order); on the GPU they run in order on the
+    calling thread (worker 0) and queue on the current stream. Each worker
+    should use its own workspace slots, e.g. workspace(xp, dtype, n, slot=(0, worker)).
+    """
+    if xp is np:
+        from . import threads
+
+        threads.parallel_for(items, fn)
+    else:
+        for item in items:
+            fn(item, 0)
 
 
 def release_workspaces() -> None:
@@ -261,9 +289,13 @@ def bias_relu_forward(x, b):
     return _twin(x).bias_relu_forward(x, b)
 
 
-def relu_backward(dout, out):
-    """dx = dout where out > 0, else 0 (out is the ReLU's output; any shape)."""
-    return _twin(dout).relu_backward(dout, out)
+def relu_backward(dout, out, dx=None):
+    """dx = dout where out > 0, else 0 (out is the ReLU's output; any shape).
+
+    dx: a contiguous array of the same shape to write into (a workspace), or None
+    for a new array. Returns dx.
+    """
+    return _twin(dout).relu_backward(dout, out, dx)
 
 
 def upconv_scatter(cols, b):

@@ -1,17 +1,17 @@
-"""CPU twins of the hot loops: Numba loops, and NumPy slice copies for im2col/col2im.
+"""CPU twins of the hot loops: Numba loops, and NumPy slice copies for im2col.
 
 Each function has the signature and layout of its dispatcher in
 `minunet/backend/__init__.py`, its plain-NumPy reference in `minunet/ops/`, and
 its CUDA twin in `kernels/`. Tests compare all three (tests/backend/).
 
-Why the loops run on ONE thread: the twins are called between BLAS matrix
-products, and OpenBLAS keeps its worker threads spinning for a while after each
-product. A parallel Numba loop started in that window fights them for the cores;
-on a 2-core machine a conv layer measured 3-50x slower with parallel twins than
-with serial ones (the 3x3 convs' GEMMs are where the threads pay). The loops
-are still written with `prange` over an index whose iterations write disjoint
-outputs, with every reduction in a fixed order, so PARALLEL = True is safe and
-gives the same numbers. Functions are compiled on first use and cached on disk
+Why the loops run on ONE thread: the layers' row chunks already run on every
+core (backend/threads.py), and these loops run inside those chunks. A parallel
+Numba loop would also fight BLAS threads for the cores: on a 2-core machine a
+conv layer measured 3-50x slower with parallel twins than with serial ones.
+The loops are still written with `prange` over an index whose iterations write
+disjoint outputs, with every reduction in a fixed order, so PARALLEL = True is
+safe and gives the same numbers. `nogil=True` lets the worker threads run them
+at the same time. Functions are compiled on first use and cached on disk
 (`cache=True`), so `import minunet` stays fast.
 """
 
@@ -24,11 +24,13 @@ PARALLEL = False  # see the module docstring
 
 
 # --- im2col / col2im --------------------------------------------------------
-# These two are NumPy slice copies, not Numba loops: one strided copy per kernel
+# im2col is NumPy slice copies, not a Numba loop: one strided copy per kernel
 # offset (i, j) over all channels and rows moves whole rows of Wo pixels at a
-# time and runs at memory-copy speed (about 30 GB/s for im2col on this 2-core
-# machine, against 4-10 GB/s for the best Numba loop we wrote). No Python loop
-# runs over pixels: the loops below have k*k iterations.
+# time at memory-copy speed (about 30 GB/s on this 2-core machine, against 10 GB/s
+# for the Numba loop we tried). col2im is the other way round: as 9 slice `+=`
+# over the chunk it read-modify-wrote each input row 9 times (about 11 GB/s);
+# the Numba gather below adds all 9 contributions into one input row while that
+# row sits in L1 (4-5x faster). No Python loop runs over pixels.
 
 
 def im2col(x, k, y0, y1, out):
@@ -42,21 +44,34 @@ def im2col(x, k, y0, y1, out):
     return out
 
 
-def col2im(cols, k, y0, y1, dx):
-    """See minunet.backend.col2im. cols (C*k*k, (y1-y0)*(W-k+1)); dx (C, H, W) += ."""
+@njit(parallel=PARALLEL, cache=True, nogil=True)
+def _col2im(cols, k, y0, y1, dx):
     C, H, W = dx.shape
     Wo = W - k + 1
-    c5 = cols.reshape(C, k, k, y1 - y0, Wo)  # (C, k, k, rows, Wo) view of cols
-    for i in range(k):
-        for j in range(k):  # a fixed order of additions: deterministic
-            dx[:, y0 + i : y1 + i, j : j + Wo] += c5[:, i, j]
+    rows = y1 - y0
+    for c in prange(C):
+        for yy in range(y0, y1 + k - 1):  # every input row this chunk's columns came from
+            drow = dx[c, yy]
+            for i in range(k):  # kernel rows in order: the reference's order of additions
+                r = yy - y0 - i  # the chunk's output row that read input row yy at offset i
+                if r < 0 or r >= rows:
+                    continue
+                for j in range(k):
+                    src = cols[(c * k + i) * k + j, r * Wo : (r + 1) * Wo]
+                    for xx in range(Wo):
+                        drow[xx + j] += src[xx]
+
+
+def col2im(cols, k, y0, y1, dx):
+    """See minunet.backend.col2im. cols (C*k*k, (y1-y0)*(W-k+1)); dx (C, H, W) += ."""
+    _col2im(cols, k, y0, y1, dx)
     return dx
 
 
 # --- 2x2 max-pool -------------------------------------------------------------
 
 
-@njit(parallel=PARALLEL, cache=True)
+@njit(parallel=PARALLEL, cache=True, nogil=True)
 def _maxpool_fwd(x, out, arg):
     P, Ho, Wo = out.shape
     for p in prange(P):
@@ -82,7 +97,7 @@ def _maxpool_fwd(x, out, arg):
                 arg[p, y, xx] = a
 
 
-@njit(parallel=PARALLEL, cache=True)
+@njit(parallel=PARALLEL, cache=True, nogil=True)
 def _maxpool_bwd(dout, arg, dx):
     P, Ho, Wo = dout.shape
     for p in prange(P):
@@ -114,7 +129,7 @@ def maxpool2x2_backward(dout, arg):
 # --- fused softmax + weighted cross-entropy ----------------------------------
 
 
-@njit(parallel=PARALLEL, cache=True)
+@njit(parallel=PARALLEL, cache=True, nogil=True)
 def _softmax_xent_fwd(logits, labels, weights, probs, row_loss):
     N, K, H, W = logits.shape
     for r in prange(N * H):  # one image row per iteration
@@ -139,7 +154,7 @@ def _softmax_xent_fwd(logits, labels, weights, probs, row_loss):
         row_loss[r] = acc
 
 
-@njit(parallel=PARALLEL, cache=True)
+@njit(parallel=PARALLEL, cache=True, nogil=True)
 def _softmax_xent_bwd(probs, labels, weights, scale, dlogits):
     N, K, H, W = probs.shape
     for r in prange(N * H):
@@ -174,7 +189,7 @@ def softmax_xent_backward(probs, labels, weights, scale):
 # --- momentum SGD update --------------------------------------------------------
 
 
-@njit(parallel=PARALLEL, cache=True)
+@njit(parallel=PARALLEL, cache=True, nogil=True)
 def _sgd_update(w, v, g, lr, momentum, weight_decay):
     for i in prange(w.size):
         vi = momentum * v[i] - lr * (g[i] + weight_decay * w[i])
@@ -197,7 +212,7 @@ def sgd_update_many(ws, vs, gs, lr, momentum, weight_decay):
 # --- fused bias + ReLU, ReLU backward ---------------------------------------------
 
 
-@njit(parallel=PARALLEL, cache=True)
+@njit(parallel=PARALLEL, cache=True, nogil=True)
 def _bias_relu(x3, b):
     P, C, S = x3.shape
     for pc in prange(P * C):  # one (image, channel) plane per iteration
@@ -216,17 +231,39 @@ def bias_relu_forward(x, b):
     return x
 
 
-@njit(parallel=PARALLEL, cache=True)
-def _relu_bwd(dout, out, dx):
-    for i in prange(dx.size):
-        dx[i] = dout[i] if out[i] > 0 else 0
+@njit(parallel=PARALLEL, cache=True, nogil=True)
+def _relu_bwd(d, ds, o, os, dx, L):
+    # row r of each operand starts at r * (its row stride) of a flat 1-D window
+    R = dx.size // L
+    for r in prange(R):
+        for i in range(L):
+            dx[r * L + i] = d[r * ds + i] if o[r * os + i] > 0 else 0
 
 
-def relu_backward(dout, out):
-    """See minunet.backend.relu_backward: dx = dout where out > 0, else 0."""
-    dx = np.empty(out.shape, dtype=dout.dtype)
-    _relu_bwd(np.ascontiguousarray(dout).reshape(-1), np.ascontiguousarray(out).reshape(-1),
-              dx.reshape(-1))
+def _rows(a):
+    """A 2-D array whose rows are contiguous (a conv's row chunk (C, L) of an (C, H*W)
+    plane) as (flat 1-D window over its memory, row stride in elements)."""
+    if a.ndim != 2 or a.strides[1] != a.itemsize or a.strides[0] % a.itemsize:
+        a = np.ascontiguousarray(a).reshape(-1, a.shape[-1] if a.ndim else 1)
+    R, L = a.shape
+    rs = a.strides[0] // a.itemsize if R > 1 else L
+    flat = np.lib.stride_tricks.as_strided(a, shape=((R - 1) * rs + L,), strides=(a.itemsize,))
+    return flat, rs
+
+
+def relu_backward(dout, out, dx=None):
+    """See minunet.backend.relu_backward: dx = dout where out > 0, else 0.
+
+    A conv's row chunks (C, L) of (C, H*W) planes are read where they lie: no
+    contiguous copy first, and the inner loop runs along contiguous memory.
+    """
+    if dx is None:
+        dx = np.empty(out.shape, dtype=dout.dtype)
+    elif not dx.flags.c_contiguous or dx.shape != out.shape:
+        raise ValueError(f"relu_backward: dx must be contiguous with shape {out.shape}")
+    L = out.shape[-1] if out.ndim == 2 else max(1, out.size)
+    (d, ds), (o, os) = _rows(dout.reshape(-1, L)), _rows(out.reshape(-1, L))
+    _relu_bwd(d, ds, o, os, dx.reshape(-1), L)
     return dx
 
 

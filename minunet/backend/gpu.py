@@ -359,8 +359,10 @@ def bias_relu_forward(x, b):
     return x
 
 
-def relu_backward(dout, out):
-    """dx = dout where out > 0, else 0 (any shape; dout and out of one shape and dtype)."""
+def relu_backward(dout, out, dx=None):
+    """dx = dout where out > 0, else 0 (any shape; dout and out of one shape and dtype).
+
+    dx: a contiguous array of that shape to write into, or None for a new one."""
     cp = _cupy()
     dt = _float_dtype("relu_backward dout", dout)
     if dout.shape != out.shape or out.dtype != dt:
@@ -368,7 +370,11 @@ def relu_backward(dout, out):
                          f"{out.dtype} {out.shape} must match")
     dout = cp.ascontiguousarray(dout)
     out = cp.ascontiguousarray(out)
-    dx = cp.empty_like(dout)
+    if dx is None:
+        dx = cp.empty_like(dout)
+    elif dx.shape != dout.shape or dx.dtype != dt or not dx.flags.c_contiguous:
+        raise ValueError(f"relu_backward: dx must be a contiguous {dt} array of shape "
+                         f"{dout.shape}, got {dx.dtype} {dx.shape}")
     kernel("relu.cu", "relu_backward", dt)(
         (_blocks(dout.size),), (_BLOCK,), (dout, out, dx, np.int64(dout.size))
     )

@@ -21,8 +21,15 @@ For the paper's second layer (64 channels, 568 x 568 output) the column matrix
 would be 64*9*568*568*4 bytes = 743 MB, so both passes work on chunks of output
 rows whose columns fit `backend.chunk_bytes` (4 MB on the CPU, small enough to
 stay in cache between im2col and the GEMM; at most `WORKSPACE_BYTES` = 64 MB),
-in a reused buffer. The backward recomputes each chunk's columns rather than
+in reused buffers. The backward recomputes each chunk's columns rather than
 keeping them.
+
+The chunks are independent, so `backend.parallel_for` runs them on every CPU
+core at once (one after another on the GPU, where each chunk fills the device).
+Each worker has its own workspaces and its own dw, db sums. In the backward,
+col2im of chunk t also adds into the k-1 input rows below it, which chunk t+1
+adds into too; so the even chunks run first, then the odd ones, and two chunks
+that run at the same time never touch the same rows of dx.
 """
 
 from __future__ import annotations
@@ -97,21 +104,50 @@ def _check_conv_inputs(x, w, b):
                          f"(x shape {x.shape}); a valid convolution needs H, W >= k")
 
 
-def _row_chunks(Ho, xp, row_bytes):
-    """Split output rows 0..Ho into chunks whose column matrix fits `backend.chunk_bytes`."""
-    step = max(1, min(Ho, backend.chunk_bytes(xp) // max(1, row_bytes)))
-    return [(y0, min(Ho, y0 + step)) for y0 in range(0, Ho, step)]
+def _row_chunks(N, Ho, k, xp, row_bytes):
+    """Chunks (n, y0, y1) of output rows, image by image, for `backend.parallel_for`.
+
+    Each chunk's column matrix fits `backend.chunk_bytes`; an image has at least two
+    chunks per worker (so both backward phases keep every worker busy) when it is
+    tall enough, and every chunk is at least k-1 rows tall (so that chunks two
+    apart never touch the same input rows).
+    """
+    fit = backend.chunk_bytes(xp) // max(1, row_bytes)
+    T = backend.workers(xp)
+    per_worker = -(-Ho // (2 * T)) if T > 1 else Ho  # ceil(Ho / 2T)
+    step = max(1, k - 1, min(fit, per_worker))
+    return [(n, y0, min(Ho, y0 + step)) for n in range(N) for y0 in range(0, Ho, step)]
 
 
-def _columns(x1, k, y0, y1):
-    """Columns of one image x1 (C, H, W) for output rows y0..y1-1, in the workspace."""
+def _columns(x1, k, y0, y1, worker):
+    """Columns of one image x1 (C, H, W) for output rows y0..y1-1, in the worker's workspace."""
     C, H, W = x1.shape
     if k == 1:  # a 1x1 conv needs no copy: the image itself is the column matrix
         return x1.reshape(C, H * W)[:, y0 * W : y1 * W]  # (C, rows*W)
     Wo = W - k + 1
     xp = backend.xp_of(x1)
-    buf = backend.workspace(xp, x1.dtype, C * k * k * (y1 - y0) * Wo, slot=0)
+    buf = backend.workspace(xp, x1.dtype, C * k * k * (y1 - y0) * Wo, slot=(0, worker))
     return backend.im2col(x1, k, y0, y1, buf.reshape(C * k * k, (y1 - y0) * Wo))
+
+
+def _add_bias(out, b, relu):
+    """The epilogue, in place: out += b per channel, then max(out, 0) if relu.
+
+    out (N, C, H, W); the (image, channel block) pieces run on all workers.
+    """
+    xp = backend.xp_of(out)
+    N, C = out.shape[:2]
+    step = -(-C // backend.workers(xp))  # ceil(C / workers)
+
+    def piece(item, worker):
+        n, c0 = item
+        o, bc = out[n : n + 1, c0 : c0 + step], b[c0 : c0 + step]  # contiguous slices
+        if relu:
+            backend.bias_relu_forward(o, bc)
+        else:
+            o += bc[None, :, None, None]
+
+    backend.parallel_for(xp, [(n, c0) for n in range(N) for c0 in range(0, C, step)], piece)
 
 
 def conv2d_forward(x, w, b, relu=False):
@@ -132,15 +168,15 @@ def conv2d_forward(x, w, b, relu=False):
     Ho, Wo = H - k + 1, W - k + 1
     w2 = xp.ascontiguousarray(w).reshape(Cout, Cin * k * k)  # (Cout, Cin*k*k)
     out = xp.empty((N, Cout, Ho, Wo), dtype=x.dtype)
-    for n in range(N):
-        o2 = out[n].reshape(Cout, Ho * Wo)  # (Cout, Ho*Wo) view of out[n]
-        for y0, y1 in _row_chunks(Ho, xp, Cin * k * k * Wo * x.itemsize):
-            cols = _columns(x[n], k, y0, y1)  # (Cin*k*k, (y1-y0)*Wo)
-            xp.matmul(w2, cols, out=o2[:, y0 * Wo : y1 * Wo])
-    if relu:
-        backend.bias_relu_forward(out, b)
-    else:
-        out += b[None, :, None, None]
+
+    def conv_chunk(chunk, worker):
+        n, y0, y1 = chunk
+        cols = _columns(x[n], k, y0, y1, worker)  # (Cin*k*k, (y1-y0)*Wo)
+        xp.matmul(w2, cols, out=out[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo])
+
+    chunks = _row_chunks(N, Ho, k, xp, Cin * k * k * Wo * x.itemsize)
+    backend.parallel_for(xp, chunks, conv_chunk)
+    _add_bias(out, b, relu)
     return out, Conv2dCache(x, w, out if relu else None)
 
 
@@ -161,26 +197,36 @@ def conv2d_backward(dout, cache, need_dx=True):
                          f"forward output {(N, Cout, Ho, Wo)}")
     dout = xp.ascontiguousarray(dout)
     w2 = xp.ascontiguousarray(w).reshape(Cout, Cin * k * k)  # (Cout, Cin*k*k)
-    dw2 = xp.zeros((Cout, Cin * k * k), dtype=x.dtype)  # (Cout, Cin*k*k)
-    db = xp.zeros(Cout, dtype=x.dtype)
+    T = backend.workers(xp)
+    dw_parts = [xp.zeros((Cout, Cin * k * k), dtype=x.dtype) for _ in range(T)]  # per worker
+    db_parts = [xp.zeros(Cout, dtype=x.dtype) for _ in range(T)]
     dx = xp.zeros_like(x) if need_dx else None
-    for n in range(N):
-        d2 = dout[n].reshape(Cout, Ho * Wo)  # (Cout, Ho*Wo)
-        for y0, y1 in _row_chunks(Ho, xp, Cin * k * k * Wo * x.itemsize):
-            dchunk = d2[:, y0 * Wo : y1 * Wo]  # (Cout, L), L = (y1-y0)*Wo
-            if out is not None:  # the fused ReLU: the gradient passes where the output is > 0
-                o_chunk = out[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo]  # (Cout, L)
-                dchunk = backend.relu_backward(dchunk, o_chunk)  # chunk by chunk: in cache
-            db += dchunk.sum(axis=1)
-            cols = _columns(x[n], k, y0, y1)  # (Cin*k*k, L)
-            dw2 += (cols @ dchunk.T).T  # (Cout, Cin*k*k); this operand order is the
-            # fast one for BLAS when L is long and Cout, Cin*k*k are short
-            if not need_dx:
-                continue
-            if k == 1:  # col2im of a 1x1 conv is the identity
-                dx[n].reshape(Cin, H * W)[:, y0 * W : y1 * W] += w2.T @ dchunk
-                continue
-            dbuf = backend.workspace(xp, x.dtype, Cin * k * k * (y1 - y0) * Wo, slot=1)
-            dcols = xp.matmul(w2.T, dchunk, out=dbuf.reshape(Cin * k * k, (y1 - y0) * Wo))
-            backend.col2im(dcols, k, y0, y1, dx[n])
+
+    def grad_chunk(chunk, worker):
+        n, y0, y1 = chunk
+        dchunk = dout[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo]  # (Cout, L), L=(y1-y0)*Wo
+        if out is not None:  # the fused ReLU: the gradient passes where the output is > 0
+            o_chunk = out[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo]  # (Cout, L)
+            mbuf = backend.workspace(xp, x.dtype, Cout * (y1 - y0) * Wo, slot=(2, worker))
+            dchunk = backend.relu_backward(dchunk, o_chunk, mbuf.reshape(Cout, (y1 - y0) * Wo))
+        db_parts[worker] += dchunk.sum(axis=1)
+        cols = _columns(x[n], k, y0, y1, worker)  # (Cin*k*k, L)
+        dw_parts[worker] += (cols @ dchunk.T).T  # (Cout, Cin*k*k); this operand order is
+        # the fast one for BLAS when L is long and Cout, Cin*k*k are short
+        if not need_dx:
+            return
+        if k == 1:  # col2im of a 1x1 conv is the identity
+            dx[n].reshape(Cin, H * W)[:, y0 * W : y1 * W] += w2.T @ dchunk
+            return
+        dbuf = backend.workspace(xp, x.dtype, Cin * k * k * (y1 - y0) * Wo, slot=(1, worker))
+        dcols = xp.matmul(w2.T, dchunk, out=dbuf.reshape(Cin * k * k, (y1 - y0) * Wo))
+        backend.col2im(dcols, k, y0, y1, dx[n])
+
+    chunks = _row_chunks(N, Ho, k, xp, Cin * k * k * Wo * x.itemsize)
+    for phase in (0, 1):  # even chunks, then odd ones: see the module docstring
+        backend.parallel_for(xp, chunks[phase::2], grad_chunk)
+    dw2, db = dw_parts[0], db_parts[0]
+    for dwp, dbp in zip(dw_parts[1:], db_parts[1:], strict=True):  # in worker order: deterministic
+        dw2 += dwp
+        db += dbp
     return dx, dw2.reshape(w.shape), db

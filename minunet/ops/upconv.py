@@ -14,6 +14,9 @@ does all four kernel taps at once:
     out[n] = cols rearranged (Cout, 2, 2, H, W) -> (Cout, H, 2, W, 2) -> (Cout, 2H, 2W)
 
 and the backward reverses the rearrangement and takes the two adjoint products.
+The products are split into row blocks (of w's Cout*4 columns forward, of its
+Cin rows backward) that `backend.parallel_for` runs on every CPU core; each
+block writes its own rows of the result.
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ def _check(x, w, b):
                          f"expected ({w.shape[1]},)")
 
 
+def _blocks(N, R, xp):
+    """Blocks (n, r0, r1) of R rows for each of N images: one block per worker and image."""
+    step = -(-R // backend.workers(xp))  # ceil(R / workers)
+    return [(n, r0, min(R, r0 + step)) for n in range(N) for r0 in range(0, R, step)]
+
+
 def upconv2x2_forward(x, w, b):
     """Transposed convolution, kernel 2, stride 2, with bias.
 
@@ -59,7 +68,14 @@ def upconv2x2_forward(x, w, b):
     N, Cin, H, W = x.shape
     Cout = w.shape[1]
     wt = xp.ascontiguousarray(w).reshape(Cin, Cout * 4).T  # (Cout*4, Cin)
-    cols = xp.matmul(wt, x.reshape(N, Cin, H * W))  # (N, Cout*4, H*W)
+    x3 = x.reshape(N, Cin, H * W)  # (N, Cin, H*W)
+    cols = xp.empty((N, Cout * 4, H * W), dtype=x.dtype)  # (N, Cout*4, H*W)
+
+    def product(block, worker):  # rows r0..r1-1 of cols[n] = wt @ x[n]
+        n, r0, r1 = block
+        xp.matmul(wt[r0:r1], x3[n], out=cols[n, r0:r1])
+
+    backend.parallel_for(xp, _blocks(N, Cout * 4, xp), product)
     cols = cols.reshape(N, Cout, 2, 2, H, W)  # (N, Cout, i, j, H, W)
     # out[n, o, 2y+i, 2xx+j] = cols[n, o, i, j, y, xx] + b[o]: in plain array code
     # cols.transpose(0, 1, 4, 2, 5, 3).reshape(N, Cout, 2H, 2W) + b (see backend/cpu.py)
@@ -83,9 +99,16 @@ def upconv2x2_backward(dout, cache):
     dcols = dcols.reshape(N, Cout * 4, H * W)  # (N, Cout*4, H*W)
     x3 = x.reshape(N, Cin, H * W)  # (N, Cin, H*W)
     w2 = xp.ascontiguousarray(w).reshape(Cin, Cout * 4)  # (Cin, Cout*4)
-    dx = xp.matmul(w2, dcols).reshape(N, Cin, H, W)  # (N, Cin, H, W)
-    dw = xp.zeros((Cin, Cout * 4), dtype=x.dtype)
-    for n in range(N):
-        dw += x3[n] @ dcols[n].T  # (Cin, Cout*4)
+    dx = xp.empty((N, Cin, H * W), dtype=x.dtype)  # (N, Cin, H*W)
+    dw = xp.zeros((Cin, Cout * 4), dtype=x.dtype)  # (Cin, Cout*4)
+
+    def products(block, worker):  # rows c0..c1-1 of dx[n] = w2 @ dcols[n] and of dw
+        _, c0, c1 = block
+        for n in range(N):  # images in order: dw sums the same way on any number of workers
+            xp.matmul(w2[c0:c1], dcols[n], out=dx[n, c0:c1])
+            dw[c0:c1] += x3[n, c0:c1] @ dcols[n].T  # (c1-c0, Cout*4)
+
+    backend.parallel_for(xp, _blocks(1, Cin, xp), products)
+    dx = dx.reshape(N, Cin, H, W)
     db = dout.sum(axis=(0, 2, 3))
     return dx, dw.reshape(w.shape), db
