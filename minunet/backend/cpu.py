@@ -215,13 +215,13 @@ def sgd_update_many(ws, vs, gs, lr, momentum, weight_decay):
 @njit(parallel=PARALLEL, cache=True, nogil=True)
 def _bias_relu(x3, b):
     P, C, S = x3.shape
+    z = x3.dtype.type(0)
     for pc in prange(P * C):  # one (image, channel) plane per iteration
-        n = pc // C
-        c = pc % C
-        bc = b[c]
+        row = x3[pc // C, pc % C]  # a contiguous plane: a loop Numba vectorises
+        bc = row.dtype.type(b[pc % C])
         for s in range(S):
-            v = x3[n, c, s] + bc
-            x3[n, c, s] = v if v > 0 else 0
+            v = row[s] + bc
+            row[s] = v if v > 0 else z
 
 
 def bias_relu_forward(x, b):
@@ -233,11 +233,14 @@ def bias_relu_forward(x, b):
 
 @njit(parallel=PARALLEL, cache=True, nogil=True)
 def _relu_bwd(d, ds, o, os, dx, L):
-    # row r of each operand starts at r * (its row stride) of a flat 1-D window
-    R = dx.size // L
-    for r in prange(R):
+    # row r of each operand starts at r * (its row stride) of a flat 1-D window.
+    # The loop runs over row slices: Numba vectorises that (6x faster, measured)
+    # and not the same loop with the offsets r * ds + i written out.
+    z = dx.dtype.type(0)
+    for r in prange(dx.size // L):
+        drow, orow, xrow = d[r * ds : r * ds + L], o[r * os : r * os + L], dx[r * L : (r + 1) * L]
         for i in range(L):
-            dx[r * L + i] = d[r * ds + i] if o[r * os + i] > 0 else 0
+            xrow[i] = drow[i] if orow[i] > 0 else z
 
 
 def _rows(a):
