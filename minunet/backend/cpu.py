@@ -20,7 +20,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import threads
+
 PARALLEL = False  # see the module docstring
+
+
+def _by_planes(P, fn):
+    """fn(p0, p1) over blocks of P planes (images x channels), a block per worker thread."""
+    step = -(-P // threads.workers())  # ceil(P / workers)
+    threads.parallel_for([(p0, min(P, p0 + step)) for p0 in range(0, P, step)],
+                         lambda block, worker: fn(*block))
 
 
 # --- im2col / col2im --------------------------------------------------------
@@ -113,7 +122,7 @@ def maxpool2x2_forward(x):
     x3 = np.ascontiguousarray(x).reshape(N * C, H, W)  # (N*C, H, W)
     out = np.empty((N * C, H // 2, W // 2), dtype=x.dtype)
     arg = np.empty((N * C, H // 2, W // 2), dtype=np.uint8)
-    _maxpool_fwd(x3, out, arg)
+    _by_planes(N * C, lambda p0, p1: _maxpool_fwd(x3[p0:p1], out[p0:p1], arg[p0:p1]))
     return out.reshape(N, C, H // 2, W // 2), arg.reshape(N, C, H // 2, W // 2)
 
 
@@ -121,8 +130,9 @@ def maxpool2x2_backward(dout, arg):
     """See minunet.backend.maxpool2x2_backward."""
     N, C, Ho, Wo = dout.shape
     dx = np.zeros((N * C, 2 * Ho, 2 * Wo), dtype=dout.dtype)  # pixels that lost get 0
-    _maxpool_bwd(np.ascontiguousarray(dout).reshape(N * C, Ho, Wo),
-                 np.ascontiguousarray(arg).reshape(N * C, Ho, Wo), dx)
+    d3 = np.ascontiguousarray(dout).reshape(N * C, Ho, Wo)
+    a3 = np.ascontiguousarray(arg).reshape(N * C, Ho, Wo)
+    _by_planes(N * C, lambda p0, p1: _maxpool_bwd(d3[p0:p1], a3[p0:p1], dx[p0:p1]))
     return dx.reshape(N, C, 2 * Ho, 2 * Wo)
 
 
@@ -273,16 +283,55 @@ def relu_backward(dout, out, dx=None):
 # --- the rearrangements around the up-conv GEMM --------------------------------------
 
 
+@njit(parallel=PARALLEL, cache=True, nogil=True)
+def _upconv_scatter(cols, b, p0, out):
+    P, _, _, H, W = cols.shape  # (planes, i, j, H, W); plane p is global plane p0 + p = (n, o)
+    C = b.size
+    for p in prange(P):
+        bo = out.dtype.type(b[(p0 + p) % C])
+        for y in range(H):
+            for i in range(2):
+                orow = out[p, 2 * y + i]
+                for j in range(2):
+                    src = cols[p, i, j, y]
+                    for x in range(W):
+                        orow[2 * x + j] = src[x] + bo
+
+
 def upconv_scatter(cols, b):
-    """See minunet.backend.upconv_scatter: (N, Cout, 2, 2, H, W) + bias -> (N, Cout, 2H, 2W)."""
+    """See minunet.backend.upconv_scatter: (N, Cout, 2, 2, H, W) + bias -> (N, Cout, 2H, 2W).
+
+    Plain array code: cols.transpose(0, 1, 4, 2, 5, 3).reshape(N, Cout, 2H, 2W) + b,
+    whose innermost copy runs over j, 2 long; the loop here runs along rows.
+    """
     N, Cout, _, _, H, W = cols.shape
-    out = cols.transpose(0, 1, 4, 2, 5, 3).reshape(N, Cout, 2 * H, 2 * W)  # a copy
-    out += b[None, :, None, None]
-    return out
+    c5 = np.ascontiguousarray(cols).reshape(N * Cout, 2, 2, H, W)
+    out = np.empty((N * Cout, 2 * H, 2 * W), dtype=cols.dtype)
+    b = np.ascontiguousarray(b, dtype=cols.dtype)
+    _by_planes(N * Cout, lambda p0, p1: _upconv_scatter(c5[p0:p1], b, p0, out[p0:p1]))
+    return out.reshape(N, Cout, 2 * H, 2 * W)
+
+
+@njit(parallel=PARALLEL, cache=True, nogil=True)
+def _upconv_gather(dout, dcols):
+    P, _, _, H, W = dcols.shape
+    for p in prange(P):
+        for y in range(H):
+            for i in range(2):
+                drow = dout[p, 2 * y + i]
+                for j in range(2):
+                    dst = dcols[p, i, j, y]
+                    for x in range(W):
+                        dst[x] = drow[2 * x + j]
 
 
 def upconv_gather(dout):
-    """See minunet.backend.upconv_gather: (N, Cout, 2H, 2W) -> (N, Cout, 2, 2, H, W)."""
+    """See minunet.backend.upconv_gather: (N, Cout, 2H, 2W) -> (N, Cout, 2, 2, H, W).
+
+    Plain array code: dout.reshape(N, Cout, H, 2, W, 2).transpose(0, 1, 3, 5, 2, 4), copied.
+    """
     N, Cout, H2, W2 = dout.shape
-    d6 = dout.reshape(N, Cout, H2 // 2, 2, W2 // 2, 2)  # (N, Cout, H, i, W, j)
-    return np.ascontiguousarray(d6.transpose(0, 1, 3, 5, 2, 4))  # (N, Cout, i, j, H, W)
+    d3 = np.ascontiguousarray(dout).reshape(N * Cout, H2, W2)
+    dcols = np.empty((N * Cout, 2, 2, H2 // 2, W2 // 2), dtype=dout.dtype)
+    _by_planes(N * Cout, lambda p0, p1: _upconv_gather(d3[p0:p1], dcols[p0:p1]))
+    return dcols.reshape(N, Cout, 2, 2, H2 // 2, W2 // 2)

@@ -114,3 +114,16 @@ def test_upconv_same_on_any_number_of_workers(n_workers, monkeypatch):
     np.testing.assert_allclose(out, ref_out, rtol=1e-12, atol=1e-12)
     for g, g0 in zip(upconv2x2_backward(dout, cache), ref, strict=True):
         np.testing.assert_allclose(g, g0, rtol=1e-12, atol=1e-12)
+
+
+def test_pool_same_on_any_number_of_workers(n_workers):
+    from minunet.ops import maxpool2x2_backward, maxpool2x2_forward
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 5, 6, 4))
+    dout = rng.standard_normal((2, 5, 3, 2))
+    out, cache = maxpool2x2_forward(x)
+    dx = maxpool2x2_backward(dout, cache)
+    want = x.reshape(2, 5, 3, 2, 2, 2).max(axis=(3, 5))
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(dx != 0, x == np.repeat(np.repeat(want, 2, 2), 2, 3))
