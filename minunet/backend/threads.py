@@ -5,9 +5,10 @@ copies between them (im2col, col2im, the epilogues). Left to itself, OpenBLAS
 splits each product over the cores and the copies run on one core, while the
 other cores' BLAS threads spin, waiting for the next product. Instead, every
 layer here cuts its work into independent row chunks and hands them to one
-worker thread per core; each worker does a whole chunk (copy, product, copy)
-with a single-threaded BLAS. The copies then run on every core too, and each
-chunk stays in its core's cache from the im2col to the GEMM.
+worker per core (the calling thread and a pool thread for each other core);
+each worker does a whole chunk (copy, product, copy) with a single-threaded
+BLAS. The copies then run on every core too, and each chunk stays in its
+core's cache from the im2col to the GEMM.
 
     parallel_for(items, fn)    fn(item, worker) for each item, worker in 0..T-1
 
@@ -63,7 +64,9 @@ def _blas():
 
 @functools.lru_cache(maxsize=1)
 def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=n_threads(), thread_name_prefix="minunet-cpu")
+    # the calling thread is worker 0, the pool's threads are workers 1..T-1
+    return ThreadPoolExecutor(max_workers=max(1, n_threads() - 1),
+                              thread_name_prefix="minunet-cpu")
 
 
 def workers() -> int:
@@ -92,9 +95,13 @@ def parallel_for(items, fn) -> None:
             _local.inside = False
 
     with _blas().limit(limits=1):  # one BLAS thread per worker while the workers run
-        # each worker runs in a copy of the caller's context: np.errstate and other
-        # context variables set by the caller hold on the workers too
-        futures = [_pool().submit(contextvars.copy_context().run, run, w) for w in range(T)]
-        wait(futures)  # all of them, even when one fails, before BLAS gets its threads back
+        # workers 1..T-1 on the pool, each in a copy of the caller's context (so that
+        # np.errstate and other context variables set by the caller hold there too);
+        # worker 0 is the calling thread itself, which saves a hand-off per call
+        futures = [_pool().submit(contextvars.copy_context().run, run, w) for w in range(1, T)]
+        try:
+            run(0)
+        finally:
+            wait(futures)  # all of them, even when one fails, before BLAS gets its threads back
     for f in futures:
         f.result()  # raises the first worker's exception, if any
