@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = [
     "xp_of", "is_gpu_array", "to_device", "to_host", "gpu_status", "device_info",
-    "resolve_device", "workspace", "workers", "parallel_for", "im2col", "col2im",
+    "resolve_device", "workspace", "workers", "split", "parallel_for", "im2col", "col2im",
     "maxpool2x2_forward", "maxpool2x2_backward", "softmax_xent_forward",
     "softmax_xent_backward", "sgd_update", "sgd_update_many", "bias_relu_forward",
     "relu_backward", "upconv_scatter", "upconv_gather",
@@ -171,6 +171,13 @@ def workers(xp) -> int:
 
         return threads.workers()
     return 1
+
+
+def split(xp, R: int) -> list[tuple[int, int]]:
+    """Rows 0..R-1 (channels, planes) cut into one block (r0, r1) per worker of `parallel_for`."""
+    from . import threads
+
+    return threads.split(R, workers(xp))
 
 
 def parallel_for(xp, items, fn) -> None:

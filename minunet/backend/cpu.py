@@ -27,9 +27,7 @@ PARALLEL = False  # see the module docstring
 
 def _by_planes(P, fn):
     """fn(p0, p1) over blocks of P planes (images x channels), a block per worker thread."""
-    step = -(-P // threads.workers())  # ceil(P / workers)
-    threads.parallel_for([(p0, min(P, p0 + step)) for p0 in range(0, P, step)],
-                         lambda block, worker: fn(*block))
+    threads.parallel_for(threads.split(P, threads.workers()), lambda block, worker: fn(*block))
 
 
 # --- im2col / col2im --------------------------------------------------------
@@ -254,10 +252,11 @@ def _relu_bwd(d, ds, o, os, dx, L):
 
 
 def _rows(a):
-    """A 2-D array whose rows are contiguous (a conv's row chunk (C, L) of an (C, H*W)
-    plane) as (flat 1-D window over its memory, row stride in elements)."""
-    if a.ndim != 2 or a.strides[1] != a.itemsize or a.strides[0] % a.itemsize:
-        a = np.ascontiguousarray(a).reshape(-1, a.shape[-1] if a.ndim else 1)
+    """A 2-D array (R, L) with contiguous rows (a conv's row chunk (C, L) of an (C, H*W)
+    plane) as (flat 1-D window over its memory, row stride in elements); other layouts
+    are copied first."""
+    if a.strides[1] != a.itemsize or a.strides[0] % a.itemsize:
+        a = np.ascontiguousarray(a)
     R, L = a.shape
     rs = a.strides[0] // a.itemsize if R > 1 else L
     flat = np.lib.stride_tricks.as_strided(a, shape=((R - 1) * rs + L,), strides=(a.itemsize,))
@@ -274,7 +273,9 @@ def relu_backward(dout, out, dx=None):
         dx = np.empty(out.shape, dtype=dout.dtype)
     elif not dx.flags.c_contiguous or dx.shape != out.shape:
         raise ValueError(f"relu_backward: dx must be contiguous with shape {out.shape}")
-    L = out.shape[-1] if out.ndim == 2 else max(1, out.size)
+    if out.size == 0:
+        return dx
+    L = out.shape[-1] if out.ndim == 2 else out.size
     (d, ds), (o, os) = _rows(dout.reshape(-1, L)), _rows(out.reshape(-1, L))
     _relu_bwd(d, ds, o, os, dx.reshape(-1), L)
     return dx

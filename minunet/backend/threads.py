@@ -74,6 +74,12 @@ def workers() -> int:
     return n_threads() if n_threads() > 1 and _blas() is not None else 1
 
 
+def split(R: int, T: int) -> list[tuple[int, int]]:
+    """Cut rows 0..R-1 into at most T blocks (r0, r1) of ceil(R/T) rows: one per worker."""
+    step = max(1, -(-R // max(1, T)))  # ceil(R / T)
+    return [(r0, min(R, r0 + step)) for r0 in range(0, R, step)]
+
+
 def parallel_for(items, fn) -> None:
     """Call fn(item, worker) for every item; worker w in 0..workers()-1 takes items[w::T].
 

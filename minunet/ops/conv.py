@@ -137,17 +137,17 @@ def _add_bias(out, b, relu):
     """
     xp = backend.xp_of(out)
     N, C = out.shape[:2]
-    step = -(-C // backend.workers(xp))  # ceil(C / workers)
 
     def piece(item, worker):
-        n, c0 = item
-        o, bc = out[n : n + 1, c0 : c0 + step], b[c0 : c0 + step]  # contiguous slices
+        n, c0, c1 = item
+        o, bc = out[n : n + 1, c0:c1], b[c0:c1]  # contiguous slices
         if relu:
             backend.bias_relu_forward(o, bc)
         else:
             o += bc[None, :, None, None]
 
-    backend.parallel_for(xp, [(n, c0) for n in range(N) for c0 in range(0, C, step)], piece)
+    blocks = [(n, c0, c1) for n in range(N) for c0, c1 in backend.split(xp, C)]
+    backend.parallel_for(xp, blocks, piece)
 
 
 def conv2d_forward(x, w, b, relu=False):

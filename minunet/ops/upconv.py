@@ -50,12 +50,6 @@ def _check(x, w, b):
                          f"expected ({w.shape[1]},)")
 
 
-def _blocks(N, R, xp):
-    """Blocks (n, r0, r1) of R rows for each of N images: one block per worker and image."""
-    step = -(-R // backend.workers(xp))  # ceil(R / workers)
-    return [(n, r0, min(R, r0 + step)) for n in range(N) for r0 in range(0, R, step)]
-
-
 def upconv2x2_forward(x, w, b):
     """Transposed convolution, kernel 2, stride 2, with bias.
 
@@ -75,7 +69,8 @@ def upconv2x2_forward(x, w, b):
         n, r0, r1 = block
         xp.matmul(wt[r0:r1], x3[n], out=cols[n, r0:r1])
 
-    backend.parallel_for(xp, _blocks(N, Cout * 4, xp), product)
+    blocks = [(n, r0, r1) for n in range(N) for r0, r1 in backend.split(xp, Cout * 4)]
+    backend.parallel_for(xp, blocks, product)
     cols = cols.reshape(N, Cout, 2, 2, H, W)  # (N, Cout, i, j, H, W)
     # out[n, o, 2y+i, 2xx+j] = cols[n, o, i, j, y, xx] + b[o]: in plain array code
     # cols.transpose(0, 1, 4, 2, 5, 3).reshape(N, Cout, 2H, 2W) + b (see backend/cpu.py)
@@ -103,12 +98,12 @@ def upconv2x2_backward(dout, cache):
     dw = xp.zeros((Cin, Cout * 4), dtype=x.dtype)  # (Cin, Cout*4)
 
     def products(block, worker):  # rows c0..c1-1 of dx[n] = w2 @ dcols[n] and of dw
-        _, c0, c1 = block
+        c0, c1 = block
         for n in range(N):  # images in order: dw sums the same way on any number of workers
             xp.matmul(w2[c0:c1], dcols[n], out=dx[n, c0:c1])
             dw[c0:c1] += x3[n, c0:c1] @ dcols[n].T  # (c1-c0, Cout*4)
 
-    backend.parallel_for(xp, _blocks(1, Cin, xp), products)
+    backend.parallel_for(xp, backend.split(xp, Cin), products)
     dx = dx.reshape(N, Cin, H, W)
     db = dout.sum(axis=(0, 2, 3))
     return dx, dw.reshape(w.shape), db

@@ -94,6 +94,20 @@ def test_relu_backward(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_backward_conv_chunk_into_workspace(rng, dtype):
+    """A conv's row chunk (C, L) of (C, H*W) planes is read in place; dx= is written."""
+    plane_d = rng.standard_normal((3, 40)).astype(dtype)
+    plane_o = np.maximum(rng.standard_normal((3, 40)), 0).astype(dtype)
+    d, o = plane_d[:, 10:22], plane_o[:, 10:22]  # strided: row stride 40, 12 long
+    dx = np.full((3, 12), np.nan, dtype=dtype)
+    assert cpu.relu_backward(d, o, dx) is dx
+    np.testing.assert_array_equal(dx, np.where(o > 0, d, 0))
+    with pytest.raises(ValueError, match="contiguous"):
+        cpu.relu_backward(d, o, np.empty((12, 3), dtype=dtype).T)
+    assert cpu.relu_backward(np.ones((0, 4), dtype), np.ones((0, 4), dtype)).shape == (0, 4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_sgd_update(rng, dtype):
     w, v, g = (rng.standard_normal((3, 4, 5)).astype(dtype) for _ in range(3))
     lr, m, wd = 0.01, 0.99, 5e-4

@@ -209,6 +209,11 @@ def test_relu_backward_matches_numpy(dtype):
     ref = relu_backward(dout, cache)
     got = gpu.relu_backward(cp.asarray(dout), cp.asarray(out))
     np.testing.assert_array_equal(got.get(), ref)
+    dx = cp.full(x.shape, cp.nan, dtype=dtype)  # a workspace, as conv2d_backward passes
+    assert gpu.relu_backward(cp.asarray(dout), cp.asarray(out), dx) is dx
+    np.testing.assert_array_equal(dx.get(), ref)
+    with pytest.raises(ValueError, match="contiguous"):
+        gpu.relu_backward(cp.asarray(dout), cp.asarray(out), cp.empty(x.shape[::-1], dtype).T)
 
 
 @pytest.mark.slow

@@ -35,6 +35,13 @@ def test_every_item_once_on_its_worker(n_workers):
     assert sorted(seen) == [(i, i % T) for i in range(10)]  # worker w takes items[w::T]
 
 
+@pytest.mark.parametrize("R, T", [(10, 3), (2, 4), (7, 1), (0, 2)])
+def test_split_covers_every_row_once(R, T):
+    blocks = threads.split(R, T)
+    assert len(blocks) <= T
+    assert [r for r0, r1 in blocks for r in range(r0, r1)] == list(range(R))
+
+
 def test_worker_exception_reaches_the_caller(n_workers):
     def fn(item, worker):
         if item == 3:
