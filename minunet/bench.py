@@ -1,13 +1,14 @@
 """Benchmark: `python -m minunet.bench` (see --help). Check first, then time.
 
 For one configuration (input size, base, batch, dtype, device) it
-  1. checks every fast path (Numba on the CPU, CUDA on the GPU) against its plain
-     reference on small inputs, and stops if one disagrees;
+  1. checks every twin (Numba on the CPU, CUDA on the GPU) against the plain op of
+     minunet/ops on small inputs, and stops if one disagrees;
   2. times the hot loops (im2col, col2im, max-pool, softmax + cross-entropy, SGD)
      at the sizes of the paper network and prints GB/s beside the time;
-  3. times forward, forward + backward and a whole training step of the U-Net
-     (median over --rounds x --repeat runs, each after --warmup), with GFLOP/s and
-     peak memory, each in a fresh process;
+  3. times forward, forward + backward and a whole training step of the U-Net on
+     the fast ops (minunet/fast, what training runs) and on the plain ops
+     (minunet/ops, the lesson) (median over --rounds x --repeat runs, each after
+     --warmup), with GFLOP/s and peak memory, each in a fresh process;
   4. if PyTorch happens to be importable (never a dependency), times the same
      network in PyTorch in the same run and prints our time / PyTorch's time;
   5. optionally (--data) the tiles per second of the augmentation pipeline.
@@ -23,9 +24,11 @@ import time
 
 import numpy as np
 
-from . import backend, ops
-from .model import UNet, UNetConfig, layer_table, output_size
+from . import backend
+from .layers import op_module
+from .model import UNetConfig, build_model, layer_table
 from .optim import MomentumSGD, SGDConfig
+from .sizes import output_size
 
 
 class Timer:
@@ -63,43 +66,45 @@ def median(ts):
 
 
 def check_fast_paths(xp, dtype) -> list[tuple[str, float]]:
-    """Max abs difference of each fast path from its reference, on small random inputs."""
-    from .ops.conv import col2im_reference, im2col_reference
-    from .ops.pool import maxpool2x2_backward_reference, maxpool2x2_reference
-    from .ops.softmax import softmax_xent_backward_reference, softmax_xent_reference
+    """Max abs difference of each twin (Numba on the CPU, CUDA on the GPU) from the plain
+    op of minunet/ops that it speeds up, on small random inputs."""
+    from . import ops
+    from .ops.pool import MaxPool2x2Cache
+    from .ops.softmax import SoftmaxXentCache
 
     rng = np.random.default_rng(0)
 
     def arr(*shape):
         return xp.asarray(rng.standard_normal(shape).astype(dtype))
 
-    x = arr(3, 11, 13)
+    x = arr(3, 11, 13)  # (C, H, W); output rows 0..8 of a 3x3 conv use input rows 0..10
     cols = xp.empty((27, 9 * 11), dtype=dtype)
-    res = [("im2col", _maxdiff(backend.im2col(x, 3, 0, 9, cols), im2col_reference(x, 3, 0, 9)))]
-    dx1, dx2 = xp.zeros_like(x), xp.zeros_like(x)
+    res = [("im2col", _maxdiff(backend.im2col(x, 3, 0, 9, cols), ops.im2col(x[None], 3)))]
     c = arr(27, 9 * 11)
-    res.append(("col2im", _maxdiff(backend.col2im(c, 3, 0, 9, dx1),
-                                   col2im_reference(c, 3, 0, 9, dx2))))
+    res.append(("col2im", _maxdiff(backend.col2im(c, 3, 0, 9, xp.zeros_like(x)),
+                                   ops.col2im(c, (1, *x.shape), 3)[0])))
     p = xp.asarray(rng.permutation(2 * 3 * 8 * 10).reshape(2, 3, 8, 10).astype(dtype))
     o1, a1 = backend.maxpool2x2_forward(p)
-    o2, a2 = maxpool2x2_reference(p)
-    res.append(("maxpool fwd", max(_maxdiff(o1, o2), _maxdiff(a1, a2))))
+    o2, cache = ops.maxpool2x2_forward(p)
+    res.append(("maxpool fwd", max(_maxdiff(o1, o2), _maxdiff(a1, cache.arg))))
     d = arr(2, 3, 4, 5)
     res.append(("maxpool bwd", _maxdiff(backend.maxpool2x2_backward(d, a1),
-                                        maxpool2x2_backward_reference(d, a2))))
+                                        ops.maxpool2x2_backward(d, MaxPool2x2Cache(a1)))))
     logits = arr(2, 3, 6, 7) * 5
     labels = xp.asarray(rng.integers(0, 3, (2, 6, 7)))
     w = xp.asarray(rng.random((2, 6, 7)).astype(dtype))
-    l1, p1 = backend.softmax_xent_forward(logits, labels, w)
-    l2, p2 = softmax_xent_reference(logits, labels, w)
-    res.append(("softmax-xent fwd", max(_maxdiff(l1, l2) / max(1.0, abs(float(l2))),
-                                        _maxdiff(p1, p2))))
-    res.append(("softmax-xent bwd", _maxdiff(backend.softmax_xent_backward(p1, labels, w, 0.1),
-                                             softmax_xent_backward_reference(p2, labels, w, 0.1))))
+    l1, p1 = backend.softmax_xent_forward(logits, labels, w)  # the sum over pixels
+    l2, cache = ops.softmax_cross_entropy_forward(logits, labels, w)  # the mean
+    l2 = float(l2) * logits[:, 0].size
+    res.append(("softmax-xent fwd", max(_maxdiff(l1, l2) / max(1.0, abs(l2)),
+                                        _maxdiff(p1, cache.probs))))
+    res.append(("softmax-xent bwd", _maxdiff(
+        backend.softmax_xent_backward(p1, labels, w, 0.1),
+        ops.softmax_cross_entropy_backward(1.0, SoftmaxXentCache(p1, labels, w, 0.1)))))
     wt, v, g = arr(1000), arr(1000), arr(1000)
     w_ref, v_ref = wt.copy(), v.copy()
     backend.sgd_update(wt, v, g, 0.01, 0.99, 1e-4)
-    v_ref = 0.99 * v_ref - 0.01 * (g + 1e-4 * w_ref)
+    v_ref = 0.99 * v_ref - 0.01 * (g + 1e-4 * w_ref)  # minunet/optim.py, Caffe convention
     res.append(("sgd update", max(_maxdiff(wt, w_ref + v_ref), _maxdiff(v, v_ref))))
     return res
 
@@ -143,7 +148,7 @@ def bench_ops(xp, dtype, timer, repeat, warmup, size=572, base=64) -> list[tuple
         lambda: backend.softmax_xent_forward(logits, labels, w), repeat, warmup)), px))
     out.append(("softmax-xent bwd", median(timer(
         lambda: backend.softmax_xent_backward(probs, labels, w, 1.0), repeat, warmup)), px))
-    m = UNet(UNetConfig(base=base, dtype=np.dtype(dtype).name))
+    m = build_model(UNetConfig(base=base, dtype=np.dtype(dtype).name))
     m.to("cpu" if xp is np else "cuda")
     opt = MomentumSGD(m.params, SGDConfig())
     nparam = m.num_parameters()
@@ -156,7 +161,7 @@ def bench_ops(xp, dtype, timer, repeat, warmup, size=572, base=64) -> list[tuple
 
 
 def bench_model(cfg: UNetConfig, size, batch, device, timer, repeat, warmup) -> dict:
-    m = UNet(cfg).to(device)
+    m = build_model(cfg).to(device)  # in training mode: dropout on, as in a real step
     xp = m.xp
     rng = np.random.default_rng(0)
     x = xp.asarray(rng.standard_normal((batch, cfg.in_channels, size, size)).astype(cfg.dtype))
@@ -168,11 +173,13 @@ def bench_model(cfg: UNetConfig, size, batch, device, timer, repeat, warmup) -> 
     def fwd():
         return m.forward(x, dropout_key=1)
 
+    o = op_module(cfg.ops)  # the loss on the same door as the network
+
     def fwd_bwd():
         logits = m.forward(x, dropout_key=1)
-        loss, cache = ops.softmax_cross_entropy_forward(logits, labels, weights)
+        loss, cache = o.softmax_cross_entropy_forward(logits, labels, weights)
         m.zero_grad()
-        m.backward(ops.softmax_cross_entropy_backward(1.0, cache))
+        m.backward(o.softmax_cross_entropy_backward(1.0, cache))
 
     def step():
         fwd_bwd()
@@ -214,17 +221,20 @@ def _in_subprocess(which: str, a, device: str) -> dict | None:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def _alternate(a, device: str):
-    """Run ours and PyTorch's network benchmarks in turn, --rounds times, and pool the times.
+def _alternate(a, device: str) -> dict:
+    """Run the network benchmarks in turn (ours on the fast ops, ours on the plain ops, and
+    PyTorch's), --rounds times, and pool the times: {which: {name: median seconds}}.
 
     The machines we measure on are shared: slow spells come and go for seconds. Taking
-    turns exposes both implementations to the same spells; the medians are over all
+    turns exposes every implementation to the same spells; the medians are over all
     repeats of all rounds.
     """
     names = ("forward", "forward+backward", "training step")
-    runs = {"ours": [], "torch": []}
+    order = ["fast", "plain"] if a.ops == "both" else [a.ops]
+    order += [] if a.no_torch else ["torch"]
+    runs = {which: [] for which in order}
     for _ in range(a.rounds):
-        for which in ("ours",) if a.no_torch else ("ours", "torch"):
+        for which in order:
             r = _in_subprocess(which, a, device)
             if r is not None:
                 runs[which].append(r)
@@ -233,23 +243,31 @@ def _alternate(a, device: str):
         if rs:
             pooled[which] = {n: median([t for r in rs for t in r[n]]) for n in names}
             pooled[which]["peak_mb"] = max(r["peak_mb"] for r in rs)
-    return pooled.get("ours"), pooled.get("torch")
+    return pooled
 
 
 def _worker(which: str, a, device: str) -> int:
     """Child process of _in_subprocess: print one JSON line of timings."""
     import json
 
-    cfg = UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype)
     if which == "torch":
         from . import torch_ref
 
+        cfg = UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype)
         res = torch_ref.bench(cfg, a.size, a.batch, device, a.repeat, a.warmup, a.tf32)
     else:
+        cfg = UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype, ops=which)
         xp = np if device == "cpu" else backend._cupy()
         res = bench_model(cfg, a.size, a.batch, device, Timer(xp), a.repeat, a.warmup)
     print(json.dumps(res))
     return 0
+
+
+def _ratios(times: dict) -> dict:
+    """The ratio columns of the network table: {header: (numerator, denominator)}."""
+    pairs = {"fast/torch": ("fast", "torch"), "plain/torch": ("plain", "torch"),
+             "plain/fast": ("plain", "fast")}
+    return {h: p for h, p in pairs.items() if p[0] in times and p[1] in times}
 
 
 # --- CLI ----------------------------------------------------------------------------------
@@ -272,7 +290,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--tf32", action="store_true", help="allow TF32 GEMMs (GPU; ours and torch)")
     p.add_argument("--data", action="store_true", help="also time the tile pipeline")
-    p.add_argument("--_worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--ops", choices=["both", "fast", "plain"], default="both",
+                   help="which of our op modules to time the network on: fast (minunet/fast, "
+                        "the default of training), plain (minunet/ops, the lesson) or both")
+    p.add_argument("--_worker", choices=["fast", "plain", "torch"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     device = backend.resolve_device(a.device)
     if a._worker:
@@ -280,14 +301,14 @@ def main(argv=None) -> int:
     if device == "cuda" and a.tf32:
         backend.set_tf32(True)
     xp = np if device == "cpu" else backend._cupy()
-    cfg = UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype)
+    cfg = UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype)  # for the FLOP count
     timer = Timer(xp)
     print(f"minunet.bench: {backend.device_info()}")
     print(f"config: input {a.batch}x{a.size}x{a.size}, base {a.base}, depth {a.depth}, "
           f"{a.dtype}, median of {a.rounds} rounds x {a.repeat} runs, each after {a.warmup} "
           f"warm-up (ours and PyTorch take turns)")
 
-    print("\n1. fast paths vs references (max abs difference)")
+    print("\n1. twins (Numba / CUDA) vs the plain ops of minunet/ops (max abs difference)")
     bad = False
     for name, err in check_fast_paths(xp, np.dtype(a.dtype)):
         tol = 1e-4 if a.dtype == "float32" else 1e-10
@@ -295,7 +316,7 @@ def main(argv=None) -> int:
         bad |= not ok
         print(f"   {name:<20} {err:10.2e}  {'ok' if ok else 'MISMATCH'}")
     if bad:
-        print("a fast path disagrees with its reference: not timing", file=sys.stderr)
+        print("a twin disagrees with its plain op: not timing", file=sys.stderr)
         return 1
 
     if not a.no_ops:
@@ -308,23 +329,22 @@ def main(argv=None) -> int:
     flops = sum(r["gflop"] for r in layer_table(cfg, a.size, a.batch))
     print(f"\n3. U-Net {a.size}/{a.base}: forward {flops:.1f} GFLOP, training step "
           f"~{3 * flops:.0f} GFLOP")
-    ours, theirs = _alternate(a, device)
-    if ours is None:
+    times = _alternate(a, device)
+    if not any(k in times for k in ("fast", "plain")):
         return 1  # _in_subprocess printed why
-    print(f"   {'':<18}{'minunet s':>11}{'GFLOP/s':>9}" + (f"{'torch s':>10}{'GFLOP/s':>9}"
-                                                          f"{'ratio':>8}" if theirs else ""))
+    cols = [k for k in ("fast", "plain", "torch") if k in times]
+    label = {"fast": "fast s", "plain": "plain s", "torch": "torch s"}
+    print(f"   {'':<18}" + "".join(f"{label[k]:>10}{'GFLOP/s':>9}" for k in cols)
+          + "".join(f"{r:>13}" for r in _ratios(times)))
     for name, mult in (("forward", 1), ("forward+backward", 3), ("training step", 3)):
-        t = ours[name]
-        line = f"   {name:<18}{t:11.3f}{mult * flops / t:9.1f}"
-        if theirs:
-            tt = theirs[name]
-            line += f"{tt:10.3f}{mult * flops / tt:9.1f}{t / tt:8.2f}x"
+        line = f"   {name:<18}" + "".join(
+            f"{times[k][name]:10.3f}{mult * flops / times[k][name]:9.1f}" for k in cols)
+        for num, den in _ratios(times).values():
+            line += f"{times[num][name] / times[den][name]:12.2f}x"
         print(line)
-    line = f"   {'peak memory MB':<18}{ours['peak_mb']:11.0f}"
-    if theirs:
-        line += f"{'':9}{theirs['peak_mb']:10.0f}{'':9}{ours['peak_mb'] / theirs['peak_mb']:8.2f}x"
-    print(line)
-    if theirs is None and not a.no_torch:
+    peaks = "".join(f"{times[k]['peak_mb']:10.0f}{'':9}" for k in cols)
+    print(f"   {'peak memory MB':<18}{peaks}")
+    if "torch" not in times and not a.no_torch:
         print("   (PyTorch not installed: no comparison)")
 
     if a.data:

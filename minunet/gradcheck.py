@@ -316,9 +316,14 @@ class OpCheck:
     threshold_float32: float = THRESHOLD_FLOAT32
 
 
-def op_checks() -> list[OpCheck]:
-    """The gradient check of every U-Net op: small float shapes, N = 2, odd and even sizes."""
-    from minunet import ops  # imported here: the machinery above does not need the ops
+def op_checks(kind: str = "plain") -> list[OpCheck]:
+    """The gradient check of every U-Net op: small float shapes, N = 2, odd and even sizes.
+
+    kind: "plain" checks the lesson's ops (minunet/ops), "fast" the fast ones (minunet/fast).
+    """
+    from minunet.layers import op_module  # imported here: the machinery above needs no ops
+
+    ops = op_module(kind)
 
     def normal(rng, shape, dtype):
         return rng.standard_normal(shape).astype(dtype)
@@ -415,8 +420,9 @@ def op_names() -> list[str]:
 
 
 def run_checks(ops: Sequence[str] | None = None, dtype: str = "float64",
-               device: str = "cpu", seed: int = 0) -> list[GradCheckResult]:
-    """Run the named checks of `ops` (all when None) in `dtype` on `device` ('cpu'/'cuda').
+               device: str = "cpu", seed: int = 0, kind: str = "plain") -> list[GradCheckResult]:
+    """Run the named checks of `ops` (all when None) in `dtype` on `device` ('cpu'/'cuda'),
+    on the plain ops (kind="plain", minunet/ops) or the fast ones (kind="fast", minunet/fast).
 
     Every check draws from its own generator, seeded by (seed, its position in the
     list), so checking one op gives the same numbers as checking all of them.
@@ -424,7 +430,7 @@ def run_checks(ops: Sequence[str] | None = None, dtype: str = "float64",
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    checks = op_checks()
+    checks = op_checks(kind)
     if ops is not None:
         unknown = sorted(set(ops) - {c.op for c in checks})
         if unknown:
@@ -506,6 +512,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: the GPU when there is one, else the CPU")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    parser.add_argument("--ops", choices=("plain", "fast"), default="plain",
+                        help="plain (default): the lesson's whole-array ops in minunet/ops; "
+                             "fast: the chunked, threaded, fused ops in minunet/fast that the "
+                             "network runs by default")
     args = parser.parse_args(argv)
 
     selected = _parse_ops(args.op, parser)
@@ -516,7 +526,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     h = STEP_FLOAT64 if args.dtype == "float64" else STEP_FLOAT32
     where = "cuda (CuPy)" if device == "cuda" else "cpu (NumPy)"
-    print(f"minunet gradient check: {args.dtype} on {where}, seed {args.seed}")
+    module = "minunet/ops" if args.ops == "plain" else "minunet/fast"
+    print(f"minunet gradient check: {args.ops} ops ({module}), {args.dtype} on {where}, "
+          f"seed {args.seed}")
     if args.device == "auto" and device == "cpu":
         print(f"(--device auto chose the CPU: {backend.gpu_status().reason})")
     print(f"central differences with step h = {h:g}; "
@@ -529,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"gradient right")
     print()
 
-    results = run_checks(selected, args.dtype, device, args.seed)
+    results = run_checks(selected, args.dtype, device, args.seed, args.ops)
     print(format_table(results))
     print()
     print(summary_line(results))

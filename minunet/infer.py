@@ -41,13 +41,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend
-from .model import (
-    UNet,
-    is_valid_size,
-    layer_table,
-    nearest_valid_sizes,
+from .model import UNet, layer_table, standardize
+from .sizes import (
+    choose_tile,
+    min_tile,
     output_size,
-    standardize,
+    padded_size,
+    size_margin,
+    tile_offsets,
     valid_sizes,
 )
 
@@ -58,55 +59,6 @@ MEMORY_FRACTION = 0.6
 ACTIVATION_FACTOR = 2.5
 CPU_DEFAULT_BUDGET = 2 * 2**30  # when the free RAM cannot be read
 CPU_MAX_BUDGET = 4 * 2**30  # larger CPU tiles are hardly faster; be kind to shared machines
-
-
-def _margin(depth: int) -> int:
-    """input - output of a valid input (184 at depth 4)."""
-    s = nearest_valid_sizes(1, depth)[1]
-    return s - output_size(s, depth)
-
-
-def padded_size(n: int, depth: int) -> int:
-    """Smallest valid network input P with P - margin >= n (the output covers n pixels)."""
-    s = n + _margin(depth)
-    return s if is_valid_size(s, depth) else nearest_valid_sizes(s, depth)[1]
-
-
-def min_tile(depth: int) -> int:
-    """The smallest tile that can be stepped along an axis: its output must span at least
-    one pooling-grid step 2^depth (204 at depth 4: output 20; 188 gives only 4, so tiles
-    of 188 on the 16-pixel grid would leave gaps; 188 works only as the whole axis)."""
-    return next(s for s in valid_sizes(1, 2 ** (depth + 3) * 8, depth)
-                if output_size(s, depth) >= 2**depth)
-
-
-def tile_offsets(total: int, tile: int, depth: int) -> list[int]:
-    """Input-tile offsets along one axis of a padded image of valid size `total`.
-
-    Steps are the largest multiple of 2^depth not exceeding the tile's output
-    size, and the last tile ends flush with `total`; all offsets are multiples
-    of 2^depth (the pooling grid), which makes the stitch exact (module doc).
-    """
-    if tile >= total:
-        return [0]
-    g = 2**depth
-    step = (output_size(tile, depth) // g) * g
-    if step == 0:
-        raise ValueError(f"tile {tile} has an output of {output_size(tile, depth)} px, less than "
-                         f"the pooling grid step {g}: use a tile >= {min_tile(depth)}")
-    offs = list(range(0, total - tile, step))
-    return offs + [total - tile]
-
-
-def choose_tile(padded: tuple[int, int], depth: int, max_tile: int) -> tuple[int, int]:
-    """Tile size per axis: the whole padded axis if it is <= max_tile, else the largest
-    valid size <= max_tile, but at least `min_tile(depth)` (a smaller tile cannot be
-    stepped along the pooling grid without gaps)."""
-    below, above = nearest_valid_sizes(max_tile, depth)
-    if below is None:
-        raise ValueError(f"tile {max_tile} is smaller than the smallest valid tile ({above} for "
-                         f"a depth-{depth} U-Net); use a tile >= {min_tile(depth)}")
-    return tuple(p if p <= max_tile else max(below, min_tile(depth)) for p in padded)
 
 
 def forward_bytes(config, size: int, batch: int = 1) -> int:
@@ -203,8 +155,20 @@ def predict(model: UNet, image, tile: int | None = None, batch: int = 1, tta: in
         raise ValueError(f"tta must be 1, 4 or 8, got {tta}")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    was_training = model.training
+    model.eval()  # no dropout; restored on the way out
+    try:
+        return _predict(model, img, tile, batch, tta)
+    finally:
+        model.training = was_training
+
+
+def _predict(model, img, tile, batch, tta):
+    """The body of `predict`: img (C, H, W) standardised, in the model's array module."""
+    cfg = model.config
+    xp = model.xp
     _, H, W = img.shape
-    m = _margin(cfg.depth)
+    m = size_margin(cfg.depth)
     if tile is None:
         padded = (padded_size(H, cfg.depth), padded_size(W, cfg.depth))
         tile = auto_tile(cfg, padded, batch, int(MEMORY_FRACTION * free_memory_bytes(xp)))
@@ -232,7 +196,7 @@ def predict(model: UNet, image, tile: int | None = None, batch: int = 1, tta: in
             chunk = group[i : i + batch]
             xb = xp.stack([pads[k][:, y : y + th, x : x + tw] for k, y, x in chunk])  # (B,C,th,tw)
             pb = softmax(model.forward(xb))  # (B, K, oh, ow)
-            _release_caches(model)
+            model.release_caches()  # inference never runs the backward
             for (k, y, x), p in zip(chunk, pb, strict=True):
                 outs[k][:, y : y + oh, x : x + ow] = p
 
@@ -258,22 +222,6 @@ def _untransform(p, k: int):
     if k >= 4:
         p = p[:, :, ::-1]
     return xp.rot90(p, -(k % 4), axes=(1, 2))
-
-
-def _release_caches(model) -> None:
-    """Drop what the layers kept for a backward pass that inference never runs, so the
-    next tile's activations do not sit on top of this tile's."""
-    release = getattr(model, "release_caches", None)
-    if release is not None:
-        release()
-        return
-    for value in vars(model).values():
-        items = value if isinstance(value, list | tuple) else [value]
-        for item in items:
-            for layer in item if isinstance(item, tuple) else [item]:
-                for attr in ("cache", "relu_cache", "crop_cache", "cat_cache"):
-                    if hasattr(layer, attr):
-                        setattr(layer, attr, None)
 
 
 def softmax(logits):

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import backend
-from .layers import Conv, Dropout, MaxPool, SkipConcat, UpConv
+from .layers import Conv, Dropout, MaxPool, SkipConcat, UpConv, op_module
+from .sizes import invalid_size_message, is_valid_size, output_size, receptive_field
 
 
 @dataclass
@@ -36,6 +37,8 @@ class UNetConfig:
     dropout: float = 0.5  # paper: drop-out at the end of the contracting path
     upconv_relu: bool = False  # the paper text has none after the up-conv; the released model had
     dtype: str = "float32"  # float32 trains; float64 for gradient checks
+    ops: str = "fast"  # fast: chunked, threaded, fused (minunet/fast); plain: the lesson (ops/)
+    arch: str = "unet"  # the architecture build_model makes (see ARCHITECTURES)
 
     def __post_init__(self):
         if self.depth < 1 or self.base < 1 or self.in_channels < 1 or self.n_classes < 2:
@@ -45,6 +48,11 @@ class UNetConfig:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.ops not in ("fast", "plain"):
+            raise ValueError(f"ops must be 'fast' or 'plain', got {self.ops!r}")
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.arch!r}; known: "
+                             f"{', '.join(sorted(ARCHITECTURES))}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -52,78 +60,6 @@ class UNetConfig:
     @classmethod
     def from_json(cls, text: str) -> UNetConfig:
         return cls(**json.loads(text))
-
-
-# --- size arithmetic: the one place that knows how sizes flow through the net ----
-
-
-def _size_trace(size: int, depth: int):
-    """Spatial sizes after each stage, or None if some stage is invalid.
-
-    Returns a list [(stage name, size)], with pools only on even sizes and every
-    convolution output >= 1.
-    """
-    trace = []
-    s = size
-    for i in range(depth):
-        s -= 4  # two unpadded 3x3 convs
-        if s < 2 or s % 2:
-            return None
-        trace.append((f"down{i}", s))
-        s //= 2
-    s -= 4
-    if s < 1:
-        return None
-    trace.append(("bottleneck", s))
-    for i in reversed(range(depth)):
-        s = 2 * s - 4  # up-conv doubles, two 3x3 convs take 4
-        if s < 1:
-            return None
-        trace.append((f"up{i}", s))
-    return trace
-
-
-def output_size(size: int, depth: int = 4) -> int:
-    """Output height for an input height `size` (572 -> 388 at depth 4); ValueError if invalid."""
-    trace = _size_trace(size, depth)
-    if trace is None:
-        raise ValueError(invalid_size_message(size, depth))
-    return trace[-1][1]
-
-
-def is_valid_size(size: int, depth: int = 4) -> bool:
-    return _size_trace(size, depth) is not None
-
-
-def valid_sizes(lo: int, hi: int, depth: int = 4) -> list[int]:
-    """All valid input sizes in [lo, hi] (at depth 4: 188, 204, ..., i.e. 124 + 16b, b >= 4)."""
-    return [s for s in range(max(lo, 1), hi + 1) if is_valid_size(s, depth)]
-
-
-def nearest_valid_sizes(size: int, depth: int = 4) -> tuple[int | None, int]:
-    """The largest valid size <= size (None if there is none) and the smallest valid size > size."""
-    below = next((s for s in range(size, 0, -1) if is_valid_size(s, depth)), None)
-    above = next(s for s in range(size + 1, size + 2 ** (depth + 2) + 10**6)
-                 if is_valid_size(s, depth))
-    return below, above
-
-
-def invalid_size_message(size: int, depth: int) -> str:
-    below, above = nearest_valid_sizes(size, depth)
-    near = f"{below} or {above}" if below else f"{above}"
-    return (f"input size {size} is not valid for a depth-{depth} U-Net (every 2x2 pool needs "
-            f"an even size, every conv a positive one); the nearest valid sizes are {near}")
-
-
-def size_margin(depth: int = 4) -> int:
-    """input - output for a valid input (184 at depth 4): the context the net consumes."""
-    s = next(s for s in range(1, 10**6) if is_valid_size(s, depth))
-    return s - output_size(s, depth)
-
-
-def receptive_field(depth: int = 4) -> int:
-    """Side of the input window that one output pixel sees (the margin + 1: 185 at depth 4)."""
-    return size_margin(depth) + 1
 
 
 # --- the input ---------------------------------------------------------------------
@@ -176,21 +112,40 @@ def _conv_shapes(name, cin, cout, k):
 
 
 def fan_in(name: str, shape: tuple) -> int:
-    """Incoming connections of one output unit (He et al. 2015): Cin*k*k for a conv;
-    Cin for the 2x2 stride-2 up-conv, whose output pixel sees one input pixel per channel."""
+    """Incoming connections of one output unit (He et al. 2015), N in std = sqrt(2/N).
+
+    Cin*k*k for a conv weight (Cout, Cin, k, k); Cin for the 2x2 stride-2 up-conv
+    weight (Cin, Cout, 2, 2), whose output pixel sees one input pixel per channel;
+    1 for a 1-D parameter (a bias or a per-channel scale: one input per unit).
+    """
+    if len(shape) == 1:
+        return 1
     if ".upconv." in name:
         return shape[0]
-    return shape[1] * shape[2] * shape[3]
+    n = shape[1]
+    for k in shape[2:]:
+        n *= k
+    return n
 
 
 class UNet:
     """The U-Net: `params` and `grads` dicts, `forward(x, ...)`, `backward(dlogits)`.
 
     Arrays live on the host (NumPy) or the device (CuPy): `to(device)` moves them.
+    `buffers` holds state that is not trained by gradients (running statistics of
+    a normalisation layer, say): empty for the paper's U-Net, but carried by
+    `state_dict`, checkpoints and --resume like the parameters. `training` says
+    whether dropout is on (`train()`, the default after construction) or off
+    (`eval()`, for inference). Build one with `build_model(config)`.
     """
+
+    arch = "unet"
 
     def __init__(self, config: UNetConfig | None = None, seed: int = 0):
         self.config = config = config or UNetConfig()
+        if config.arch != self.arch:
+            raise ValueError(f"UNet built from a config for arch {config.arch!r}; "
+                             f"use build_model(config)")
         dtype = np.dtype(config.dtype)
         rng = np.random.default_rng(seed)
         self.params = {}
@@ -201,15 +156,17 @@ class UNet:
                 std = math.sqrt(2.0 / fan_in(name, shape))
                 self.params[name] = (rng.standard_normal(shape) * std).astype(dtype)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
-        d = config.depth
-        self.down = [(Conv(f"down{i}.conv0"), Conv(f"down{i}.conv1")) for i in range(d)]
-        self.pools = [MaxPool() for _ in range(d)]
-        self.mid = (Conv("bottleneck.conv0"), Conv("bottleneck.conv1"))
-        self.drop_enc, self.drop_mid = Dropout(config.dropout), Dropout(config.dropout)
-        self.ups = [UpConv(f"up{i}.upconv", relu=config.upconv_relu) for i in range(d)]
-        self.skips = [SkipConcat() for _ in range(d)]
-        self.up = [(Conv(f"up{i}.conv0"), Conv(f"up{i}.conv1")) for i in range(d)]
-        self.final = Conv("final", relu=False)
+        self.buffers: dict = {}  # none in the paper's U-Net (it has no normalisation layers)
+        self.training = True
+        o, d = op_module(config.ops), config.depth  # the lesson's ops or the fast ones
+        self.down = [(Conv(o, f"down{i}.conv0"), Conv(o, f"down{i}.conv1")) for i in range(d)]
+        self.pools = [MaxPool(o) for _ in range(d)]
+        self.mid = (Conv(o, "bottleneck.conv0"), Conv(o, "bottleneck.conv1"))
+        self.drop_enc, self.drop_mid = Dropout(o, config.dropout), Dropout(o, config.dropout)
+        self.ups = [UpConv(o, f"up{i}.upconv", relu=config.upconv_relu) for i in range(d)]
+        self.skips = [SkipConcat(o) for _ in range(d)]
+        self.up = [(Conv(o, f"up{i}.conv0"), Conv(o, f"up{i}.conv1")) for i in range(d)]
+        self.final = Conv(o, "final", relu=False)
 
     # -- bookkeeping ---------------------------------------------------------------
 
@@ -218,8 +175,8 @@ class UNet:
         return backend.xp_of(self.params["final.weight"])
 
     def to(self, device: str) -> UNet:
-        """Move parameters and gradients to 'cpu' or 'cuda' (in place); returns self."""
-        for d in (self.params, self.grads):
+        """Move parameters, gradients and buffers to 'cpu' or 'cuda' (in place); returns self."""
+        for d in (self.params, self.grads, self.buffers):
             for k in d:
                 d[k] = backend.to_device(d[k], device)
         return self
@@ -232,15 +189,45 @@ class UNet:
     def num_parameters(self) -> int:
         return sum(int(np.prod(p.shape)) for p in self.params.values())
 
+    def train(self) -> UNet:
+        """Training mode: dropout on (forward needs a dropout_key). Returns self."""
+        self.training = True
+        return self
+
+    def eval(self) -> UNet:
+        """Inference mode: dropout off, forward needs no key. Returns self."""
+        self.training = False
+        return self
+
+    def layers(self) -> list:
+        """Every layer object, in forward order."""
+        out = []
+        for i in range(self.config.depth):
+            out += [*self.down[i], self.pools[i]]
+        out += [self.drop_enc, *self.mid, self.drop_mid]
+        for i in reversed(range(self.config.depth)):
+            out += [self.ups[i], self.skips[i], *self.up[i]]
+        return out + [self.final]
+
+    def release_caches(self) -> None:
+        """Drop what the layers keep for a backward pass (after inference, or an aborted step)."""
+        for layer in self.layers():
+            layer.release()
+
     # -- forward and backward, mirror images ----------------------------------------
 
     def forward(self, x, dropout_key: int | None = None):
         """x: (N, in_channels, S, S') with valid S, S'. Returns logits (N, K, S-184, S'-184).
 
-        dropout_key: None for inference (no dropout); an int seeds this step's
-        dropout masks (same key, same masks, on CPU and GPU alike).
+        dropout_key: in training mode an int that seeds this step's dropout masks
+        (same key, same masks, on CPU and GPU alike); ignored in eval mode.
         """
         self._check_input(x)
+        if not self.training:
+            dropout_key = None
+        elif dropout_key is None and self.config.dropout > 0:
+            raise ValueError("the model is in training mode, so its dropout needs a "
+                             "dropout_key (an int); call model.eval() for inference")
         p = self.params
         skips = []
         h = x
@@ -299,12 +286,13 @@ class UNet:
     # -- state ----------------------------------------------------------------------
 
     def state_dict(self) -> dict:
-        """Parameters as host arrays under the contract's names."""
-        return {k: backend.to_host(v) for k, v in self.params.items()}
+        """Parameters and buffers as host arrays under the contract's names."""
+        return {k: backend.to_host(v) for k, v in (self.params | self.buffers).items()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Copy parameters in; refuses missing/unexpected keys or shape mismatches, listing them."""
-        expected = {k: tuple(v.shape) for k, v in self.params.items()}
+        """Copy parameters and buffers in; refuses missing/unexpected keys or shape
+        mismatches, listing them."""
+        expected = {k: tuple(v.shape) for k, v in (self.params | self.buffers).items()}
         got = {k: tuple(np.shape(v)) for k, v in state.items()}
         missing = sorted(set(expected) - set(got))
         unexpected = sorted(set(got) - set(expected))
@@ -324,8 +312,22 @@ class UNet:
                              "config? compare base, depth, in_channels, n_classes):\n  "
                              + "\n  ".join(lines))
         xp = self.xp
-        for k in self.params:
-            self.params[k] = xp.asarray(np.asarray(state[k]), dtype=self.params[k].dtype)
+        for d in (self.params, self.buffers):
+            for k in d:
+                d[k] = xp.asarray(np.asarray(state[k]), dtype=d[k].dtype)
+
+
+ARCHITECTURES = {"unet": UNet}  # arch name (UNetConfig.arch, checkpoints) -> model class
+
+
+def build_model(config: UNetConfig | None = None, seed: int = 0):
+    """The model that `config.arch` names, freshly initialised from `seed`.
+
+    The one way train, predict, infer and bench make a model, so a checkpoint's
+    config rebuilds exactly what was trained.
+    """
+    config = config or UNetConfig()
+    return ARCHITECTURES[config.arch](config, seed=seed)
 
 
 def _subkey(key, i):

@@ -9,9 +9,17 @@ def test_bench_runs_and_prints_every_section(capsys):
                      "--warmup", "0", "--no-torch", "--data"])
     out = capsys.readouterr().out
     assert rc == 0
-    for text in ("fast paths vs references", "im2col", "softmax-xent fwd", "sgd update",
-                 "forward+backward", "training step", "GFLOP/s", "tiles/s"):
+    for text in ("twins (Numba / CUDA) vs the plain ops", "im2col", "softmax-xent fwd",
+                 "sgd update", "forward+backward", "training step", "GFLOP/s", "tiles/s",
+                 "fast s", "plain s", "plain/fast"):
         assert text in out, text
+
+
+def test_bench_times_one_door_when_asked(capsys):
+    assert bench.main(["--device", "cpu", "--size", "188", "--base", "2", "--repeat", "1",
+                       "--warmup", "0", "--no-torch", "--no-ops", "--ops", "plain"]) == 0
+    out = capsys.readouterr().out
+    assert "plain s" in out and "fast s" not in out
 
 
 def test_bench_refuses_to_time_a_wrong_fast_path(monkeypatch, capsys):

@@ -10,16 +10,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minunet import backend, infer
-from minunet.infer import mirror_pad, padded_size, predict, softmax, tile_offsets
-from minunet.model import UNet, UNetConfig, output_size, standardize
+from minunet import backend, infer, sizes
+from minunet.infer import mirror_pad, predict, softmax
+from minunet.model import UNet, UNetConfig, standardize
+from minunet.sizes import output_size, padded_size, tile_offsets
 
 TOL = 1e-12  # float64: tiled and single-pass results agree to rounding
 
 
 @pytest.fixture(scope="module")
 def model():
-    return UNet(UNetConfig(base=2, dtype="float64"), seed=3)
+    return UNet(UNetConfig(base=2, dtype="float64"), seed=3).eval()  # no dropout
 
 
 def single_pass(model, image):
@@ -102,7 +103,7 @@ def test_auto_tile_grows_with_memory(model):
     small = infer.auto_tile(cfg, (700, 700), 1, 0)
     big = infer.auto_tile(cfg, (700, 700), 1, 10**15)
     mid = infer.auto_tile(cfg, (700, 700), 1, infer.forward_bytes(cfg, 412, 1))
-    assert small == infer.min_tile(4) == 204  # 188 (output 4) cannot step a 16-pixel grid
+    assert small == sizes.min_tile(4) == 204  # 188 (output 4) cannot step a 16-pixel grid
     assert big == 700 and mid == 412
 
 
@@ -112,8 +113,15 @@ class PointwiseNet:
 
     def __init__(self):
         self.config = UNetConfig(base=1, dtype="float64")
+        self.training = False
 
     xp = np
+
+    def eval(self):
+        return self
+
+    def release_caches(self):
+        pass
 
     def forward(self, x):
         c = x[:, :, 92:-92, 92:-92]  # the output window of a depth-4 U-Net
@@ -176,7 +184,15 @@ def test_gpu_matches_cpu():
 
 def test_a_tile_too_small_to_step_is_raised_to_the_minimum(model):
     """188 (output 4) cannot step a 16-pixel grid; asked for, 204 is used (and stays exact)."""
-    assert infer.choose_tile((252, 188), 4, 188) == (204, 188)
+    assert sizes.choose_tile((252, 188), 4, 188) == (204, 188)
     img = np.random.default_rng(7).random((60, 4))  # padded 252 x 188
     np.testing.assert_allclose(predict(model, img, tile=188), single_pass(model, img),
                                rtol=0, atol=TOL)
+
+
+def test_predict_runs_in_eval_mode_and_restores_the_mode():
+    m = UNet(UNetConfig(base=2, dtype="float64"), seed=3)  # training mode: dropout on
+    img = np.random.default_rng(8).random((30, 30))
+    p = predict(m, img)
+    assert m.training  # restored
+    np.testing.assert_array_equal(p, predict(m.eval(), img))  # no dropout inside predict

@@ -5,18 +5,16 @@ import pytest
 
 from minunet import ops
 from minunet.model import (
+    ARCHITECTURES,
     UNet,
     UNetConfig,
+    build_model,
     describe,
-    invalid_size_message,
-    is_valid_size,
+    fan_in,
     layer_table,
-    nearest_valid_sizes,
-    output_size,
     parameter_shapes,
-    receptive_field,
-    valid_sizes,
 )
+from minunet.sizes import output_size, receptive_field
 
 
 def test_paper_network_numbers():
@@ -29,18 +27,7 @@ def test_paper_network_numbers():
     assert receptive_field() == 185
 
 
-def test_valid_sizes_follow_124_plus_16b():
-    assert valid_sizes(100, 700) == [124 + 16 * b for b in range(4, 37)]
-    for s in valid_sizes(188, 700):
-        assert output_size(s) == s - 184
-    assert nearest_valid_sizes(500) == (492, 508)
-    assert is_valid_size(44, depth=1) and output_size(44, depth=1) == 28
-
-
-def test_invalid_size_names_the_nearest_valid_ones():
-    with pytest.raises(ValueError, match="nearest valid sizes are 492 or 508"):
-        output_size(500)
-    assert "188" in invalid_size_message(100, 4)
+def test_invalid_size_is_refused_by_the_model():
     m = UNet(UNetConfig(base=2))
     with pytest.raises(ValueError, match="nearest valid sizes"):
         m.forward(np.zeros((1, 1, 200, 188), np.float32))
@@ -96,9 +83,61 @@ def test_dropout_masks_depend_only_on_the_key():
     m = UNet(UNetConfig(base=2))
     x = np.random.default_rng(0).standard_normal((1, 1, 188, 188)).astype(np.float32)
     a, b = m.forward(x, dropout_key=7), m.forward(x, dropout_key=7)
-    c, d = m.forward(x, dropout_key=8), m.forward(x)
+    c, d = m.forward(x, dropout_key=8), m.eval().forward(x)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c) and not np.array_equal(a, d)
+
+
+def test_training_flag_is_separate_from_the_dropout_key():
+    m = UNet(UNetConfig(base=2))
+    x = np.random.default_rng(0).standard_normal((1, 1, 188, 188)).astype(np.float32)
+    assert m.training
+    with pytest.raises(ValueError, match=r"needs a dropout_key.*model.eval\(\)"):
+        m.forward(x)
+    m.eval()
+    np.testing.assert_array_equal(m.forward(x), m.forward(x, dropout_key=3))  # key ignored
+    assert not m.train().forward(x, dropout_key=3).tolist() == m.eval().forward(x).tolist()
+    no_dropout = UNet(UNetConfig(base=2, dropout=0.0))
+    no_dropout.forward(x)  # no dropout layer: training mode needs no key
+
+
+def test_release_caches_drops_every_layer_cache():
+    m = UNet(UNetConfig(base=2, upconv_relu=True))
+    x = np.zeros((1, 1, 188, 188), np.float32)
+    m.forward(x, dropout_key=1)
+    held = [(type(layer).__name__, n) for layer in m.layers() for n in layer.cache_names
+            if getattr(layer, n) is not None]
+    assert len(held) > 20
+    m.release_caches()
+    assert all(getattr(layer, n) is None for layer in m.layers() for n in layer.cache_names)
+
+
+def test_build_model_buffers_and_arch():
+    m = build_model(UNetConfig(base=2))
+    assert isinstance(m, UNet) and m.arch == "unet" and set(ARCHITECTURES) == {"unet"}
+    assert m.buffers == {}
+    with pytest.raises(ValueError, match="unknown architecture 'resnet'; known: unet"):
+        UNetConfig(arch="resnet")
+    with pytest.raises(ValueError, match="ops must be 'fast' or 'plain'"):
+        UNetConfig(ops="quick")
+    # a buffer travels with state_dict and load_state_dict like a parameter
+    a, b = build_model(UNetConfig(base=2)), build_model(UNetConfig(base=2), seed=1)
+    a.buffers["stat"] = np.arange(3.0, dtype=np.float32)
+    b.buffers["stat"] = np.zeros(3, np.float32)
+    state = a.state_dict()
+    assert "stat" in state
+    b.load_state_dict(state)
+    np.testing.assert_array_equal(b.buffers["stat"], [0, 1, 2])
+    del state["stat"]
+    with pytest.raises(ValueError, match="missing keys \\(1\\): stat"):
+        b.load_state_dict(state)
+
+
+def test_fan_in():
+    assert fan_in("down0.conv0.weight", (64, 1, 3, 3)) == 9
+    assert fan_in("up0.upconv.weight", (128, 64, 2, 2)) == 128
+    assert fan_in("final.weight", (2, 64, 1, 1)) == 64
+    assert fan_in("norm.scale", (64,)) == 1
 
 
 def _loss_and_grads(m, x, labels, weights, key):

@@ -1,4 +1,10 @@
-"""The U-Net's operations: forward/backward pairs with small NamedTuple caches.
+"""The lesson: the U-Net's operations as plain forward/backward pairs.
+
+Each op is one small file of whole-array NumPy/CuPy code that reads like its
+derivation: no chunks, threads, workspaces or twins (those are in minunet/fast,
+the speed, which has the same names, signatures and caches). Tutorials show
+these ops, the coursework strips their bodies, `UNetConfig(ops="plain")` trains
+on them.
 
 Every op is `xxx_forward(inputs...) -> (out, cache)` and
 `xxx_backward(dout, cache) -> gradients` in the order of the forward's
@@ -6,7 +12,7 @@ differentiable inputs (a tuple when there are several, the array when one).
 Tensors are NCHW; float32 and float64; NumPy or CuPy is inferred from the inputs.
 """
 
-from .conv import Conv2dCache, conv2d_backward, conv2d_forward
+from .conv import Conv2dCache, col2im, conv2d_backward, conv2d_forward, im2col
 from .crop import (
     CenterCropCache,
     ConcatCache,
@@ -33,7 +39,7 @@ from .softmax import (
 from .upconv import Upconv2x2Cache, upconv2x2_backward, upconv2x2_forward
 
 __all__ = [
-    "Conv2dCache", "conv2d_forward", "conv2d_backward",
+    "Conv2dCache", "im2col", "col2im", "conv2d_forward", "conv2d_backward",
     "Upconv2x2Cache", "upconv2x2_forward", "upconv2x2_backward",
     "MaxPool2x2Cache", "maxpool2x2_forward", "maxpool2x2_backward",
     "ReluCache", "relu_forward", "relu_backward",

@@ -1,182 +1,95 @@
-"""Valid 2-D convolution (stride 1, no padding) by im2col + GEMM, and its backward.
+"""Valid 2-D convolution (stride 1, no padding) by im2col and one matrix product.
 
-The U-Net's 3x3 convolutions are "unpadded" (Ronneberger et al. 2015, Sec. 2),
-so every 3x3 layer shrinks the map by 2 pixels; the final layer is a 1x1 conv.
+Ronneberger et al. 2015, Sec. 2: the U-Net's 3x3 convolutions are "unpadded",
+so every 3x3 layer shrinks the map by 2 pixels; the last layer is a 1x1 conv.
 
-im2col turns the convolution into one matrix product. For one image x (C, H, W)
-and a k x k kernel, the column matrix has one row per (c, i, j) and one column
-per output pixel (y, xx):
+    out[n, o, y, xx] = b[o] + sum_{c,i,j} w[o, c, i, j] * x[n, c, y+i, xx+j]
 
-    cols[(c*k + i)*k + j, y*Wo + xx] = x[c, y + i, xx + j]      (C*k*k, Ho*Wo)
-    out = w.reshape(Cout, C*k*k) @ cols + b                      (Cout, Ho*Wo)
+im2col copies every k x k input window into one column, so the sum over
+(c, i, j) becomes a single matrix product. With Ho = H-k+1, Wo = W-k+1:
 
-The backward pass is three products with the same pieces:
+    cols[(c*k + i)*k + j, (n*Ho + y)*Wo + xx] = x[n, c, y+i, xx+j]   (Cin*k*k, N*Ho*Wo)
+    out = W2 @ cols + b,   W2 = w.reshape(Cout, Cin*k*k)             (Cout, N*Ho*Wo)
 
-    dw   = dout @ cols.T = (cols @ dout.T).T   (Cout, C*k*k)
-    dcol = w.T @ dout                    (C*k*k, Ho*Wo)
-    dx   = col2im(dcol)                  each pixel sums the entries copied from it
-    db   = dout summed over N, Ho, Wo
+The backward pass is three products with the same pieces (D = dL/dout laid
+out like the product's result, (Cout, N*Ho*Wo)):
 
-For the paper's second layer (64 channels, 568 x 568 output) the column matrix
-would be 64*9*568*568*4 bytes = 743 MB, so both passes work on chunks of output
-rows whose columns fit `backend.chunk_bytes` (4 MB on the CPU, small enough to
-stay in cache between im2col and the GEMM; at most `WORKSPACE_BYTES` = 64 MB),
-in reused buffers. The backward recomputes each chunk's columns rather than
-keeping them.
+    dW2  = D @ cols.T                                  (Cout, Cin*k*k)
+    db   = D summed over its columns                   (Cout,)
+    dcol = W2.T @ D                                    (Cin*k*k, N*Ho*Wo)
+    dx   = col2im(dcol): every input pixel gets the sum of the column entries
+           that were copied from it (the adjoint of the copy: a +=)
 
-The chunks are independent, so `backend.parallel_for` runs them on every CPU
-core at once (one after another on the GPU, where each chunk fills the device).
-Each worker has its own workspaces and its own dw, db sums. In the backward,
-col2im of chunk t also adds into the k-1 input rows below it, which chunk t+1
-adds into too; so the even chunks run first, then the odd ones, and two chunks
-that run at the same time never touch the same rows of dx.
+With relu=True the layer returns max(out, 0) and its backward first lets the
+gradient through only where out > 0 (the gradient at exactly 0 is taken as 0).
+
+This is the lesson: whole arrays, no chunks. For the paper's second layer the
+column matrix alone is 64*9 * 568*568 * 4 bytes = 743 MB; minunet/fast/conv.py
+computes the same numbers in row chunks that fit in cache, on every core.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from .. import backend
-from ._check import check_float, check_ndim, check_same_dtype
+from ..backend.device import xp_of
+from ._check import check_conv2d, check_dout
 
 
 class Conv2dCache(NamedTuple):
-    x: object  # (N, Cin, H, W) input, contiguous
+    x: object  # (N, Cin, H, W) input
     w: object  # (Cout, Cin, k, k) weight
     out: object  # (N, Cout, Ho, Wo) output when a ReLU was fused in (its mask), else None
 
 
-# --- the plain references (readable; tests and tutorials compare against them) ---
+def im2col(x, k):
+    """The column matrix of a valid k x k convolution.
 
-
-def im2col_reference(x, k, y0, y1):
-    """Column matrix of output rows y0..y1-1 of one image, in plain array code.
-
-    x: (C, H, W). Returns (C*k*k, (y1-y0)*Wo), Wo = W-k+1, laid out as in the
-    module docstring: one slice copy per kernel offset (i, j), none per pixel.
+    x: (N, C, H, W). Returns cols (C*k*k, N*Ho*Wo), laid out as in the module
+    docstring: one slice copy per kernel offset (i, j), none per pixel.
     """
-    xp = backend.xp_of(x)
-    C, H, W = x.shape
-    Wo = W - k + 1
-    rows = y1 - y0
-    cols = xp.empty((C, k, k, rows, Wo), dtype=x.dtype)  # (C, k, k, rows, Wo)
+    xp = xp_of(x)
+    N, C, H, W = x.shape
+    Ho, Wo = H - k + 1, W - k + 1
+    cols = xp.empty((C, k, k, N, Ho, Wo), dtype=x.dtype)  # (C, k, k, N, Ho, Wo)
     for i in range(k):
-        for j in range(k):
-            cols[:, i, j] = x[:, y0 + i : y1 + i, j : j + Wo]
-    return cols.reshape(C * k * k, rows * Wo)  # (C*k*k, rows*Wo)
+        for j in range(k):  # the window offset (i, j): every output pixel at once
+            cols[:, i, j] = x[:, :, i : i + Ho, j : j + Wo].transpose(1, 0, 2, 3)  # (C, N, Ho, Wo)
+    return cols.reshape(C * k * k, N * Ho * Wo)  # (C*k*k, N*Ho*Wo)
 
 
-def col2im_reference(cols, k, y0, y1, dx):
-    """Adjoint of `im2col_reference`: dx (C, H, W) += the column gradients. Returns dx."""
-    C, H, W = dx.shape
-    Wo = W - k + 1
-    rows = y1 - y0
-    c5 = cols.reshape(C, k, k, rows, Wo)  # (C, k, k, rows, Wo)
+def col2im(cols, x_shape, k):
+    """The adjoint of im2col: sum the column entries back onto the pixels they came from.
+
+    cols: (C*k*k, N*Ho*Wo); x_shape: (N, C, H, W). Returns dx (N, C, H, W).
+    """
+    xp = xp_of(cols)
+    N, C, H, W = x_shape
+    Ho, Wo = H - k + 1, W - k + 1
+    c6 = cols.reshape(C, k, k, N, Ho, Wo)  # (C, k, k, N, Ho, Wo)
+    dx = xp.zeros((C, N, H, W), dtype=cols.dtype)  # (C, N, H, W)
     for i in range(k):
-        for j in range(k):
-            dx[:, y0 + i : y1 + i, j : j + Wo] += c5[:, i, j]
-    return dx
-
-
-# --- the op -----------------------------------------------------------------------
-
-
-def _check_conv_inputs(x, w, b):
-    check_ndim("conv2d input x", x, 4, "N, Cin, H, W")
-    check_ndim("conv2d weight w", w, 4, "Cout, Cin, k, k")
-    check_ndim("conv2d bias b", b, 1, "Cout")
-    check_float("conv2d input x", x)
-    check_same_dtype(x=x, w=w, b=b)
-    N, Cin, H, W = x.shape
-    Cout, Cin_w, kh, kw = w.shape
-    if kh != kw:
-        raise ValueError(f"conv2d supports square kernels only, got weight shape {w.shape}")
-    if Cin_w != Cin:
-        raise ValueError(
-            f"conv2d channel mismatch: input x {x.shape} has {Cin} channels but weight "
-            f"{w.shape} expects {Cin_w} (weight layout is Cout, Cin, k, k)"
-        )
-    if b.shape != (Cout,):
-        raise ValueError(f"conv2d bias shape {b.shape} does not match weight {w.shape}: "
-                         f"expected ({Cout},)")
-    if kh > H or kw > W:
-        raise ValueError(f"conv2d kernel {kh}x{kw} is larger than the input image {H}x{W} "
-                         f"(x shape {x.shape}); a valid convolution needs H, W >= k")
-
-
-def _row_chunks(N, Ho, k, xp, row_bytes):
-    """Chunks (n, y0, y1) of output rows, image by image, for `backend.parallel_for`.
-
-    Each chunk's column matrix fits `backend.chunk_bytes`; an image has at least two
-    chunks per worker (so both backward phases keep every worker busy) when it is
-    tall enough, and every chunk is at least k-1 rows tall (so that chunks two
-    apart never touch the same input rows).
-    """
-    fit = backend.chunk_bytes(xp) // max(1, row_bytes)
-    T = backend.workers(xp)
-    per_worker = -(-Ho // (2 * T)) if T > 1 else Ho  # ceil(Ho / 2T)
-    step = max(1, k - 1, min(fit, per_worker))
-    return [(n, y0, min(Ho, y0 + step)) for n in range(N) for y0 in range(0, Ho, step)]
-
-
-def _columns(x1, k, y0, y1, worker):
-    """Columns of one image x1 (C, H, W) for output rows y0..y1-1, in the worker's workspace."""
-    C, H, W = x1.shape
-    if k == 1:  # a 1x1 conv needs no copy: the image itself is the column matrix
-        return x1.reshape(C, H * W)[:, y0 * W : y1 * W]  # (C, rows*W)
-    Wo = W - k + 1
-    xp = backend.xp_of(x1)
-    buf = backend.workspace(xp, x1.dtype, C * k * k * (y1 - y0) * Wo, slot=(0, worker))
-    return backend.im2col(x1, k, y0, y1, buf.reshape(C * k * k, (y1 - y0) * Wo))
-
-
-def _add_bias(out, b, relu):
-    """The epilogue, in place: out += b per channel, then max(out, 0) if relu.
-
-    out (N, C, H, W); the (image, channel block) pieces run on all workers.
-    """
-    xp = backend.xp_of(out)
-    N, C = out.shape[:2]
-
-    def piece(item, worker):
-        n, c0, c1 = item
-        o, bc = out[n : n + 1, c0:c1], b[c0:c1]  # contiguous slices
-        if relu:
-            backend.bias_relu_forward(o, bc)
-        else:
-            o += bc[None, :, None, None]
-
-    blocks = [(n, c0, c1) for n in range(N) for c0, c1 in backend.split(xp, C)]
-    backend.parallel_for(xp, blocks, piece)
+        for j in range(k):  # a pixel was copied once per window offset that covers it: +=
+            dx[:, :, i : i + Ho, j : j + Wo] += c6[:, i, j]
+    return xp.ascontiguousarray(dx.transpose(1, 0, 2, 3))  # (N, C, H, W)
 
 
 def conv2d_forward(x, w, b, relu=False):
-    """Valid 2-D convolution (cross-correlation), stride 1, with bias (and a fused ReLU).
+    """Valid 2-D convolution (cross-correlation), stride 1, with bias (and ReLU if relu).
 
     x: (N, Cin, H, W); w: (Cout, Cin, k, k); b: (Cout,)
-    out[n, o, y, xx] = b[o] + sum_{c,i,j} w[o, c, i, j] * x[n, c, y+i, xx+j]
-    relu=True applies max(out, 0) in the same pass as the bias (the U-Net's 3x3
-    layers): the same result as relu_forward(conv2d_forward(x, w, b)), one pass
-    over memory fewer.
     Returns out (N, Cout, H-k+1, W-k+1) and a Conv2dCache.
     """
-    _check_conv_inputs(x, w, b)
-    xp = backend.xp_of(x, w, b)
-    x = xp.ascontiguousarray(x)
+    check_conv2d(x, w, b)
+    xp = xp_of(x, w, b)
     N, Cin, H, W = x.shape
     Cout, _, k, _ = w.shape
     Ho, Wo = H - k + 1, W - k + 1
-    w2 = xp.ascontiguousarray(w).reshape(Cout, Cin * k * k)  # (Cout, Cin*k*k)
-    out = xp.empty((N, Cout, Ho, Wo), dtype=x.dtype)
-
-    def conv_chunk(chunk, worker):
-        n, y0, y1 = chunk
-        cols = _columns(x[n], k, y0, y1, worker)  # (Cin*k*k, (y1-y0)*Wo)
-        xp.matmul(w2, cols, out=out[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo])
-
-    chunks = _row_chunks(N, Ho, k, xp, Cin * k * k * Wo * x.itemsize)
-    backend.parallel_for(xp, chunks, conv_chunk)
-    _add_bias(out, b, relu)
+    cols = im2col(x, k)  # (Cin*k*k, N*Ho*Wo)
+    out = w.reshape(Cout, Cin * k * k) @ cols + b[:, None]  # (Cout, N*Ho*Wo)
+    out = xp.ascontiguousarray(out.reshape(Cout, N, Ho, Wo).transpose(1, 0, 2, 3))  # (N,Cout,Ho,Wo)
+    if relu:
+        out = xp.maximum(out, 0)
     return out, Conv2dCache(x, w, out if relu else None)
 
 
@@ -185,48 +98,20 @@ def conv2d_backward(dout, cache, need_dx=True):
 
     dout: (N, Cout, Ho, Wo), the gradient of the output (after the ReLU, if fused).
     Returns (dx (N, Cin, H, W), dw (Cout, Cin, k, k), db (Cout,)); dx is None when
-    need_dx is False (the network's first layer).
+    need_dx is False (the network's first layer needs no input gradient).
     """
     x, w, out = cache
-    xp = backend.xp_of(dout, x)
+    xp = xp_of(dout, x)
     N, Cin, H, W = x.shape
     Cout, _, k, _ = w.shape
     Ho, Wo = H - k + 1, W - k + 1
-    if dout.shape != (N, Cout, Ho, Wo):
-        raise ValueError(f"conv2d_backward: dout shape {dout.shape} does not match the "
-                         f"forward output {(N, Cout, Ho, Wo)}")
-    dout = xp.ascontiguousarray(dout)
-    w2 = xp.ascontiguousarray(w).reshape(Cout, Cin * k * k)  # (Cout, Cin*k*k)
-    T = backend.workers(xp)
-    dw_parts = [xp.zeros((Cout, Cin * k * k), dtype=x.dtype) for _ in range(T)]  # per worker
-    db_parts = [xp.zeros(Cout, dtype=x.dtype) for _ in range(T)]
-    dx = xp.zeros_like(x) if need_dx else None
-
-    def grad_chunk(chunk, worker):
-        n, y0, y1 = chunk
-        dchunk = dout[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo]  # (Cout, L), L=(y1-y0)*Wo
-        if out is not None:  # the fused ReLU: the gradient passes where the output is > 0
-            o_chunk = out[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo]  # (Cout, L)
-            mbuf = backend.workspace(xp, x.dtype, Cout * (y1 - y0) * Wo, slot=(2, worker))
-            dchunk = backend.relu_backward(dchunk, o_chunk, mbuf.reshape(Cout, (y1 - y0) * Wo))
-        db_parts[worker] += dchunk.sum(axis=1)
-        cols = _columns(x[n], k, y0, y1, worker)  # (Cin*k*k, L)
-        dw_parts[worker] += (cols @ dchunk.T).T  # (Cout, Cin*k*k); this operand order is
-        # the fast one for BLAS when L is long and Cout, Cin*k*k are short
-        if not need_dx:
-            return
-        if k == 1:  # col2im of a 1x1 conv is the identity
-            dx[n].reshape(Cin, H * W)[:, y0 * W : y1 * W] += w2.T @ dchunk
-            return
-        dbuf = backend.workspace(xp, x.dtype, Cin * k * k * (y1 - y0) * Wo, slot=(1, worker))
-        dcols = xp.matmul(w2.T, dchunk, out=dbuf.reshape(Cin * k * k, (y1 - y0) * Wo))
-        backend.col2im(dcols, k, y0, y1, dx[n])
-
-    chunks = _row_chunks(N, Ho, k, xp, Cin * k * k * Wo * x.itemsize)
-    for phase in (0, 1):  # even chunks, then odd ones: see the module docstring
-        backend.parallel_for(xp, chunks[phase::2], grad_chunk)
-    dw2, db = dw_parts[0], db_parts[0]
-    for dwp, dbp in zip(dw_parts[1:], db_parts[1:], strict=True):  # in worker order: deterministic
-        dw2 += dwp
-        db += dbp
-    return dx, dw2.reshape(w.shape), db
+    check_dout("conv2d", dout, (N, Cout, Ho, Wo))
+    if out is not None:  # the ReLU: the gradient passes where the output is > 0
+        dout = xp.where(out > 0, dout, xp.zeros((), dtype=dout.dtype))
+    D = dout.transpose(1, 0, 2, 3).reshape(Cout, N * Ho * Wo)  # (Cout, N*Ho*Wo)
+    cols = im2col(x, k)  # (Cin*k*k, N*Ho*Wo): recomputed, cheaper to keep x than 9x its size
+    W2 = w.reshape(Cout, Cin * k * k)  # (Cout, Cin*k*k)
+    dw = (D @ cols.T).reshape(w.shape)  # (Cout, Cin, k, k)
+    db = D.sum(axis=1)  # (Cout,)
+    dx = col2im(W2.T @ D, x.shape, k) if need_dx else None  # (N, Cin, H, W)
+    return dx, dw, db

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .. import backend
+from ..backend.device import xp_of
 from ._check import check_ndim, check_same_dtype
 
 
@@ -46,7 +46,7 @@ def center_crop_forward(x, size):
 
 def center_crop_backward(dout, cache):
     """dout (N, C, h, w) -> dx (N, C, H, W): dout at the crop, zero elsewhere."""
-    xp = backend.xp_of(dout)
+    xp = xp_of(dout)
     N, C, H, W = cache.in_shape
     h, w = dout.shape[2:]
     dx = xp.zeros((N, C, H, W), dtype=dout.dtype)
@@ -62,7 +62,7 @@ def concat_forward(a, b):
     if a.shape[0] != b.shape[0] or a.shape[2:] != b.shape[2:]:
         raise ValueError(f"concat: shapes {a.shape} and {b.shape} differ outside the channel "
                          f"axis; crop the skip map to the decoder size first (center_crop)")
-    xp = backend.xp_of(a, b)
+    xp = xp_of(a, b)
     return xp.concatenate([a, b], axis=1), ConcatCache(a.shape[1])
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .. import backend
+from ..backend.device import to_device, to_host, xp_of
 
 
 class DropoutCache(NamedTuple):
@@ -27,8 +27,8 @@ def dropout_mask(shape, p, rng, dtype, xp=None):
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     keep = rng.random(shape) >= p  # (shape) bool
-    if xp is not None and backend.xp_of(keep) is not xp:
-        keep = backend.to_device(keep) if xp.__name__ == "cupy" else backend.to_host(keep)
+    if xp is not None and xp_of(keep) is not xp:
+        keep = to_device(keep) if xp.__name__ == "cupy" else to_host(keep)
     return (keep * (1.0 / (1.0 - p))).astype(dtype)  # (shape) of dtype
 
 
@@ -42,7 +42,7 @@ def counter_uniform(shape, key, like):
     shape: output shape; key: Python int; like: an array whose module (numpy or
     cupy) the result uses. Returns float64 of `shape`.
     """
-    xp = backend.xp_of(like)
+    xp = xp_of(like)
     u64 = xp.uint64
     n = 1
     for s in shape:
@@ -72,5 +72,5 @@ def dropout_forward(x, scale_mask):
 
 def dropout_backward(dout, cache):
     """dout: the output's shape. Returns dx = dout * mask."""
-    backend.xp_of(dout, cache.scale_mask)  # refuses a host/device mix with a clear error
+    xp_of(dout, cache.scale_mask)  # refuses a host/device mix with a clear error
     return dout * cache.scale_mask

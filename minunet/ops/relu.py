@@ -1,10 +1,15 @@
-"""ReLU, max(x, 0), and its backward. The gradient at exactly 0 is taken as 0."""
+"""ReLU, max(x, 0), and its backward.
+
+The derivative is 1 where x > 0 and 0 where x < 0; at exactly 0 it is taken
+as 0. The cache keeps the output, which is > 0 exactly where the input was.
+"""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from .. import backend
+from ..backend.device import xp_of
+from ._check import check_dout
 
 
 class ReluCache(NamedTuple):
@@ -13,15 +18,13 @@ class ReluCache(NamedTuple):
 
 def relu_forward(x):
     """x: any shape. Returns out = max(x, 0) (same shape) and a ReluCache."""
-    xp = backend.xp_of(x)
+    xp = xp_of(x)
     out = xp.maximum(x, 0)
     return out, ReluCache(out)
 
 
 def relu_backward(dout, cache):
     """dout: the output's shape. Returns dx = dout where out > 0, else 0."""
-    if dout.shape != cache.out.shape:
-        raise ValueError(f"relu_backward: dout shape {dout.shape} does not match the forward "
-                         f"output {cache.out.shape}")
-    xp = backend.xp_of(dout)
+    check_dout("relu", dout, cache.out.shape)
+    xp = xp_of(dout)
     return xp.where(cache.out > 0, dout, xp.zeros((), dtype=dout.dtype))

@@ -1,0 +1,56 @@
+"""The speed: the U-Net's ops with the names, signatures and caches of minunet/ops.
+
+`minunet/ops` is the lesson (plain whole-array forward/backward pairs that read
+like their derivations); this package computes the same numbers faster, and
+the network runs on it by default (`UNetConfig(ops="fast")`). Every module here
+says which tricks it uses and what each buys, and points to its plain op:
+
+    conv.py     row chunks in cache-sized workspaces, worker threads, Numba/CUDA
+                im2col and col2im twins, fused bias + ReLU epilogue
+    upconv.py   products in row blocks on every core, twin 2x2 interleave
+    pool.py     one-pass twin for the window max and its arg-max
+    relu.py     one-pass twin backward
+    softmax.py  one-pass twin softmax + weighted cross-entropy and its gradient
+
+Crop, concat and dropout have nothing to speed up (a view, one copy, one
+multiply), so the plain ops serve both doors. tests/fast/test_agree.py proves
+the two doors agree, op by op and for the whole U-Net.
+"""
+
+from ..ops.crop import (
+    CenterCropCache,
+    ConcatCache,
+    center_crop_backward,
+    center_crop_forward,
+    concat_backward,
+    concat_forward,
+)
+from ..ops.dropout import (
+    DropoutCache,
+    counter_uniform,
+    dropout_backward,
+    dropout_forward,
+    dropout_mask,
+    dropout_mask_hashed,
+)
+from .conv import Conv2dCache, conv2d_backward, conv2d_forward
+from .pool import MaxPool2x2Cache, maxpool2x2_backward, maxpool2x2_forward
+from .relu import ReluCache, relu_backward, relu_forward
+from .softmax import (
+    SoftmaxXentCache,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+)
+from .upconv import Upconv2x2Cache, upconv2x2_backward, upconv2x2_forward
+
+__all__ = [
+    "Conv2dCache", "conv2d_forward", "conv2d_backward",
+    "Upconv2x2Cache", "upconv2x2_forward", "upconv2x2_backward",
+    "MaxPool2x2Cache", "maxpool2x2_forward", "maxpool2x2_backward",
+    "ReluCache", "relu_forward", "relu_backward",
+    "CenterCropCache", "center_crop_forward", "center_crop_backward",
+    "ConcatCache", "concat_forward", "concat_backward",
+    "SoftmaxXentCache", "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
+    "DropoutCache", "dropout_mask", "dropout_mask_hashed", "counter_uniform",
+    "dropout_forward", "dropout_backward",
+]

@@ -1,0 +1,151 @@
+"""Size arithmetic of the unpadded U-Net: the one place that knows how sizes flow.
+
+Ronneberger et al. 2015, Sec. 2: every 3x3 convolution is unpadded and eats one
+pixel per side, every 2x2 max-pool halves the size and needs it even, every
+up-convolution doubles it. At depth 4 a valid input side is 124 + 16b with
+b >= 4 (the bottleneck size), and the output is 184 pixels smaller:
+
+    572 -> 568 -> 284 -> 280 -> 140 -> 136 -> 68 -> 64 -> 32 -> 28 (bottleneck)
+        -> 56 -> 52 -> 104 -> 100 -> 200 -> 196 -> 392 -> 388
+
+Everything that needs a size imports it from here: the model checks its input,
+inference pads, tiles and stitches, the training data cuts tiles, the CLIs
+refuse invalid sizes with the nearest valid ones.
+
+Overlap-tile inference (Sec. 2, Fig. 2) needs tile origins on the pooling grid.
+A 2x2 stride-2 pool sees the windows (2i, 2i+1); a tile cut at offset t sees
+(t+2i, t+2i+1): the same windows as the whole-image pass only if t is even;
+after the second pool only if t/2 is even too; after `depth` pools only if t
+is a multiple of 2^depth (16 for the paper's net). Convolutions, up-convolutions
+and the skips' centre crops are translation-equivariant, so tiles on that grid
+compute exactly the whole-image numbers (see minunet/infer.py).
+"""
+
+from __future__ import annotations
+
+
+def _size_trace(size: int, depth: int):
+    """Spatial sizes after each stage [(stage name, size)], or None if some stage is invalid.
+
+    Pools only on even sizes; every convolution output >= 1.
+    """
+    trace = []
+    s = size
+    for i in range(depth):
+        s -= 4  # two unpadded 3x3 convs
+        if s < 2 or s % 2:
+            return None
+        trace.append((f"down{i}", s))
+        s //= 2
+    s -= 4
+    if s < 1:
+        return None
+    trace.append(("bottleneck", s))
+    for i in reversed(range(depth)):
+        s = 2 * s - 4  # up-conv doubles, two 3x3 convs take 4
+        if s < 1:
+            return None
+        trace.append((f"up{i}", s))
+    return trace
+
+
+def is_valid_size(size: int, depth: int = 4) -> bool:
+    """True if an input side `size` passes every pool (even) and every conv (positive)."""
+    return _size_trace(size, depth) is not None
+
+
+def output_size(size: int, depth: int = 4) -> int:
+    """Output side for an input side `size` (572 -> 388 at depth 4); ValueError if invalid."""
+    trace = _size_trace(size, depth)
+    if trace is None:
+        raise ValueError(invalid_size_message(size, depth))
+    return trace[-1][1]
+
+
+def valid_sizes(lo: int, hi: int, depth: int = 4) -> list[int]:
+    """All valid input sides in [lo, hi] (at depth 4: 188, 204, ..., i.e. 124 + 16b, b >= 4)."""
+    return [s for s in range(max(lo, 1), hi + 1) if is_valid_size(s, depth)]
+
+
+def nearest_valid_sizes(size: int, depth: int = 4) -> tuple[int | None, int]:
+    """The largest valid size <= size (None if there is none) and the smallest valid size > size."""
+    below = next((s for s in range(size, 0, -1) if is_valid_size(s, depth)), None)
+    above = next(s for s in range(max(size, 0) + 1, max(size, 0) + 2 ** (depth + 2) + 10**6)
+                 if is_valid_size(s, depth))
+    return below, above
+
+
+def invalid_size_message(size: int, depth: int) -> str:
+    """The one-line error for an invalid input side, naming the nearest valid ones."""
+    below, above = nearest_valid_sizes(size, depth)
+    near = f"{below} or {above}" if below else f"{above}"
+    return (f"input size {size} is not valid for a depth-{depth} U-Net (every 2x2 pool needs "
+            f"an even size, every conv a positive one); the nearest valid sizes are {near}")
+
+
+def size_margin(depth: int = 4) -> int:
+    """input - output for any valid input (184 at depth 4): the context the net consumes.
+
+    The same for every valid size: each stage subtracts a constant at its own scale.
+    """
+    s = nearest_valid_sizes(1, depth)[1]
+    return s - output_size(s, depth)
+
+
+def receptive_field(depth: int = 4) -> int:
+    """Side of the input window that one output pixel sees (the margin + 1: 185 at depth 4)."""
+    return size_margin(depth) + 1
+
+
+def grid_step(depth: int = 4) -> int:
+    """The pooling grid: tile origins must be multiples of 2^depth (16 at depth 4; module doc)."""
+    return 2**depth
+
+
+# --- overlap-tile geometry (used by minunet/infer.py) ------------------------------
+
+
+def padded_size(n: int, depth: int = 4) -> int:
+    """Smallest valid network input P with P - margin >= n (the output covers n pixels)."""
+    s = n + size_margin(depth)
+    return s if is_valid_size(s, depth) else nearest_valid_sizes(s, depth)[1]
+
+
+def min_tile(depth: int = 4) -> int:
+    """The smallest tile that can be stepped along an axis: its output must span at least
+    one grid step 2^depth (204 at depth 4: output 20; 188 gives only 4, so tiles of 188
+    on the 16-pixel grid would leave gaps; 188 works only as the whole axis)."""
+    s = nearest_valid_sizes(1, depth)[1]
+    while output_size(s, depth) < grid_step(depth):
+        s = nearest_valid_sizes(s, depth)[1]
+    return s
+
+
+def tile_offsets(total: int, tile: int, depth: int = 4) -> list[int]:
+    """Input-tile origins along one axis of a padded image of valid size `total`.
+
+    Steps are the largest multiple of 2^depth not exceeding the tile's output
+    size, and the last tile ends flush with `total`. Two valid sizes differ by a
+    multiple of 2^depth, so every origin, the last one included, is on the
+    pooling grid, which makes the stitch exact (module doc).
+    """
+    if tile >= total:
+        return [0]
+    g = grid_step(depth)
+    step = (output_size(tile, depth) // g) * g
+    if step == 0:
+        raise ValueError(f"tile {tile} has an output of {output_size(tile, depth)} px, less than "
+                         f"the pooling grid step {g}: use a tile >= {min_tile(depth)}")
+    offs = list(range(0, total - tile, step))
+    return offs + [total - tile]
+
+
+def choose_tile(padded: tuple[int, int], depth: int, max_tile: int) -> tuple[int, int]:
+    """Tile side per axis: the whole padded axis if it is <= max_tile, else the largest
+    valid size <= max_tile, but at least `min_tile(depth)` (a smaller tile cannot be
+    stepped along the pooling grid without gaps)."""
+    below, above = nearest_valid_sizes(max_tile, depth)
+    if below is None:
+        raise ValueError(f"tile {max_tile} is smaller than the smallest valid tile ({above} for "
+                         f"a depth-{depth} U-Net); use a tile >= {min_tile(depth)}")
+    return tuple(p if p <= max_tile else max(below, min_tile(depth)) for p in padded)
