@@ -1,4 +1,6 @@
-"""conv2d: forward vs brute-force loops, gradient check, chunking, bad input."""
+"""conv2d (the plain op): forward vs brute-force loops, gradient check, bad input.
+
+The fast op's row chunks are tested in tests/fast."""
 
 from __future__ import annotations
 
@@ -78,29 +80,6 @@ def test_backward_non_contiguous_dout(xp, rng):
     want = conv2d_backward(xp.ascontiguousarray(dout), cache)
     for g, e in zip(got, want, strict=True):
         np.testing.assert_allclose(backend.to_host(g), backend.to_host(e), rtol=1e-12)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("k", [1, 3])
-def test_chunking_matches_unchunked(xp, rng, monkeypatch, dtype, k):
-    x, w, b = (xp.asarray(a) for a in make(rng, 2, 3, 4, k, 9, 8, dtype))
-    out0, cache0 = conv2d_forward(x, w, b)
-    dout = xp.asarray(rng.standard_normal(out0.shape).astype(dtype))
-    grads0 = conv2d_backward(dout, cache0)
-
-    Wo = 8 - k + 1
-    per_row = 3 * k * k * Wo * np.dtype(dtype).itemsize  # bytes of one output row's columns
-    for budget in (1, 3 * per_row):  # the smallest chunks (k-1 rows, at least 1); 3-row chunks
-        monkeypatch.setattr(backend, "WORKSPACE_BYTES", budget)
-        backend.release_workspaces()
-        out, cache = conv2d_forward(x, w, b)
-        grads = conv2d_backward(dout, cache)
-        np.testing.assert_allclose(backend.to_host(out), backend.to_host(out0), **TOL[dtype])
-        for g, g0 in zip(grads, grads0, strict=True):
-            np.testing.assert_allclose(backend.to_host(g), backend.to_host(g0), **TOL[dtype])
-        for buf in backend._workspaces.values():  # the workspace stayed within its budget
-            assert buf.nbytes <= max(budget, max(1, k - 1) * per_row)
-    backend.release_workspaces()
 
 
 def test_need_dx_false(xp, rng):
@@ -187,3 +166,24 @@ def test_bad_input(rng):
     with pytest.raises(ValueError, match=r"dout shape \(1, 3, 2, 2\) does not match the forward "
                                          r"output \(1, 3, 3, 3\)"):
         conv2d_backward(np.zeros((1, 3, 2, 2)), cache)
+
+
+def test_im2col_layout_and_col2im_is_its_adjoint(xp, rng):
+    from minunet.ops import col2im, im2col
+
+    N, C, H, W, k = 2, 3, 6, 5, 3
+    x = rng.standard_normal((N, C, H, W))
+    cols = backend.to_host(im2col(xp.asarray(x), k))
+    Ho, Wo = H - k + 1, W - k + 1
+    assert cols.shape == (C * k * k, N * Ho * Wo)
+    for n in range(N):  # the layout of the module docstring, entry by entry
+        for c in range(C):
+            for i in range(k):
+                for j in range(k):
+                    for y in range(Ho):
+                        for xx in range(Wo):
+                            assert cols[(c * k + i) * k + j, (n * Ho + y) * Wo + xx] == \
+                                x[n, c, y + i, xx + j]
+    d = rng.standard_normal(cols.shape)  # <im2col(x), d> == <x, col2im(d)>
+    back = backend.to_host(col2im(xp.asarray(d), x.shape, k))
+    assert abs((cols * d).sum() - (x * back).sum()) <= 1e-12 * abs((cols * d).sum())
