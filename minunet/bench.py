@@ -276,14 +276,19 @@ def _ratios(times: dict) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m minunet.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where to run: auto (the GPU when CuPy sees one, else the CPU)")
     p.add_argument("--size", type=int, default=572, help="input tile side (valid size)")
-    p.add_argument("--base", type=int, default=64)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    p.add_argument("--repeat", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--base", type=int, default=64,
+                   help="channels at level 0 (paper 64; 16 is the CPU preset)")
+    p.add_argument("--depth", type=int, default=4, help="number of 2x2 poolings (paper 4)")
+    p.add_argument("--batch", type=int, default=1, help="tiles per step (paper 1)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="float32 (training) or float64")
+    p.add_argument("--repeat", type=int, default=5,
+                   help="timed runs per measurement and round (the median is reported)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed runs before the timed ones (compilation, caches, workspaces)")
     p.add_argument("--rounds", type=int, default=2,
                    help="alternate ours and PyTorch this many times (times are pooled)")
     p.add_argument("--no-ops", action="store_true", help="skip the per-op table")
