@@ -125,3 +125,21 @@ def test_directional_check_passes_and_fails(rng):
     assert not any(r.passed for r in bad)
     with pytest.raises(ValueError, match=r"missing \['v'\]"):
         gradcheck.directional_check(loss, params, {"w": grads["w"]}, 1, rng)
+
+
+@pytest.mark.parametrize("kind", ["plain", "fast"])
+def test_cli_checks_either_door(capsys, kind):
+    assert gradcheck.main(["--ops", kind, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert f"{kind} ops (minunet/{'ops' if kind == 'plain' else 'fast'})" in out
+    assert "all 19 gradients PASS" in out
+
+
+def test_a_wrong_fast_backward_fails_the_fast_check(monkeypatch):
+    from minunet import fast
+
+    real = fast.maxpool2x2_backward
+    monkeypatch.setattr(fast, "maxpool2x2_backward", lambda d, c: 2 * real(d, c))
+    failed = [r for r in gradcheck.run_checks(["maxpool2x2"], kind="fast") if not r.passed]
+    assert failed and all(r.op == "maxpool2x2" for r in failed)
+    assert all(r.passed for r in gradcheck.run_checks(["maxpool2x2"], kind="plain"))
