@@ -13,10 +13,16 @@
 //   col2im: grid.y walks the channels c, grid.x the (y1-y0+k-1)*W pixels of that channel's band.
 //   Offsets of rows/channels are 64-bit; an index inside one row of out (< L) or one channel band
 //   (< H*W) is 32-bit, and the launcher checks L < 2^31 and H*W < 2^31.
-// CPU twin: minunet/backend/cpu.py _im2col / _col2im (public im2col, col2im); plain references
-//   im2col_reference / col2im_reference in minunet/ops/conv.py.
-// Test: tests/backend/test_gpu.py::test_im2col_matches_cpu, test_col2im_matches_cpu,
-//   test_im2col_64bit_offsets (slow); op level: test_op_cpu_gpu_agree, test_op_gradcheck_on_gpu.
+// Pointers (one 'Field: file: names' a line; tests/backend/test_kernel_files.py checks them):
+// Launcher: minunet/backend/gpu.py: im2col, col2im
+// CPU twin: minunet/backend/cpu.py: im2col, col2im
+// Plain op: minunet/ops/conv.py: im2col, col2im, conv2d_forward, conv2d_backward
+// Used by: minunet/fast/conv.py: conv2d_forward, conv2d_backward
+// Test: tests/backend/test_gpu.py: test_im2col_matches_cpu, test_col2im_matches_cpu
+// Test: tests/backend/test_gpu.py: test_im2col_accepts_a_strided_image_and_refuses_a_bad_out
+// Test: tests/backend/test_gpu.py: test_im2col_64bit_offsets
+// Test: tests/backend/test_gpu.py: test_op_cpu_gpu_agree, test_op_gradcheck_on_gpu
+// Test: tests/backend/test_cpu_twins.py: test_im2col, test_col2im_accumulates
 
 template <typename T>
 __global__ void im2col(const T* __restrict__ x, T* __restrict__ out,

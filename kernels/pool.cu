@@ -3,18 +3,24 @@
 // What: x (P, H, W) with P = N*C planes -> out (P, H/2, W/2) and arg (P, H/2, W/2) uint8, where
 //   each window is read in the order 0: (0,0), 1: (0,1), 2: (1,0), 3: (1,1) and a later value
 //   replaces the best only if strictly greater ('>'): the FIRST maximum in window order wins
-//   (the tie rule of minunet/ops/pool.py). arg = 2*i + j of the winner.
+//   (docs/DESIGN.md, "Max-pool ties"). arg = 2*i + j of the winner.
 //   Backward: dout (P, Ho, Wo), arg -> dx (P, 2Ho, 2Wo): each thread writes all four pixels of
 //   its window (dout at the arg-max, 0 elsewhere), so dx needs no zero-fill and no scatter.
 // Launch geometry: blocks of 256 threads (x), 2-D grid, grid-stride in both dimensions:
 //   grid.y walks the planes, grid.x the Ho*Wo windows of a plane (consecutive threads read
 //   consecutive pairs of x and write consecutive outputs: coalesced). Plane offsets are 64-bit;
 //   an index inside one plane is 32-bit (the launcher checks H*W < 2^31).
-// CPU twin: minunet/backend/cpu.py _maxpool_fwd / _maxpool_bwd (public maxpool2x2_forward,
-//   maxpool2x2_backward); plain references maxpool2x2_reference and
-//   maxpool2x2_backward_reference in minunet/ops/pool.py.
-// Test: tests/backend/test_gpu.py::test_maxpool_forward_matches_cpu (with ties),
-//   test_maxpool_backward_matches_cpu; op level: test_op_cpu_gpu_agree, test_op_gradcheck_on_gpu.
+// Pointers (one 'Field: file: names' a line; tests/backend/test_kernel_files.py checks them):
+// Launcher: minunet/backend/gpu.py: maxpool2x2_forward, maxpool2x2_backward
+// CPU twin: minunet/backend/cpu.py: maxpool2x2_forward, maxpool2x2_backward
+// Plain op: minunet/ops/pool.py: maxpool2x2_forward, maxpool2x2_backward
+// Used by: minunet/fast/pool.py: maxpool2x2_forward, maxpool2x2_backward
+// Test: tests/backend/test_gpu.py: test_maxpool_forward_matches_cpu
+// Test: tests/backend/test_gpu.py: test_maxpool_tie_rule_first_maximum_in_window_order
+// Test: tests/backend/test_gpu.py: test_maxpool_backward_matches_cpu
+// Test: tests/backend/test_gpu.py: test_op_cpu_gpu_agree, test_op_gradcheck_on_gpu
+// Test: tests/backend/test_cpu_twins.py: test_maxpool_forward_backward
+// Test: tests/backend/test_cpu_twins.py: test_maxpool_tie_rule_first_maximum_in_window_order
 
 template <typename T>
 __global__ void maxpool2x2_forward(const T* __restrict__ x, T* __restrict__ out,

@@ -9,10 +9,20 @@
 //   bias_relu_forward: 2-D grid, grid.y walks the N*C planes (one bias value per plane),
 //   grid.x the S pixels of a plane (coalesced). relu_backward: 1-D grid over all elements.
 //   All offsets 64-bit.
-// CPU twin: the NumPy code it fuses -- conv2d_forward's `o2 += b[:, None]` (minunet/ops/conv.py)
-//   followed by relu_forward, and relu_backward (minunet/ops/relu.py).
-// Test: tests/backend/test_gpu.py::test_bias_relu_forward_matches_numpy,
-//   test_relu_backward_matches_numpy, test_bias_relu_forward_64bit_offsets (slow).
+// Pointers (one 'Field: file: names' a line; tests/backend/test_kernel_files.py checks them):
+// Launcher: minunet/backend/gpu.py: bias_relu_forward, relu_backward
+// CPU twin: minunet/backend/cpu.py: bias_relu_forward, relu_backward
+// Plain op: minunet/ops/conv.py: conv2d_forward
+// Plain op: minunet/ops/relu.py: relu_forward, relu_backward
+//   (bias_relu_forward fuses the plain conv's bias add with the ReLU that follows it)
+// Used by: minunet/fast/conv.py: conv2d_forward, conv2d_backward
+// Used by: minunet/fast/relu.py: relu_backward
+// Test: tests/backend/test_gpu.py: test_bias_relu_forward_matches_numpy
+// Test: tests/backend/test_gpu.py: test_relu_backward_matches_numpy
+// Test: tests/backend/test_gpu.py: test_bias_relu_forward_64bit_offsets
+// Test: tests/backend/test_gpu.py: test_op_cpu_gpu_agree, test_op_gradcheck_on_gpu
+// Test: tests/backend/test_cpu_twins.py: test_bias_relu_forward, test_relu_backward
+// Test: tests/backend/test_cpu_twins.py: test_relu_backward_conv_chunk_into_workspace
 
 template <typename T>
 __global__ void bias_relu_forward(T* __restrict__ x, const T* __restrict__ b,

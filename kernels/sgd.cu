@@ -8,11 +8,14 @@
 //   a thread finds its array by binary search over offsets (A is a few dozen, so this is a
 //   handful of cached loads).
 // Launch geometry: 1-D grid of 256-thread blocks, grid-stride over the elements (64-bit).
-// CPU twin: minunet/backend/cpu.py _sgd_update (public sgd_update, dispatched by
-//   minunet.backend.sgd_update from minunet/optim.py); sgd_update_many is checked against it
-//   array by array.
-// Test: tests/backend/test_gpu.py::test_sgd_update_matches_cpu,
-//   test_sgd_update_many_matches_cpu.
+// Pointers (one 'Field: file: names' a line; tests/backend/test_kernel_files.py checks them):
+// Launcher: minunet/backend/gpu.py: sgd_update, sgd_update_many
+// CPU twin: minunet/backend/cpu.py: sgd_update, sgd_update_many
+// Plain op: none -- an optimiser step, not a layer op; the formula under What: is all of it
+// Used by: minunet/optim.py: MomentumSGD.step
+// Test: tests/backend/test_gpu.py: test_sgd_update_matches_cpu
+// Test: tests/backend/test_gpu.py: test_sgd_update_many_matches_cpu
+// Test: tests/backend/test_cpu_twins.py: test_sgd_update
 
 template <typename T>
 __global__ void sgd_update(T* __restrict__ w, T* __restrict__ v, const T* __restrict__ g,

@@ -20,12 +20,21 @@
 //   of one class plane are coalesced (consecutive threads, consecutive pixels).
 //   sum_partials: 1 block of 256 threads. softmax_xent_backward: 1-D grid of 256-thread blocks,
 //   grid-stride over pixels. Pixel and element offsets 64-bit.
-// CPU twin: minunet/backend/cpu.py _softmax_xent_fwd / _softmax_xent_bwd (public
-//   softmax_xent_forward, softmax_xent_backward); plain references softmax_xent_reference and
-//   softmax_xent_backward_reference in minunet/ops/softmax.py.
-// Test: tests/backend/test_gpu.py::test_softmax_xent_forward_matches_cpu,
-//   test_softmax_xent_backward_matches_cpu, test_softmax_xent_deterministic_and_stable,
-//   test_softmax_xent_label_dtypes; op level: test_op_cpu_gpu_agree, test_op_gradcheck_on_gpu.
+// Pointers (one 'Field: file: names' a line; tests/backend/test_kernel_files.py checks them):
+// Launcher: minunet/backend/gpu.py: softmax_xent_forward, softmax_xent_backward
+// CPU twin: minunet/backend/cpu.py: softmax_xent_forward, softmax_xent_backward
+//   (sum_partials has no twin of its own: the CPU twin sums its row losses in a fixed order)
+// Plain op: minunet/ops/softmax.py: softmax_cross_entropy_forward
+// Plain op: minunet/ops/softmax.py: softmax_cross_entropy_backward
+// Used by: minunet/fast/softmax.py: softmax_cross_entropy_forward
+// Used by: minunet/fast/softmax.py: softmax_cross_entropy_backward
+// Test: tests/backend/test_gpu.py: test_softmax_xent_forward_matches_cpu
+// Test: tests/backend/test_gpu.py: test_softmax_xent_backward_matches_cpu
+// Test: tests/backend/test_gpu.py: test_softmax_xent_deterministic_and_stable
+// Test: tests/backend/test_gpu.py: test_softmax_xent_label_dtypes
+// Test: tests/backend/test_gpu.py: test_softmax_xent_bad_label_gives_nan_not_garbage
+// Test: tests/backend/test_gpu.py: test_op_cpu_gpu_agree, test_op_gradcheck_on_gpu
+// Test: tests/backend/test_cpu_twins.py: test_softmax_xent_forward_backward
 
 constexpr int kBlock = 256;
 

@@ -11,10 +11,15 @@
 //   array being WRITTEN (scatter: out pixels; gather: dcols entries), so writes are coalesced and
 //   reads come in two (scatter) or stride-2 (gather) streams. Plane offsets 64-bit, an index
 //   inside one plane 32-bit (the launcher checks 4*H*W < 2^31).
-// CPU twin: the NumPy transposes in minunet/ops/upconv.py (upconv2x2_forward:
-//   cols.transpose(0, 1, 4, 2, 5, 3) + b; upconv2x2_backward: d6.transpose(0, 1, 3, 5, 2, 4)).
-// Test: tests/backend/test_gpu.py::test_upconv_scatter_matches_numpy,
-//   test_upconv_gather_matches_numpy.
+// Pointers (one 'Field: file: names' a line; tests/backend/test_kernel_files.py checks them):
+// Launcher: minunet/backend/gpu.py: upconv_scatter, upconv_gather
+// CPU twin: minunet/backend/cpu.py: upconv_scatter, upconv_gather
+// Plain op: minunet/ops/upconv.py: upconv2x2_forward, upconv2x2_backward
+// Used by: minunet/fast/upconv.py: upconv2x2_forward, upconv2x2_backward
+// Test: tests/backend/test_gpu.py: test_upconv_scatter_matches_numpy
+// Test: tests/backend/test_gpu.py: test_upconv_gather_matches_numpy
+// Test: tests/backend/test_gpu.py: test_op_cpu_gpu_agree, test_op_gradcheck_on_gpu
+// Test: tests/backend/test_cpu_twins.py: test_upconv_scatter_gather
 
 template <typename T>
 __global__ void upconv_scatter(const T* __restrict__ cols, const T* __restrict__ b,

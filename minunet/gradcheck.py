@@ -78,7 +78,7 @@ FLOOR_FRACTION_FLOAT32 = 1e-2  # rel_error floor = this * max |numerical gradien
 STEP_DIRECTIONAL_FLOAT64 = 1e-6
 THRESHOLD_DIRECTIONAL_FLOAT64 = 1e-6
 
-REL_ERROR_FLOOR = 1e-8  # DESIGN.md: relative error with a 1e-8 floor
+REL_ERROR_FLOOR = 1e-8  # docs/DESIGN.md, "Gradient checks": relative error with a 1e-8 floor
 
 
 # --- the numerical machinery (independent of the ops) ---------------------------------

@@ -1,8 +1,11 @@
 """CPU twins of the hot loops: Numba loops, and NumPy slice copies for im2col.
 
-Each function has the signature and layout of its dispatcher in
-`minunet/backend/__init__.py`, its plain-NumPy reference in `minunet/ops/`, and
-its CUDA twin in `kernels/`. Tests compare all three (tests/backend/).
+Each public function has the signature and layout of its dispatcher in
+`minunet/backend/twins.py` and of its CUDA twin in `kernels/*.cu` (launched by
+backend/gpu.py). The fast ops (minunet/fast) run on them; the plain ops
+(minunet/ops) compute the same things on whole arrays without them. Tests
+compare each twin with brute-force loops (tests/backend/test_cpu_twins.py) and
+with its CUDA twin (tests/backend/test_gpu.py).
 
 Why the loops run on ONE thread: the layers' row chunks already run on every
 core (backend/threads.py), and these loops run inside those chunks. A parallel
@@ -41,7 +44,7 @@ def _by_planes(P, fn):
 
 
 def im2col(x, k, y0, y1, out):
-    """See minunet.backend.im2col. x (C, H, W); out (C*k*k, (y1-y0)*(W-k+1))."""
+    """See minunet.backend.twins.im2col. x (C, H, W); out (C*k*k, (y1-y0)*(W-k+1))."""
     C, H, W = x.shape
     Wo = W - k + 1
     o5 = out.reshape(C, k, k, y1 - y0, Wo)  # (C, k, k, rows, Wo) view of out
@@ -70,7 +73,7 @@ def _col2im(cols, k, y0, y1, dx):
 
 
 def col2im(cols, k, y0, y1, dx):
-    """See minunet.backend.col2im. cols (C*k*k, (y1-y0)*(W-k+1)); dx (C, H, W) += ."""
+    """See minunet.backend.twins.col2im. cols (C*k*k, (y1-y0)*(W-k+1)); dx (C, H, W) += ."""
     _col2im(cols, k, y0, y1, dx)
     return dx
 
@@ -85,7 +88,7 @@ def _maxpool_fwd(x, out, arg):
         for y in range(Ho):
             for xx in range(Wo):
                 # window order 0: (0,0), 1: (0,1), 2: (1,0), 3: (1,1); strict '>' keeps
-                # the first maximum in this order (the tie rule, see ops/pool.py)
+                # the first maximum in this order (docs/DESIGN.md, "Max-pool ties")
                 best = x[p, 2 * y, 2 * xx]
                 a = 0
                 v = x[p, 2 * y, 2 * xx + 1]
@@ -115,7 +118,7 @@ def _maxpool_bwd(dout, arg, dx):
 
 
 def maxpool2x2_forward(x):
-    """See minunet.backend.maxpool2x2_forward."""
+    """See minunet.backend.twins.maxpool2x2_forward."""
     N, C, H, W = x.shape
     x3 = np.ascontiguousarray(x).reshape(N * C, H, W)  # (N*C, H, W)
     out = np.empty((N * C, H // 2, W // 2), dtype=x.dtype)
@@ -125,7 +128,7 @@ def maxpool2x2_forward(x):
 
 
 def maxpool2x2_backward(dout, arg):
-    """See minunet.backend.maxpool2x2_backward."""
+    """See minunet.backend.twins.maxpool2x2_backward."""
     N, C, Ho, Wo = dout.shape
     dx = np.zeros((N * C, 2 * Ho, 2 * Wo), dtype=dout.dtype)  # pixels that lost get 0
     d3 = np.ascontiguousarray(dout).reshape(N * C, Ho, Wo)
@@ -177,7 +180,7 @@ def _softmax_xent_bwd(probs, labels, weights, scale, dlogits):
 
 
 def softmax_xent_forward(logits, labels, weights):
-    """See minunet.backend.softmax_xent_forward."""
+    """See minunet.backend.twins.softmax_xent_forward."""
     N, K, H, W = logits.shape
     probs = np.empty(logits.shape, dtype=logits.dtype)
     row_loss = np.empty(N * H, dtype=np.float64)  # summed in a fixed order below
@@ -187,7 +190,7 @@ def softmax_xent_forward(logits, labels, weights):
 
 
 def softmax_xent_backward(probs, labels, weights, scale):
-    """See minunet.backend.softmax_xent_backward."""
+    """See minunet.backend.twins.softmax_xent_backward."""
     dlogits = np.empty(probs.shape, dtype=probs.dtype)
     _softmax_xent_bwd(probs, np.ascontiguousarray(labels), np.ascontiguousarray(weights),
                       probs.dtype.type(scale), dlogits)
@@ -206,13 +209,13 @@ def _sgd_update(w, v, g, lr, momentum, weight_decay):
 
 
 def sgd_update(w, v, g, lr, momentum, weight_decay):
-    """See minunet.backend.sgd_update. w, v, g: same shape, contiguous; updated in place."""
+    """See minunet.backend.twins.sgd_update. w, v, g: same shape, contiguous; updated in place."""
     t = w.dtype.type
     _sgd_update(w.reshape(-1), v.reshape(-1), g.reshape(-1), t(lr), t(momentum), t(weight_decay))
 
 
 def sgd_update_many(ws, vs, gs, lr, momentum, weight_decay):
-    """See minunet.backend.sgd_update_many: sgd_update over lists of arrays."""
+    """See minunet.backend.twins.sgd_update_many: sgd_update over lists of arrays."""
     for w, v, g in zip(ws, vs, gs, strict=True):
         sgd_update(w, v, g, lr, momentum, weight_decay)
 
@@ -233,7 +236,7 @@ def _bias_relu(x3, b):
 
 
 def bias_relu_forward(x, b):
-    """See minunet.backend.bias_relu_forward: x = max(x + b[c], 0) in place; returns x."""
+    """See minunet.backend.twins.bias_relu_forward: x = max(x + b[c], 0) in place; returns x."""
     N, C = x.shape[:2]
     _bias_relu(x.reshape(N, C, -1), b.astype(x.dtype, copy=False))
     return x
@@ -264,7 +267,7 @@ def _rows(a):
 
 
 def relu_backward(dout, out, dx=None):
-    """See minunet.backend.relu_backward: dx = dout where out > 0, else 0.
+    """See minunet.backend.twins.relu_backward: dx = dout where out > 0, else 0.
 
     A conv's row chunks (C, L) of (C, H*W) planes are read where they lie: no
     contiguous copy first, and the inner loop runs along contiguous memory.
@@ -300,7 +303,7 @@ def _upconv_scatter(cols, b, p0, out):
 
 
 def upconv_scatter(cols, b):
-    """See minunet.backend.upconv_scatter: (N, Cout, 2, 2, H, W) + bias -> (N, Cout, 2H, 2W).
+    """See minunet.backend.twins.upconv_scatter: (N, Cout, 2, 2, H, W) + bias -> (N, Cout, 2H, 2W).
 
     Plain array code: cols.transpose(0, 1, 4, 2, 5, 3).reshape(N, Cout, 2H, 2W) + b,
     whose innermost copy runs over j, 2 long; the loop here runs along rows.
@@ -327,7 +330,7 @@ def _upconv_gather(dout, dcols):
 
 
 def upconv_gather(dout):
-    """See minunet.backend.upconv_gather: (N, Cout, 2H, 2W) -> (N, Cout, 2, 2, H, W).
+    """See minunet.backend.twins.upconv_gather: (N, Cout, 2H, 2W) -> (N, Cout, 2, 2, H, W).
 
     Plain array code: dout.reshape(N, Cout, H, 2, W, 2).transpose(0, 1, 3, 5, 2, 4), copied.
     """

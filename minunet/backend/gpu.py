@@ -1,10 +1,10 @@
 """GPU twins of the hot loops: launchers for the CUDA kernels in kernels/*.cu.
 
 Each public function here has the signature and layout of its CPU twin in
-`minunet/backend/cpu.py` (and of its dispatcher in `minunet/backend/__init__.py`);
-the extra launchers (bias_relu_forward, relu_backward, upconv_scatter,
-upconv_gather, sgd_update, sgd_update_many) have their NumPy twins named in the
-header of their `.cu` file.
+`minunet/backend/cpu.py` and of its dispatcher in `minunet/backend/twins.py`.
+Every `.cu` file opens with a header that names its launchers here, its CPU
+twins, the plain op it speeds up (minunet/ops) and its tests; a test
+(tests/backend/test_kernel_files.py) checks that every name there exists.
 
 How a kernel is found and compiled:
 
@@ -20,7 +20,8 @@ instances at once, and the module and each looked-up kernel are kept in dicts.
 given, because it needs NVRTC to report the mangled names: each process pays one
 NVRTC compile per file it uses, a fraction of a second each; call
 `compile_all()` before timing anything.) CuPy is imported lazily
-(`backend._cupy()`), so this module imports, and `kernel_dir()` works, without it.
+(`backend.device._cupy()`), so this module imports, and `kernel_dir()` works,
+without it.
 
 No launcher copies between host and device or synchronises: shapes, dtypes and
 pointers are host-side facts, and every reduction stays on the device (the
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _cupy
+from .device import _cupy
 
 __all__ = [
     "KERNEL_FILES", "kernel_dir", "kernel", "name_expressions", "compile_all",
@@ -198,7 +199,7 @@ def _labels(labels):
 
 
 def im2col(x, k, y0, y1, out):
-    """See minunet.backend.im2col. x (C, H, W); out (C*k*k, (y1-y0)*(W-k+1)), contiguous."""
+    """See minunet.backend.twins.im2col. x (C, H, W); out (C*k*k, (y1-y0)*(W-k+1)), contiguous."""
     cp = _cupy()
     dt = _float_dtype("im2col input x", x)
     x = cp.ascontiguousarray(x)
@@ -217,7 +218,7 @@ def im2col(x, k, y0, y1, out):
 
 
 def col2im(cols, k, y0, y1, dx):
-    """See minunet.backend.col2im. cols (C*k*k, (y1-y0)*(W-k+1)); dx (C, H, W) += (gather)."""
+    """See minunet.backend.twins.col2im. cols (C*k*k, (y1-y0)*(W-k+1)); dx (C, H, W) += (gather)."""
     cp = _cupy()
     dt = _float_dtype("col2im cols", cols)
     cols = cp.ascontiguousarray(cols)
@@ -241,7 +242,7 @@ def col2im(cols, k, y0, y1, dx):
 
 
 def maxpool2x2_forward(x):
-    """See minunet.backend.maxpool2x2_forward. (N, C, H, W) -> out, arg uint8 (N, C, H/2, W/2)."""
+    """See minunet.backend.twins.maxpool2x2_forward. (N, C, H, W) -> out, arg (N, C, H/2, W/2)."""
     cp = _cupy()
     dt = _float_dtype("maxpool2x2 input x", x)
     x = cp.ascontiguousarray(x)
@@ -258,7 +259,7 @@ def maxpool2x2_forward(x):
 
 
 def maxpool2x2_backward(dout, arg):
-    """See minunet.backend.maxpool2x2_backward. (N, C, Ho, Wo) -> dx (N, C, 2Ho, 2Wo)."""
+    """See minunet.backend.twins.maxpool2x2_backward. (N, C, Ho, Wo) -> dx (N, C, 2Ho, 2Wo)."""
     cp = _cupy()
     dt = _float_dtype("maxpool2x2_backward dout", dout)
     dout = cp.ascontiguousarray(dout)
@@ -293,7 +294,7 @@ def _softmax_inputs(name, x, labels, weights):
 
 
 def softmax_xent_forward(logits, labels, weights):
-    """See minunet.backend.softmax_xent_forward. Returns (loss_sum 0-d device array, probs).
+    """See minunet.backend.twins.softmax_xent_forward. Returns (loss_sum 0-d device array, probs).
 
     A label outside 0..K-1 on a pixel with weight != 0 makes loss_sum NaN (the
     kernel cannot raise; the ops check labels on the host, the loaders once).
@@ -317,7 +318,7 @@ def softmax_xent_forward(logits, labels, weights):
 
 
 def softmax_xent_backward(probs, labels, weights, scale):
-    """See minunet.backend.softmax_xent_backward. dlogits = scale*w*(probs - onehot)."""
+    """See minunet.backend.twins.softmax_xent_backward. dlogits = scale*w*(probs - onehot)."""
     cp = _cupy()
     dt, probs, labels, weights = _softmax_inputs("softmax_xent probs", probs, labels, weights)
     N, K, H, W = probs.shape

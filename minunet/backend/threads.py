@@ -12,6 +12,9 @@ core's cache from the im2col to the GEMM.
 
     parallel_for(items, fn)    fn(item, worker) for each item, worker in 0..T-1
 
+The fast ops call it through backend/chunks.py (parallel_for(xp, items, fn)),
+which runs the same items in order on the GPU.
+
 Items go to workers round-robin and in order (worker w takes items[w::T]), so
 which worker sums which chunk, and therefore every floating-point result, is
 the same from run to run for a given thread count. The caller keeps writes of

@@ -1,17 +1,105 @@
-"""Every Numba twin in minunet/backend/cpu.py against its plain NumPy reference in minunet/ops."""
+"""Every CPU twin in minunet/backend/cpu.py against a brute-force loop written out here.
+
+The references are deliberately naive: Python loops over every index, one
+formula per entry, straight from the dispatcher's docstring in
+minunet/backend/twins.py. They share no code with the twins or with the ops.
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 
 from minunet.backend import cpu
-from minunet.ops.conv import col2im_reference, im2col_reference
-from minunet.ops.pool import maxpool2x2_backward_reference, maxpool2x2_reference
-from minunet.ops.softmax import softmax_xent_backward_reference, softmax_xent_reference
 
 DTYPES = [np.float32, np.float64]
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-12, atol=1e-12)}
+
+
+# --- brute-force references ---------------------------------------------------------------
+
+
+def im2col_loops(x, k, y0, y1):
+    """out[(c*k + i)*k + j, (y-y0)*Wo + xx] = x[c, y+i, xx+j] for output rows y0..y1-1."""
+    C, H, W = x.shape
+    Wo = W - k + 1
+    out = np.zeros((C * k * k, (y1 - y0) * Wo), dtype=x.dtype)
+    for c in range(C):
+        for i in range(k):
+            for j in range(k):
+                for y in range(y0, y1):
+                    for xx in range(Wo):
+                        out[(c * k + i) * k + j, (y - y0) * Wo + xx] = x[c, y + i, xx + j]
+    return out
+
+
+def col2im_loops(cols, k, y0, y1, dx):
+    """The adjoint of im2col_loops: every column entry added to the pixel it was copied from."""
+    C, H, W = dx.shape
+    Wo = W - k + 1
+    for c in range(C):
+        for i in range(k):
+            for j in range(k):
+                for y in range(y0, y1):
+                    for xx in range(Wo):
+                        dx[c, y + i, xx + j] += cols[(c * k + i) * k + j, (y - y0) * Wo + xx]
+    return dx
+
+
+def maxpool_loops(x):
+    """Each 2x2 window read in order (0,0), (0,1), (1,0), (1,1); the FIRST maximum wins."""
+    N, C, H, W = x.shape
+    out = np.zeros((N, C, H // 2, W // 2), dtype=x.dtype)
+    arg = np.zeros((N, C, H // 2, W // 2), dtype=np.uint8)
+    for n, c, y, xx in np.ndindex(*out.shape):
+        best, best_a = None, None
+        for i in range(2):
+            for j in range(2):
+                v = x[n, c, 2 * y + i, 2 * xx + j]
+                if best is None or v > best:  # strictly greater: a tie keeps the first
+                    best, best_a = v, 2 * i + j
+        out[n, c, y, xx], arg[n, c, y, xx] = best, best_a
+    return out, arg
+
+
+def maxpool_backward_loops(dout, arg):
+    """The whole gradient of a window goes to its arg-max pixel; the other three get 0."""
+    N, C, Ho, Wo = dout.shape
+    dx = np.zeros((N, C, 2 * Ho, 2 * Wo), dtype=dout.dtype)
+    for n, c, y, xx in np.ndindex(*dout.shape):
+        i, j = divmod(int(arg[n, c, y, xx]), 2)
+        dx[n, c, 2 * y + i, 2 * xx + j] = dout[n, c, y, xx]
+    return dx
+
+
+def softmax_xent_loops(logits, labels, weights):
+    """(loss_sum, probs): per pixel, p_k = exp(z_k - m) / sum exp(z - m) in float64 scalars."""
+    N, K, H, W = logits.shape
+    probs = np.zeros(logits.shape, dtype=np.float64)
+    loss = 0.0
+    for n, y, xx in np.ndindex(N, H, W):
+        z = [float(logits[n, k, y, xx]) for k in range(K)]
+        m = max(z)
+        s = sum(math.exp(zk - m) for zk in z)
+        for k in range(K):
+            probs[n, k, y, xx] = math.exp(z[k] - m) / s
+        log_p_label = (z[labels[n, y, xx]] - m) - math.log(s)
+        loss += float(weights[n, y, xx]) * -log_p_label
+    return loss, probs
+
+
+def softmax_xent_backward_loops(probs, labels, weights, scale):
+    """dlogits[n, k, y, x] = scale * w(x) * (p_k(x) - [k == l(x)])."""
+    d = np.zeros(probs.shape, dtype=np.float64)
+    for n, k, y, xx in np.ndindex(*probs.shape):
+        onehot = 1.0 if k == labels[n, y, xx] else 0.0
+        d[n, k, y, xx] = scale * float(weights[n, y, xx]) * (float(probs[n, k, y, xx]) - onehot)
+    return d
+
+
+# --- the twins ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -21,18 +109,19 @@ def test_im2col(rng, dtype, k, y0, y1):
     Wo = 6 - k + 1
     out = np.full((3 * k * k, (y1 - y0) * Wo), np.nan, dtype=dtype)  # every entry must be written
     got = cpu.im2col(x, k, y0, y1, out)
-    np.testing.assert_array_equal(got, im2col_reference(x, k, y0, y1))
+    assert got is out
+    np.testing.assert_array_equal(got, im2col_loops(x, k, y0, y1))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k, y0, y1", [(3, 0, 5), (3, 2, 4), (1, 3, 6), (2, 5, 6)])
-def test_col2im_accumulates_like_reference(rng, dtype, k, y0, y1):
+def test_col2im_accumulates(rng, dtype, k, y0, y1):
     C, H, W = 3, 7 + k - 1, 6
     Wo = W - k + 1
     cols = rng.standard_normal((C * k * k, (y1 - y0) * Wo)).astype(dtype)
     dx0 = rng.standard_normal((C, H, W)).astype(dtype)  # col2im adds into what is there
     got = cpu.col2im(cols, k, y0, y1, dx0.copy())
-    want = col2im_reference(cols, k, y0, y1, dx0.copy())
+    want = col2im_loops(cols, k, y0, y1, dx0.copy())
     np.testing.assert_allclose(got, want, **TOL[dtype])
 
 
@@ -45,13 +134,25 @@ def test_maxpool_forward_backward(rng, dtype, ties):
     else:
         x = rng.standard_normal(shape).astype(dtype)
     out, arg = cpu.maxpool2x2_forward(x)
-    want_out, want_arg = maxpool2x2_reference(x)
+    want_out, want_arg = maxpool_loops(x)
     assert out.dtype == dtype and arg.dtype == np.uint8
     np.testing.assert_array_equal(out, want_out)
     np.testing.assert_array_equal(arg, want_arg)
     dout = rng.standard_normal(out.shape).astype(dtype)
     np.testing.assert_array_equal(cpu.maxpool2x2_backward(dout, arg),
-                                  maxpool2x2_backward_reference(dout, want_arg))
+                                  maxpool_backward_loops(dout, want_arg))
+
+
+def test_maxpool_tie_rule_first_maximum_in_window_order():
+    # windows: all equal -> 0; (0,1) and (1,1) tie at the max -> 1; only (1,0) -> 2; (1,1) -> 3
+    x = np.array([[[[5, 5, 1, 7, 0, 0, 0, 0],
+                    [5, 5, 0, 7, 9, 0, 0, 1]]]], dtype=np.float64)
+    out, arg = cpu.maxpool2x2_forward(x)
+    np.testing.assert_array_equal(arg.ravel(), [0, 1, 2, 3])
+    np.testing.assert_array_equal(out.ravel(), [5, 7, 9, 1])
+    dx = cpu.maxpool2x2_backward(np.array([[[[1.0, 2.0, 3.0, 4.0]]]]), arg)
+    np.testing.assert_array_equal(dx, [[[[1, 0, 0, 2, 0, 0, 0, 0],
+                                         [0, 0, 0, 0, 3, 0, 0, 4]]]])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -63,14 +164,14 @@ def test_softmax_xent_forward_backward(rng, dtype, scale):
     weights = rng.uniform(0.0, 2.0, (N, H, W)).astype(dtype)
     weights[0, 0, :2] = 0.0
     loss, probs = cpu.softmax_xent_forward(logits, labels, weights)
-    want_loss, want_probs = softmax_xent_reference(logits, labels, weights)
+    want_loss, want_probs = softmax_xent_loops(logits, labels, weights)
     assert loss.dtype == dtype and probs.dtype == dtype
     assert np.isfinite(loss) and np.all(np.isfinite(probs))
     np.testing.assert_allclose(loss, want_loss, **TOL[dtype])
     np.testing.assert_allclose(probs, want_probs, **TOL[dtype])
     scale_ = 1.0 / (N * H * W)
     np.testing.assert_allclose(cpu.softmax_xent_backward(probs, labels, weights, scale_),
-                               softmax_xent_backward_reference(probs, labels, weights, scale_),
+                               softmax_xent_backward_loops(probs, labels, weights, scale_),
                                **TOL[dtype])
 
 
@@ -78,7 +179,10 @@ def test_softmax_xent_forward_backward(rng, dtype, scale):
 def test_bias_relu_forward(rng, dtype):
     x = rng.standard_normal((2, 3, 4, 5)).astype(dtype)
     b = rng.standard_normal(3).astype(dtype)
-    want = np.maximum(x + b[None, :, None, None], 0)  # the plain reference
+    want = np.zeros_like(x)
+    for n, c, y, xx in np.ndindex(*x.shape):
+        v = x[n, c, y, xx] + b[c]
+        want[n, c, y, xx] = v if v > 0 else 0
     got = cpu.bias_relu_forward(x, b)
     assert got is x  # in place
     np.testing.assert_array_equal(got, want)
@@ -90,7 +194,10 @@ def test_relu_backward(rng, dtype):
     dout = rng.standard_normal((2, 3, 4, 5)).astype(dtype).transpose(0, 1, 3, 2)  # non-contiguous
     got = cpu.relu_backward(dout, out)
     assert got.dtype == dtype
-    np.testing.assert_array_equal(got, np.where(out > 0, dout, 0))
+    want = np.zeros_like(out)
+    for idx in np.ndindex(*out.shape):
+        want[idx] = dout[idx] if out[idx] > 0 else 0
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -1,4 +1,7 @@
-"""backend.threads: the CPU worker threads that run a layer's row chunks at once."""
+"""backend.threads: the CPU worker threads that run a layer's row chunks at once.
+
+The last tests run the chunked ops of minunet/fast on 1, 2 or 3 workers.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,15 @@ import numpy as np
 import pytest
 
 from minunet import backend
-from minunet.backend import threads
-from minunet.ops import conv2d_backward, conv2d_forward, upconv2x2_backward, upconv2x2_forward
+from minunet.backend import chunks, threads
+from minunet.fast import (
+    conv2d_backward,
+    conv2d_forward,
+    maxpool2x2_backward,
+    maxpool2x2_forward,
+    upconv2x2_backward,
+    upconv2x2_forward,
+)
 
 pytestmark = pytest.mark.skipif(threads._blas() is None, reason="threadpoolctl is not installed")
 
@@ -101,7 +111,7 @@ def test_conv_same_on_any_number_of_workers(n_workers, monkeypatch, k):
     ref_out, cache = conv2d_forward(x, w, b, relu=True)
     ref = conv2d_backward(dout, cache)
     monkeypatch.setattr(threads, "n_threads", lambda: n_workers)
-    monkeypatch.setattr(backend, "CPU_CHUNK_BYTES", 1)  # k-1 rows per chunk: 6 chunks an image
+    monkeypatch.setattr(chunks, "CPU_CHUNK_BYTES", 1)  # k-1 rows per chunk: 6 chunks an image
     out, cache = conv2d_forward(x, w, b, relu=True)
     np.testing.assert_allclose(out, ref_out, rtol=1e-12, atol=1e-12)
     for g, g0 in zip(conv2d_backward(dout, cache), ref, strict=True):
@@ -124,8 +134,6 @@ def test_upconv_same_on_any_number_of_workers(n_workers, monkeypatch):
 
 
 def test_pool_same_on_any_number_of_workers(n_workers):
-    from minunet.ops import maxpool2x2_backward, maxpool2x2_forward
-
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 5, 6, 4))
     dout = rng.standard_normal((2, 5, 3, 2))

@@ -1,0 +1,138 @@
+"""The array module and the device: NumPy on the CPU, CuPy on the GPU.
+
+The plain ops in minunet/ops import only this module: `xp = xp_of(x)` gives
+numpy or cupy from the arrays an op was handed, so one body of array code runs
+on either, and nothing reads a global device flag. Everything else here is for
+the command-line tools: is there a GPU (`gpu_status`, `device_info`), which
+device a run uses (`resolve_device`), and moving arrays there and back
+(`to_device`, `to_host`) -- in one place per command, never inside a step.
+
+CuPy is imported lazily, in `_cupy()` and `gpu_status()` only, when a CuPy array
+or the GPU is asked for; so `import minunet` needs neither CuPy nor a GPU and
+stays fast. This module imports nothing else of minunet.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "is_gpu_array", "xp_of", "GpuStatus", "gpu_status", "device_info", "resolve_device",
+    "to_device", "to_host", "is_out_of_memory", "set_tf32",
+]
+
+
+def is_gpu_array(a) -> bool:
+    """True for a CuPy array, without importing CuPy."""
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def xp_of(*arrays):
+    """The array module (numpy or cupy) of the given arrays; they must agree.
+
+    Python scalars and None are ignored (numpy when no array is given). Raises
+    ValueError for a mix of host and device arrays, naming the fix.
+    """
+    kinds = {is_gpu_array(a) for a in arrays if isinstance(a, np.ndarray) or is_gpu_array(a)}
+    if len(kinds) > 1:
+        raise ValueError(
+            "got a mix of NumPy (host) and CuPy (device) arrays; move them all to one place "
+            "with minunet.backend.to_device(...) or to_host(...)"
+        )
+    if kinds == {True}:
+        return _cupy()
+    return np
+
+
+@functools.lru_cache(maxsize=1)
+def _cupy():
+    """The cupy module, imported on first use."""
+    import cupy  # the only `import cupy` that minunet runs, besides gpu_status's probe
+
+    return cupy
+
+
+@dataclass(frozen=True)
+class GpuStatus:
+    """Whether a CUDA GPU can be used, and if not, why not (readable)."""
+
+    available: bool
+    reason: str
+    name: str = ""
+    memory_bytes: int = 0
+    compute_capability: str = ""
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_status() -> GpuStatus:
+    """Probe CuPy and the CUDA device once; never raises."""
+    try:
+        import cupy
+    except ImportError:
+        return GpuStatus(False, "CuPy is not installed (pip install 'minunet[cuda12]' or "
+                                "'minunet[cuda13]' to match your CUDA driver)")
+    except Exception as e:  # a broken CuPy install raises many things
+        return GpuStatus(False, f"CuPy failed to import: {type(e).__name__}: {e}")
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return GpuStatus(False, f"CuPy found no usable CUDA driver/device: {e}")
+    if n == 0:
+        return GpuStatus(False, "CuPy is installed but no CUDA GPU is visible")
+    dev = cupy.cuda.Device(0)
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    free, total = dev.mem_info
+    return GpuStatus(True, "ok", name, int(total), str(dev.compute_capability))
+
+
+def device_info() -> str:
+    """One line saying what will run: the GPU's name and memory, or the CPU and why."""
+    st = gpu_status()
+    if st.available:
+        return f"GPU: {st.name} (sm_{st.compute_capability}, {st.memory_bytes / 2**30:.0f} GiB)"
+    return f"CPU: {os.cpu_count()} cores (no GPU: {st.reason})"
+
+
+def resolve_device(device: str = "auto") -> str:
+    """Map 'auto' | 'cpu' | 'cuda' to 'cpu' or 'cuda'; 'cuda' without a GPU is an error."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    st = gpu_status()
+    if device == "cuda" and not st.available:
+        raise RuntimeError(f"--device cuda was asked for, but {st.reason}; use --device cpu")
+    return "cuda" if st.available else "cpu"
+
+
+def to_device(a, device: str = "cuda"):
+    """Copy a host array to `device` ('cuda' or 'cpu'); arrays already there are returned."""
+    if device == "cpu":
+        return to_host(a)
+    return _cupy().asarray(a)
+
+
+def to_host(a) -> np.ndarray:
+    """A NumPy array (copies device arrays to the host, returns host arrays unchanged)."""
+    if is_gpu_array(a):
+        return a.get()
+    return np.asarray(a)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for an allocation failure of NumPy (MemoryError) or CuPy (OutOfMemoryError)."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def set_tf32(enabled: bool) -> None:
+    """Allow TF32 tensor-core GEMMs in CuPy (off by default: plain fp32, as the tests assume).
+
+    CuPy reads CUPY_TF32 when it loads its linear-algebra routines, so call this
+    before the first GPU computation.
+    """
+    os.environ["CUPY_TF32"] = "1" if enabled else "0"

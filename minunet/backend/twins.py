@@ -1,0 +1,142 @@
+"""The twin dispatchers: one signature per hot loop, the CPU or GPU twin chosen by array type.
+
+Each hot loop of the fast ops has two implementations with one signature and
+one memory layout:
+
+    CPU twin (Numba, NumPy slices)   minunet/backend/cpu.py
+    GPU twin (CUDA)                  kernels/*.cu, launched by minunet/backend/gpu.py
+
+and a dispatcher below that picks the twin from its first array argument
+(`_twin`, the one place that choice is made) and documents the contract both
+twins keep. The fast ops (minunet/fast) call these; the plain ops (minunet/ops)
+never do. The tests compare the twins with each other and with brute-force
+loops (tests/backend/).
+
+Numba and CuPy are imported only when a twin is first called: cpu.py on the
+first NumPy call, gpu.py (and CuPy) on the first CuPy call.
+"""
+
+from __future__ import annotations
+
+from .device import is_gpu_array
+
+__all__ = [
+    "im2col", "col2im", "maxpool2x2_forward", "maxpool2x2_backward", "softmax_xent_forward",
+    "softmax_xent_backward", "sgd_update", "sgd_update_many", "bias_relu_forward",
+    "relu_backward", "upconv_scatter", "upconv_gather",
+]
+
+
+def _twin(a):
+    """The module of twins for array `a`: gpu for a CuPy array, cpu otherwise."""
+    if is_gpu_array(a):
+        from . import gpu
+
+        return gpu
+    from . import cpu
+
+    return cpu
+
+
+# --- convolution: im2col and its adjoint -------------------------------------------------
+
+
+def im2col(x, k: int, y0: int, y1: int, out):
+    """Columns of a valid k x k convolution for output rows y0..y1-1 of one image.
+
+    x: (C, H, W) contiguous; out: (C*k*k, (y1-y0)*Wo) with Wo = W-k+1, filled as
+    out[(c*k + i)*k + j, (y-y0)*Wo + xx] = x[c, y+i, xx+j]. Returns out.
+    """
+    return _twin(x).im2col(x, k, y0, y1, out)
+
+
+def col2im(cols, k: int, y0: int, y1: int, dx):
+    """Adjoint of im2col: add the column gradients back into dx (C, H, W) in place.
+
+    cols: (C*k*k, (y1-y0)*Wo). Gather form: each input pixel sums the column
+    entries that were copied from it (deterministic, no atomics). Returns dx.
+    """
+    return _twin(cols).col2im(cols, k, y0, y1, dx)
+
+
+# --- ReLU: the conv epilogue and the backward ---------------------------------------------
+
+
+def bias_relu_forward(x, b):
+    """The conv epilogue, fused: x = max(x + b[c], 0) IN PLACE for x (N, C, H, W), b (C,)."""
+    return _twin(x).bias_relu_forward(x, b)
+
+
+def relu_backward(dout, out, dx=None):
+    """dx = dout where out > 0, else 0 (out is the ReLU's output; any shape).
+
+    dx: a contiguous array of the same shape to write into (a workspace), or None
+    for a new array. Returns dx.
+    """
+    return _twin(dout).relu_backward(dout, out, dx)
+
+
+# --- 2x2 up-convolution: the rearrangements around its GEMM -------------------------------
+
+
+def upconv_scatter(cols, b):
+    """cols (N, Cout, 2, 2, H, W), b (Cout,) -> out (N, Cout, 2H, 2W):
+    out[n, o, 2y+i, 2x+j] = cols[n, o, i, j, y, x] + b[o]."""
+    return _twin(cols).upconv_scatter(cols, b)
+
+
+def upconv_gather(dout):
+    """The inverse rearrangement: dout (N, Cout, 2H, 2W) -> dcols (N, Cout, 2, 2, H, W)."""
+    return _twin(dout).upconv_gather(dout)
+
+
+# --- 2x2 max-pooling -----------------------------------------------------------------------
+
+
+def maxpool2x2_forward(x):
+    """(N, C, H, W) -> out (N, C, H/2, W/2), arg (N, C, H/2, W/2) uint8 in 0..3.
+
+    arg = 2*i + j of the FIRST maximum in window order (0,0), (0,1), (1,0), (1,1).
+    """
+    return _twin(x).maxpool2x2_forward(x)
+
+
+def maxpool2x2_backward(dout, arg):
+    """(N, C, H/2, W/2) upstream gradient and arg-max -> dx (N, C, H, W)."""
+    return _twin(dout).maxpool2x2_backward(dout, arg)
+
+
+# --- softmax + weighted cross-entropy ------------------------------------------------------
+
+
+def softmax_xent_forward(logits, labels, weights):
+    """Fused softmax + weighted cross-entropy; returns (loss_sum, probs).
+
+    logits (N, K, H, W); labels (N, H, W) int; weights (N, H, W).
+    loss_sum = sum_x w(x) * -log p_{l(x)}(x) (a 0-d array); probs (N, K, H, W).
+    """
+    return _twin(logits).softmax_xent_forward(logits, labels, weights)
+
+
+def softmax_xent_backward(probs, labels, weights, scale):
+    """dlogits = scale * w(x) * (probs - onehot(labels)), (N, K, H, W)."""
+    return _twin(probs).softmax_xent_backward(probs, labels, weights, scale)
+
+
+# --- momentum SGD ----------------------------------------------------------------------------
+
+
+def sgd_update(w, v, g, lr: float, momentum: float, weight_decay: float) -> None:
+    """One momentum-SGD step in place, Caffe convention (Jia et al. 2014):
+
+        v <- momentum * v - lr * (g + weight_decay * w);   w <- w + v
+
+    w, v, g: contiguous arrays of one shape and dtype (one pass over memory).
+    """
+    _twin(w).sgd_update(w, v, g, lr, momentum, weight_decay)
+
+
+def sgd_update_many(ws, vs, gs, lr: float, momentum: float, weight_decay: float) -> None:
+    """`sgd_update` over lists of arrays (every parameter of a model); one launch on the GPU."""
+    if ws:
+        _twin(ws[0]).sgd_update_many(ws, vs, gs, lr, momentum, weight_decay)
