@@ -4,7 +4,7 @@ A layer knows the names of its parameters and keeps the caches of its last
 forward pass. Parameters and gradients live in the model's two dicts
 (`params`, `grads`, keyed by the contract's names such as "down0.conv1.weight");
 a layer's backward ADDS (+=) its parameter gradients into `grads`, which the
-model zeroes in one place.
+model zeroes in one place (docs/DESIGN.md, "Gradients accumulate").
 
 Every layer is given the op module it runs on: `minunet.ops` (the lesson: plain
 whole-array ops) or `minunet.fast` (the speed: the same names and signatures,

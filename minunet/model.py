@@ -86,7 +86,8 @@ def channels(config: UNetConfig, level: int) -> int:
 
 
 def parameter_shapes(config: UNetConfig) -> dict[str, tuple]:
-    """Every parameter's name and shape, in the contract's names and layouts."""
+    """Every parameter's name and shape, in the contract's names and layouts
+    (docs/DESIGN.md, "Parameter names and layouts")."""
     shapes = {}
     cin = config.in_channels
     for i in range(config.depth):
@@ -182,7 +183,8 @@ class UNet:
         return self
 
     def zero_grad(self) -> None:
-        """The one place where gradients are zeroed (they accumulate with +=)."""
+        """The one place where gradients are zeroed (they accumulate with +=;
+        docs/DESIGN.md, "Gradients accumulate")."""
         for g in self.grads.values():
             g[...] = 0
 

@@ -8,9 +8,10 @@ b >= 4 (the bottleneck size), and the output is 184 pixels smaller:
     572 -> 568 -> 284 -> 280 -> 140 -> 136 -> 68 -> 64 -> 32 -> 28 (bottleneck)
         -> 56 -> 52 -> 104 -> 100 -> 200 -> 196 -> 392 -> 388
 
-Everything that needs a size imports it from here: the model checks its input,
-inference pads, tiles and stitches, the training data cuts tiles, the CLIs
-refuse invalid sizes with the nearest valid ones.
+(docs/DESIGN.md, "The paper's numbers".) Everything that needs a size imports
+it from here: the model checks its input, inference pads, tiles and stitches,
+the training data cuts tiles, the CLIs refuse invalid sizes with the nearest
+valid ones.
 
 Overlap-tile inference (Sec. 2, Fig. 2) needs tile origins on the pooling grid.
 A 2x2 stride-2 pool sees the windows (2i, 2i+1); a tile cut at offset t sees

@@ -1,14 +1,16 @@
 """The same U-Net in PyTorch, only for the benchmark's comparison (torch is never a dependency).
 
-Same layers, sizes, parameter layout, loss (weighted pixel-wise cross-entropy,
-mean over pixels), dropout placement and optimiser cost (SGD, momentum 0.99).
+Same layers, sizes, parameter names and layouts (docs/DESIGN.md, "Parameter names
+and layouts"), loss (weighted pixel-wise cross-entropy, mean over pixels; "Loss"),
+dropout placement and optimiser cost (SGD, momentum 0.99).
 """
 
 from __future__ import annotations
 
 import time
 
-from .model import UNetConfig, channels, output_size
+from .model import UNetConfig, channels
+from .sizes import output_size
 
 
 def build(cfg: UNetConfig):

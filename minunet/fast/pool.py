@@ -1,9 +1,9 @@
 """The fast maxpool2x2: the plain op of minunet/ops/pool.py as one pass of a twin.
 
-Same names, signatures, cache (ops.pool.MaxPool2x2Cache), tie rule and numbers
-as the plain op; read that file first. The trick, and what it buys: the plain
-op's reshape, transpose, argmax and take/put_along_axis make several passes and
-temporaries of 4x the output; here one Numba loop (backend/cpu.py) or one CUDA
+Same names, signatures, cache (ops.pool.MaxPool2x2Cache), tie rule
+(docs/DESIGN.md, "Max-pool ties") and numbers as the plain op; read that file
+first. The trick, and what it buys: the plain op's reshape, transpose, argmax
+and take/put_along_axis make several passes and temporaries of 4x the output; here one Numba loop (backend/cpu.py) or one CUDA
 kernel (kernels/pool.cu) reads each window once and writes out and arg-max
 together, on every core (plane blocks of `backend.parallel_for`).
 """

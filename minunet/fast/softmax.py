@@ -1,7 +1,8 @@
 """The fast softmax cross-entropy: the plain op of minunet/ops/softmax.py as one twin pass.
 
 Same names, signatures, cache (ops.softmax.SoftmaxXentCache) and numbers as the
-plain op; read that file first for the math and the normalisation. The trick,
+plain op; read that file first for the math and the normalisation (docs/DESIGN.md,
+"Loss"). The trick,
 and what it buys: the plain op makes the max, the shifted logits, their
 exponentials, the log-sum-exp, the log-probabilities and a one-hot mask as
 separate whole arrays (K+ passes and temporaries); the twin (backend/cpu.py

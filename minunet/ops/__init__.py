@@ -6,6 +6,9 @@ the speed, which has the same names, signatures and caches). Tutorials show
 these ops, the coursework strips their bodies, `UNetConfig(ops="plain")` trains
 on them.
 
+The contracts they keep are in docs/DESIGN.md, "Tensors", "Op pairs and caches"
+and "Dtypes".
+
 Every op is `xxx_forward(inputs...) -> (out, cache)` and
 `xxx_backward(dout, cache) -> gradients` in the order of the forward's
 differentiable inputs (a tuple when there are several, the array when one).
