@@ -3,9 +3,10 @@
 Same names, signatures, cache (ops.pool.MaxPool2x2Cache), tie rule
 (docs/DESIGN.md, "Max-pool ties") and numbers as the plain op; read that file
 first. The trick, and what it buys: the plain op's reshape, transpose, argmax
-and take/put_along_axis make several passes and temporaries of 4x the output; here one Numba loop (backend/cpu.py) or one CUDA
-kernel (kernels/pool.cu) reads each window once and writes out and arg-max
-together, on every core (plane blocks of `backend.parallel_for`).
+and take/put_along_axis make several passes and temporaries of 4x the output;
+here one Numba loop (backend/cpu.py) or one CUDA kernel (kernels/pool.cu) reads
+each window once and writes out and arg-max together, on every core (plane
+blocks of `backend.parallel_for`).
 """
 
 from __future__ import annotations
