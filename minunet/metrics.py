@@ -6,25 +6,35 @@ Pixel-wise (any number of classes K; `pred` and `truth` are (H, W) class indices
     dice             per class 2 |P & T| / (|P| + |T|)
 
 ISBI 2012 "segmentation of neuronal structures in EM stacks" (Arganda-Carreras et al. 2015,
-Front. Neuroanat. 9:142, doi:10.3389/fnana.2015.00142; the Fiji "Segmentation evaluation"
-scripts, trainableSegmentation.metrics). Input: cell probabilities (1 = cell, 0 = membrane,
-the challenge's submission convention) and binary truth (True / 255 = cell). The proposal is
-binarised at each threshold t of THRESHOLDS = 0.0, 0.1, ..., 1.0 as `prob > t` (cell =
-positive), and every score is the best one over the thresholds:
+Front. Neuroanat. 9:142, doi:10.3389/fnana.2015.00142), computed as the challenge computes
+them: Fiji's Trainable Segmentation metrics (package trainableSegmentation.metrics, repository
+fiji/Trainable_Segmentation), called by the challenge's "Segmentation evaluation after border
+thinning" script. Input: cell probabilities (1 = cell, 0 = membrane, the challenge's submission
+convention) and binary truth (True / 255 = cell). The proposal is binarised at each threshold t
+of THRESHOLDS = 0.0, 0.1, ..., 1.0 as `prob > t` (cell = positive), and every score is the best
+one over the thresholds:
 
     pixel error  1 - max_t F1 of the cell pixels (precision tp/(tp+fp), recall tp/(tp+fn)).
     Rand error   1 - max_t foreground-restricted Rand F-score of the 4-connected components of
-                 the cells, NO thinning (the challenge's 2012 ranking score).
-    V_rand       max_t foreground-restricted Rand F-score after thinning the boundaries of truth
-    V_info       and proposal to one pixel; same with the information-theoretic F-score (the
-                 ranking scores since 2013).
+                 the cells, no thinning anywhere (the challenge's 2012 ranking score; Fiji
+                 RandError.getForegroundRestrictedRandIndexStatsN2).
+    V_rand       max_t foreground-restricted Rand F-score, the truth's 4-connected components
+                 against the proposal after thinning ITS boundaries (never the truth's) with a
+                 watershed (the ranking score since 2013; Fiji RandError.
+                 getForegroundRestrictedRandAfterThinningStatsN2, getMaximalVRandAfterThinning).
+    V_info       the same with the information-theoretic F-score (Fiji VariationOfInformation.
+                 foregroundRestrictedScoreAfterThinningN2, getMaximalVInfoAfterThinning).
 
-Foreground-restricted scoring (the paper's Sec. 2.3; Fiji RandError.getForeground-
-RestrictedRandIndexStatsN2). Let n_ij count the pixels in true segment i and proposed segment
-j, counted only where the TRUTH is a cell (i > 0): truth boundary pixels do not count at all.
-Proposed boundary pixels inside true cells (j = 0) are singletons: each its own segment of
-one pixel. With t_i = sum_j n_ij (truth), s_j = sum_{i} n_ij (proposal, j > 0), n0 the
-singletons and n = sum t_i:
+The truth is never thinned: its boundary pixels, however wide, simply do not count (below), so a
+5-pixel membrane in the truth against a 1-pixel line along its middle in the proposal scores 1.
+
+Foreground-restricted scoring (the paper's Sec. 2.3; Fiji RandError.getForegroundRestricted-
+RandIndexStatsN2 on two label images, VariationOfInformation.foregroundRestrictedFscore). Let n_ij
+count the pixels in true segment i and proposed segment j, counted only where the TRUTH is a
+cell (i > 0): truth boundary pixels do not count at all. Proposed boundary pixels inside true
+cells (j = 0) are singletons: each its own segment of one pixel. With t_i = sum_j n_ij (truth,
+j = 0 included), s_j = sum_{i} n_ij (proposal, j > 0), n0 the singletons and n = sum t_i (the
+truth's cell pixels; Fiji works with p_ij = n_ij / n, the same ratios):
 
     Rand:  A = sum_ij n_ij^2 + n0,  T = sum_i t_i^2,  S = sum_j s_j^2 + n0
            split = A / T (recall),  merge = A / S (precision),  F = 2 A / (T + S)
@@ -32,27 +42,41 @@ singletons and n = sum t_i:
            H(S,T) likewise over n_ij (+ the same singleton term), I = H(S) + H(T) - H(S,T),
            split = I / H(S),  merge = I / H(T),  F = 2 I / (H(S) + H(T))
 
-(alpha = 0.5 in the paper's V_alpha). A split lowers the split score, a merge the merge
-score; a perfect segmentation scores 1. Conventions for the degenerate cases: no truth cell
-pixel at all gives F = 1 (nothing to get wrong); H(S) = H(T) = 0 (one segment each) gives
-V_info = 1.
+(alpha = 0.5 in the paper's V_alpha; Fiji's "precision" I / H(T) is our merge score, its
+"recall" I / H(S) our split score, and its F their harmonic mean, 2 I / (H(S) + H(T))). A split
+lowers the split score, a merge the merge score; a perfect segmentation scores 1. Degenerate
+cases: no truth cell pixel at all gives F = 1 (nothing to get wrong; Fiji divides by n = 0);
+H(S) = H(T) = 0 (one segment each, no singletons: a perfect answer) gives V_info = 1, where
+Fiji returns 0; one of them 0 gives V_info = 0, as in Fiji.
 
-Thinning (V_rand, V_info). The challenge thins boundaries to one pixel before scoring, so
-that the width of a drawn membrane does not matter. We do it by a seeded watershed with
-4-connectivity (`thin_boundaries`): the seeds are the 4-connected components of the cell
-mask, every boundary pixel is flooded from the seeds in order of increasing membrane
-probability (1 - cell probability; the truth's boundary is flat, so it is flooded
-breadth-first and the line lands in the middle), first in first out among equal values, and a
-pixel reached by two different segments becomes a boundary ("dam") pixel. What is left is a
-one-pixel-wide, 4-connected-separating boundary; no two different segments touch (4-neighbours).
-This follows the paper's description; the Fiji implementation's exact flooding order may
-differ, which moves dam pixels by a pixel here and there, not which cells are separated.
+Thinning the proposal (`thin_boundaries`; Fiji utils.WatershedTransform2D with connectivity 4,
+the Vincent-Soille flooding watershed). Its input is the binary boundary image itself
+(`prob <= t` = 255, cell = 0), no probabilities and no distance map: at level 0 the catchment
+basins are the 4-connected components of the cells; at level 255 every boundary pixel is
+flooded breadth-first from them (first in, first out). The queue starts with the boundary
+pixels next to a basin in column-major order (x outer, y inner: Fiji's pixel list), a popped
+pixel queues its unqueued boundary neighbours in the order left, up, right, down, and takes the
+label of its labelled 4-neighbours if they agree; if they disagree, or it touches only dam
+pixels, it becomes a dam (0), the watershed line. Dams queue their neighbours too. So the basins
+are the proposal's cell components grown into their boundary, separated by dams that no two
+basins cross (4-neighbours). Without any cell pixel (every pixel boundary, e.g. t = 1.0) the
+whole image is one basin, as in Fiji. The queue order decides where a dam lands when two fronts
+meet on a tie; it is Fiji's, so dams land where Fiji puts them (tests/test_metrics.py checks
+`_flood` against the Vincent-Soille procedure written out step by step). Another flat
+watershed (scikit-image's `watershed(zeros, markers, connectivity=1, watershed_line=True)`,
+say) moves dams by a pixel here and there, and V_rand / V_info by up to about 1e-3 on an
+ISBI slice.
 
 Aggregation over a stack (`isbi_scores`). Per slice, each score is maximised over the
 thresholds on its own. For the whole stack, as the Fiji scripts do: pixel error and Rand
 error pool the counts (tp, fp, fn; the pair sums A, T, S) of all slices at each threshold and
 maximise the F-score of the pooled counts; V_rand and V_info average the per-slice scores at
-each threshold and take the best threshold for the average.
+each threshold (the script's perSliceAverage = true) and take the best threshold for the
+average, the lowest threshold on ties. The truth is binarised once (non-zero = cell), which
+is Fiji's `label > t` for 0/255 labels at every t. Fiji steps its threshold by adding 0.1, so
+its last one is 0.9999999999999999, where a probability of exactly 1.0 still counts as cell;
+here the last threshold is 1.0 (no cell pixel left). That changes the t = 1.0 scores of maps
+holding exact 1.0 values, and nothing else.
 
 Left out: the warping error (Jain et al. 2010) needs topology-preserving warps of the truth
 (simple-point flips under a digital-topology test); it is not implemented rather than
@@ -131,133 +155,81 @@ def segments(cell_mask: np.ndarray) -> np.ndarray:
     return ndimage.label(np.asarray(cell_mask, dtype=bool), structure=_FOUR)[0].astype(np.int32)
 
 
-def thin_boundaries(cell_mask: np.ndarray, membrane=None) -> np.ndarray:
-    """Segments of `cell_mask` (H, W) with the boundary between them thinned to one pixel.
+def thin_boundaries(cell_mask: np.ndarray) -> np.ndarray:
+    """The proposal's segments after thinning its boundary (module doc; Fiji's watershed).
 
-    Seeded 4-connected watershed (module doc): seeds = `segments(cell_mask)`; the boundary
-    pixels are flooded in order of increasing `membrane` (H, W) (None: flat, i.e. breadth-first
-    from the seeds), first in first out among ties; a pixel that two segments reach becomes
-    boundary (0). Returns int32 labels (H, W), 0 = the thinned boundary (and pixels no seed
-    reaches, e.g. everything when there is no cell).
+    cell_mask: (H, W) bool, True = cell. The 4-connected components of the cells are flooded
+    into the boundary breadth-first (4-connectivity, Fiji's queue order); where two of them
+    meet, a dam. Returns int32 labels (H, W) 1.., 0 = dam (the thinned boundary); all 1 when
+    there is no cell pixel (the whole boundary is one basin).
     """
     labels = segments(cell_mask)
-    pri = (np.zeros(labels.shape) if membrane is None
-           else np.asarray(membrane, dtype=np.float64))
-    if pri.shape != labels.shape:
-        raise ValueError(f"membrane map {pri.shape} and cell mask {labels.shape} differ in shape")
-    return _flood(np.ascontiguousarray(labels), np.ascontiguousarray(pri))
+    if labels.size and labels.max() == 0:
+        return np.ones_like(labels)
+    return _flood(np.ascontiguousarray(labels))
+
+
+_MASK, _QUEUED, _DAM = -2, -3, 0  # boundary pixel waiting / in the queue / watershed line
 
 
 @njit(cache=True)
-def _heap_less(key, cnt, a, b):
-    return key[a] < key[b] or (key[a] == key[b] and cnt[a] < cnt[b])
+def _flood(labels):
+    """Flood the boundary pixels (0) of labels (H, W) int32 from the basins (> 0), in place.
 
-
-@njit(cache=True)
-def _heap_push(key, cnt, idx, size, k, c, i):
-    """Push (k, c, i) on the binary min-heap of `size` entries keyed by (key, cnt)."""
-    pos = size
-    key[pos], cnt[pos], idx[pos] = k, c, i
-    while pos > 0:
-        parent = (pos - 1) // 2
-        if not _heap_less(key, cnt, pos, parent):
-            break
-        key[pos], key[parent] = key[parent], key[pos]
-        cnt[pos], cnt[parent] = cnt[parent], cnt[pos]
-        idx[pos], idx[parent] = idx[parent], idx[pos]
-        pos = parent
-    return size + 1
-
-
-@njit(cache=True)
-def _heap_pop(key, cnt, idx, size):
-    """Remove the smallest entry; returns (its pixel index, new size)."""
-    top = idx[0]
-    size -= 1
-    key[0], cnt[0], idx[0] = key[size], cnt[size], idx[size]
-    pos = 0
-    while True:
-        left, right, small = 2 * pos + 1, 2 * pos + 2, pos
-        if left < size and _heap_less(key, cnt, left, small):
-            small = left
-        if right < size and _heap_less(key, cnt, right, small):
-            small = right
-        if small == pos:
-            break
-        key[pos], key[small] = key[small], key[pos]
-        cnt[pos], cnt[small] = cnt[small], cnt[pos]
-        idx[pos], idx[small] = idx[small], idx[pos]
-        pos = small
-    return top, size
-
-
-@njit(cache=True)
-def _flood(labels, priority):
-    """Seeded watershed with dams, 4-connectivity, in place on labels (H, W) int32 (> 0 seeds).
-
-    A pixel enters the queue once, when a neighbour gets a label (seeds first, in raster
-    order); the queue pops the smallest (priority, entry number). A popped pixel whose
-    labelled 4-neighbours carry one label takes it and queues its unqueued neighbours
-    (up, down, left, right); with two or more labels it becomes a dam (0).
+    Breadth-first (FIFO) in Fiji's order: the queue starts with the boundary pixels next to a
+    basin, column by column (x outer, y inner); a popped pixel looks at its 4-neighbours left,
+    up, right, down: it takes the one label among them, becomes a dam if there are two or
+    more (or none, only dams), and queues its neighbours still waiting, dam or not.
     """
     H, W = labels.shape
-    n = H * W
     lab = labels.ravel()
-    pri = priority.ravel()
-    queued = np.zeros(n, np.bool_)
-    key = np.empty(n, np.float64)
-    cnt = np.empty(n, np.int64)
-    idx = np.empty(n, np.int64)
-    size = 0
-    counter = 0
+    queue = np.empty(H * W, np.int64)
+    head = tail = 0
+    for i in range(H * W):
+        if lab[i] == 0:
+            lab[i] = _MASK
     nbr = np.empty(4, np.int64)
-    for i in range(n):
-        if lab[i] > 0:
-            queued[i] = True
-    for i in range(n):
-        if queued[i]:
-            continue
-        y, x = i // W, i % W
-        if ((y > 0 and lab[i - W] > 0) or (y < H - 1 and lab[i + W] > 0)
-                or (x > 0 and lab[i - 1] > 0) or (x < W - 1 and lab[i + 1] > 0)):
-            queued[i] = True
-            size = _heap_push(key, cnt, idx, size, pri[i], counter, i)
-            counter += 1
-    while size > 0:
-        i, size = _heap_pop(key, cnt, idx, size)
+    for x in range(W):
+        for y in range(H):
+            i = y * W + x
+            if lab[i] == _MASK and ((x > 0 and lab[i - 1] > 0) or (y > 0 and lab[i - W] > 0)
+                                    or (x < W - 1 and lab[i + 1] > 0)
+                                    or (y < H - 1 and lab[i + W] > 0)):
+                lab[i] = _QUEUED
+                queue[tail] = i
+                tail += 1
+    while head < tail:
+        i = queue[head]
+        head += 1
         y, x = i // W, i % W
         m = 0
-        if y > 0:
-            nbr[m] = i - W
-            m += 1
-        if y < H - 1:
-            nbr[m] = i + W
-            m += 1
         if x > 0:
             nbr[m] = i - 1
+            m += 1
+        if y > 0:
+            nbr[m] = i - W
             m += 1
         if x < W - 1:
             nbr[m] = i + 1
             m += 1
+        if y < H - 1:
+            nbr[m] = i + W
+            m += 1
         found = 0
         clash = False
         for a in range(m):
-            v = lab[nbr[a]]
+            j = nbr[a]
+            v = lab[j]
             if v > 0:
                 if found == 0:
                     found = v
                 elif v != found:
                     clash = True
-        if clash or found == 0:
-            lab[i] = 0  # a dam: two segments meet here
-            continue
-        lab[i] = found
-        for a in range(m):
-            j = nbr[a]
-            if not queued[j]:
-                queued[j] = True
-                size = _heap_push(key, cnt, idx, size, pri[j], counter, j)
-                counter += 1
+            elif v == _MASK:
+                lab[j] = _QUEUED
+                queue[tail] = j
+                tail += 1
+        lab[i] = _DAM if clash or found == 0 else found
     return labels
 
 
@@ -318,7 +290,10 @@ def rand_fscore(truth_seg: np.ndarray, pred_seg: np.ndarray) -> float:
 
 def info_scores(truth_seg: np.ndarray, pred_seg: np.ndarray) -> Scores:
     """Foreground-restricted information-theoretic scores (module doc), 0 = boundary."""
-    c = _contingency(truth_seg, pred_seg)
+    return _info_from(_contingency(truth_seg, pred_seg))
+
+
+def _info_from(c: _Contingency) -> Scores:
     if c.n == 0:
         return Scores(1.0, 1.0, 1.0)
     n = c.n
@@ -367,7 +342,7 @@ class SliceCounts:
     """Everything the ISBI scores need from one slice, per threshold (arrays of len(thresholds)).
 
     pixel: (tp, fp, fn) of the cell pixels; rand: (A, T, S) without thinning;
-    v_rand, v_info: Scores after thinning.
+    v_rand, v_info: Scores after thinning the proposal's boundaries (never the truth's).
     """
 
     thresholds: tuple
@@ -383,9 +358,7 @@ def slice_counts(cell_prob: np.ndarray, truth_cell: np.ndarray, thresholds=THRES
     binary. thinned=False skips V_rand / V_info (the watershed)."""
     prob, truth = _check_prob(cell_prob), binary_truth(truth_cell)
     _check_pair(prob, truth)
-    truth_seg = segments(truth)
-    truth_thin = thin_boundaries(truth) if thinned else None
-    membrane = 1.0 - prob
+    truth_seg = segments(truth)  # never thinned: its boundary pixels do not count
     pixel, rand, v_rand, v_info = [], [], [], []
     for th in thresholds:
         cell = prob > th
@@ -393,9 +366,9 @@ def slice_counts(cell_prob: np.ndarray, truth_cell: np.ndarray, thresholds=THRES
         pixel.append((tp, float((cell & ~truth).sum()), float((~cell & truth).sum())))
         rand.append(_rand_sums(_contingency(truth_seg, segments(cell))))
         if thinned:
-            pred_thin = thin_boundaries(cell, membrane)
-            v_rand.append(rand_scores(truth_thin, pred_thin))
-            v_info.append(info_scores(truth_thin, pred_thin))
+            c = _contingency(truth_seg, thin_boundaries(cell))
+            v_rand.append(_rand_from_sums(*_rand_sums(c)))
+            v_info.append(_info_from(c))
     return SliceCounts(tuple(thresholds), np.array(pixel), np.array(rand), v_rand, v_info)
 
 
@@ -478,10 +451,11 @@ def rand_error(cell_prob: np.ndarray, truth_cell: np.ndarray, thresholds=THRESHO
 
 
 def v_rand(cell_prob: np.ndarray, truth_cell: np.ndarray, thresholds=THRESHOLDS) -> float:
-    """V_rand (thinned, foreground-restricted Rand F-score, best threshold) of a slice or stack."""
+    """V_rand of a slice or stack: the foreground-restricted Rand F-score of the truth's
+    components against the proposal with thinned boundaries, at the best threshold."""
     return isbi_scores(cell_prob, truth_cell, thresholds).v_rand
 
 
 def v_info(cell_prob: np.ndarray, truth_cell: np.ndarray, thresholds=THRESHOLDS) -> float:
-    """V_info (thinned, foreground-restricted information F-score, best threshold)."""
+    """V_info: as `v_rand` with the foreground-restricted information-theoretic F-score."""
     return isbi_scores(cell_prob, truth_cell, thresholds).v_info
