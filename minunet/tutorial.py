@@ -1,0 +1,89 @@
+"""What the walk-throughs in tutorials/ share: the mode, the banner, the data path, figures.
+
+Every tutorial starts with
+
+    from minunet.tutorial import setup
+    T = setup("01_convolution")
+
+which prints the first output of the notebook (the minunet version, the device
+and the mode) and returns a `Tutorial`:
+
+    T.fast              True in fast mode (MINUNET_FAST=1): smaller sizes, fewer iterations,
+                        so that CI can run every tutorial as a script in seconds
+    T.pick(full, fast)  the full-mode value or the fast-mode one
+    T.isbi              the ISBI 2012 folder (images/, labels/) from MINUNET_ISBI2012, or None
+    T.gpu               True when CuPy sees a GPU
+    T.figure(fig, name) save a matplotlib figure as tutorials/figures/<tutorial>_<name>.png
+                        (full mode) and show it; in fast mode it goes to a temporary folder,
+                        so a quick run never overwrites the published figures
+    T.seed              the fixed seed every random draw of a tutorial starts from
+
+Real data is reached only through a path the reader gives (the environment
+variable MINUNET_ISBI2012), never through a path inside the repository's parents.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__, backend
+
+FAST_ENV = "MINUNET_FAST"  # "1": fast mode
+ISBI_ENV = "MINUNET_ISBI2012"  # a folder with images/NN.png and labels/NN.png
+
+
+def _tutorials_dir() -> Path:
+    """The folder of the running tutorial: the script's folder, or the notebook's (its cwd)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path and "ipykernel" not in sys.modules:
+        return Path(path).resolve().parent
+    return Path.cwd()
+
+
+@dataclass
+class Tutorial:
+    name: str  # e.g. "01_convolution"
+    fast: bool  # fast mode (MINUNET_FAST=1)
+    isbi: Path | None  # the ISBI 2012 folder, or None
+    gpu: bool  # a CUDA GPU is usable
+    figures: Path  # where T.figure saves
+    seed: int = 20150518  # U-Net's arXiv date
+
+    def pick(self, full, fast):
+        """`full` in full mode, `fast` in fast mode."""
+        return fast if self.fast else full
+
+    def figure(self, fig, name: str) -> Path:
+        """Save `fig` as <figures>/<tutorial>_<name>.png (fixed size and dpi) and return the path."""
+        self.figures.mkdir(parents=True, exist_ok=True)
+        path = self.figures / f"{self.name}_{name}.png"
+        fig.savefig(path, dpi=80, bbox_inches="tight")
+        return path
+
+
+def setup(name: str) -> Tutorial:
+    """Print the banner (version, device, mode) and return the tutorial's settings."""
+    fast = os.environ.get(FAST_ENV, "").strip() not in ("", "0")
+    isbi = os.environ.get(ISBI_ENV, "").strip()
+    isbi_path = Path(isbi).expanduser() if isbi else None
+    if isbi_path is not None and not (isbi_path / "labels").is_dir():
+        print(f"note: {ISBI_ENV}={isbi} has no labels/ folder; the ISBI cells will be skipped")
+        isbi_path = None
+    if fast:
+        figures = Path(tempfile.gettempdir()) / "minunet-tutorial-figures"
+    else:
+        figures = _tutorials_dir() / "figures"
+    gpu = backend.gpu_status().available
+    mode = ("fast (MINUNET_FAST=1: small sizes and few iterations; numbers differ from the "
+            "text's full-mode ones)" if fast else "full")
+    print(f"minunet {__version__} | {backend.device_info()} | mode: {mode}")
+    if isbi_path is None:
+        print(f"ISBI 2012 data: not given (set {ISBI_ENV}=/path/to/isbi2012 to run those cells)")
+    else:
+        print(f"ISBI 2012 data: found through {ISBI_ENV}")  # no absolute path in outputs
+    return Tutorial(name, fast, isbi_path, gpu, figures)
