@@ -59,7 +59,7 @@ class Tutorial:
         return fast if self.fast else full
 
     def figure(self, fig, name: str) -> Path:
-        """Save `fig` as <figures>/<tutorial>_<name>.png (fixed size and dpi) and return the path."""
+        """Save `fig` as <figures>/<tutorial>_<name>.png (fixed dpi); returns the path."""
         self.figures.mkdir(parents=True, exist_ok=True)
         path = self.figures / f"{self.name}_{name}.png"
         fig.savefig(path, dpi=80, bbox_inches="tight")
