@@ -1,52 +1,104 @@
 """Checkpoints: one .npz holding everything needed to continue a run exactly.
 
-Contents (DESIGN.md): the parameters under the contract's names
-("down0.conv0.weight", ...), the optimiser's velocities ("velocity.<name>"),
-and three JSON strings: "config" (model, optimiser and training settings),
-"iteration" and "rng" (the seeds and counters that determine every random
-draw still to come). No pickles: it loads with allow_pickle=False. Writes are
-atomic: a temporary file in the same folder, then a rename, so a crash never
-leaves a half-written checkpoint behind.
+Contents (docs/DESIGN.md, "Checkpoints"): the parameters under the contract's names
+("down0.conv0.weight", ...), the model's buffers ("buffer.<name>": running statistics and
+the like; none for the U-Net), the optimiser's velocities ("velocity.<name>"), and four JSON
+strings: "arch" (the architecture's name, also config["model"]["arch"]), "config" (model,
+optimiser and training settings), "iteration" and "rng" (the seeds and counters that
+determine every random draw still to come). No pickles: it loads with allow_pickle=False.
+Writes are atomic: a temporary file in the same folder, then a rename, so a crash never
+leaves a half-written checkpoint behind. Checkpoints written before "arch" and the buffers
+existed load as the U-Net with no buffers.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from .files import atomic_write
 
 META_KEYS = ("config", "iteration", "rng")
+BUFFER, VELOCITY = "buffer.", "velocity."  # key prefixes of buffers and velocities
+
+
+class Checkpoint(NamedTuple):
+    """What a checkpoint holds; arrays on the host, keyed as in the module doc."""
+
+    params: dict  # parameter name -> array
+    buffers: dict  # buffer name (without "buffer.") -> array; {} for the U-Net
+    velocity: dict  # "velocity.<parameter name>" -> array, as MomentumSGD.state_dict gives
+    iteration: int  # iterations done
+    config: dict  # {"train": ..., "model": ..., "optimizer": ...}
+    rng: dict  # the seeds and counters of the random draws to come
+    arch: str  # the architecture's name ("unet")
+
+    def state(self) -> dict:
+        """Parameters and buffers: what model.load_state_dict takes."""
+        return {**self.params, **self.buffers}
 
 
 def save_checkpoint(path, params: dict, velocity: dict, iteration: int, config: dict,
-                    rng: dict) -> Path:
-    """Write a checkpoint atomically. params/velocity: name -> host array (see module doc)."""
-    arrays = dict(params) | dict(velocity)
+                    rng: dict, buffers: dict | None = None, arch: str = "unet") -> Path:
+    """Write a checkpoint atomically. params, buffers: name -> host array; velocity:
+    "velocity.<name>" -> host array (see the module doc)."""
+    arrays = dict(params) | {BUFFER + k: v for k, v in (buffers or {}).items()} | dict(velocity)
+    arrays["arch"] = np.array(json.dumps(arch))
     arrays["config"] = np.array(json.dumps(config, sort_keys=True))
     arrays["iteration"] = np.array(json.dumps(int(iteration)))
     arrays["rng"] = np.array(json.dumps(rng, sort_keys=True))
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def load_checkpoint(path) -> tuple[dict, dict, int, dict, dict]:
-    """Read a checkpoint: (params, velocity, iteration, config, rng). Clear errors for bad files."""
+def load_checkpoint(path) -> Checkpoint:
+    """Read a checkpoint. Clear errors for a missing file, a file that is no .npz archive of
+    plain arrays (never NumPy's advice to unpickle it) and an .npz that is not ours."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    not_ours = (f"{path} is not a minunet checkpoint: expected the .npz archive that "
+                "python -m minunet.train writes (last.npz or best.npz in its run folder)")
+    if not zipfile.is_zipfile(path):  # np.load would try to unpickle it, and say so
+        raise ValueError(f"{not_ours}; this file is not an .npz (zip) archive")
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable minunet checkpoint (.npz): {e}") from e
+    except Exception as e:  # no message of NumPy's: it may advise allow_pickle=True
+        raise ValueError(f"{not_ours}; its arrays cannot be read ({type(e).__name__})") from e
     missing = [k for k in META_KEYS if k not in data]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}: not a minunet training checkpoint")
-    config = json.loads(str(data.pop("config")))
-    iteration = json.loads(str(data.pop("iteration")))
-    rng = json.loads(str(data.pop("rng")))
-    velocity = {k: v for k, v in data.items() if k.startswith("velocity.")}
-    params = {k: v for k, v in data.items() if not k.startswith("velocity.")}
-    return params, velocity, iteration, config, rng
+    meta = {k: json.loads(str(data.pop(k))) for k in (*META_KEYS, "arch") if k in data}
+    if not isinstance(meta["config"], dict):
+        raise ValueError(f"{path}: its config is not a JSON object: not a minunet checkpoint")
+    arch = meta.get("arch") or meta["config"].get("model", {}).get("arch", "unet")
+    return Checkpoint(
+        params={k: v for k, v in data.items() if not k.startswith((BUFFER, VELOCITY))},
+        buffers={k[len(BUFFER):]: v for k, v in data.items() if k.startswith(BUFFER)},
+        velocity={k: v for k, v in data.items() if k.startswith(VELOCITY)},
+        iteration=meta["iteration"], config=meta["config"], rng=meta["rng"], arch=arch)
+
+
+def model_from_checkpoint(ckpt: Checkpoint, path, seed: int = 0):
+    """The model that wrote `ckpt` (read from `path`, named in errors): built by
+    model.build_model from config["model"] (unet/fast where an old checkpoint lacks
+    arch/ops), with its parameters and buffers loaded, on the host."""
+    from .model import UNetConfig, build_model
+
+    conf = ckpt.config.get("model")
+    if not isinstance(conf, dict):
+        raise ValueError(f"{path} has no model config (config keys: {sorted(ckpt.config)}); "
+                         "was it written by python -m minunet.train?")
+    try:
+        config = UNetConfig(**{"arch": ckpt.arch, **conf})
+    except TypeError as e:  # a key UNetConfig does not know
+        raise ValueError(f"{path}: its model config {conf} does not fit UNetConfig ({e})") from e
+    except ValueError as e:  # e.g. an unknown architecture: the message names the known ones
+        raise ValueError(f"{path}: {e}") from e
+    model = build_model(config, seed=seed)
+    model.load_state_dict(ckpt.state())  # refuses missing, unexpected or misshapen arrays
+    return model

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "accuracy / IoU / Dice of probability maps against binary labels.")
     p.add_argument("pred", metavar="PRED", help="probability map file, stack, or folder")
     p.add_argument("labels", metavar="LABELS", help="label file, stack, or folder (255 = cell)")
-    p.add_argument("--csv", default=None, help="write the table to this CSV file")
+    p.add_argument("--csv", default=None, metavar="FILE",
+                   help="also write the table (one row per slice and 'all') to this CSV file")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="cell threshold for pixel accuracy, IoU and Dice (default 0.5)")
     return p
@@ -68,10 +69,7 @@ def pair_inputs(pred: str, labels: str) -> list[tuple[str, Path, Path]]:
 
 def read_pages(path: Path) -> np.ndarray:
     """A file as gray pages (N, H, W): an image gives one page, a TIFF stack (N, H, W) N pages."""
-    try:
-        a = read_array(path, mask=True)
-    except Exception as e:
-        raise DataError(f"{path} is not a readable image ({type(e).__name__}: {e})") from e
+    a = read_array(path, mask=True)  # DataError naming the file if it cannot be decoded
     if a.ndim == 3 and a.shape[-1] in (3, 4) and (path.suffix.lower() == ".png"
                                                   or a.shape[0] > 4):
         rgb = a[..., :3]

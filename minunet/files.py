@@ -3,28 +3,49 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 
 def atomic_write(path, write) -> Path:
     """Call write(f) on a temporary file next to `path` (f opened 'wb', with a real name),
     flush it to disk, then rename it to `path`; on any error the temporary file is removed.
-    A crash or Ctrl-C leaves either the old file or the new one, never a torn one."""
+    A crash or Ctrl-C leaves either the old file or the new one, never a torn one.
+
+    The file gets the permissions the user's umask gives any new file (0644 under umask 022),
+    as open() would create it, so that a lab can share a run folder.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    f, tmp = _new_temp(path)
     try:
-        with open(tmp, "wb") as f:  # a named file: writers such as tifffile want f.name
+        with f:  # a named file: writers such as tifffile want f.name
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _new_temp(path: Path):
+    """(file opened 'xb', its path): a new hidden file beside `path`. Mode 'x' creates it as
+    open() creates any file, 0o666 minus the umask (tempfile.mkstemp would make it 0600)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return open(tmp, "xb"), tmp
+        except FileExistsError:  # a name already taken: draw another
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {path}")
+
+
+def atomic_write_text(path, text: str) -> Path:
+    """Write a text file (UTF-8) atomically (see `atomic_write`)."""
+    data = text.encode()
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def save_figure(fig, path) -> Path:

@@ -16,25 +16,30 @@ def _figure(*args, **kw):
 
 
 def plot_loss(history: list[dict], train_losses: list[float], last_it: int, path) -> Path:
-    """Train loss per iteration (raw and smoothed) and validation loss at the checkpoints."""
+    """Two different quantities on one log axis (minunet/runfolder.py, COLUMNS): the training
+    loss per iteration (raw and smoothed), the weighted cross-entropy of training tiles with
+    dropout on, and at each validation row the plain cross-entropy of the whole held-out images
+    with dropout off (`val_xent`). history: metrics rows; train_losses: the losses of the
+    iterations ending at `last_it`."""
     fig = _figure(figsize=(7, 4), dpi=100)
     ax = fig.add_subplot()
     if train_losses:
         y = np.asarray(train_losses)
         x = np.arange(last_it - len(y), last_it) + 1
-        ax.plot(x, y, color="0.75", lw=0.8, label="train (per iteration)")
+        ax.plot(x, y, color="0.75", lw=0.8, label="train: weighted cross-entropy (per iteration)")
         k = max(1, len(y) // 30)
         if k > 1:
             ys = np.convolve(y, np.ones(k) / k, mode="valid")
-            ax.plot(x[k - 1:], ys, color="C0", lw=1.5, label=f"train ({k}-iteration mean)")
-    val = [(int(r["iteration"]), float(r["val_loss"])) for r in history if r.get("val_loss") != ""]
+            ax.plot(x[k - 1:], ys, color="C0", lw=1.5, label=f"train: {k}-iteration mean")
+    val = [(int(r["iteration"]), float(r["val_xent"])) for r in history if r.get("val_xent") != ""]
     if val:
-        ax.plot(*zip(*val, strict=True), "o-", color="C1", label="validation")
+        ax.plot(*zip(*val, strict=True), "o-", color="C1",
+                label="validation: cross-entropy, unweighted (whole images, no dropout)")
     ax.set_xlabel("iteration")
-    ax.set_ylabel("cross-entropy")
+    ax.set_ylabel("loss per pixel")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -1,8 +1,9 @@
 """Segment images: `python -m minunet.predict --checkpoint CKPT INPUT... --out DIR`.
 
 INPUT is an image file (PNG or TIFF, 8/16-bit or float in [0, 1], gray or RGB), a multi-page
-TIFF stack, or a folder of such files. The model is rebuilt from the checkpoint's config and
-run by overlap-tile inference (minunet/infer.py) on images of any size. Per image it writes
+TIFF stack, or a folder of such files. The model is rebuilt from the checkpoint (its
+architecture, config, parameters and buffers; minunet/checkpoint.py) and run by overlap-tile
+inference (minunet/infer.py) on images of any size. Per image it writes
 
     DIR/prob/STEM.png      probability of 'cell' (class 1), 8-bit: round(255 p)
                            (--float: DIR/prob/STEM.tif, float32 in [0, 1])
@@ -29,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data.loaders import IMAGE_SUFFIXES, DataError, read_array, to_float_image
 from .files import atomic_write
 from .infer import predict
-from .model import UNet, UNetConfig, invalid_size_message, is_valid_size
+from .sizes import invalid_size_message, is_valid_size
 
 TTA_CHOICES = (1, 4, 8)
 
@@ -45,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(overlap-tile inference on images of any size).")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files (PNG, TIFF, multi-page TIFF stacks) or folders of them")
-    p.add_argument("--checkpoint", required=True, help="a .npz written by python -m minunet.train")
-    p.add_argument("--out", required=True, help="output folder (created if needed)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a .npz written by python -m minunet.train (RUN/best.npz or last.npz)")
+    p.add_argument("--out", required=True,
+                   help="output folder for prob/, mask/ and overlay/ (created if needed)")
     p.add_argument("--tta", type=int, default=1, choices=TTA_CHOICES,
                    help="test-time augmentation: average over 1 (none), 4 rotations, or 8 "
                         "rotations and flips (default 1)")
@@ -105,10 +108,7 @@ def find_inputs(inputs: list[str]) -> list[Path]:
 def read_item(path: Path) -> Item:
     """Read a file as pages (N, H, W) or (N, H, W, C); TIFF (N, H, W) with N not in 3..4 is a
     stack, (H, W, 3|4) a colour image."""
-    try:
-        a = read_array(path)
-    except Exception as e:
-        raise DataError(f"{path} is not a readable image ({type(e).__name__}: {e})") from e
+    a = read_array(path)  # DataError naming the file if it cannot be decoded
     is_tiff = path.suffix.lower() in (".tif", ".tiff")
     if a.ndim == 2:
         return Item(path, a[None], False)
@@ -192,22 +192,15 @@ def outputs(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray
 # ----------------------------------------------------------------------------- main
 
 
-def load_model(checkpoint: str, device: str) -> UNet:
-    """UNet rebuilt from a training checkpoint's config['model'], with its parameters, on device."""
-    params, _velocity, _it, config, _rng = load_checkpoint(checkpoint)
-    if "model" not in config:
-        raise DataError(f"{checkpoint} has no model config (config keys: {sorted(config)}); "
-                        "was it written by python -m minunet.train?")
-    try:
-        model = UNet(UNetConfig(**config["model"]))
-    except TypeError as e:
-        raise DataError(f"{checkpoint}: its model config {config['model']} does not fit "
-                        f"UNetConfig ({e})") from e
-    model.load_state_dict(params)
+def load_model(checkpoint: str, device: str):
+    """The trained model, rebuilt from the checkpoint (architecture, config, parameters and
+    buffers), in eval mode (no dropout), on device."""
+    model = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
     try:
         where = backend.resolve_device(device)
     except RuntimeError as e:  # --device cuda without a usable GPU
         raise DataError(str(e)) from e
+    model.eval()
     return model.to(where)
 
 

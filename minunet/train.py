@@ -2,51 +2,73 @@
 
 With no arguments it trains on the built-in synthetic EM data, on the GPU when
 CuPy sees one (the paper configuration) and otherwise on the CPU (a smaller
-preset that finishes in minutes on a laptop). Every run writes a folder:
-
-    config.json       the resolved settings
-    metrics.csv       iteration, train loss, validation loss, pixel accuracy, Rand error
-    loss.png          the loss curves
-    val_predictions.png   validation images, truth and prediction side by side
-    last.npz best.npz checkpoints (see minunet/checkpoint.py); --resume continues exactly
+preset that finishes in minutes on a laptop). Every run writes a folder
+(minunet/runfolder.py): config.json, metrics.csv, loss.png, val_predictions.png,
+and the checkpoints last.npz and best.npz; --resume continues exactly.
 
 The step (Ronneberger et al. 2015, Sec. 3): one large tile (batch 1), the
 weighted pixel-wise cross-entropy with the border weight map, momentum 0.99,
 elastic deformation. Each iteration k is a pure function of (seed, k): tile k
 and the dropout masks of step k, so a resumed run repeats the straight one.
+
+Read top-down: `train_step`, the options (TrainConfig: each field's comment is
+its --help), the command line, then the Trainer's loop.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import inspect
 import io
 import json
 import math
+import re
 import signal
 import sys
 import time
+import tokenize
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from . import backend, ops
-from .checkpoint import load_checkpoint, save_checkpoint
-from .files import atomic_write
-from .model import (
-    UNet,
-    UNetConfig,
-    describe,
-    invalid_size_message,
-    is_valid_size,
-    output_size,
-    standardize,
-)
+from . import backend
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .layers import op_module
+from .model import UNetConfig, build_model, describe, standardize
 from .optim import MomentumSGD, SGDConfig
+from .runfolder import RunFolder, out_of_memory_hint
+from .sizes import invalid_size_message, is_valid_size, output_size
+
+
+def train_step(model, opt, x, labels, weights, it: int, key: int):
+    """One SGD step on a batch of tiles; returns the loss (a device scalar).
+
+    x: (B, C, tile, tile) standardized images; labels: (B, out, out) class indices;
+    weights: (B, out, out) the weight map; it: the iteration (sets the learning rate);
+    key: this step's dropout key. The loss is the weighted cross-entropy
+    (1/(B*out*out)) * sum_x w(x) * -log p_label(x)(x) (docs/DESIGN.md, "Loss"), computed by
+    the same op module (plain or fast) as the model's layers.
+    """
+    xent = op_module(model.config.ops)
+    logits = model.forward(x, dropout_key=key)  # (B, K, out, out)
+    loss, cache = xent.softmax_cross_entropy_forward(logits, labels, weights)
+    model.zero_grad()
+    model.backward(xent.softmax_cross_entropy_backward(1.0, cache))  # dL/dlogits
+    opt.step(model.grads, it)
+    return loss
+
+
+def step_key(seed: int, it: int) -> int:
+    """The dropout key of iteration `it` (a pure function of seed and iteration)."""
+    return (seed * 1_000_003 + it) & 0xFFFFFFFFFFFFFFFF
+
+
+# ----------------------------------------------------------------------------- options
 
 # Presets: what suits the device. "cpu" finishes in minutes on 2 cores and is
-# already good on the synthetic data; "paper" is the paper's network and tile.
+# already good on the synthetic data; "paper" is the paper's network and tile;
+# "tiny" is a smoke test of a few seconds.
 PRESETS = {
     "cpu": dict(base=16, depth=4, tile=316, iters=1500, lr=0.001, val_every=300, prefetch=0,
                 data="synthetic:n=16,size=384"),
@@ -55,152 +77,238 @@ PRESETS = {
     "tiny": dict(base=4, depth=4, tile=188, iters=20, lr=0.001, val_every=10, prefetch=0,
                  data="synthetic:n=3,size=200"),
 }
+CHOICES = {"device": ("auto", "cpu", "cuda"), "preset": ("", *PRESETS),
+           "schedule": ("constant", "step", "poly"), "dtype": ("float32", "float64"),
+           "ops": ("fast", "plain")}
 
 
 @dataclass
 class TrainConfig:
-    data: str = "synthetic"  # synthetic | synthetic:n=..,size=.. | isbi2012:PATH | folder:PATH
-    val: str = ""  # held-out slices: '25,26,27', a fraction '0.2' or a count '5'; '' = default
-    device: str = "auto"  # auto | cpu | cuda
-    preset: str = ""  # cpu | paper | tiny; '' = by device
-    base: int = 64  # channels at level 0 (paper 64)
+    """The training options. Each field's comment is its --help text (`field_help`)."""
+
+    data: str = "synthetic"  # synthetic | synthetic:n=30,size=512,seed=0 | cells[:n=..,size=..]
+    # | isbi2012:PATH (ISBI 2012 slices or stacks) | folder:PATH (images/ + masks/ or labels/)
+    val: str = ""  # held-out validation images: indices '25,26,27', a fraction '0.2' or a
+    # count '5'; unset (''): the source's default (ISBI 2012: the last sixth, 25-29 of 30)
+    device: str = "auto"  # auto (the GPU if CuPy sees one) | cpu | cuda
+    preset: str = ""  # a set of defaults, by device when unset: paper on a GPU, else cpu
+    base: int = 64  # channels at level 0, doubling per level (paper 64)
     depth: int = 4  # poolings (paper 4)
-    tile: int = 572  # input tile side (paper 572 -> 388 output)
+    tile: int = 572  # input tile side, a valid size (paper 572 -> 388 output)
     batch: int = 1  # tiles per step (paper 1: "a large input tile over a large batch size")
     iters: int = 5000  # total iterations (a resumed run stops where the straight run would)
-    lr: float = 0.01  # base learning rate
-    momentum: float = 0.99  # paper 0.99
-    weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | step | poly
-    warmup: int = 100  # iterations of linear lr warm-up (see optim.py; 0 = none, as the paper)
-    dropout: float = 0.5  # paper 0.5
-    upconv_relu: bool = False
+    lr: float = 0.01  # base learning rate, > 0
+    momentum: float = 0.99  # SGD momentum in [0, 1) (paper 0.99)
+    weight_decay: float = 0.0  # L2 weight decay, >= 0 (paper none)
+    schedule: str = "constant"  # learning-rate schedule after warm-up (see minunet/optim.py)
+    warmup: int = 100  # iterations of linear learning-rate warm-up (0 = none, as the paper)
+    dropout: float = 0.5  # drop probability at the end of the contracting path, in [0, 1)
+    upconv_relu: bool = False  # a ReLU after each up-conv (the released model had one)
     augment: bool = True  # elastic deformation, shift, rotation, flips, gray values
-    weight_map: bool = True  # the paper's border weight map (else all ones)
-    seed: int = 0
+    weight_map: bool = True  # the paper's border weight map (else all weights 1)
+    seed: int = 0  # seed of the initial weights, tiles and dropout masks, >= 0
     val_every: int = 500  # iterations between validations and checkpoints
-    out: str = ""  # run folder; '' = runs/<time>
-    dtype: str = "float32"
-    prefetch: int = 2  # tiles prepared by a background thread (0 on the CPU: it competes for cores)
+    out: str = ""  # run folder; unset (''): runs/<date-time>
+    dtype: str = "float32"  # float32 trains; float64 for checks
+    prefetch: int = 2  # tiles prepared by a background thread (0 on the CPU: it competes
+    # for the cores)
+    ops: str = "fast"  # fast: chunked, threaded, fused ops (minunet/fast); plain: the lesson's
+    # whole-array ops (minunet/ops), slower
+
+    def __post_init__(self):
+        check_config(self)
 
 
-def parse_args(argv=None) -> tuple[TrainConfig, argparse.Namespace]:
+RULES = {  # option: (is the value valid?, what it must be)
+    **{k: (lambda v: v >= 1, "an integer >= 1")
+       for k in ("base", "depth", "batch", "iters", "val_every")},
+    **{k: (lambda v: v >= 0, "an integer >= 0") for k in ("warmup", "seed", "prefetch")},
+    "lr": (lambda v: 0 < v < math.inf, "a number > 0"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "a number >= 0"),
+    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """ValueError naming the option and what it must be, for the first invalid setting."""
+    from .data.loaders import as_index_list
+
+    for name, (ok, want) in RULES.items():
+        if not ok(getattr(cfg, name)):
+            raise ValueError(f"{_flag(name)} must be {want}, got {getattr(cfg, name)}")
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{_flag(name)} must be one of {', '.join(filter(None, allowed))}, "
+                             f"got {getattr(cfg, name)!r}")
+    if not is_valid_size(cfg.tile, cfg.depth):
+        raise ValueError(f"--tile: {invalid_size_message(cfg.tile, cfg.depth)}")
+    as_index_list(cfg.val)  # DataError (a ValueError) if --val cannot be read
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_help(cls) -> dict[str, str]:
+    """{field: its comment} read from the source of the dataclass `cls`: the comment after a
+    field, continued on the comment-only lines right below it."""
+    source = inspect.getsource(cls)
+    lines = source.splitlines()
+    helps, name, last = {}, None, -1
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type != tokenize.COMMENT:
+            continue
+        row, col = tok.start
+        code, text = lines[row - 1][:col], tok.string.lstrip("#").strip()
+        m = re.match(r"\s*(\w+)\s*:", code)
+        if m:
+            name, helps[m.group(1)] = m.group(1), text
+        elif name and not code.strip() and row == last + 1:
+            helps[name] += " " + text
+        else:
+            name = None
+        last = row
+    return helps
+
+
+def _defaults(name: str) -> str:
+    """'; presets: cpu 16, paper 64, tiny 4' for an option the presets set (', else X' where
+    some do not), '; default X' for the others, '' for an empty default."""
+    default = next(f.default for f in fields(TrainConfig) if f.name == name)
+    by_preset = [f"{p} {v[name]}" for p, v in PRESETS.items() if name in v]
+    if by_preset:
+        rest = f", else {default}" if len(by_preset) < len(PRESETS) else ""
+        return f"; presets: {', '.join(by_preset)}{rest}"
+    return "" if default == "" else f"; default {default}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI: one option per TrainConfig field, its help from the field's comment."""
     p = argparse.ArgumentParser(
         prog="python -m minunet.train",
-        description="Train the U-Net of Ronneberger et al. (2015) with hand-written backprop.")
-    p.add_argument("--data", help="synthetic (default) | synthetic:n=30,size=512 | "
-                   "isbi2012:PATH | folder:PATH")
-    p.add_argument("--val", help="held-out slices: indices '25,26', fraction '0.2' or count '5'")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--preset", choices=sorted(PRESETS), help="defaults for a device "
-                   "(cpu: base 16, tile 252; paper: base 64, tile 572); chosen by device if unset")
-    for name, typ in [("base", int), ("depth", int), ("tile", int), ("batch", int),
-                      ("iters", int), ("lr", float), ("momentum", float),
-                      ("weight-decay", float), ("dropout", float), ("seed", int),
-                      ("val-every", int), ("prefetch", int), ("warmup", int)]:
-        p.add_argument("--" + name, type=typ)
-    p.add_argument("--schedule", choices=["constant", "step", "poly"])
-    p.add_argument("--dtype", choices=["float32", "float64"])
-    p.add_argument("--out", help="run folder (default runs/<date-time>)")
-    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (last.npz)")
-    p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
-    p.add_argument("--no-weight-map", dest="weight_map", action="store_false", default=None)
-    p.add_argument("--upconv-relu", action="store_true", default=None)
+        description="Train the U-Net of Ronneberger et al. (2015) with hand-written backprop. "
+                    "Options not given come from the preset, then from the defaults.")
+    helps = field_help(TrainConfig)
+    types = {"int": int, "float": float, "str": str}
+    presets = "; ".join(f"{name}: " + ", ".join(f"{_flag(k)[2:]} {v}" for k, v in values.items())
+                        for name, values in PRESETS.items())
+    for f in fields(TrainConfig):
+        if f.type == "bool":  # a switch that turns the default around
+            flag = _flag(f"no_{f.name}" if f.default else f.name)
+            text = ("turn off: " if f.default else "") + helps[f.name]
+            p.add_argument(flag, dest=f.name, default=None, help=text.replace("%", "%%"),
+                           action="store_false" if f.default else "store_true")
+            continue
+        text = helps[f.name] + (f"; {presets}" if f.name == "preset" else _defaults(f.name))
+        p.add_argument(_flag(f.name), type=types[f.type], help=text.replace("%", "%%"),
+                       choices=[c for c in CHOICES.get(f.name, ()) if c] or None)
+    p.add_argument("--resume", metavar="CKPT",
+                   help="continue a run exactly from its checkpoint (RUN/last.npz); the saved "
+                        "settings apply except --device, --iters, --out, --val-every, "
+                        "--prefetch")
     p.add_argument("--describe", action="store_true",
                    help="print the per-layer table (shapes, parameters, GFLOP, memory) and exit")
-    a = p.parse_args(argv)
-    given = {f.name: getattr(a, f.name) for f in fields(TrainConfig)
-             if getattr(a, f.name, None) is not None}
-    return resolve_config(given), a
+    return p
 
 
 def resolve_config(given: dict) -> TrainConfig:
-    """Defaults < preset (by device unless named) < options given."""
-    device = backend.resolve_device(given.get("device", "auto"))
+    """Defaults < preset (by device unless named) < options given. ValueError if invalid."""
+    try:
+        device = backend.resolve_device(given.get("device", "auto"))
+    except RuntimeError as e:  # --device cuda without a usable GPU
+        raise ValueError(str(e)) from e
     preset = given.get("preset") or ("paper" if device == "cuda" else "cpu")
-    merged = {**PRESETS[preset], **given, "preset": preset, "device": device}
-    cfg = TrainConfig(**merged)
-    if not is_valid_size(cfg.tile, cfg.depth):
-        raise SystemExit(f"error: --tile: {invalid_size_message(cfg.tile, cfg.depth)}")
-    for name in ("iters", "batch", "val_every", "base", "depth"):
-        if getattr(cfg, name) < 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1")
-    return cfg
+    return TrainConfig(**{**PRESETS[preset], **given, "preset": preset, "device": device})
 
 
 def model_config(cfg: TrainConfig, n_classes: int, in_channels: int = 1) -> UNetConfig:
     return UNetConfig(in_channels=in_channels, n_classes=n_classes, depth=cfg.depth,
                       base=cfg.base, dropout=cfg.dropout, upconv_relu=cfg.upconv_relu,
-                      dtype=cfg.dtype)
+                      dtype=cfg.dtype, ops=cfg.ops)
 
 
-def step_key(seed: int, it: int) -> int:
-    """The dropout key of iteration `it` (a pure function of seed and iteration)."""
-    return (seed * 1_000_003 + it) & 0xFFFFFFFFFFFFFFFF
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    names = {f.name for f in fields(TrainConfig)}
+    try:  # every check before anything is created: bad input leaves no run folder
+        cfg = resolve_config({k: v for k, v in vars(args).items()
+                              if k in names and v is not None})
+        if args.describe:
+            print(describe(model_config(cfg, 2), cfg.tile, cfg.batch))
+            return 0
+        trainer = Trainer(cfg, resume=args.resume)
+    except (ValueError, FileNotFoundError) as e:  # bad option, data or checkpoint: say so
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return trainer.run()
+
+
+# ----------------------------------------------------------------------------- the loop
 
 
 class Stop(Exception):
     """Training must end early; the message says why."""
 
 
-def main(argv=None) -> int:
-    cfg, args = parse_args(argv)
-    if args.describe:
-        print(describe(model_config(cfg, 2), cfg.tile, cfg.batch))
-        return 0
-    try:
-        trainer = Trainer(cfg, resume=args.resume)
-    except (ValueError, FileNotFoundError) as e:  # bad data, path or checkpoint: say so plainly
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return trainer.run()
-
-
 class Trainer:
     """Owns one run: data, model, optimiser, run folder; `run()` trains to cfg.iters."""
+
+    RESUMABLE = ("device", "iters", "out", "val_every", "prefetch")  # what --resume may change
 
     def __init__(self, cfg: TrainConfig, resume: str | None = None, quiet: bool = False):
         from .data import AugmentConfig, TileSampler, load_dataset
         from .data.loaders import as_index_list
 
         self.quiet = quiet
-        start, state = 0, None
-        if resume:
-            params, velocity, start, saved, rng = load_checkpoint(resume)
-            keep = {"device", "iters", "out", "val_every", "prefetch"}  # what a resume may change
-            cfg = TrainConfig(**{**saved["train"], **{k: getattr(cfg, k) for k in keep}})
-            if not cfg.out:
-                cfg.out = str(Path(resume).parent)
-            state = (params, velocity, saved["model"])
+        ckpt = load_checkpoint(resume) if resume else None
+        if ckpt is not None:
+            cfg = self._resumed_config(ckpt.config, cfg, resume)
         self.cfg = cfg
+        self.folder = RunFolder(cfg.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+        self.out = self.folder.path
         self._say(f"minunet.train: {backend.device_info()}")
         self._say(json.dumps(asdict(cfg), indent=1))
-        self.data = load_dataset(cfg.data, as_index_list(cfg.val) if cfg.val else None)
-        self.out = Path(cfg.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-        self.out.mkdir(parents=True, exist_ok=True)  # only once the data is known to load
-        n_classes = self.data.n_classes
-        mcfg = model_config(cfg, n_classes) if state is None else UNetConfig(**state[2])
-        self.model = UNet(mcfg, seed=cfg.seed)
-        if state is not None:  # refuses parameters of another shape, listing them
-            self.model.load_state_dict(state[0])
-        self.model.to(cfg.device)
+        self.data = load_dataset(cfg.data, as_index_list(cfg.val))
+        self._say(f"data {self.data.source}: {len(self.data.train)} image(s) to train on, "
+                  f"{len(self.data.val)} held out for validation"
+                  + (f": {', '.join(s.name for s in self.data.val)}" if self.data.val else "")
+                  + ("" if cfg.val else " (choose others with --val)"))
+        if ckpt is None:
+            self.model = build_model(model_config(cfg, self.data.n_classes), seed=cfg.seed)
+        else:  # refuses parameters of another shape, listing them
+            self.model = model_from_checkpoint(ckpt, resume, seed=cfg.seed)
+        self.model.to(cfg.device).train()
         self.opt = MomentumSGD(self.model.params, SGDConfig(
             lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
             schedule=cfg.schedule, max_iter=cfg.iters, warmup=cfg.warmup))
-        if state is not None:
-            self.opt.load_state_dict(state[1])
-        self.it = start
+        if ckpt is not None:
+            self.opt.load_state_dict(ckpt.velocity)
+        self.it = ckpt.iteration if ckpt is not None else 0
+        self.folder.create(self._config_json(), self.it)  # only now: everything has loaded
         self.out_size = output_size(cfg.tile, cfg.depth)
         self.sampler = TileSampler(self.data.train, cfg.tile, self.out_size,
                                    AugmentConfig() if cfg.augment else None, seed=cfg.seed,
-                                   start=start * cfg.batch, prefetch=cfg.prefetch,
+                                   start=self.it * cfg.batch, prefetch=cfg.prefetch,
                                    use_weights=cfg.weight_map)
         self.best = math.inf
         self.train_losses: list[float] = []  # per iteration, this process's iterations only
-        self.history = self._read_history()
-        (self.out / "config.json").write_text(json.dumps(self._config_json(), indent=2))
+        self.val_preds: list = []  # (image, truth, probabilities) of the last validation
 
-    # -- the loop ----------------------------------------------------------------
+    @staticmethod
+    def _resumed_config(config: dict, cfg: TrainConfig, resume: str) -> TrainConfig:
+        """The checkpoint's training settings, with the options a resume may change."""
+        saved = config.get("train")
+        if not isinstance(saved, dict):
+            raise ValueError(f"{resume} holds no training settings (config['train']), so it "
+                             "cannot be resumed; give a last.npz from a run folder")
+        unknown = sorted(set(saved) - {f.name for f in fields(TrainConfig)})
+        if unknown:
+            raise ValueError(f"{resume}: unknown training settings {', '.join(unknown)}; "
+                             "was it written by a newer minunet?")
+        resumed = TrainConfig(**{**saved, **{k: getattr(cfg, k) for k in Trainer.RESUMABLE}})
+        resumed.out = resumed.out or str(Path(resume).parent)
+        return resumed
 
     def run(self) -> int:
         cfg = self.cfg
@@ -246,8 +354,10 @@ class Trainer:
         except Exception as e:
             if backend.is_out_of_memory(e):
                 bar.close()
-                print(f"error: out of GPU memory at tile {cfg.tile}, base {cfg.base}: "
-                      f"{self._fit_hint()}", file=sys.stderr)
+                hint = out_of_memory_hint(self.model.config, cfg.tile, cfg.batch,
+                                          backend.gpu_status().memory_bytes)
+                print(f"error: out of GPU memory at tile {cfg.tile}, base {cfg.base}: {hint}",
+                      file=sys.stderr)
                 return 1
             raise
         finally:
@@ -260,39 +370,40 @@ class Trainer:
     def step(self):
         """One training iteration on tile number self.it; returns the loss (device scalar)."""
         x, labels, weights = self.sampler.batch(self.cfg.batch)
-        dev = self.cfg.device
-        x = backend.to_device(standardize(x).astype(self.cfg.dtype), dev)  # (B, 1, tile, tile)
+        dev, dtype = self.cfg.device, self.cfg.dtype
+        x = backend.to_device(standardize(x).astype(dtype), dev)  # (B, 1, tile, tile)
         labels = backend.to_device(labels, dev)  # (B, out, out)
-        weights = backend.to_device(weights.astype(self.cfg.dtype), dev)  # (B, out, out)
-        m = self.model
-        logits = m.forward(x, dropout_key=step_key(self.cfg.seed, self.it))
-        loss, cache = ops.softmax_cross_entropy_forward(logits, labels, weights)
-        m.zero_grad()
-        m.backward(ops.softmax_cross_entropy_backward(1.0, cache))
-        self.opt.step(m.grads, self.it)
-        return loss
+        weights = backend.to_device(weights.astype(dtype), dev)  # (B, out, out)
+        return train_step(self.model, self.opt, x, labels, weights, self.it,
+                          step_key(self.cfg.seed, self.it))
 
-    # -- validation, checkpoints, plots ---------------------------------------------
+    # -- validation and the run folder ----------------------------------------------
 
     def validate(self) -> dict:
-        """Whole validation images by overlap-tile inference: loss, pixel accuracy, Rand error."""
+        """Whole validation images by overlap-tile inference, dropout off: val_xent (the
+        unweighted cross-entropy, see minunet/runfolder.py), pixel accuracy, Rand error."""
         from .infer import predict
         from .metrics import rand_error
 
         if not self.data.val:
             return {}
+        self.model.release_caches()  # the last step's activations are not needed again
+        self.model.eval()
         losses, correct, total, rands, self.val_preds = [], 0, 0, [], []
-        for s in self.data.val:
-            probs = backend.to_host(predict(self.model, s.image))  # (K, H, W)
-            p_true = np.take_along_axis(probs, s.label[None], axis=0)[0]
-            losses.append(float(-np.log(np.maximum(p_true, 1e-12)).mean()))
-            pred = probs.argmax(0)
-            correct += int((pred == s.label).sum())
-            total += s.label.size
-            if self.data.n_classes == 2:
-                rands.append(rand_error(probs[1], s.label == 1))
-            self.val_preds.append((s.image, s.label, probs))
-        res = {"val_loss": float(np.mean(losses)), "pixel_accuracy": correct / total}
+        try:
+            for s in self.data.val:
+                probs = backend.to_host(predict(self.model, s.image))  # (K, H, W)
+                p_true = np.take_along_axis(probs, s.label[None], axis=0)[0]  # (H, W)
+                losses.append(float(-np.log(np.maximum(p_true, 1e-12)).mean()))
+                pred = probs.argmax(0)
+                correct += int((pred == s.label).sum())
+                total += s.label.size
+                if self.data.n_classes == 2:
+                    rands.append(rand_error(probs[1], s.label == 1))
+                self.val_preds.append((s.image, s.label, probs))
+        finally:
+            self.model.train()
+        res = {"val_xent": float(np.mean(losses)), "pixel_accuracy": correct / total}
         if rands:
             res["rand_error"] = float(np.mean(rands))
         return res
@@ -300,70 +411,27 @@ class Trainer:
     def validate_and_save(self) -> None:
         res = self.validate()
         recent = self.train_losses[-self.cfg.val_every:]
-        row = {"iteration": self.it, "train_loss": float(np.mean(recent)) if recent else "",
-               "val_loss": res.get("val_loss", ""), "pixel_accuracy": res.get("pixel_accuracy", ""),
-               "rand_error": res.get("rand_error", "")}
-        self.history.append(row)
-        self._write_metrics()
+        train_loss = float(np.mean(recent)) if recent else ""
+        self.folder.log({"iteration": self.it, "train_loss_weighted": train_loss, **res})
         self.save("last.npz")
-        score = res.get("val_loss", row["train_loss"] or math.inf)
+        # best.npz: the lowest validation loss (the training loss when nothing is held out)
+        score = res.get("val_xent", train_loss if recent else math.inf)
         if score < self.best:
             self.best = score
             self.save("best.npz")
-        self._plot()
+        self.folder.plot(self.train_losses, self.it, self.val_preds)
         msg = ", ".join(f"{k} {v:.4f}" for k, v in res.items())
         self._say(f"\niteration {self.it}: {msg}")
 
     def save(self, name: str) -> Path:
-        return save_checkpoint(self.out / name, self.model.state_dict(), self.opt.state_dict(),
-                               self.it, self._config_json(),
-                               {"seed": self.cfg.seed, "next_tile": self.it,
-                                "dropout_key": "step_key(seed, iteration)"})
+        return self.folder.save_checkpoint(
+            name, self.model, self.opt, self.it, self._config_json(),
+            {"seed": self.cfg.seed, "next_tile": self.it * self.cfg.batch,
+             "dropout_key": "step_key(seed, iteration)"})
 
     def _config_json(self) -> dict:
         return {"train": asdict(self.cfg), "model": asdict(self.model.config),
                 "optimizer": self.opt.config_dict()}
-
-    def _read_history(self) -> list[dict]:
-        path = self.out / "metrics.csv"
-        if not path.exists():
-            return []
-        with open(path) as f:
-            return [r for r in csv.DictReader(f) if int(r["iteration"]) <= self.it]
-
-    def _write_metrics(self) -> None:
-        def write(f):
-            text = io.StringIO()
-            w = csv.DictWriter(text, ["iteration", "train_loss", "val_loss", "pixel_accuracy",
-                                      "rand_error"])
-            w.writeheader()
-            w.writerows(self.history)
-            f.write(text.getvalue().encode())
-
-        atomic_write(self.out / "metrics.csv", write)
-
-    def _plot(self) -> None:
-        from .plots import plot_loss, plot_predictions
-
-        plot_loss(self.history, self.train_losses, self.it,
-                  self.out / "loss.png")
-        if getattr(self, "val_preds", None):
-            plot_predictions(self.val_preds[:3], self.out / "val_predictions.png")
-
-    def _fit_hint(self) -> str:
-        from .model import layer_table
-
-        free = backend.gpu_status().memory_bytes
-        for base in (self.cfg.base, 32, 16, 8):
-            for tile in (572, 508, 444, 380, 316, 252, 188):
-                if tile > self.cfg.tile and base == self.cfg.base:
-                    continue
-                c = model_config(self.cfg, 2)
-                c.base = base
-                need = 3 * sum(r["act_mb"] for r in layer_table(c, tile, self.cfg.batch)) * 2**20
-                if need < 0.6 * free:
-                    return f"try --tile {tile} --base {base} (needs about {need / 2**30:.1f} GiB)"
-        return "try a smaller --tile and --base, or --device cpu"
 
     def _say(self, msg: str) -> None:
         if not self.quiet:

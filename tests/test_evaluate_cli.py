@@ -104,10 +104,10 @@ def test_end_to_end_with_predict(tmp_path):
     from dataclasses import asdict
 
     from minunet.checkpoint import save_checkpoint
-    from minunet.model import UNet, UNetConfig
+    from minunet.model import UNetConfig, build_model
     from minunet.predict import main as predict_main
 
-    model = UNet(UNetConfig(base=2), seed=1)
+    model = build_model(UNetConfig(base=2), seed=1)
     ckpt = tmp_path / "m.npz"
     save_checkpoint(ckpt, model.state_dict(), {}, 0, {"model": asdict(model.config)}, {})
     rng = np.random.default_rng(0)
@@ -124,3 +124,11 @@ def test_end_to_end_with_predict(tmp_path):
     for r in rows:
         for k in COLUMNS[1:]:
             assert 0.0 <= float(r[k]) <= 1.0
+
+
+def test_every_option_has_help():
+    from minunet.evaluate import build_parser
+
+    parser = build_parser()
+    assert not [a.dest for a in parser._actions if not (a.help or "").strip()]
+    parser.format_help()  # raises on a stray % in a help text

@@ -12,15 +12,15 @@ from PIL import Image
 
 from minunet.checkpoint import save_checkpoint
 from minunet.infer import predict
-from minunet.model import UNet, UNetConfig
+from minunet.model import UNetConfig, build_model
 from minunet.predict import atomic_write, main
 
 
 def make_checkpoint(path, **config):
-    model = UNet(UNetConfig(base=2, **config), seed=5)
+    model = build_model(UNetConfig(base=2, **config), seed=5)
     cfg = {"train": {}, "model": asdict(model.config), "optimizer": {}}
-    save_checkpoint(path, model.state_dict(), {}, 0, cfg, {"seed": 0})
-    return model
+    save_checkpoint(path, model.state_dict(), {}, 0, cfg, {"seed": 0}, arch=model.arch)
+    return model.eval()
 
 
 @pytest.fixture
@@ -139,6 +139,38 @@ def test_clear_errors(tmp_path, ckpt):
     assert not (tmp_path / "out").exists()  # nothing written on errors
 
 
+def test_a_checkpoint_that_is_no_npz_or_of_an_unknown_architecture(tmp_path, ckpt):
+    im = tmp_path / "a.png"
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(im)
+    out = str(tmp_path / "out")
+    text = tmp_path / "model.npz"
+    text.write_text("weights, honestly")
+    with pytest.raises(SystemExit) as err:
+        main(["--checkpoint", str(text), str(im), "--out", out])
+    assert "is not a minunet checkpoint" in str(err.value)
+    assert "pickle" not in str(err.value).lower()
+    other = tmp_path / "other.npz"
+    model = build_model(UNetConfig(base=2))
+    config = {"train": {}, "model": {**asdict(model.config), "arch": "segformer"}}
+    save_checkpoint(other, model.state_dict(), {}, 0, config, {}, arch="segformer")
+    with pytest.raises(SystemExit, match="unknown architecture 'segformer'; known: unet"):
+        main(["--checkpoint", str(other), str(im), "--out", out])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_from_before_arch_and_ops_still_predicts(tmp_path, ckpt):
+    path, model = ckpt
+    old = tmp_path / "old.npz"
+    config = {k: v for k, v in asdict(model.config).items() if k not in ("arch", "ops")}
+    save_checkpoint(old, model.state_dict(), {}, 0, {"model": config}, {})
+    im = np.random.default_rng(4).integers(0, 256, (30, 30), dtype=np.uint8)
+    Image.fromarray(im).save(tmp_path / "a.png")
+    assert main(["--checkpoint", str(old), str(tmp_path / "a.png"), "--out",
+                 str(tmp_path / "out")]) == 0
+    prob = read_png(tmp_path / "out" / "prob" / "a.png")
+    assert np.abs(prob.astype(int) - np.rint(expected_prob(model, im) * 255)).max() <= 1
+
+
 def test_atomic_write_leaves_nothing_behind(tmp_path):
     target = tmp_path / "sub" / "x.png"
 
@@ -151,3 +183,11 @@ def test_atomic_write_leaves_nothing_behind(tmp_path):
     assert list((tmp_path / "sub").iterdir()) == []
     atomic_write(target, lambda f: f.write(b"whole"))
     assert target.read_bytes() == b"whole"
+
+
+def test_every_option_has_help():
+    from minunet.predict import build_parser
+
+    parser = build_parser()
+    assert not [a.dest for a in parser._actions if not (a.help or "").strip()]
+    parser.format_help()  # raises on a stray % in a help text

@@ -20,7 +20,6 @@ from .weightmap import instances_to_mask
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 MASK_KINDS = ("binary", "classes", "instances")
-ISBI_VAL = (25, 26, 27, 28, 29)  # default held-out ISBI slices: the last five of the stack
 
 
 class DataError(ValueError):
@@ -70,8 +69,21 @@ def read_array(path: str | Path, mask: bool = False) -> np.ndarray:
     """Pixel array of a PNG or TIFF file as stored: (H, W) or (H, W, C), or (pages, H, W).
 
     Palette PNGs give their indices when `mask` (class ids, as in many label sets), else colours.
+    A file that cannot be decoded raises DataError naming it.
     """
     path = Path(path)
+    try:
+        a = _read_array(path, mask)
+    except Exception as e:  # PIL.UnidentifiedImageError, tifffile.TiffFileError, truncated files
+        raise DataError(f"{path} is not a readable image ({type(e).__name__}: {e}); "
+                        "replace or remove it") from e
+    if a.ndim < 2 or a.size == 0:  # tifffile reads some broken files as empty arrays
+        raise DataError(f"{path} is not a readable image (it holds no pixels, array shape "
+                        f"{a.shape}); replace or remove it")
+    return a
+
+
+def _read_array(path: Path, mask: bool) -> np.ndarray:
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
@@ -175,6 +187,13 @@ def to_label(
 # ----------------------------------------------------------------------------- splits
 
 
+def isbi_default_val(n: int) -> list[int]:
+    """The ISBI 2012 slices held out when --val is not given: the last sixth of the stack,
+    rounded, at least one while at least one slice is left to train on (30 slices: 25..29)."""
+    k = max(1, round(n / 6)) if n > 1 else 0
+    return list(range(n - k, n))
+
+
 def split_indices(n: int, val) -> tuple[list[int], list[int]]:
     """Train and validation indices of n items.
 
@@ -224,12 +243,12 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def load_isbi2012(path: str | Path, val=ISBI_VAL) -> Dataset:
+def load_isbi2012(path: str | Path, val=None) -> Dataset:
     """ISBI 2012 training slices with held-out validation slices, plus the test slices if present.
 
     path: a folder with images/NN.png + labels/NN.png (+ test/NN.png), or one with the original
     stacks train-volume.tif + train-labels.tif (+ test-volume.tif), or train-volume.tif itself.
-    val:  held-out slices (see `split_indices`); default the last five, 25..29.
+    val:  held-out slices (see `split_indices`); None: `isbi_default_val` (of 30: 25..29).
     Labels: 1 = cell (255 in the files), 0 = membrane; instances None (connected components are
     taken by the weight map).
     """
@@ -267,7 +286,8 @@ def load_isbi2012(path: str | Path, val=ISBI_VAL) -> Dataset:
         Sample(to_float_image(im, n), _isbi_label(lab, n), None, n)
         for im, lab, n in zip(images, labels, names, strict=True)
     ]
-    train, held = split_indices(len(samples), val)
+    train, held = split_indices(len(samples), isbi_default_val(len(samples)) if val is None
+                                else val)
     test = [Sample(to_float_image(t, f"test {i}"), None, None, f"test {i}")
             for i, t in enumerate(test_images)]
     return Dataset([samples[i] for i in train], [samples[i] for i in held], 2, f"isbi2012:{path}",
@@ -420,7 +440,8 @@ def load_dataset(spec: str, val=None, mask_kind: str = "binary") -> Dataset:
           'cells' or 'cells:n=..,size=..,seed=..' (touching cells, instance labels),
           'isbi2012:PATH' (ISBI 2012 slices or stacks), 'folder:PATH' (images/ + masks/ or labels/).
     val:  held-out validation (indices, fraction or count; see `split_indices`); None takes the
-          default of the source (ISBI: slices 25..29; folders: last 20 %; synthetic: last 5).
+          default of the source (ISBI: the last sixth, of 30 slices 25..29; folders: the last
+          20 %; synthetic: the last sixth rounded up, 1 to 5).
     mask_kind: for 'folder': 'binary', 'classes' or 'instances'.
     """
     kind, _, rest = spec.partition(":")
@@ -436,7 +457,7 @@ def load_dataset(spec: str, val=None, mask_kind: str = "binary") -> Dataset:
     if kind in ("isbi2012", "folder") and not rest:
         raise DataError(f"data spec {spec!r} needs a path: {kind}:PATH")
     if kind == "isbi2012":
-        return load_isbi2012(rest, ISBI_VAL if val is None else val)
+        return load_isbi2012(rest, val)
     if kind == "folder":
         return load_folder(rest, mask_kind, 0.2 if val is None else val)
     raise DataError(f"data spec {spec!r} not understood; use one of: synthetic, "
@@ -447,9 +468,13 @@ def as_index_list(val: str | Sequence[int] | float | None):
     """Parse a CLI --val value: '25,26,27' -> [25, 26, 27], '0.2' -> 0.2, '5' -> 5, '' -> None."""
     if val is None or isinstance(val, int | float | list | tuple):
         return val
-    val = val.strip()
-    if not val:
-        return None
-    if "," in val:
-        return [int(v) for v in val.split(",") if v.strip()]
-    return float(val) if "." in val else int(val)
+    text = val.strip()
+    try:
+        if not text:
+            return None
+        if "," in text:
+            return [int(v) for v in text.split(",") if v.strip()]
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        raise DataError(f"--val {val!r} not understood: give slice indices '25,26,27', a "
+                        "fraction '0.2' or a count '5'") from None

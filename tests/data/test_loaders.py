@@ -8,6 +8,7 @@ from PIL import Image
 from minunet.data.loaders import (
     DataError,
     as_index_list,
+    isbi_default_val,
     load_dataset,
     load_folder,
     load_isbi2012,
@@ -179,6 +180,28 @@ def test_cli_val_parsing():
     assert as_index_list("25,26,27") == [25, 26, 27]
     assert as_index_list("0.2") == 0.2 and as_index_list("5") == 5
     assert as_index_list("") is None and as_index_list(None) is None
+    with pytest.raises(DataError, match="--val 'last' not understood: give slice indices"):
+        as_index_list("last")
+
+
+def test_isbi_default_validation_fits_any_count(tmp_path):
+    assert isbi_default_val(30) == [25, 26, 27, 28, 29]  # the usual split of the challenge data
+    assert isbi_default_val(12) == [10, 11]
+    assert isbi_default_val(2) == [1] and isbi_default_val(1) == []
+    make_folder(tmp_path, n=4, mask="labels")
+    d = load_dataset(f"isbi2012:{tmp_path}")  # 25..29 would be out of range
+    assert [s.name for s in d.train] == ["s0", "s1", "s2"] and [s.name for s in d.val] == ["s3"]
+
+
+def test_a_file_that_is_no_image_is_named(tmp_path):
+    make_folder(tmp_path, n=2)
+    (tmp_path / "images" / "s1.png").write_bytes(b"GIF89a, or so it says")
+    with pytest.raises(DataError, match=r"s1\.png is not a readable image \(Unidentified"):
+        load_folder(tmp_path)
+    (tmp_path / "images" / "s1.png").unlink()
+    (tmp_path / "images" / "s1.tif").write_bytes(b"II*\x00 and then nothing")
+    with pytest.raises(DataError, match=r"s1\.tif is not a readable image"):
+        load_folder(tmp_path)
 
 
 def test_palette_masks_keep_indices_and_palette_images_become_gray(tmp_path):

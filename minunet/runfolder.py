@@ -1,0 +1,102 @@
+"""A training run's folder: what `python -m minunet.train` writes there and reads back.
+
+    config.json           the resolved settings: {"train": ..., "model": ..., "optimizer": ...}
+    metrics.csv           one row per validation, the columns of COLUMNS
+    loss.png              the training and validation losses (minunet/plots.py)
+    val_predictions.png   validation images, truth and prediction side by side
+    last.npz, best.npz    checkpoints (minunet/checkpoint.py); --resume continues exactly
+
+Every file is written atomically (minunet/files.py). The trainer creates the folder only once
+the options are valid, the data has loaded and the model is built, so a run that cannot start
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+from .checkpoint import save_checkpoint
+from .files import atomic_write_text
+
+# The two losses are different quantities, and their names say which:
+#   train_loss_weighted  the loss SGD minimises, averaged over the iterations since the last
+#                        row: cross-entropy weighted by the weight map (all ones with
+#                        --no-weight-map) on augmented training tiles, dropout on;
+#   val_xent             the plain cross-entropy, mean -log p(true class) over every pixel of
+#                        the whole validation images, dropout off.
+# Validation is not weighted as well: its number should measure the segmentation a user gets,
+# comparable between runs with and without the weight map, rather than mostly the thin borders
+# between cells that the weight map (w0 = 10) emphasises.
+COLUMNS = ("iteration", "train_loss_weighted", "val_xent", "pixel_accuracy", "rand_error")
+_RENAMED = {"train_loss": "train_loss_weighted", "val_loss": "val_xent"}  # older run folders
+
+
+class RunFolder:
+    """The files of one run under `path`; `history` holds the rows of metrics.csv."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.history: list[dict] = []
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"--out {self.path} is a file; name a folder for the run")
+
+    def create(self, config: dict, iteration: int) -> None:
+        """Make the folder, write config.json, and keep the metrics rows up to `iteration`
+        (a resumed run drops the rows of iterations it will repeat)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.write_config(config)
+        metrics = self.path / "metrics.csv"
+        if metrics.exists():
+            with open(metrics, newline="") as f:
+                rows = [{_RENAMED.get(k, k): v for k, v in r.items()} for r in csv.DictReader(f)]
+            self.history = [r for r in rows if int(r["iteration"]) <= iteration]
+
+    def write_config(self, config: dict) -> None:
+        atomic_write_text(self.path / "config.json", json.dumps(config, indent=2))
+
+    def log(self, row: dict) -> None:
+        """Add one row (keys of COLUMNS; missing values are left empty) and rewrite metrics.csv."""
+        self.history.append({k: row.get(k, "") for k in COLUMNS})
+        text = io.StringIO()
+        w = csv.DictWriter(text, COLUMNS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(self.history)
+        atomic_write_text(self.path / "metrics.csv", text.getvalue())
+
+    def save_checkpoint(self, name: str, model, opt, iteration: int, config: dict,
+                        rng: dict) -> Path:
+        """Write `name` (last.npz, best.npz): the model's parameters, buffers and
+        architecture, the optimiser's velocities, the iteration, config and RNG state."""
+        state = model.state_dict()  # parameters and buffers, host arrays
+        buffers = {k: state.pop(k) for k in model.buffers}
+        return save_checkpoint(self.path / name, state, opt.state_dict(), iteration, config,
+                               rng, buffers=buffers, arch=model.arch)
+
+    def plot(self, train_losses: list[float], iteration: int, val_preds: list) -> None:
+        """loss.png from the history and the per-iteration training losses ending at
+        `iteration`; val_predictions.png from up to three (image, truth, probabilities)."""
+        from .plots import plot_loss, plot_predictions
+
+        plot_loss(self.history, train_losses, iteration, self.path / "loss.png")
+        if val_preds:
+            plot_predictions(val_preds[:3], self.path / "val_predictions.png")
+
+
+def out_of_memory_hint(config, tile: int, batch: int, free_bytes: int) -> str:
+    """A --tile/--base that should fit in `free_bytes` of GPU memory (config: the model's
+    UNetConfig), from the layer table's activation sizes; the largest that fits first."""
+    from .model import layer_table
+
+    for base in (config.base, 32, 16, 8):
+        for t in (572, 508, 444, 380, 316, 252, 188):
+            if t > tile and base == config.base:
+                continue
+            rows = layer_table(dataclasses.replace(config, base=base), t, batch)
+            need = 3 * sum(r["act_mb"] for r in rows) * 2**20  # rule of thumb: 3x activations
+            if need < 0.6 * free_bytes:
+                return f"try --tile {t} --base {base} (needs about {need / 2**30:.1f} GiB)"
+    return "try a smaller --tile and --base, or --device cpu"
