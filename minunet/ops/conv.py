@@ -51,11 +51,14 @@ def im2col(x, k):
     xp = xp_of(x)
     N, C, H, W = x.shape
     Ho, Wo = H - k + 1, W - k + 1
+    # BEGIN SOLUTION conv2d.im2col
+    # canary: mu13-3744feb7bea6
     cols = xp.empty((C, k, k, N, Ho, Wo), dtype=x.dtype)  # (C, k, k, N, Ho, Wo)
     for i in range(k):
         for j in range(k):  # the window offset (i, j): every output pixel at once
             cols[:, i, j] = x[:, :, i : i + Ho, j : j + Wo].transpose(1, 0, 2, 3)  # (C, N, Ho, Wo)
     return cols.reshape(C * k * k, N * Ho * Wo)  # (C*k*k, N*Ho*Wo)
+    # END SOLUTION
 
 
 def col2im(cols, x_shape, k):
@@ -66,12 +69,15 @@ def col2im(cols, x_shape, k):
     xp = xp_of(cols)
     N, C, H, W = x_shape
     Ho, Wo = H - k + 1, W - k + 1
+    # BEGIN SOLUTION conv2d.col2im
+    # canary: mu13-1dde2ff976b5
     c6 = cols.reshape(C, k, k, N, Ho, Wo)  # (C, k, k, N, Ho, Wo)
     dx = xp.zeros((C, N, H, W), dtype=cols.dtype)  # (C, N, H, W)
     for i in range(k):
         for j in range(k):  # a pixel was copied once per window offset that covers it: +=
             dx[:, :, i : i + Ho, j : j + Wo] += c6[:, i, j]
     return xp.ascontiguousarray(dx.transpose(1, 0, 2, 3))  # (N, C, H, W)
+    # END SOLUTION
 
 
 def conv2d_forward(x, w, b, relu=False):
@@ -85,11 +91,14 @@ def conv2d_forward(x, w, b, relu=False):
     N, Cin, H, W = x.shape
     Cout, _, k, _ = w.shape
     Ho, Wo = H - k + 1, W - k + 1
+    # BEGIN SOLUTION conv2d.forward
+    # canary: mu13-ac92c73efda1
     cols = im2col(x, k)  # (Cin*k*k, N*Ho*Wo)
     out = w.reshape(Cout, Cin * k * k) @ cols + b[:, None]  # (Cout, N*Ho*Wo)
     out = xp.ascontiguousarray(out.reshape(Cout, N, Ho, Wo).transpose(1, 0, 2, 3))  # (N,Cout,Ho,Wo)
     if relu:
         out = xp.maximum(out, 0)
+    # END SOLUTION
     return out, Conv2dCache(x, w, out if relu else None)
 
 
@@ -106,6 +115,8 @@ def conv2d_backward(dout, cache, need_dx=True):
     Cout, _, k, _ = w.shape
     Ho, Wo = H - k + 1, W - k + 1
     check_dout("conv2d", dout, (N, Cout, Ho, Wo))
+    # BEGIN SOLUTION conv2d.backward
+    # canary: mu13-e7cedba07646
     if out is not None:  # the ReLU: the gradient passes where the output is > 0
         dout = xp.where(out > 0, dout, xp.zeros((), dtype=dout.dtype))
     D = dout.transpose(1, 0, 2, 3).reshape(Cout, N * Ho * Wo)  # (Cout, N*Ho*Wo)
@@ -114,4 +125,5 @@ def conv2d_backward(dout, cache, need_dx=True):
     dw = (D @ cols.T).reshape(w.shape)  # (Cout, Cin, k, k)
     db = D.sum(axis=1)  # (Cout,)
     dx = col2im(W2.T @ D, x.shape, k) if need_dx else None  # (N, Cin, H, W)
+    # END SOLUTION
     return dx, dw, db

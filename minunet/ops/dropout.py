@@ -67,10 +67,16 @@ def dropout_forward(x, scale_mask):
     """x: any shape; scale_mask: same shape (from dropout_mask). Returns x * mask, cache."""
     if scale_mask.shape != x.shape:
         raise ValueError(f"dropout: mask shape {scale_mask.shape} does not match x {x.shape}")
+    # BEGIN SOLUTION dropout.forward
+    # canary: mu13-62f802b85be6
     return x * scale_mask, DropoutCache(scale_mask)
+    # END SOLUTION
 
 
 def dropout_backward(dout, cache):
     """dout: the output's shape. Returns dx = dout * mask."""
     xp_of(dout, cache.scale_mask)  # refuses a host/device mix with a clear error
+    # BEGIN SOLUTION dropout.backward
+    # canary: mu13-008e08825cb9
     return dout * cache.scale_mask
+    # END SOLUTION

@@ -33,10 +33,13 @@ def maxpool2x2_forward(x):
     check_maxpool2x2(x)
     xp = xp_of(x)
     N, C, H, W = x.shape
+    # BEGIN SOLUTION maxpool2x2.forward
+    # canary: mu13-07a9f1237f6b
     win = x.reshape(N, C, H // 2, 2, W // 2, 2)  # (N, C, Ho, i, Wo, j)
     win = win.transpose(0, 1, 2, 4, 3, 5).reshape(N, C, H // 2, W // 2, 4)  # (..., 2i+j)
     arg = xp.argmax(win, axis=-1)  # (N, C, Ho, Wo); argmax returns the FIRST maximum
     out = xp.take_along_axis(win, arg[..., None], axis=-1)[..., 0]  # (N, C, Ho, Wo)
+    # END SOLUTION
     return out, MaxPool2x2Cache(arg.astype(xp.uint8))
 
 
@@ -45,7 +48,10 @@ def maxpool2x2_backward(dout, cache):
     check_dout("maxpool2x2", dout, cache.arg.shape)
     xp = xp_of(dout)
     N, C, Ho, Wo = dout.shape
+    # BEGIN SOLUTION maxpool2x2.backward
+    # canary: mu13-31afa4c19101
     dwin = xp.zeros((N, C, Ho, Wo, 4), dtype=dout.dtype)  # (N, C, Ho, Wo, 2i+j)
     xp.put_along_axis(dwin, cache.arg[..., None].astype(xp.intp), dout[..., None], axis=-1)
     dx = dwin.reshape(N, C, Ho, Wo, 2, 2).transpose(0, 1, 2, 4, 3, 5)  # (N, C, Ho, i, Wo, j)
     return dx.reshape(N, C, 2 * Ho, 2 * Wo)
+    # END SOLUTION

@@ -19,7 +19,10 @@ class ReluCache(NamedTuple):
 def relu_forward(x):
     """x: any shape. Returns out = max(x, 0) (same shape) and a ReluCache."""
     xp = xp_of(x)
+    # BEGIN SOLUTION relu.forward
+    # canary: mu13-ddb8966d90ea
     out = xp.maximum(x, 0)
+    # END SOLUTION
     return out, ReluCache(out)
 
 
@@ -27,4 +30,7 @@ def relu_backward(dout, cache):
     """dout: the output's shape. Returns dx = dout where out > 0, else 0."""
     check_dout("relu", dout, cache.out.shape)
     xp = xp_of(dout)
+    # BEGIN SOLUTION relu.backward
+    # canary: mu13-accbe5139513
     return xp.where(cache.out > 0, dout, xp.zeros((), dtype=dout.dtype))
+    # END SOLUTION

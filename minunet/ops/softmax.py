@@ -41,12 +41,15 @@ def softmax_cross_entropy_forward(logits, labels, weights):
     xp = xp_of(logits, weights)
     weights = weights.astype(logits.dtype, copy=False)
     N, K, H, W = logits.shape
+    # BEGIN SOLUTION softmax_cross_entropy.forward
+    # canary: mu13-1d5c5322d950
     z = logits - logits.max(axis=1, keepdims=True)  # (N, K, H, W), every entry <= 0
     logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))  # (N, K, H, W) log-probabilities
     logp_l = xp.take_along_axis(logp, labels[:, None].astype(xp.intp), axis=1)[:, 0]  # (N, H, W)
     scale = 1.0 / (N * H * W)
     loss = -(weights * logp_l).sum() * scale
     return loss, SoftmaxXentCache(xp.exp(logp), labels, weights, scale)
+    # END SOLUTION
 
 
 def softmax_cross_entropy_backward(dloss, cache):
@@ -54,5 +57,8 @@ def softmax_cross_entropy_backward(dloss, cache):
     probs, labels, weights, scale = cache
     xp = xp_of(probs)
     K = probs.shape[1]
+    # BEGIN SOLUTION softmax_cross_entropy.backward
+    # canary: mu13-041b94961792
     onehot = labels[:, None] == xp.arange(K).reshape(1, K, 1, 1)  # (N, K, H, W) bool
     return (float(dloss) * scale * weights[:, None]) * (probs - onehot)  # (N, K, H, W)
+    # END SOLUTION

@@ -44,10 +44,13 @@ def upconv2x2_forward(x, w, b):
     xp = xp_of(x, w, b)
     N, Cin, H, W = x.shape
     Cout = w.shape[1]
+    # BEGIN SOLUTION upconv2x2.forward
+    # canary: mu13-271b2d629176
     X = x.transpose(1, 0, 2, 3).reshape(Cin, N * H * W)  # (Cin, N*H*W)
     cols = w.reshape(Cin, Cout * 4).T @ X  # (Cout*4, N*H*W), row (o*2 + i)*2 + j
     out = cols.reshape(Cout, 2, 2, N, H, W).transpose(3, 0, 4, 1, 5, 2)  # (N, Cout, H, i, W, j)
     out = out.reshape(N, Cout, 2 * H, 2 * W) + b[None, :, None, None]  # (N, Cout, 2H, 2W)
+    # END SOLUTION
     return xp.ascontiguousarray(out), Upconv2x2Cache(x, w)
 
 
@@ -61,6 +64,8 @@ def upconv2x2_backward(dout, cache):
     N, Cin, H, W = x.shape
     Cout = w.shape[1]
     check_dout("upconv2x2", dout, (N, Cout, 2 * H, 2 * W))
+    # BEGIN SOLUTION upconv2x2.backward
+    # canary: mu13-24deb9ca38e2
     D = dout.reshape(N, Cout, H, 2, W, 2).transpose(1, 3, 5, 0, 2, 4)  # (Cout, i, j, N, H, W)
     D = D.reshape(Cout * 4, N * H * W)  # (Cout*4, N*H*W)
     X = x.transpose(1, 0, 2, 3).reshape(Cin, N * H * W)  # (Cin, N*H*W)
@@ -68,4 +73,5 @@ def upconv2x2_backward(dout, cache):
     dx = xp.ascontiguousarray(dX.reshape(Cin, N, H, W).transpose(1, 0, 2, 3))  # (N, Cin, H, W)
     dw = (X @ D.T).reshape(w.shape)  # (Cin, Cout, 2, 2)
     db = dout.sum(axis=(0, 2, 3))  # (Cout,)
+    # END SOLUTION
     return dx, dw, db

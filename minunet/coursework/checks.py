@@ -1,0 +1,294 @@
+"""The graded checks: which op, which inputs, which regions, how strict.
+
+A check runs one op on one set of inputs. It yields one test for the forward
+(against the expected output stored in a bundle) and one test per
+differentiable input (against central differences of the student's own
+forward, or against the stored gradient where the gradient has a kink, as for
+ties in max-pooling). Each test belongs to the solution region it grades.
+
+    KINDS            how to call each kind of op on an ops namespace (adapters)
+    Check            one check's definition: name, kind, input maker, tolerances
+    public_checks()  the checks a student copy carries (the gradcheck CLI's inputs,
+                     plus ties, large logits and float32)
+
+The hidden checks are in hidden.py, which is never part of a student copy.
+Inputs are drawn once, when a bundle is built (bundle.py), and stored in it:
+grading never draws random numbers, so the same grade twice gives the same score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from minunet import gradcheck
+
+# --- the kinds of op: how to call their forward and backward on a namespace of ops -------------
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How to call one kind of op, and which solution regions its tests grade."""
+
+    op: str  # the op as `make --ops` names it
+    forward_fn: str  # the ops function called by the forward test
+    backward_fn: str  # ... and by the gradient tests
+    forward_region: str
+    backward_region: str
+    forward_needs: tuple = ()  # regions the forward calls (a failure there is named first)
+    backward_needs: tuple = ()
+
+
+KINDS: dict[str, Kind] = {  # im2col/col2im are graded as a pair of their own, in the conv2d op
+    "im2col": Kind("conv2d", "im2col", "col2im", "conv2d.im2col", "conv2d.col2im"),
+    "conv2d": Kind("conv2d", "conv2d_forward", "conv2d_backward", "conv2d.forward",
+                   "conv2d.backward", ("conv2d.im2col",), ("conv2d.im2col", "conv2d.col2im")),
+    "upconv2x2": Kind("upconv2x2", "upconv2x2_forward", "upconv2x2_backward",
+                      "upconv2x2.forward", "upconv2x2.backward"),
+    "maxpool2x2": Kind("maxpool2x2", "maxpool2x2_forward", "maxpool2x2_backward",
+                       "maxpool2x2.forward", "maxpool2x2.backward"),
+    "relu": Kind("relu", "relu_forward", "relu_backward", "relu.forward", "relu.backward"),
+    "center_crop": Kind("center_crop", "center_crop_forward", "center_crop_backward",
+                        "center_crop.forward", "center_crop.backward"),
+    "concat": Kind("concat", "concat_forward", "concat_backward", "concat.forward",
+                   "concat.backward"),
+    "softmax_cross_entropy": Kind("softmax_cross_entropy", "softmax_cross_entropy_forward",
+                                  "softmax_cross_entropy_backward",
+                                  "softmax_cross_entropy.forward",
+                                  "softmax_cross_entropy.backward"),
+    "dropout": Kind("dropout", "dropout_forward", "dropout_backward", "dropout.forward",
+                    "dropout.backward"),
+}
+
+OPS = tuple(dict.fromkeys(k.op for k in KINDS.values()))  # the ops, in grading order
+
+
+def call_forward(ns, kind: str, inputs: dict):
+    """(out, cache) of the kind's forward on a namespace of ops; inputs in argument order."""
+    k = KINDS[kind]
+    fn = getattr(ns, k.forward_fn)
+    if kind == "im2col":
+        x = inputs["x"]
+        return fn(x, inputs["k"]), (tuple(x.shape), inputs["k"])
+    return fn(*inputs.values())
+
+
+def call_backward(ns, kind: str, dout, cache):
+    """The kind's backward: one gradient, or a tuple in the order of the check's wrt."""
+    fn = getattr(ns, KINDS[kind].backward_fn)
+    if kind == "im2col":
+        shape, k = cache
+        return fn(dout, shape, k)
+    return fn(dout, cache)
+
+
+# --- a check --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """One graded check: a kind of op on inputs drawn by `make_inputs(rng, dtype)`."""
+
+    name: str  # e.g. "conv2d (k=3)"; hidden checks are shown as "<op> hidden check <n>"
+    kind: str  # a key of KINDS
+    make_inputs: Callable  # (rng, dtype) -> dict of inputs in the forward's argument order
+    wrt: tuple  # the differentiable inputs, in the order the backward returns them
+    dtype: str = "float64"
+    mode: str = "numerical"  # or "expected": gradients compared with the reference's, where
+    # central differences cannot resolve them: at kinks (ties in max-pooling) and for
+    # logits near 1e3 (the loss's rounding, ~1e-16 * |L|, over 2h swamps gradient
+    # entries of ~1e-11; those checks are about overflow, the gradient is proved elsewhere)
+    threshold: float = gradcheck.THRESHOLD_FLOAT64  # of the gradient tests
+    strided: tuple = ()  # inputs handed over as non-contiguous views
+    h: float | None = None  # the float64 central-difference step (default: by kind, STEPS)
+    points: float = 1.0  # per test
+
+    @property
+    def op(self) -> str:
+        return KINDS[self.kind].op
+
+
+FORWARD_TOL = {"float64": 1e-10, "float32": 1e-5}  # max |out - expected| / max |expected|
+
+
+# Central-difference steps. Their error is h^2 times the third derivative plus the
+# rounding of the forward (~1e-16 |out| per element) divided by 2h. Ops that are
+# linear in each input have no curvature error at all, so a large step leaves only a
+# tiny rounding error (with gradcheck's 1e-4 a correct conv can miss the 1e-7
+# threshold on a gradient entry that happens to be ~1e-5: its error is ~1e-11
+# absolute). Piecewise-linear ops take the largest step that never crosses a kink of
+# their inputs; only the smooth softmax needs gradcheck's small step.
+STEP_LINEAR = 1.0  # conv (no ReLU), up-conv, im2col, crop, concat, dropout: exact but rounding
+STEP_KINKED = 0.04  # relu (|x| >= 0.1) and maxpool (values 0.1 apart): no kink within 0.1
+STEP_CONV_RELU = 0.01  # conv2d with relu: inputs redrawn until no step reaches the kink
+STEPS = {"softmax_cross_entropy": gradcheck.STEP_FLOAT64, "relu": STEP_KINKED,
+         "maxpool2x2": STEP_KINKED}
+
+
+def step(kind: str, dtype: str, h: float | None = None) -> float:
+    """The central-difference step of a check (float32: gradcheck's STEP_FLOAT32)."""
+    if dtype != "float64":
+        return gradcheck.STEP_FLOAT32
+    return h if h is not None else STEPS.get(kind, STEP_LINEAR)
+
+
+def floor_fraction(dtype: str) -> float:
+    return 0.0 if dtype == "float64" else gradcheck.FLOOR_FRACTION_FLOAT32
+
+
+# --- input makers ---------------------------------------------------------------------------
+
+
+def normal(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def image_inputs(shape):
+    def make(rng, dtype):
+        return {"x": normal(rng, shape, dtype)}
+    return make
+
+
+def im2col_inputs(shape, k):
+    def make(rng, dtype):
+        return {"x": normal(rng, shape, dtype), "k": k}
+    return make
+
+
+def conv_inputs(n, cin, cout, k, h, w, relu=False):
+    """x, w, b; with relu, redrawn until every pre-activation is far from the kink at 0:
+    a step of one input moves a pre-activation by at most step * max(|x|, |w|, 1)."""
+    def make(rng, dtype):
+        from minunet import ops  # the reference (bundles are built in a source checkout)
+
+        reach_step = step("conv2d", np.dtype(dtype).name, STEP_CONV_RELU)
+        for _ in range(1000):
+            inputs = {"x": normal(rng, (n, cin, h, w), dtype),
+                      "w": normal(rng, (cout, cin, k, k), dtype),
+                      "b": normal(rng, (cout,), dtype), "relu": relu}
+            if not relu:
+                return inputs
+            z, _ = ops.conv2d_forward(inputs["x"], inputs["w"], inputs["b"])
+            reach = reach_step * max(np.abs(inputs["x"]).max(), np.abs(inputs["w"]).max(), 1.0)
+            if np.abs(z).min() > 2 * reach:
+                return inputs
+        raise RuntimeError("found no conv2d inputs away from the ReLU kink")
+    return make
+
+
+def upconv_inputs(n, cin, cout, h, w):
+    def make(rng, dtype):
+        return {"x": normal(rng, (n, cin, h, w), dtype),
+                "w": normal(rng, (cin, cout, 2, 2), dtype),
+                "b": normal(rng, (cout,), dtype)}
+    return make
+
+
+def distinct_inputs(shape):
+    """Distinct values 0.1 apart in random order: no ties, and no step crosses a kink."""
+    def make(rng, dtype):
+        n = int(np.prod(shape))
+        return {"x": ((rng.permutation(n) - n / 2) * 0.1).reshape(shape).astype(dtype)}
+    return make
+
+
+def tie_inputs(shape, levels=3):
+    """Values from a few levels: most windows have tied maxima (the tie rule decides)."""
+    def make(rng, dtype):
+        return {"x": rng.integers(0, levels, shape).astype(dtype)}
+    return make
+
+
+def relu_inputs(shape):
+    """|x| in [0.1, 1] with a random sign: far from the kink at 0."""
+    def make(rng, dtype):
+        mag = rng.uniform(0.1, 1.0, shape)
+        return {"x": (mag * rng.choice([-1.0, 1.0], shape)).astype(dtype)}
+    return make
+
+
+def crop_inputs(shape, size):
+    def make(rng, dtype):
+        return {"x": normal(rng, shape, dtype), "size": tuple(size)}
+    return make
+
+
+def concat_inputs(n, ca, cb, h, w):
+    def make(rng, dtype):
+        return {"a": normal(rng, (n, ca, h, w), dtype), "b": normal(rng, (n, cb, h, w), dtype)}
+    return make
+
+
+def softmax_inputs(n, k, h, w, offset=0.0, spread=1.0, label_dtype=np.int64):
+    """Logits offset + spread * normal; labels; weights in [0.5, 2] with a quarter at 0."""
+    def make(rng, dtype):
+        weights = rng.uniform(0.5, 2.0, (n, h, w))
+        weights[rng.random((n, h, w)) < 0.25] = 0.0  # ignored pixels
+        logits = offset + spread * rng.standard_normal((n, k, h, w))
+        return {"logits": logits.astype(dtype),
+                "labels": rng.integers(0, k, (n, h, w)).astype(label_dtype),
+                "weights": weights.astype(dtype)}
+    return make
+
+
+def dropout_inputs(shape, p=0.5):
+    def make(rng, dtype):
+        keep = rng.random(shape) >= p
+        return {"x": normal(rng, shape, dtype),
+                "scale_mask": (keep * (1.0 / (1.0 - p))).astype(dtype)}
+    return make
+
+
+# --- the public checks ----------------------------------------------------------------------
+
+EXACT32 = gradcheck.THRESHOLD_FLOAT32_EXACT  # float32 thresholds of ops that only copy or select
+ARITH32 = gradcheck.THRESHOLD_FLOAT32  # ... and of ops that do arithmetic
+
+
+def public_checks() -> list[Check]:
+    """The checks of a student copy: small shapes, N = 2, odd and even sizes, Cin != Cout,
+    H != W; ties in pooling, logits near 1e3, and every op once in float32."""
+    C = Check
+    f64 = [
+        C("im2col (k=3)", "im2col", im2col_inputs((2, 3, 6, 5), 3), ("x",)),
+        C("conv2d (k=3)", "conv2d", conv_inputs(2, 3, 4, 3, 7, 6), ("x", "w", "b")),
+        C("conv2d (k=1)", "conv2d", conv_inputs(2, 5, 2, 1, 4, 3), ("x", "w", "b")),
+        C("conv2d (k=3, relu)", "conv2d", conv_inputs(2, 3, 4, 3, 6, 5, relu=True),
+          ("x", "w", "b"), h=STEP_CONV_RELU),
+        C("upconv2x2", "upconv2x2", upconv_inputs(2, 3, 4, 3, 4), ("x", "w", "b")),
+        C("maxpool2x2", "maxpool2x2", distinct_inputs((2, 3, 4, 6)), ("x",)),
+        C("maxpool2x2 (ties)", "maxpool2x2", tie_inputs((2, 2, 4, 6)), ("x",),
+          mode="expected"),
+        C("relu", "relu", relu_inputs((2, 3, 5, 4)), ("x",)),
+        C("center_crop (odd margins)", "center_crop", crop_inputs((2, 3, 9, 8), (5, 3)),
+          ("x",)),
+        C("concat", "concat", concat_inputs(2, 3, 2, 4, 5), ("a", "b")),
+        C("softmax_cross_entropy", "softmax_cross_entropy", softmax_inputs(2, 3, 5, 4),
+          ("logits",)),
+        C("softmax_cross_entropy (logits near 1e3)", "softmax_cross_entropy",
+          softmax_inputs(2, 3, 4, 3, offset=1e3, spread=2.0), ("logits",), mode="expected"),
+        C("dropout", "dropout", dropout_inputs((2, 3, 4, 5)), ("x",)),
+    ]
+    f32 = [
+        C("im2col (k=3, float32)", "im2col", im2col_inputs((2, 2, 5, 4), 3), ("x",),
+          "float32", threshold=ARITH32),  # col2im sums up to k*k entries: it rounds
+        C("conv2d (k=3, float32)", "conv2d", conv_inputs(2, 2, 3, 3, 5, 4), ("x", "w", "b"),
+          "float32", threshold=ARITH32),
+        C("upconv2x2 (float32)", "upconv2x2", upconv_inputs(2, 2, 3, 2, 3), ("x", "w", "b"),
+          "float32", threshold=ARITH32),
+        C("maxpool2x2 (float32)", "maxpool2x2", distinct_inputs((2, 2, 4, 4)), ("x",),
+          "float32", threshold=EXACT32),
+        C("relu (float32)", "relu", relu_inputs((2, 2, 3, 4)), ("x",), "float32",
+          threshold=EXACT32),
+        C("center_crop (float32)", "center_crop", crop_inputs((2, 2, 6, 7), (3, 4)), ("x",),
+          "float32", threshold=EXACT32),
+        C("concat (float32)", "concat", concat_inputs(2, 2, 3, 3, 2), ("a", "b"), "float32",
+          threshold=EXACT32),
+        C("softmax_cross_entropy (float32)", "softmax_cross_entropy",
+          softmax_inputs(2, 3, 3, 4), ("logits",), "float32", threshold=ARITH32),
+        C("dropout (float32)", "dropout", dropout_inputs((2, 2, 3, 4)), ("x",), "float32",
+          threshold=EXACT32),
+    ]
+    return f64 + f32

@@ -1,0 +1,93 @@
+"""The hidden checks: other seeds and shapes, run only at submission (never in a student copy).
+
+What they add to the public checks: N = 1 and N = 3; k = 1 and k = 2; Cin != Cout
+and H != W everywhere, so a missing transpose shows; odd crop margins on both
+axes; windows full of ties; logits near 1e3 with a wide spread; int32 labels;
+dropout with p != 0.5; non-contiguous (strided) inputs; float32 for every op.
+Their inputs are drawn from the teacher's seed when the teacher bundle is made
+and stored in it; the student sees their results only after the due date, and
+their hints, never their inputs or expected values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .checks import (
+    ARITH32,
+    EXACT32,
+    STEP_CONV_RELU,
+    Check,
+    concat_inputs,
+    conv_inputs,
+    crop_inputs,
+    distinct_inputs,
+    dropout_inputs,
+    im2col_inputs,
+    relu_inputs,
+    softmax_inputs,
+    tie_inputs,
+    upconv_inputs,
+)
+
+
+def hidden_checks() -> list[Check]:
+    """The teacher's checks (see the module docstring)."""
+    C = Check
+    xwb = ("x", "w", "b")
+    return [
+        C("im2col (k=3, N=3)", "im2col", im2col_inputs((3, 2, 5, 7), 3), ("x",)),
+        C("im2col (k=2, N=1)", "im2col", im2col_inputs((1, 3, 4, 6), 2), ("x",)),
+        C("im2col (k=1, strided)", "im2col", im2col_inputs((2, 3, 3, 4), 1), ("x",),
+          strided=("x",)),
+        C("conv2d (k=3, N=1)", "conv2d", conv_inputs(1, 2, 5, 3, 6, 8), xwb),
+        C("conv2d (k=3, N=3, relu)", "conv2d", conv_inputs(3, 2, 3, 3, 7, 5, relu=True), xwb,
+          h=STEP_CONV_RELU),
+        C("conv2d (k=1, N=3)", "conv2d", conv_inputs(3, 4, 3, 1, 5, 7), xwb),
+        C("conv2d (k=2, strided)", "conv2d", conv_inputs(2, 3, 2, 2, 5, 4), xwb,
+          strided=("x", "w")),
+        C("conv2d (k=3, N=3, float32)", "conv2d", conv_inputs(3, 2, 4, 3, 5, 6), xwb,
+          "float32", threshold=ARITH32),
+        C("upconv2x2 (N=1)", "upconv2x2", upconv_inputs(1, 5, 2, 2, 3), xwb),
+        C("upconv2x2 (N=3)", "upconv2x2", upconv_inputs(3, 2, 3, 4, 2), xwb),
+        C("upconv2x2 (strided)", "upconv2x2", upconv_inputs(2, 3, 2, 3, 3), xwb,
+          strided=("x", "w")),
+        C("upconv2x2 (float32)", "upconv2x2", upconv_inputs(3, 3, 2, 2, 4), xwb, "float32",
+          threshold=ARITH32),
+        C("maxpool2x2 (N=3)", "maxpool2x2", distinct_inputs((3, 2, 6, 4)), ("x",)),
+        C("maxpool2x2 (N=1, ties)", "maxpool2x2", tie_inputs((1, 3, 4, 4), levels=2), ("x",),
+          mode="expected"),
+        C("maxpool2x2 (strided)", "maxpool2x2", distinct_inputs((2, 2, 4, 8)), ("x",),
+          strided=("x",)),
+        C("maxpool2x2 (ties, float32)", "maxpool2x2", tie_inputs((2, 2, 6, 4)), ("x",),
+          "float32", mode="expected", threshold=EXACT32),
+        C("relu (N=3)", "relu", relu_inputs((3, 2, 3, 5)), ("x",)),
+        C("relu (N=1, strided)", "relu", relu_inputs((1, 3, 4, 4)), ("x",), strided=("x",)),
+        C("relu (float32)", "relu", relu_inputs((3, 2, 4, 3)), ("x",), "float32",
+          threshold=EXACT32),
+        C("center_crop (N=1, odd margins)", "center_crop", crop_inputs((1, 2, 10, 7), (3, 4)),
+          ("x",)),
+        C("center_crop (N=3)", "center_crop", crop_inputs((3, 2, 8, 9), (4, 5)), ("x",)),
+        C("center_crop (float32)", "center_crop", crop_inputs((2, 3, 7, 6), (4, 3)), ("x",),
+          "float32", threshold=EXACT32),
+        C("concat (N=3)", "concat", concat_inputs(3, 1, 4, 3, 2), ("a", "b")),
+        C("concat (N=1, strided)", "concat", concat_inputs(1, 4, 2, 2, 3), ("a", "b"),
+          strided=("a",)),
+        C("concat (float32)", "concat", concat_inputs(2, 3, 1, 2, 2), ("a", "b"), "float32",
+          threshold=EXACT32),
+        C("softmax_cross_entropy (N=1, K=2)", "softmax_cross_entropy",
+          softmax_inputs(1, 2, 4, 5), ("logits",)),
+        C("softmax_cross_entropy (N=3, K=4, int32 labels)", "softmax_cross_entropy",
+          softmax_inputs(3, 4, 3, 2, label_dtype=np.int32), ("logits",)),
+        C("softmax_cross_entropy (logits near 1e3)", "softmax_cross_entropy",
+          softmax_inputs(2, 3, 3, 3, offset=1e3, spread=5.0), ("logits",), mode="expected"),
+        C("softmax_cross_entropy (strided)", "softmax_cross_entropy",
+          softmax_inputs(2, 3, 2, 4), ("logits",), strided=("logits",)),
+        C("softmax_cross_entropy (float32)", "softmax_cross_entropy",
+          softmax_inputs(3, 2, 2, 3), ("logits",), "float32", threshold=ARITH32),
+        C("dropout (N=3, p=0.3)", "dropout", dropout_inputs((3, 2, 3, 4), p=0.3), ("x",)),
+        C("dropout (N=1, p=0.7, strided)", "dropout", dropout_inputs((1, 3, 4, 4), p=0.7),
+          ("x",), strided=("x",)),
+        C("dropout (float32)", "dropout", dropout_inputs((2, 2, 3, 3)), ("x",), "float32",
+          threshold=EXACT32),
+    ]
