@@ -14,8 +14,9 @@ and the mode) and returns a `Tutorial`:
     T.isbi              the ISBI 2012 folder (images/, labels/) from MINUNET_ISBI2012, or None
     T.gpu               True when CuPy sees a GPU
     T.figure(fig, name) save a matplotlib figure as tutorials/figures/<tutorial>_<name>.png
-                        (full mode) and show it; in fast mode it goes to a temporary folder,
-                        so a quick run never overwrites the published figures
+                        (full mode; in fast mode into a temporary folder, so a quick run
+                        never overwrites the published figures) and return its path;
+                        the cell then shows it with plt.show()
     T.seed              the fixed seed every random draw of a tutorial starts from
 
 Real data is reached only through a path the reader gives (the environment
