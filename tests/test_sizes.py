@@ -11,6 +11,7 @@ from minunet.sizes import (
     nearest_valid_sizes,
     output_size,
     padded_size,
+    input_window,
     receptive_field,
     size_margin,
     tile_offsets,
@@ -20,7 +21,7 @@ from minunet.sizes import (
 
 def test_paper_sizes():
     assert output_size(572) == 388
-    assert size_margin() == 184 and receptive_field() == 185
+    assert size_margin() == 184 and receptive_field() == 204
     assert grid_step() == 16 and grid_step(2) == 4
 
 
@@ -61,3 +62,32 @@ def test_tile_geometry_stays_on_the_pooling_grid():
     assert choose_tile((700, 300), 4, 572) == (572, 300)
     with pytest.raises(ValueError, match="use a tile >= 204"):
         tile_offsets(700, 188)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_input_window_is_what_the_network_depends_on(depth):
+    """Bump one input pixel and see which output pixels move: the measured dependence
+    equals input_window for every output position in one period of the pooling grid.
+
+    Positive weights and a positive input keep every ReLU on, and a bump of +1e3 wins every
+    max-pool it enters, so a pixel changes the output exactly when a path connects them."""
+    import numpy as np
+
+    from minunet.model import UNetConfig, build_model
+
+    m = build_model(UNetConfig(base=1, depth=depth, dtype="float64", dropout=0.0), seed=0).eval()
+    for k in m.params:
+        m.params[k] = np.abs(m.params[k])
+    size = [s for s in valid_sizes(1, 400, depth) if output_size(s, depth) >= 2**depth][0]
+    x = np.random.default_rng(0).random((1, 1, size, size)) + 0.5
+    base = m.forward(x)[0, 1]  # (out, out)
+    col = size // 2
+    moved = []  # moved[q]: the output rows that change when input (q, col) is bumped
+    for q in range(size):
+        xb = x.copy()
+        xb[0, 0, q, col] += 1e3
+        diff = np.abs(m.forward(xb)[0, 1] - base).max(axis=1)  # per output row
+        moved.append(set(np.nonzero(diff > 0)[0]))
+    for p in range(2**depth):
+        rows = [q for q in range(size) if p in moved[q]]
+        assert (min(rows), max(rows)) == input_window(p, depth), (depth, p)

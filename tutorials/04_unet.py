@@ -113,7 +113,7 @@ assert n_table == n_model == 31_030_658 and 300 < gflop < 302
 # ## The receptive field, measured with the backward
 #
 # Which input pixels can change one output pixel? The margin suggests a centred window of
-# $184 + 1 = 185$ pixels (`minunet.sizes.receptive_field`). The hand-written backward answers
+# $184 + 1 = 185$ pixels. The hand-written backward answers
 # exactly: put $\bar a = 1$ on one output pixel's logit and 0 elsewhere, run the backward, and
 # the input gradient is non-zero exactly on the pixels that this output depends on (with this
 # input; a ReLU that is off cuts a path). Its magnitude is the **effective receptive field**:
@@ -163,8 +163,7 @@ g = input_gradient(centre, centre)
 (r0, r1), (c0, c1) = extent(g, 1), extent(g, 0)
 print(f"input {size}, output {out_side}; output pixel ({centre}, {centre}) depends on input rows "
       f"{r0}..{r1} ({r1 - r0 + 1} px) and columns {c0}..{c1} ({c1 - c0 + 1} px)")
-print(f"the centred window of the margin: {centre}..{centre + 184} (185 px); "
-      f"receptive_field() = {minunet.sizes.receptive_field()}")
+print(f"the centred window of the margin: {centre}..{centre + 184} (185 px)")
 
 # %% [markdown]
 # The window starts exactly at the output pixel's position and spans 188 pixels, three more
@@ -187,13 +186,28 @@ for col, lo, hi, width in widths:
 # overlap-tile inference of tutorial 07 is exact anyway because tiles are cut on that same
 # 16-pixel grid (`minunet/sizes.py`).
 #
-# **Check.** Every extent is at least the margin's 185 pixels and at most 204, and the centre
-# pixel's extent starts at its own position.
+# The same numbers follow from the network's structure alone: `minunet.sizes.input_window`
+# walks the layers backward with intervals (a 3x3 conv widens $[a, b]$ to $[a, b+2]$, a pool
+# maps it to $[2a, 2b+1]$, an up-convolution halves it, a skip shifts it by its crop offset),
+# and `receptive_field` is the widest window over one period of 16.
+
+# %%
+print(inspect.getsource(minunet.sizes.receptive_field))
+
+# %% [markdown]
+# **Check.** Every measured extent is at least the margin's 185 pixels and at most the
+# receptive field's 204, equals the window `input_window` predicts for its position, and the
+# centre pixel's extent starts at its own position.
 
 # %%
 ws = [w for *_, w in widths]
-print(f"extents from {min(ws)} to {max(ws)} px")
-assert 185 <= min(ws) and max(ws) <= 204 and c0 == centre and r0 == centre
+print(f"extents from {min(ws)} to {max(ws)} px; receptive_field() = "
+      f"{minunet.sizes.receptive_field()}")
+for col, lo, hi, _ in widths:  # input_window repeats with period 16, shifted by 16
+    p_lo, p_hi = minunet.sizes.input_window(col % 16)
+    assert (lo, hi) == (p_lo - col % 16, p_hi - col % 16), col
+assert 185 <= min(ws) and max(ws) == minunet.sizes.receptive_field() == 204
+assert c0 == centre and r0 == centre
 
 a = np.abs(g)
 half = next(s for s in range(1, size, 2)

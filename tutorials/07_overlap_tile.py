@@ -55,8 +55,9 @@ print(f"image {H} x {H}, tiles of {TILE}, network base {BASE}")
 # %% [markdown]
 # ## 1. Mirror padding
 #
-# An output pixel of the unpadded network sees a 185 x 185 window of the input (its receptive
-# field, tutorial 04), i.e. 92 px on every side. For the pixels at the image border that
+# An output pixel of the unpadded network needs 92 px of input context on every side (the
+# margin 184 = input - output; tutorial 04 shows that, because of the pools, some pixels see up
+# to 204 px, its receptive field). For the pixels at the image border that
 # context is missing; the paper extrapolates it "by mirroring the input image". `mirror_pad`
 # reflects about the border pixel without repeating it (NumPy's `reflect`: ... 2 1 | 0 1 2 ...):
 
