@@ -93,9 +93,53 @@ def size_margin(depth: int = 4) -> int:
     return s - output_size(s, depth)
 
 
+def input_window(p: int, depth: int = 4) -> tuple[int, int]:
+    """First and last input index (along one axis) that output index p depends on.
+
+    Walks the network backward with intervals: a valid 3x3 conv widens [a, b] to
+    [a, b+2]; a 2x2 pool maps [a, b] to [2a, 2b+1]; an up-convolution output u comes
+    from input u // 2; a skip adds the constant crop offset. Output p of the network
+    sits at input p + margin/2 (its centre), but the window is not centred: the pools
+    group pixels in fixed pairs, so the window depends on p modulo 2^depth.
+    """
+    s = nearest_valid_sizes(1, depth)[1]  # any valid size: the offsets are the same for all
+    enc, x = [], s
+    for _ in range(depth):
+        x -= 4  # two 3x3 convs
+        enc.append(x)  # the encoder map that the skip crops
+        x //= 2
+    x -= 4  # bottleneck output
+    crop = {}
+    for i in reversed(range(depth)):
+        crop[i] = (enc[i] - 2 * x) // 2  # skip i cropped to the up-conv output 2x
+        x = 2 * x - 4
+
+    def from_encoder(i, a, b):  # [a, b] in the output of level i's two convs -> input
+        a, b = a, b + 4
+        return (a, b) if i == 0 else from_encoder(i - 1, 2 * a, 2 * b + 1)
+
+    def from_decoder(i, a, b):  # [a, b] in the output of up level i -> input
+        a, b = a, b + 4  # the concatenated map before its two convs
+        lo, hi = from_encoder(i, a + crop[i], b + crop[i])  # the skip, cropped
+        a, b = a // 2, b // 2  # the up-conv's input
+        if i == depth - 1:  # the bottleneck: two convs on the pooled deepest encoder map
+            lo2, hi2 = from_encoder(depth - 1, 2 * a, 2 * (b + 4) + 1)
+        else:
+            lo2, hi2 = from_decoder(i + 1, a, b)
+        return min(lo, lo2), max(hi, hi2)
+
+    return from_decoder(0, p, p)
+
+
 def receptive_field(depth: int = 4) -> int:
-    """Side of the input window that one output pixel sees (the margin + 1: 185 at depth 4)."""
-    return size_margin(depth) + 1
+    """The widest input window one output pixel depends on: 204 at depth 4.
+
+    Not the margin + 1 (185): because the pools group pixels in fixed pairs, an
+    output pixel sees 188 or 204 input pixels along an axis, by its position
+    modulo 2^depth (`input_window`). The margin (184) is the context every output
+    pixel needs; the receptive field is what some output pixels see.
+    """
+    return max(hi - lo + 1 for lo, hi in (input_window(p, depth) for p in range(2**depth)))
 
 
 def grid_step(depth: int = 4) -> int:
@@ -132,13 +176,20 @@ def tile_offsets(total: int, tile: int, depth: int = 4) -> list[int]:
     """
     if tile >= total:
         return [0]
+    step = tile_step(tile, depth)
+    offs = list(range(0, total - tile, step))
+    return offs + [total - tile]
+
+
+def tile_step(tile: int, depth: int = 4) -> int:
+    """How far apart neighbouring tiles of side `tile` start: the largest multiple of 2^depth
+    not exceeding the tile's output (572 -> 384: output 388; at depth 4 always tile - 188)."""
     g = grid_step(depth)
     step = (output_size(tile, depth) // g) * g
     if step == 0:
         raise ValueError(f"tile {tile} has an output of {output_size(tile, depth)} px, less than "
                          f"the pooling grid step {g}: use a tile >= {min_tile(depth)}")
-    offs = list(range(0, total - tile, step))
-    return offs + [total - tile]
+    return step
 
 
 def choose_tile(padded: tuple[int, int], depth: int, max_tile: int) -> tuple[int, int]:
