@@ -13,11 +13,19 @@ For one configuration (input size, base, batch, dtype, device) it
      network in PyTorch in the same run and prints our time / PyTorch's time;
   5. optionally (--data) the tiles per second of the augmentation pipeline.
 On the GPU, times come from CUDA events and no host copy happens inside a step.
+
+`--predict` times prediction instead (section 6): megapixels per second of the in-memory
+overlap-tile prediction (minunet/infer.py) and of chunked prediction into zarr
+(minunet/chunked.py) of the same generated --image, with the same tile (--size), after
+checking that the two agree bit for bit; optionally (--cluster N) chunked on a LocalCluster
+of N worker processes; and (--big N) the peak memory (max RSS) of a fresh process that
+predicts a lazily generated N x N image chunk by chunk (nothing of the image is held).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -270,6 +278,138 @@ def _ratios(times: dict) -> dict:
     return {h: p for h, p in pairs.items() if p[0] in times and p[1] in times}
 
 
+# --- 6. prediction: in memory vs chunked into zarr (--predict) ---------------------------
+
+
+class GeneratedImage:
+    """An 8-bit gray image of any size whose pixels are made when it is sliced (nothing is
+    held, so a 20000 x 20000 one costs no memory): smooth membranes-like waves plus hashed
+    noise. Picklable: worker processes make their own pixels."""
+
+    def __init__(self, height: int, width: int):
+        self.shape, self.dtype, self.ndim = (height, width), np.dtype(np.uint8), 2
+
+    def __repr__(self) -> str:
+        return f"GeneratedImage({self.shape[0]}, {self.shape[1]})"
+
+    def __getitem__(self, index):
+        ys, xs = index
+        y = np.arange(*ys.indices(self.shape[0]))[:, None]
+        x = np.arange(*xs.indices(self.shape[1]))[None, :]
+        yf, xf = y.astype(np.float32), x.astype(np.float32)
+        v = 128 + 50 * np.sin(xf / 37 + yf / 53) * np.cos(yf / 29 - xf / 71) \
+            + 30 * np.sin((xf + 2 * yf) / 11)
+        noise = ((y * 73856093) ^ (x * 19349663)) & 63  # a hash of the position
+        return np.clip(v + noise - 32, 0, 255).astype(np.uint8)
+
+
+def bench_predict(a, device: str) -> int:
+    """Section 6 (module doc)."""
+    import tempfile
+    from pathlib import Path
+
+    from . import chunked
+    from .infer import predict
+    from .predict import to_channels
+
+    cfg = UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype)
+    model = build_model(cfg).eval().to(device)
+    img = GeneratedImage(a.image, a.image)
+    x = to_channels(img[0 : a.image, 0 : a.image], cfg.in_channels, "image", "max")
+    mp = a.image * a.image / 1e6
+    print(f"\n6. prediction of a {a.image} x {a.image} image ({mp:.1f} MP), U-Net base "
+          f"{a.base}, {a.dtype}, tile {a.size}, tta 1")
+    with tempfile.TemporaryDirectory() as tmp:
+        n = 0
+
+        def chunked_run(**kw):
+            nonlocal n
+            n += 1
+            out = Path(tmp) / f"run{n}.zarr"
+            s = chunked.predict_zarr(model, img, out, tile=a.size, progress=False, **kw)
+            return s, out
+
+        p_mem = backend.to_host(predict(model, x, tile=a.size))  # also warms up
+        s, out = chunked_run()
+        import zarr
+
+        equal = bool((zarr.open_group(str(out), mode="r")["prob"][...] == p_mem[1]).all())
+        print(f"   chunks {s.chunk[0]} x {s.chunk[1]} ({s.chunks}); chunked == in memory, "
+              f"bit for bit: {'yes' if equal else 'NO (MISMATCH)'}")
+        if not equal:
+            return 1
+        times = {"in memory": [], "chunked, threads": []}
+        for _ in range(a.rounds):  # alternate, so both meet the same slow spells
+            t0 = time.perf_counter()
+            backend.to_host(predict(model, x, tile=a.size))
+            times["in memory"].append(time.perf_counter() - t0)
+            times["chunked, threads"].append(chunked_run()[0].seconds)
+        if a.cluster:
+            import distributed
+
+            # the cores shared out: each worker process runs the fast ops on its part
+            os.environ.setdefault("MINUNET_CPU_THREADS",
+                                  str(max(1, backend.workers(np) // a.cluster)))
+            with distributed.LocalCluster(n_workers=a.cluster, threads_per_worker=1,
+                                          processes=True, dashboard_address=None) as cluster:
+                where = cluster.scheduler_address
+                chunked_run(scheduler=where)  # warm-up: imports, compilation
+                times[f"chunked, {a.cluster} processes"] = [
+                    chunked_run(scheduler=where)[0].seconds for _ in range(a.rounds)]
+    base = median(times["in memory"])
+    print(f"   {'':<24}{'s':>8}{'MP/s':>8}{'vs in memory':>14}")
+    for name, ts in times.items():
+        t = median(ts)
+        print(f"   {name:<24}{t:8.2f}{mp / t:8.2f}{t / base:13.2f}x")
+    if a.cluster:
+        print("   (cluster: one LocalCluster for all runs; each run sends the model to every "
+              "worker, which builds it once)")
+    if a.big:
+        r = _predict_big_in_subprocess(a, device)
+        if r is None:
+            return 1
+        print(f"   {a.big} x {a.big} generated ({a.big * a.big / 1e6:.0f} MP) chunked into zarr "
+              f"in a fresh process: {r['seconds']:.0f} s, {r['mp_per_s']:.2f} MP/s, chunks "
+              f"{r['chunk']}, peak memory {r['peak_mb']:.0f} MB"
+              + (f" (GPU pool {r['gpu_mb']:.0f} MB)" if r.get("gpu_mb") else ""))
+    return 0
+
+
+def _predict_big_in_subprocess(a, device: str) -> dict | None:
+    import json
+    import subprocess
+
+    argv = [sys.executable, "-m", "minunet.bench", "--_predict_big", "--device", device,
+            "--size", str(a.size), "--base", str(a.base), "--depth", str(a.depth),
+            "--dtype", a.dtype, "--big", str(a.big)]
+    r = subprocess.run(argv, stdout=subprocess.PIPE, text=True)  # stderr: the progress bar
+    if r.returncode != 0:
+        print("   the large-image run failed (its error is above)", file=sys.stderr)
+        return None
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _predict_big(a, device: str) -> int:
+    """Child of _predict_big_in_subprocess: one JSON line (seconds, MP/s, peak memory)."""
+    import json
+    import resource
+    import tempfile
+
+    from . import chunked
+
+    model = build_model(UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype)).eval()
+    model.to(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        s = chunked.predict_zarr(model, GeneratedImage(a.big, a.big), f"{tmp}/big.zarr",
+                                 tile=a.size)
+    res = {"seconds": s.seconds, "mp_per_s": s.mp_per_s, "chunk": f"{s.chunk[0]}x{s.chunk[1]}",
+           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device == "cuda":
+        res["gpu_mb"] = model.xp.get_default_memory_pool().total_bytes() / 2**20
+    print(json.dumps(res))
+    return 0
+
+
 # --- CLI ----------------------------------------------------------------------------------
 
 
@@ -298,11 +438,25 @@ def main(argv=None) -> int:
     p.add_argument("--ops", choices=["both", "fast", "plain"], default="both",
                    help="which of our op modules to time the network on: fast (minunet/fast, "
                         "the default of training), plain (minunet/ops, the lesson) or both")
+    p.add_argument("--predict", action="store_true",
+                   help="time prediction instead: in memory vs chunked into zarr (MP/s) of "
+                        "one generated --image, tile --size (section 6 of the doc above)")
+    p.add_argument("--image", type=int, default=3072,
+                   help="with --predict: side of the generated image (default 3072)")
+    p.add_argument("--cluster", type=int, default=0,
+                   help="with --predict: also chunked on a LocalCluster of this many worker "
+                        "processes (default 0: not)")
+    p.add_argument("--big", type=int, default=0,
+                   help="with --predict: peak memory of a fresh process predicting a lazily "
+                        "generated BIG x BIG image chunk by chunk (e.g. 20000; default 0: not)")
     p.add_argument("--_worker", choices=["fast", "plain", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--_predict_big", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     device = backend.resolve_device(a.device)
     if a._worker:
         return _worker(a._worker, a, device)
+    if a._predict_big:
+        return _predict_big(a, device)
     if device == "cuda" and a.tf32:
         backend.set_tf32(True)
     xp = np if device == "cpu" else backend._cupy()
@@ -323,6 +477,8 @@ def main(argv=None) -> int:
     if bad:
         print("a twin disagrees with its plain op: not timing", file=sys.stderr)
         return 1
+    if a.predict:
+        return bench_predict(a, device)
 
     if not a.no_ops:
         print("\n2. hot loops at the paper network's sizes")

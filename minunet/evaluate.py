@@ -13,6 +13,22 @@ Prints one row per slice and an aggregate row ('all'), and writes them as CSV (-
                                               row pools / averages slices as the challenge did
     pixel_accuracy, iou_cell, iou_boundary,   pixel-wise, at --threshold (default 0.5); 'all'
     mean_iou, dice_cell                       counts every pixel of the stack
+
+--instances scores objects instead (minunet/objects.py). PRED and LABELS are then instance label
+images (0 = background, one id per cell; `predict --instances` writes them in DIR/instances), or
+binary masks, whose 4-connected components are taken as the cells (so DIR/mask and ISBI labels
+work too). Columns (matching at IoU >= 0.5; 'all' pools every slice's objects):
+
+    n_true, n_pred, tp, fp, fn                objects in the truth and the prediction; matched
+                                              pairs, unmatched predictions, unmatched true cells
+    precision, recall, f1, mean_matched_iou   of the matching; the mean IoU of matched pairs
+    ap_50, ap_75, ap                          TP / (TP + FP + FN) at IoU 0.5, 0.75, and its mean
+                                              over 0.5, 0.55, ..., 0.95
+    seg                                       the Cell Tracking Challenge's SEG
+
+--classes scores K-class masks (predict's DIR/mask of a K-class model, class indices 0..K-1;
+a 0/255 mask counts as classes 0/1) against class-index labels: pixel_accuracy, mean_iou, and
+iou_k and dice_k for every class k.
 """
 
 from __future__ import annotations
@@ -26,12 +42,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics
+from . import metrics, objects
 from .data.loaders import DataError, pair_by_stem, read_array
 from .files import atomic_write
 
 COLUMNS = ("slice", "pixel_error", "rand_error", "v_rand", "v_info", "pixel_accuracy",
            "iou_cell", "iou_boundary", "mean_iou", "dice_cell")
+OBJECT_COLUMNS = ("slice", "n_true", "n_pred", "tp", "fp", "fn", "precision", "recall", "f1",
+                  "mean_matched_iou", "ap_50", "ap_75", "ap", "seg")
+COUNT_COLUMNS = ("n_true", "n_pred", "tp", "fp", "fn")  # integers in the table and the CSV
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the table (one row per slice and 'all') to this CSV file")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="cell threshold for pixel accuracy, IoU and Dice (default 0.5)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--instances", action="store_true",
+                      help="object scores: PRED and LABELS are instance label images (or binary "
+                           "masks, labelled by their 4-connected components): precision, recall "
+                           "and F1 at IoU >= 0.5, mean matched IoU, AP over IoU 0.5:0.95, SEG")
+    kind.add_argument("--classes", action="store_true",
+                      help="K-class scores: PRED and LABELS are class-index masks (predict's "
+                           "DIR/mask of a K-class model): pixel accuracy, IoU and Dice per class")
     return p
 
 
@@ -111,15 +138,93 @@ def load_slices(pred: str, labels: str):
     for name, fp, fl in pair_inputs(pred, labels):
         pp, pl = read_pages(fp), read_pages(fl)
         if pp.shape != pl.shape:
+            hint = ("; is PRED the K-class probability TIFF of a K-class model? score its "
+                    "DIR/mask with --classes" if pl.shape[0] == 1 and pp.shape[0] > 1 else "")
             raise DataError(f"{fp.name} (pages, H, W = {pp.shape}) and {fl.name} ({pl.shape}) "
-                            "differ in shape; predictions and labels must match pixel for pixel")
+                            "differ in shape; predictions and labels must match pixel for pixel"
+                            + hint)
         for k in range(pp.shape[0]):
             slice_name = f"{name}[{k}]" if pp.shape[0] > 1 else name
             out.append((slice_name, to_prob(pp[k], fp.name), to_truth(pl[k], fl.name)))
     return out
 
 
+def to_labels(a: np.ndarray, name: str, kind: str) -> np.ndarray:
+    """A stored label page -> int64 (H, W): instances (`objects.as_instances`: a binary mask
+    becomes its 4-connected components) or class indices (0/255 masks become 0/1)."""
+    if not (a.dtype == bool or np.issubdtype(a.dtype, np.integer)):
+        if not np.array_equal(a, np.round(a)):
+            raise DataError(f"{name}: {kind} must be integers, found values like "
+                            f"{a.ravel()[np.flatnonzero(a.ravel() != np.round(a.ravel()))[0]]:g}"
+                            "; a probability map? turn it into labels with python -m "
+                            "minunet.predict --instances, or score it without --" + kind)
+    if a.size and a.min() < 0:
+        raise DataError(f"{name}: {kind} must be >= 0, found {a.min()}")
+    if kind == "instances":
+        return objects.as_instances(a)
+    a = a.astype(np.int64)
+    if set(np.unique(a).tolist()) <= {0, 255}:
+        a = (a == 255).astype(np.int64)  # a binary mask: classes 0 and 1
+    return a
+
+
+def load_label_slices(pred: str, labels: str, kind: str):
+    """[(slice name, predicted labels (H, W) int64, true labels (H, W) int64)] of the paired
+    inputs; kind 'instances' or 'classes' (`to_labels`)."""
+    out = []
+    for name, fp, fl in pair_inputs(pred, labels):
+        pp, pl = read_pages(fp), read_pages(fl)
+        if pp.shape != pl.shape:
+            raise DataError(f"{fp.name} (pages, H, W = {pp.shape}) and {fl.name} ({pl.shape}) "
+                            "differ in shape; predictions and labels must match pixel for pixel")
+        for k in range(pp.shape[0]):
+            slice_name = f"{name}[{k}]" if pp.shape[0] > 1 else name
+            out.append((slice_name, to_labels(pp[k], fp.name, kind),
+                        to_labels(pl[k], fl.name, kind)))
+    return out
+
+
 # ----------------------------------------------------------------------------- scoring
+
+
+def evaluate_objects(slices, progress: bool = False) -> list[dict]:
+    """Object scores (minunet/objects.py) per slice and pooled over all ('all')."""
+    from tqdm import tqdm
+
+    rows, counts = [], []
+    for name, pred, truth in tqdm(slices, desc="evaluate", unit="slice",
+                                  disable=None if progress else True):
+        c = objects.object_counts(truth, pred)
+        counts.append(c)
+        rows.append({"slice": name, **objects.object_scores(c)})
+    rows.append({"slice": "all", **objects.object_scores(counts)})
+    return rows
+
+
+def evaluate_classes(slices) -> list[dict]:
+    """Pixel accuracy, mean IoU, and IoU and Dice of each class, per slice and over all."""
+    k = max(2, 1 + max(max(int(p.max()), int(t.max())) for _, p, t in slices))
+    rows, cms = [], []
+    for name, pred, truth in slices:
+        cms.append(metrics.confusion_matrix(pred, truth, k))
+        rows.append({"slice": name, **_class_row(cms[-1])})
+    rows.append({"slice": "all", **_class_row(np.sum(cms, axis=0))})
+    return rows
+
+
+def _class_row(cm: np.ndarray) -> dict:
+    """Scores of a (K, K) confusion matrix (row truth, column prediction); NaN for a class in
+    neither."""
+    cm = cm.astype(np.float64)
+    inter = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - inter
+    total = cm.sum(0) + cm.sum(1)
+    iou = np.where(union > 0, inter / np.where(union > 0, union, 1), np.nan)
+    dice = np.where(total > 0, 2 * inter / np.where(total > 0, total, 1), np.nan)
+    row = {"pixel_accuracy": inter.sum() / max(cm.sum(), 1.0),
+           "mean_iou": float(np.nanmean(iou)) if np.isfinite(iou).any() else 1.0}
+    row |= {f"iou_{c}": float(v) for c, v in enumerate(iou)}
+    return row | {f"dice_{c}": float(v) for c, v in enumerate(dice)}
 
 
 def _pixel_row(cm: np.ndarray) -> dict:
@@ -153,28 +258,32 @@ def evaluate(slices, threshold: float = 0.5, progress: bool = False) -> list[dic
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
+def format_table(rows: list[dict], columns=COLUMNS) -> str:
     width = max(len("slice"), *(len(r["slice"]) for r in rows))
-    head = f"{'slice':<{width}}" + "".join(f"{c:>15}" for c in COLUMNS[1:])
+    cells = [max(15 if columns == COLUMNS else 10, len(c) + 1) for c in columns[1:]]
+    head = f"{'slice':<{width}}" + "".join(
+        f"{c:>{n}}" for c, n in zip(columns[1:], cells, strict=True))
     lines = [head]
     for r in rows:
         if r["slice"] == "all" and len(rows) > 1:
             lines.append("-" * len(head))
         lines.append(f"{r['slice']:<{width}}" + "".join(
-            f"{_fmt(r[c]):>15}" for c in COLUMNS[1:]))
+            f"{_fmt(r[c], c):>{n}}" for c, n in zip(columns[1:], cells, strict=True)))
     return "\n".join(lines)
 
 
-def _fmt(v) -> str:
+def _fmt(v, column: str = "") -> str:
+    if column in COUNT_COLUMNS:
+        return str(int(v))
     return "nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{float(v):.6f}"
 
 
-def write_csv(rows: list[dict], path: Path) -> Path:
+def write_csv(rows: list[dict], path: Path, columns=COLUMNS) -> Path:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({c: (r[c] if c == "slice" else _fmt(r[c])) for c in COLUMNS})
+        w.writerow({c: (r[c] if c == "slice" else _fmt(r[c], c)) for c in columns})
     data = buf.getvalue().encode()
     return atomic_write(Path(path), lambda f: f.write(data))
 
@@ -184,13 +293,23 @@ def main(argv=None) -> int:
     try:
         if not 0.0 <= args.threshold <= 1.0:
             raise DataError(f"--threshold must lie in [0, 1], got {args.threshold}")
-        slices = load_slices(args.pred, args.labels)
-        rows = evaluate(slices, args.threshold, progress=True)
+        if args.instances:
+            columns = OBJECT_COLUMNS
+            rows = evaluate_objects(load_label_slices(args.pred, args.labels, "instances"),
+                                    progress=True)
+        elif args.classes:
+            slices = load_label_slices(args.pred, args.labels, "classes")
+            rows = evaluate_classes(slices)
+            columns = ("slice", *(k for k in rows[-1] if k != "slice"))
+        else:
+            columns = COLUMNS
+            slices = load_slices(args.pred, args.labels)
+            rows = evaluate(slices, args.threshold, progress=True)
     except (FileNotFoundError, ValueError) as e:  # DataError is a ValueError
         raise SystemExit(f"error: {e}") from e
-    print(format_table(rows))
+    print(format_table(rows, columns))
     if args.csv:
-        print(f"wrote {write_csv(rows, Path(args.csv))}", file=sys.stderr)
+        print(f"wrote {write_csv(rows, Path(args.csv), columns)}", file=sys.stderr)
     return 0
 
 

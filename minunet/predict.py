@@ -14,10 +14,29 @@ A multi-page stack gives one multi-page TIFF each for prob and mask (STEM.tif) a
 PNG per page (STEM_000.png, ...). `python -m minunet.evaluate DIR/prob LABELS` scores the
 probabilities. A model with more than two classes writes all class probabilities
 (prob/STEM.tif, pages = classes), the arg-max class per pixel as the mask (0..K-1), and a
-coloured overlay; --threshold then does not apply.
+coloured overlay; --threshold then applies only to --instances.
+
+With --instances it also writes
+
+    DIR/instances/STEM.tif          a label image: 0 = background, 1..N = one id per cell,
+                                    16-bit (32-bit beyond 65535 cells); a stack: one page each
+    DIR/instances_overlay/STEM.png  the image with each cell in its own colour
+
+The cells are found in the cell probability (K > 2: 1 - p(class 0)) by minunet/instances.py:
+threshold, a seeded watershed on the distance transform that splits blobs at narrow necks
+(--split-neck), small blobs dropped (--min-size), separation borders given back to the cells
+(--fill-borders). `python -m minunet.evaluate DIR/instances LABELS --instances` scores them.
+
+Images are brought to [0, 1] as the model's training did: its checkpoint records --normalize
+(by default 8-bit images / 255, 16-bit ones stretched between their percentiles 1 and 99.8;
+checkpoints from before that option divide by the type's maximum).
 
 Every file is written to a temporary name in its folder and renamed when complete, so an
 interrupted run leaves no half-written file.
+
+--out OUT.zarr predicts one INPUT of any size (a zarr or OME-Zarr array, a large TIFF, or any
+image above) chunk by chunk into a zarr store, exactly as in memory, resumably, on this
+machine's threads or a Dask cluster (--scheduler): see minunet/chunked.py.
 """
 
 from __future__ import annotations
@@ -34,6 +53,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data.loaders import IMAGE_SUFFIXES, DataError, read_array, to_float_image
 from .files import atomic_write
 from .infer import predict
+from .instances import FILL_BORDERS, MIN_SIZE, SPLIT_NECK, colour_overlay, label_cells
 from .sizes import invalid_size_message, is_valid_size
 
 TTA_CHOICES = (1, 4, 8)
@@ -49,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True,
                    help="a .npz written by python -m minunet.train (RUN/best.npz or last.npz)")
     p.add_argument("--out", required=True,
-                   help="output folder for prob/, mask/ and overlay/ (created if needed)")
+                   help="output folder for prob/, mask/ and overlay/ (created if needed); "
+                        "OUT.zarr: predict one INPUT of any size chunk by chunk into a zarr "
+                        "store (minunet/chunked.py; needs the scale extra)")
     p.add_argument("--tta", type=int, default=1, choices=TTA_CHOICES,
                    help="test-time augmentation: average over 1 (none), 4 rotations, or 8 "
                         "rotations and flips (default 1)")
@@ -63,6 +85,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cell probability above which a pixel is 'cell' in the mask (default 0.5)")
     p.add_argument("--float", dest="float_prob", action="store_true",
                    help="write probabilities as float32 TIFF instead of 8-bit PNG")
+    p.add_argument("--instances", action="store_true",
+                   help="also write instance labels (instances/STEM.tif, 16- or 32-bit: one id "
+                        "per cell) and a coloured overlay (instances_overlay/): cells where the "
+                        "probability exceeds --threshold, split at narrow necks by a seeded "
+                        "watershed on the distance transform")
+    p.add_argument("--split-neck", type=float, default=SPLIT_NECK,
+                   help="with --instances: split a blob where the neck between two parts is "
+                        "narrower than this fraction of the smaller part's inscribed radius; "
+                        f"0 never splits, 1 splits at every saddle (default {SPLIT_NECK})")
+    p.add_argument("--min-size", type=int, default=MIN_SIZE,
+                   help=f"with --instances: drop blobs of fewer pixels (default {MIN_SIZE})")
+    p.add_argument("--fill-borders", type=int, default=FILL_BORDERS,
+                   help="with --instances: give background pixels with two cells within this "
+                        "many pixels (the separation borders the network leaves between "
+                        f"touching cells) to the nearest cell; 0: leave them (default "
+                        f"{FILL_BORDERS})")
+    zarr_opts = p.add_argument_group("chunked prediction into OUT.zarr (minunet/chunked.py)")
+    zarr_opts.add_argument("--chunk", type=int, default=None,
+                           help="output chunk side in px, a multiple of 16 (2^depth); default: "
+                                "the multiple of the tile step nearest 1024")
+    zarr_opts.add_argument("--mask", action="store_true",
+                           help="also write the mask array (p > --threshold: 255, else 0; "
+                                "arg-max class for more than two classes)")
+    zarr_opts.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                           help="run the chunks on a dask.distributed cluster: the scheduler's "
+                                "address (tcp://HOST:8786), or 'processes' for a local cluster "
+                                "of --workers processes; default: this process's threads")
+    zarr_opts.add_argument("--workers", type=int, default=2,
+                           help="threads (default scheduler) or processes (--scheduler "
+                                "processes) that run chunks (default 2)")
     return p
 
 
@@ -121,11 +173,13 @@ def read_item(path: Path) -> Item:
     raise DataError(f"{path}: cannot read an image from an array of shape {a.shape}")
 
 
-def to_channels(page: np.ndarray, in_channels: int, name: str) -> np.ndarray:
+def to_channels(page: np.ndarray, in_channels: int, name: str,
+                normalize: str = "max") -> np.ndarray:
     """A page (H, W) or (H, W, C) as stored -> (in_channels, H, W) float32 in [0, 1].
 
-    Integers are divided by their dtype's maximum, as in training (loaders.to_float_image);
-    an alpha channel is dropped; RGB becomes gray for a one-channel model.
+    Gray values are normalised as in training (`normalize`, the checkpoint's; see
+    loaders.normalize_image); an alpha channel is dropped; RGB becomes gray for a one-channel
+    model.
     """
     a = np.asarray(page)
     if a.ndim == 3 and a.shape[-1] in (2, 4):
@@ -134,10 +188,10 @@ def to_channels(page: np.ndarray, in_channels: int, name: str) -> np.ndarray:
         a = a[..., 0]
     have = 1 if a.ndim == 2 else a.shape[-1]
     if in_channels == 1 and have in (1, 3):
-        return to_float_image(a, name)[None]  # RGB -> gray (ITU-R 601 luma)
+        return to_float_image(a, name, normalize)[None]  # RGB -> gray (ITU-R 601 luma)
     if have == in_channels:
         chans = [a] if a.ndim == 2 else [a[..., c] for c in range(have)]
-        return np.stack([to_float_image(c, name) for c in chans])
+        return np.stack([to_float_image(c, name, normalize) for c in chans])
     raise DataError(f"{name} has {have} channel(s) (array shape {page.shape}) but the "
                     f"checkpoint's model expects in_channels={in_channels}; convert the image "
                     f"to {in_channels} channel(s)")
@@ -189,13 +243,52 @@ def outputs(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray
     return probs, probs.argmax(0).astype(np.uint8)
 
 
+# ----------------------------------------------------------------------------- instances
+
+
+def check_instance_options(args) -> None:
+    """DataError for --split-neck, --min-size or --fill-borders out of range."""
+    if not 0.0 <= args.split_neck <= 1.0:
+        raise DataError(f"--split-neck must lie in [0, 1], got {args.split_neck}")
+    for flag, v in (("--min-size", args.min_size), ("--fill-borders", args.fill_borders)):
+        if v < 0:
+            raise DataError(f"{flag} must be >= 0, got {v}")
+
+
+def cell_probability(prob: np.ndarray) -> np.ndarray:
+    """P(cell) (H, W) of what `outputs` saves: p_cell (H, W) for two classes; for K classes
+    (K, H, W) every class but 0 (background) is cell: 1 - p_0."""
+    return prob if prob.ndim == 2 else 1.0 - prob[0]
+
+
+def save_instances(out: Path, stem: str, stack: bool, grays: list, probs: list, args) -> None:
+    """instances/STEM.tif (one page per input page) and instances_overlay/STEM[_k].png."""
+    labels = [label_cells(cell_probability(p), args.threshold, args.split_neck, args.min_size,
+                          args.fill_borders) for p in probs]
+    dtype = np.uint32 if any(lab.dtype == np.uint32 for lab in labels) else np.uint16
+    save_tiff(out / "instances" / f"{stem}.tif",
+              np.stack(labels).astype(dtype) if stack else labels[0].astype(dtype))
+    for k, (gray, lab) in enumerate(zip(grays, labels, strict=True)):
+        name = f"{stem}_{k:03d}.png" if stack else f"{stem}.png"
+        save_png(out / "instances_overlay" / name, colour_overlay(gray, lab))
+
+
+def checkpoint_normalize(ckpt) -> str:
+    """How the checkpoint's model saw its images (TrainConfig.normalize); 'max' for
+    checkpoints written before that option existed."""
+    train = ckpt.config.get("train")
+    return train.get("normalize", "max") if isinstance(train, dict) else "max"
+
+
 # ----------------------------------------------------------------------------- main
 
 
-def load_model(checkpoint: str, device: str):
+def load_model(checkpoint: str, device: str, ckpt=None):
     """The trained model, rebuilt from the checkpoint (architecture, config, parameters and
-    buffers), in eval mode (no dropout), on device."""
-    model = model_from_checkpoint(load_checkpoint(checkpoint), checkpoint)
+    buffers; `ckpt`: the checkpoint already read from that path), in eval mode (no dropout),
+    on device."""
+    ckpt = load_checkpoint(checkpoint) if ckpt is None else ckpt
+    model = model_from_checkpoint(ckpt, checkpoint)
     try:
         where = backend.resolve_device(device)
     except RuntimeError as e:  # --device cuda without a usable GPU
@@ -211,8 +304,15 @@ def run(args) -> int:
         raise DataError(f"--threshold must lie in [0, 1], got {args.threshold}")
     if args.batch < 1:
         raise DataError(f"--batch must be >= 1, got {args.batch}")
+    if args.out.rstrip("/\\").lower().endswith(".zarr") or args.scheduler:
+        from .chunked import run_cli  # images of any size, chunk by chunk into zarr
+
+        return run_cli(args)
     files = find_inputs(args.inputs)
-    model = load_model(args.checkpoint, args.device)
+    check_instance_options(args)
+    ckpt = load_checkpoint(args.checkpoint)
+    model = load_model(args.checkpoint, args.device, ckpt)
+    normalize = checkpoint_normalize(ckpt)
     cfg = model.config
     if args.tile is not None and not is_valid_size(args.tile, cfg.depth):
         raise DataError(f"--tile: {invalid_size_message(args.tile, cfg.depth)}")
@@ -226,7 +326,7 @@ def run(args) -> int:
         probs_pages, masks, grays = [], [], []
         for k, page in enumerate(item.pages):
             name = f"{path.name}[{k}]" if item.stack else path.name
-            x = to_channels(page, cfg.in_channels, name)  # (C, H, W)
+            x = to_channels(page, cfg.in_channels, name, normalize)  # (C, H, W)
             probs = backend.to_host(predict(model, x, tile=args.tile, batch=args.batch,
                                             tta=args.tta)).astype(np.float32)  # (K, H, W)
             prob, mask = outputs(probs, args.threshold)
@@ -247,10 +347,13 @@ def run(args) -> int:
         for k, (gray, mask) in enumerate(zip(grays, masks, strict=True)):
             name = f"{stem}_{k:03d}.png" if item.stack else f"{stem}.png"
             save_png(out / "overlay" / name, overlay(gray, mask, cfg.n_classes))
+        if args.instances:
+            save_instances(out, stem, item.stack, grays, probs_pages, args)
         written += len(item.pages)
         bar.update(1)
     bar.close()
-    print(f"wrote {written} prediction(s) to {out}/prob, {out}/mask, {out}/overlay",
+    extra = f", {out}/instances, {out}/instances_overlay" if args.instances else ""
+    print(f"wrote {written} prediction(s) to {out}/prob, {out}/mask, {out}/overlay{extra}",
           file=sys.stderr)
     return 0
 

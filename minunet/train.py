@@ -79,7 +79,7 @@ PRESETS = {
 }
 CHOICES = {"device": ("auto", "cpu", "cuda"), "preset": ("", *PRESETS),
            "schedule": ("constant", "step", "poly"), "dtype": ("float32", "float64"),
-           "ops": ("fast", "plain")}
+           "ops": ("fast", "plain"), "mask_kind": ("binary", "classes", "instances")}
 
 
 @dataclass
@@ -88,6 +88,12 @@ class TrainConfig:
 
     data: str = "synthetic"  # synthetic | synthetic:n=30,size=512,seed=0 | cells[:n=..,size=..]
     # | isbi2012:PATH (ISBI 2012 slices or stacks) | folder:PATH (images/ + masks/ or labels/)
+    mask_kind: str = "binary"  # what the masks of folder:PATH hold: binary (one value = cell)
+    # | classes (class indices 0..K-1: a K-class model) | instances (an id per cell, 0 =
+    # background: separation borders between touching cells and the paper's weight map)
+    normalize: str = "auto"  # how images become [0, 1]: auto (8-bit / 255; 16- and 32-bit:
+    # percentiles 1 and 99.8) | max (divide by the type's maximum) | percentile:LO,HI; saved in
+    # the checkpoint, so predict and export do the same
     val: str = ""  # held-out validation images: indices '25,26,27', a fraction '0.2' or a
     # count '5'; unset (''): the source's default (ISBI 2012: the last sixth, 25-29 of 30)
     device: str = "auto"  # auto (the GPU if CuPy sees one) | cpu | cuda
@@ -132,7 +138,7 @@ RULES = {  # option: (is the value valid?, what it must be)
 
 def check_config(cfg: TrainConfig) -> None:
     """ValueError naming the option and what it must be, for the first invalid setting."""
-    from .data.loaders import as_index_list
+    from .data.loaders import as_index_list, parse_normalize
 
     for name, (ok, want) in RULES.items():
         if not ok(getattr(cfg, name)):
@@ -144,6 +150,7 @@ def check_config(cfg: TrainConfig) -> None:
     if not is_valid_size(cfg.tile, cfg.depth):
         raise ValueError(f"--tile: {invalid_size_message(cfg.tile, cfg.depth)}")
     as_index_list(cfg.val)  # DataError (a ValueError) if --val cannot be read
+    parse_normalize(cfg.normalize)  # likewise for --normalize
 
 
 def _flag(name: str) -> str:
@@ -269,7 +276,7 @@ class Trainer:
         self.out = self.folder.path
         self._say(f"minunet.train: {backend.device_info()}")
         self._say(json.dumps(asdict(cfg), indent=1))
-        self.data = load_dataset(cfg.data, as_index_list(cfg.val))
+        self.data = load_dataset(cfg.data, as_index_list(cfg.val), cfg.mask_kind, cfg.normalize)
         self._say(f"data {self.data.source}: {len(self.data.train)} image(s) to train on, "
                   f"{len(self.data.val)} held out for validation"
                   + (f": {', '.join(s.name for s in self.data.val)}" if self.data.val else "")
@@ -306,6 +313,7 @@ class Trainer:
         if unknown:
             raise ValueError(f"{resume}: unknown training settings {', '.join(unknown)}; "
                              "was it written by a newer minunet?")
+        saved = {"normalize": "max", **saved}  # what runs did before --normalize existed
         resumed = TrainConfig(**{**saved, **{k: getattr(cfg, k) for k in Trainer.RESUMABLE}})
         resumed.out = resumed.out or str(Path(resume).parent)
         return resumed

@@ -132,3 +132,78 @@ def test_every_option_has_help():
     parser = build_parser()
     assert not [a.dest for a in parser._actions if not (a.help or "").strip()]
     parser.format_help()  # raises on a stray % in a help text
+
+
+# ----------------------------------------------------------------------------- objects, classes
+
+
+def four_cases():
+    """The hand-worked image of tests/test_objects.py: T1 found, T2 split, T3 + T4 merged,
+    T5 missed, P5 false. Returns (truth, prediction) uint16 label images (10, 30)."""
+    t, p = np.zeros((10, 30), np.uint16), np.zeros((10, 30), np.uint16)
+    t[0:4, 0:4], p[0:4, 0:4] = 1, 1
+    t[0:4, 6:14] = 2
+    p[0:4, 6:11], p[0:4, 11:14] = 2, 3
+    t[6:10, 0:4], t[6:10, 4:8] = 3, 4
+    p[6:10, 0:8] = 4
+    t[6:10, 10:14] = 5
+    p[6:10, 20:24] = 5
+    return t, p
+
+
+def test_instances_table_and_csv(tmp_path, capsys):
+    from minunet.evaluate import OBJECT_COLUMNS
+
+    t, p = four_cases()
+    for folder, labels in (("truth", t), ("pred", p)):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "a.tif", labels)
+        # b: a binary mask of three separate cells, labelled by its 4-connected components
+        save_png(tmp_path / folder / "b.png", (np.isin(t, (1, 2, 5)) * 255).astype(np.uint8))
+    out = tmp_path / "objects.csv"
+    assert main([str(tmp_path / "pred"), str(tmp_path / "truth"), "--instances", "--csv",
+                 str(out)]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split() == list(OBJECT_COLUMNS)
+    rows = {r["slice"]: r for r in read_csv(out)}
+    a, b, all_ = rows["a"], rows["b"], rows["all"]
+    assert (a["tp"], a["fp"], a["fn"], a["f1"]) == ("3", "2", "2", "0.600000")
+    assert float(a["seg"]) == pytest.approx(2.625 / 5)
+    assert (b["tp"], b["f1"], b["seg"], b["ap"]) == ("3", "1.000000", "1.000000", "1.000000")
+    # pooled: 6 TP, 2 FP, 2 FN; SEG over the 8 reference objects
+    assert (all_["n_true"], all_["tp"], all_["fp"], all_["fn"]) == ("8", "6", "2", "2")
+    assert float(all_["f1"]) == pytest.approx(12 / 16)
+    assert float(all_["seg"]) == pytest.approx((2.625 + 3) / 8)
+
+
+def test_classes(tmp_path, capsys):
+    truth = np.zeros((6, 8), np.uint8)
+    truth[:, 3:6], truth[:, 6:] = 1, 2
+    pred = truth.copy()
+    pred[0, 3] = 2  # one class-1 pixel called 2
+    save_png(tmp_path / "t.png", truth)
+    save_png(tmp_path / "p.png", pred)
+    out = tmp_path / "c.csv"
+    assert main([str(tmp_path / "p.png"), str(tmp_path / "t.png"), "--classes", "--csv",
+                 str(out)]) == 0
+    row = read_csv(out)[-1]
+    assert float(row["pixel_accuracy"]) == pytest.approx(47 / 48)
+    assert float(row["iou_0"]) == 1.0
+    assert float(row["iou_1"]) == pytest.approx(17 / 18)  # 17 right of 18 true class-1 pixels
+    assert float(row["iou_2"]) == pytest.approx(12 / 13)
+    assert float(row["dice_2"]) == pytest.approx(24 / 25)
+    assert "iou_2" in capsys.readouterr().out
+
+
+def test_label_mode_errors(tmp_path):
+    prob = np.random.default_rng(0).random((8, 8)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "p.tif", prob)
+    tifffile.imwrite(tmp_path / "t.tif", np.ones((8, 8), np.uint16))
+    with pytest.raises(SystemExit, match="^error: p.tif: instances must be integers.*--instances"):
+        main([str(tmp_path / "p.tif"), str(tmp_path / "t.tif"), "--instances"])
+    with pytest.raises(SystemExit):  # argparse: one mode at a time
+        main([str(tmp_path / "p.tif"), str(tmp_path / "t.tif"), "--instances", "--classes"])
+    three = np.stack([prob, prob, prob])
+    tifffile.imwrite(tmp_path / "k.tif", three, photometric="minisblack")
+    with pytest.raises(SystemExit, match="--classes"):  # a K-class probability TIFF
+        main([str(tmp_path / "k.tif"), str(tmp_path / "t.tif")])

@@ -3,6 +3,7 @@ tiny untrained U-Net is saved as a checkpoint and the CLI's main(argv) runs on t
 
 from __future__ import annotations
 
+from csv import DictReader
 from dataclasses import asdict
 
 import numpy as np
@@ -191,3 +192,102 @@ def test_every_option_has_help():
     parser = build_parser()
     assert not [a.dest for a in parser._actions if not (a.help or "").strip()]
     parser.format_help()  # raises on a stray % in a help text
+
+
+# ----------------------------------------------------------------------------- instances
+
+
+def test_instances_from_the_ground_truth_probability(tmp_path, ckpt, monkeypatch):
+    """predict --instances on the synthetic touching cells, the network replaced by the
+    ground-truth probability (the cells minus their separation borders): every cell is found
+    (object F1 = 1 against the generator's instances), written as a 16-bit label image with a
+    coloured overlay; evaluate --instances scores the files the same."""
+    import minunet.predict as cli
+    from minunet.data.synthetic import touching_cells
+    from minunet.evaluate import main as evaluate
+    from minunet.instances import label_cells
+
+    path, _ = ckpt
+    cells = [touching_cells(256, seed=s) for s in range(2)]
+    truth = {f"c{i}": c for i, c in enumerate(cells)}
+    (tmp_path / "truth").mkdir()
+    for stem, c in truth.items():
+        Image.fromarray(c.image).save(tmp_path / f"{stem}.png")
+        tifffile.imwrite(tmp_path / "truth" / f"{stem}.tif", c.instances.astype(np.uint16))
+    by_image = {c.image.tobytes(): c for c in cells}
+
+    def ground_truth(model, x, **kw):  # x: (1, H, W) = image / 255
+        c = by_image[np.rint(x[0] * 255).astype(np.uint8).tobytes()]
+        p = (c.mask / 255.0).astype(np.float32)
+        return np.stack([1 - p, p])
+
+    monkeypatch.setattr(cli, "predict", ground_truth)
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(path), str(tmp_path / "c0.png"), str(tmp_path / "c1.png"),
+                 "--out", str(out), "--instances"]) == 0
+    for stem, c in truth.items():
+        lab = tifffile.imread(out / "instances" / f"{stem}.tif")
+        assert lab.dtype == np.uint16 and lab.shape == c.image.shape
+        np.testing.assert_array_equal(lab, label_cells(c.mask / 255.0))
+        ov = read_png(out / "instances_overlay" / f"{stem}.png")
+        assert ov.shape == (*c.image.shape, 3)
+    csv = tmp_path / "scores.csv"
+    assert evaluate([str(out / "instances"), str(tmp_path / "truth"), "--instances",
+                     "--csv", str(csv)]) == 0
+    with open(csv, newline="") as f:
+        all_ = next(r for r in DictReader(f) if r["slice"] == "all")
+    assert float(all_["f1"]) == 1.0 and int(all_["fp"]) == 0 and int(all_["fn"]) == 0
+    assert 0.98 < float(all_["seg"]) < 1.0  # the borders' pixels: tests/test_instances.py
+
+
+def test_instances_of_a_stack_and_a_k_class_model(tmp_path):
+    path = tmp_path / "m3.npz"
+    model = make_checkpoint(path, n_classes=3)
+    stack = np.random.default_rng(6).integers(0, 256, (2, 30, 26), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "vol.tif", stack, photometric="minisblack")
+    out = tmp_path / "out"
+    assert main(["--checkpoint", str(path), str(tmp_path / "vol.tif"), "--out", str(out),
+                 "--instances", "--threshold", "0.4", "--min-size", "0", "--split-neck",
+                 "0.3", "--fill-borders", "1"]) == 0
+    from minunet.instances import label_cells
+
+    lab = tifffile.imread(out / "instances" / "vol.tif")
+    assert lab.shape == (2, 30, 26) and lab.dtype == np.uint16
+    for k in range(2):
+        probs = predict(model, stack[k].astype(np.float32) / 255)
+        want = label_cells(1 - probs[0], 0.4, 0.3, 0, 1)  # K > 2: every class but 0 is cell
+        np.testing.assert_array_equal(lab[k], want)
+    assert sorted(p.name for p in (out / "instances_overlay").iterdir()) == [
+        "vol_000.png", "vol_001.png"]
+
+
+def test_sixteen_bit_images_are_normalised_as_the_checkpoint_says(tmp_path):
+    from minunet.data.loaders import to_float_image
+
+    img = (np.random.default_rng(7).random((40, 36)) * 3000 + 500).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    for normalize in ("auto", "max", "percentile:2,98"):
+        path = tmp_path / f"{normalize.replace(':', '_')}.npz"
+        model = build_model(UNetConfig(base=2), seed=5)
+        cfg = {"train": {"normalize": normalize}, "model": asdict(model.config), "optimizer": {}}
+        save_checkpoint(path, model.state_dict(), {}, 0, cfg, {"seed": 0}, arch=model.arch)
+        out = tmp_path / normalize.replace(":", "_")
+        assert main(["--checkpoint", str(path), str(tmp_path / "a.tif"), "--out", str(out),
+                     "--float"]) == 0
+        want = predict(model.eval(), to_float_image(img, normalize=normalize))[1]
+        np.testing.assert_allclose(tifffile.imread(out / "prob" / "a.tif"), want, atol=1e-6)
+    auto = tifffile.imread(tmp_path / "auto" / "prob" / "a.tif")
+    plain = tifffile.imread(tmp_path / "max" / "prob" / "a.tif")
+    assert np.abs(auto - plain).max() > 1e-3  # percentiles, not / 65535
+
+
+def test_instance_options_are_checked(tmp_path, ckpt):
+    path, _ = ckpt
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "a.png")
+    for flag, value, message in (("--split-neck", "1.5", "--split-neck must lie in"),
+                                 ("--min-size", "-1", "--min-size must be >= 0"),
+                                 ("--fill-borders", "-2", "--fill-borders must be >= 0")):
+        with pytest.raises(SystemExit, match=f"^error: {message}"):
+            main(["--checkpoint", str(path), str(tmp_path / "a.png"), "--out",
+                  str(tmp_path / "out"), "--instances", flag, value])
+    assert not (tmp_path / "out").exists()

@@ -1,8 +1,10 @@
 """Loaders: ISBI 2012 (TIFF stacks or a folder of slices), generic image/mask folders, and the
 `load_dataset(spec)` entry point of the training CLI.
 
-Everything comes out in one format (`Sample`): image (H, W) float32 in [0, 1] (integer images
-divided by their dtype's maximum; RGB converted to gray), label (H, W) int64 class indices
+Everything comes out in one format (`Sample`): image (H, W) float32 in [0, 1] (RGB converted to
+gray; integers brought to [0, 1] as `normalize_image` says: by default 8-bit images divided by
+255, 16- and 32-bit images stretched between their percentiles 1 and 99.8), label (H, W) int64
+class indices
 (ISBI 2012: 1 = cell, 0 = membrane), instances (H, W) int64 or None. Bad input raises `DataError`
 (a ValueError) with a message that says what was found and how to fix it.
 """
@@ -100,31 +102,99 @@ def _read_array(path: Path, mask: bool) -> np.ndarray:
         return np.asarray(im)
 
 
-def to_float_image(array: np.ndarray, name: str = "image") -> np.ndarray:
+# ----------------------------------------------------------------------------- normalisation
+
+# How an image's gray values become [0, 1] (TrainConfig.normalize; recorded in the checkpoint's
+# config["train"]["normalize"], so that predict and export do what training did):
+#   auto                8-bit (and bool) images: divided by 255 (by the type's maximum);
+#                       16- and 32-bit integer images: 'percentile' (their gray values rarely
+#                       span the type's range: a 12-bit camera fills 1/16 of it);
+#                       float images: kept, they must lie in [0, 1]
+#   max                 integers divided by their type's maximum, floats kept (checkpoints
+#                       written before the option existed did this)
+#   percentile:LO,HI    every image: (x - p_LO) / (p_HI - p_LO), clipped to [0, 1], with p_q its
+#                       own q-th percentile ('percentile' alone: 1, 99.8)
+NORMALIZE_DEFAULT = "auto"
+PERCENTILES = (1.0, 99.8)
+
+
+def parse_normalize(spec: str) -> tuple[str, tuple[float, float] | None]:
+    """'auto' | 'max' | 'percentile[:LO,HI]' -> (kind, (lo, hi) or None); DataError if unknown."""
+    kind, _, rest = str(spec).partition(":")
+    if kind in ("auto", "max") and not rest:
+        return kind, None
+    if kind == "percentile":
+        if not rest:
+            return kind, PERCENTILES
+        try:
+            lo, hi = (float(v) for v in rest.split(","))
+        except ValueError:
+            lo = hi = math.nan
+        if 0 <= lo < hi <= 100:
+            return kind, (lo, hi)
+    raise DataError(f"normalisation {spec!r} not understood; use auto, max, percentile or "
+                    "percentile:LO,HI with 0 <= LO < HI <= 100 (e.g. percentile:1,99.8)")
+
+
+def resolved_normalize(dtype, spec: str = NORMALIZE_DEFAULT) -> str:
+    """What `spec` does to an image of this dtype: 'max', 'float' (kept as it is) or
+    'percentile:LO,HI'."""
+    kind, q = parse_normalize(spec)
+    dtype = np.dtype(dtype)
+    if kind == "auto":
+        if dtype.kind in "bf" or (dtype.kind in "iu" and dtype.itemsize == 1):
+            kind = "max"
+        else:
+            kind, q = "percentile", PERCENTILES
+    if kind == "max":
+        return "float" if dtype.kind == "f" else "max"
+    return f"percentile:{q[0]:g},{q[1]:g}"
+
+
+def normalize_image(a: np.ndarray, spec: str = NORMALIZE_DEFAULT, name: str = "image"):
+    """Gray values (any shape) -> float32 in [0, 1] as `spec` says (see NORMALIZE_DEFAULT)."""
+    a = np.asarray(a)
+    how = resolved_normalize(a.dtype, spec)
+    if how.startswith("percentile"):
+        lo, hi = (float(v) for v in how.partition(":")[2].split(","))
+        x = a.astype(np.float32)
+        p_lo, p_hi = np.percentile(x, [lo, hi]) if x.size else (0.0, 1.0)
+        scale = np.float32(1.0 / (p_hi - p_lo)) if p_hi > p_lo else np.float32(0.0)
+        return np.clip((x - np.float32(p_lo)) * scale, 0.0, 1.0)
+    if a.dtype == bool:
+        return a.astype(np.float32)
+    if how == "max":
+        return a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
+    x = a.astype(np.float32)
+    if x.size and (np.isnan(x).any() or x.min() < 0 or x.max() > 1):
+        raise DataError(
+            f"{name}: float image with values in [{np.nanmin(x):g}, {np.nanmax(x):g}]; "
+            "float images must lie in [0, 1] (or save it as 8- or 16-bit integers, or "
+            "normalise it by percentiles: --normalize percentile)"
+        )
+    return x
+
+
+def to_float_image(array: np.ndarray, name: str = "image",
+                   normalize: str = NORMALIZE_DEFAULT) -> np.ndarray:
     """Image array to (H, W) float32 in [0, 1].
 
-    Integers are divided by their dtype's maximum (uint8 by 255, uint16 by 65535); floats are
-    kept (they must lie in [0, 1]); RGB(A) becomes gray with the ITU-R 601 luma weights.
+    RGB(A) becomes gray with the ITU-R 601 luma weights, then the gray values are normalised as
+    `normalize` says (`normalize_image`: by default 8-bit images divided by 255, 16- and 32-bit
+    images stretched between their percentiles 1 and 99.8, floats kept in [0, 1]).
     """
     a = np.asarray(array)
     if a.ndim == 3 and a.shape[-1] in (3, 4):
         a = a[..., :3]  # drop alpha
-    if a.dtype == bool:
-        a = a.astype(np.float32)
-    elif np.issubdtype(a.dtype, np.integer):
-        a = a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
-    else:
-        a = a.astype(np.float32)
-        if a.size and (a.min() < 0 or a.max() > 1):
-            raise DataError(
-                f"{name}: float image with values in [{a.min():g}, {a.max():g}]; "
-                "float images must lie in [0, 1] (or save it as 8- or 16-bit integers)"
-            )
-    if a.ndim == 3 and a.shape[-1] == 3:
-        a = a @ np.array([0.299, 0.587, 0.114], np.float32)  # (H, W, 3) -> (H, W)
-    if a.ndim != 2:
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] != 3):
         raise DataError(f"{name}: expected a 2-D gray or RGB image, got shape {a.shape}")
-    return a
+    if a.ndim == 3 and resolved_normalize(a.dtype, normalize).startswith("percentile"):
+        return normalize_image(a.astype(np.float32) @ LUMA, normalize, name)  # of the gray
+    a = normalize_image(a, normalize, name)  # 'max' or a float image: value by value
+    return a @ LUMA if a.ndim == 3 else a  # (H, W, 3) -> (H, W)
+
+
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601: RGB -> gray
 
 
 def _values(a: np.ndarray, limit: int = 10) -> str:
@@ -174,13 +244,22 @@ def to_label(
         return (a != 0).astype(np.int64), None
     if kind == "classes":
         v = np.unique(a)
-        if v.size == 2 and v[0] == 0 and v[1] > 1:
+        if v.size == 2 and v[0] == 0 and v[1] in (255, 65535):
             raise DataError(f"{name}: class-index mask with values {_values(a)} looks binary; "
                             "use mask kind 'binary' (or store classes as 0..K-1)")
         if v[-1] > 255:
             raise DataError(f"{name}: class-index mask with values up to {v[-1]} ({_values(a)}); "
                             "is it an instance map? use mask kind 'instances'")
         return a, None
+    ids = np.unique(a[a != 0])
+    if ids.size == 1:  # one id: one cell, or a binary mask of many cells
+        from scipy import ndimage
+
+        n = ndimage.label(a != 0, structure=np.ones((3, 3)))[1]
+        if n > 1:
+            raise DataError(f"{name}: an instance mask gives every cell its own id, but this one "
+                            f"has the single value {ids[0]} on {n} separate objects: it looks "
+                            "binary; use mask kind 'binary', or label the cells 1, 2, 3, ...")
     return instances_to_mask(a), a
 
 
@@ -243,7 +322,7 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def load_isbi2012(path: str | Path, val=None) -> Dataset:
+def load_isbi2012(path: str | Path, val=None, normalize: str = NORMALIZE_DEFAULT) -> Dataset:
     """ISBI 2012 training slices with held-out validation slices, plus the test slices if present.
 
     path: a folder with images/NN.png + labels/NN.png (+ test/NN.png), or one with the original
@@ -283,12 +362,12 @@ def load_isbi2012(path: str | Path, val=None) -> Dataset:
             "slices, or train-volume.tif and train-labels.tif"
         )
     samples = [
-        Sample(to_float_image(im, n), _isbi_label(lab, n), None, n)
+        Sample(to_float_image(im, n, normalize), _isbi_label(lab, n), None, n)
         for im, lab, n in zip(images, labels, names, strict=True)
     ]
     train, held = split_indices(len(samples), isbi_default_val(len(samples)) if val is None
                                 else val)
-    test = [Sample(to_float_image(t, f"test {i}"), None, None, f"test {i}")
+    test = [Sample(to_float_image(t, f"test {i}", normalize), None, None, f"test {i}")
             for i, t in enumerate(test_images)]
     return Dataset([samples[i] for i in train], [samples[i] for i in held], 2, f"isbi2012:{path}",
                    test)
@@ -366,6 +445,7 @@ def load_folder(
     val=0.2,
     image_dir: str = "images",
     mask_dir: str | None = None,
+    normalize: str = NORMALIZE_DEFAULT,
 ) -> Dataset:
     """A folder of images and masks paired by file stem.
 
@@ -373,6 +453,8 @@ def load_folder(
     mask_kind: 'binary' (one non-zero value = foreground), 'classes' (class indices 0..K-1) or
                'instances' (instance ids, 0 = background; touching cells get separation borders).
     val:       held-out samples (see `split_indices`), default the last 20 % in name order.
+    normalize: how images become [0, 1] (`normalize_image`; by default 16-bit images by their
+               percentiles 1 and 99.8).
     """
     if mask_kind not in MASK_KINDS:
         raise DataError(f"mask kind {mask_kind!r} unknown: use one of {', '.join(MASK_KINDS)}")
@@ -385,7 +467,7 @@ def load_folder(
         image, mask = read_array(image_file), read_array(mask_file, mask=True)
         _check_same_size(image, mask, image_file, mask_file)
         label, instances = to_label(mask, mask_kind, mask_file.name)
-        samples.append(Sample(to_float_image(image, image_file.name), label, instances,
+        samples.append(Sample(to_float_image(image, image_file.name, normalize), label, instances,
                               image_file.stem))
     n_classes = max(2, max(int(s.label.max()) for s in samples) + 1)
     train, held = split_indices(len(samples), val)
@@ -396,7 +478,8 @@ def load_folder(
 # ----------------------------------------------------------------------------- synthetic
 
 
-def load_synthetic(n: int = 30, size: int = 512, seed: int = 0, val=5, kind: str = "em") -> Dataset:
+def load_synthetic(n: int = 30, size: int = 512, seed: int = 0, val=5, kind: str = "em",
+                   normalize: str = NORMALIZE_DEFAULT) -> Dataset:
     """Built-in synthetic data: `synthetic_em` slices (kind 'em') or `touching_cells` ('cells')."""
     from tqdm import tqdm
 
@@ -406,11 +489,13 @@ def load_synthetic(n: int = 30, size: int = 512, seed: int = 0, val=5, kind: str
     for i in tqdm(range(n), desc=f"synthetic {kind}", unit="slice", disable=None, leave=False):
         if kind == "em":
             s = synthetic_em(size, seed=(seed, i))
-            samples.append(Sample(to_float_image(s.image), (s.label > 0).astype(np.int64),
+            samples.append(Sample(to_float_image(s.image, normalize=normalize),
+                                  (s.label > 0).astype(np.int64),
                                   s.instances.astype(np.int64), f"synthetic {i}"))
         elif kind == "cells":
             c = touching_cells(size, seed=(seed, i))
-            samples.append(Sample(to_float_image(c.image), (c.mask > 0).astype(np.int64),
+            samples.append(Sample(to_float_image(c.image, normalize=normalize),
+                                  (c.mask > 0).astype(np.int64),
                                   c.instances.astype(np.int64), f"cells {i}"))
         else:
             raise DataError(f"synthetic kind {kind!r} unknown: use 'em' or 'cells'")
@@ -433,7 +518,8 @@ def _parse_options(text: str, allowed: dict) -> dict:
     return out
 
 
-def load_dataset(spec: str, val=None, mask_kind: str = "binary") -> Dataset:
+def load_dataset(spec: str, val=None, mask_kind: str = "binary",
+                 normalize: str = NORMALIZE_DEFAULT) -> Dataset:
     """The training CLI's data spec to a Dataset.
 
     spec: 'synthetic' or 'synthetic:n=30,size=512,seed=0' (EM-like slices),
@@ -442,9 +528,18 @@ def load_dataset(spec: str, val=None, mask_kind: str = "binary") -> Dataset:
     val:  held-out validation (indices, fraction or count; see `split_indices`); None takes the
           default of the source (ISBI: the last sixth, of 30 slices 25..29; folders: the last
           20 %; synthetic: the last sixth rounded up, 1 to 5).
-    mask_kind: for 'folder': 'binary', 'classes' or 'instances'.
+    mask_kind: for 'folder': 'binary', 'classes' or 'instances' (what the masks hold); the
+          other sources know their masks ('cells' takes 'instances' too, as it has them).
+    normalize: how images become [0, 1] (`normalize_image`).
     """
     kind, _, rest = spec.partition(":")
+    parse_normalize(normalize)  # DataError if not understood
+    if mask_kind not in MASK_KINDS:
+        raise DataError(f"mask kind {mask_kind!r} unknown: use one of {', '.join(MASK_KINDS)}")
+    own = {"synthetic": "binary", "isbi2012": "binary", "cells": "instances"}.get(kind)
+    if own and mask_kind not in ("binary", own):
+        raise DataError(f"mask kind {mask_kind!r} does not fit {kind} data, whose masks are "
+                        f"{own}; --mask-kind is for folder:PATH data")
     if kind in ("synthetic", "cells"):
         defaults = {"n": 30, "size": 512, "seed": 0}
         opts = {**defaults, **_parse_options(rest, defaults)}
@@ -453,13 +548,13 @@ def load_dataset(spec: str, val=None, mask_kind: str = "binary") -> Dataset:
             raise DataError(f"{kind}: need n >= 2 (one to train, one to validate), got {n}")
         v = (min(5, max(1, math.ceil(n / 6))) if val is None else val)
         return load_synthetic(opts["n"], opts["size"], opts["seed"], v,
-                              "em" if kind == "synthetic" else "cells")
+                              "em" if kind == "synthetic" else "cells", normalize)
     if kind in ("isbi2012", "folder") and not rest:
         raise DataError(f"data spec {spec!r} needs a path: {kind}:PATH")
     if kind == "isbi2012":
-        return load_isbi2012(rest, val)
+        return load_isbi2012(rest, val, normalize)
     if kind == "folder":
-        return load_folder(rest, mask_kind, 0.2 if val is None else val)
+        return load_folder(rest, mask_kind, 0.2 if val is None else val, normalize=normalize)
     raise DataError(f"data spec {spec!r} not understood; use one of: synthetic, "
                     "synthetic:n=30,size=512, cells, isbi2012:PATH, folder:PATH")
 

@@ -61,11 +61,14 @@ def test_16bit_tiff_and_rgb_images(tmp_path):
     write(tmp_path / "images" / "b.png", rgb)
     for stem in "ab":
         write(tmp_path / "masks" / f"{stem}.tif", np.eye(20, 30, dtype=np.uint16) * 7)
-    d = load_folder(tmp_path, val=None)
+    d = load_folder(tmp_path, val=None)  # 16 bits: percentiles 1 and 99.8 by default
     a, b = d.train
-    np.testing.assert_allclose(a.image, img16 / 65535, rtol=1e-6)
-    np.testing.assert_allclose(b.image, 0.587 * 200 / 255, rtol=1e-5)
+    lo, hi = np.percentile(img16.astype(np.float64), [1, 99.8])
+    np.testing.assert_allclose(a.image, np.clip((img16 - lo) / (hi - lo), 0, 1), atol=1e-6)
+    np.testing.assert_allclose(b.image, 0.587 * 200 / 255, rtol=1e-5)  # 8 bits: / 255
     np.testing.assert_array_equal(a.label, np.eye(20, 30))
+    a = load_folder(tmp_path, val=None, normalize="max").train[0]  # the type's maximum
+    np.testing.assert_allclose(a.image, img16 / 65535, rtol=1e-6)
 
 
 def test_class_and_instance_masks(tmp_path):
@@ -215,3 +218,66 @@ def test_palette_masks_keep_indices_and_palette_images_become_gray(tmp_path):
     np.testing.assert_array_equal(read_array(tmp_path / "p.png", mask=True), idx)
     gray = to_float_image(read_array(tmp_path / "p.png"))
     np.testing.assert_allclose(gray[:, 4:], 1.0, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+
+def test_percentile_normalisation_of_16_bit_images():
+    from minunet.data.loaders import normalize_image, resolved_normalize
+
+    rng = np.random.default_rng(3)
+    img = (rng.random((40, 50)) * 4000 + 200).astype(np.uint16)  # a 12-bit camera's range
+    lo, hi = np.percentile(img.astype(np.float64), [1, 99.8])
+    want = np.clip((img - lo) / (hi - lo), 0, 1)
+    got = to_float_image(img)  # auto: 16 bits -> percentiles 1, 99.8
+    assert got.dtype == np.float32 and got.min() == 0.0 and got.max() == 1.0
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(to_float_image(img, normalize="max"), img / 65535, rtol=1e-6)
+    lo, hi = np.percentile(img.astype(np.float64), [5, 95])
+    np.testing.assert_allclose(to_float_image(img, normalize="percentile:5,95"),
+                               np.clip((img - lo) / (hi - lo), 0, 1), atol=1e-6)
+    u8 = img.astype(np.uint8)
+    np.testing.assert_array_equal(to_float_image(u8), u8 / np.float32(255))  # 8 bits: / 255
+    assert resolved_normalize(np.uint8) == "max"
+    assert resolved_normalize(np.uint16) == "percentile:1,99.8"
+    assert resolved_normalize(np.float32) == "float"
+    assert resolved_normalize(np.uint8, "percentile") == "percentile:1,99.8"
+    np.testing.assert_array_equal(normalize_image(np.full((3, 3), 7, np.uint16)), 0)  # flat
+    with pytest.raises(DataError, match="normalisation 'percentile:9,2' not understood"):
+        to_float_image(img, normalize="percentile:9,2")
+    with pytest.raises(DataError, match="not understood"):
+        load_dataset("synthetic:n=2,size=40", normalize="zscore")
+
+
+def test_instance_mask_that_is_binary_and_masks_for_other_sources(tmp_path):
+    two = np.zeros((24, 32), np.uint8)
+    two[2:8, 2:8] = two[12:20, 12:20] = 255  # two objects, one value: a binary mask
+    with pytest.raises(DataError, match="single value 255 on 2 separate objects.*'binary'"):
+        to_label(two, "instances")
+    one = np.zeros((24, 32), np.uint8)
+    one[2:8, 2:8] = 255  # one cell: a fine instance mask
+    assert to_label(one, "instances")[1].max() == 255
+    label, _ = to_label(np.array([[0, 2], [2, 0]]), "classes")  # classes {0, 2}: not binary
+    assert label.max() == 2
+    with pytest.raises(DataError, match="mask kind 'classes' does not fit synthetic"):
+        load_dataset("synthetic:n=2,size=40", mask_kind="classes")
+    with pytest.raises(DataError, match="mask kind 'blobs' unknown"):
+        load_dataset("synthetic:n=2,size=40", mask_kind="blobs")
+    d = load_dataset("cells:n=2,size=48", mask_kind="instances")
+    assert d.train[0].instances is not None
+
+
+def test_folder_of_16_bit_images_with_instance_masks(tmp_path):
+    from minunet.data.synthetic import touching_cells
+
+    for i in range(2):
+        c = touching_cells(64, seed=i)
+        write(tmp_path / "images" / f"c{i}.tif", c.image.astype(np.uint16) * 16 + 300)
+        write(tmp_path / "masks" / f"c{i}.tif", c.instances.astype(np.uint16))
+    d = load_dataset(f"folder:{tmp_path}", val=None, mask_kind="instances")
+    s = d.train[0]
+    assert s.image.min() == 0.0 and s.image.max() == 1.0  # stretched by percentiles
+    c = touching_cells(64, seed=0)
+    np.testing.assert_array_equal(s.instances, c.instances)
+    np.testing.assert_array_equal(s.label, c.mask > 0)  # separation borders removed

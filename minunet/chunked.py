@@ -1,0 +1,899 @@
+"""Chunked prediction into zarr: images beyond memory, on this machine or a Dask cluster.
+
+    python -m minunet.predict --checkpoint CKPT INPUT --out OUT.zarr [--chunk 1536] [--mask]
+                              [--scheduler tcp://HOST:8786 | processes]
+
+INPUT is a zarr or OME-Zarr array, a TIFF of any size (read lazily: memory-mapped when it is
+stored uncompressed in one piece, else through tifffile's zarr view, tile by tile), or any
+image the CLI reads (read whole). 2-D images, and stacks (Z, Y, X) slice by slice (any leading
+axes: OME's t and z; channels where the metadata says 'c' or the TIFF 'S'/'C').
+
+OUT.zarr holds
+
+    prob   the probabilities, the model's dtype: P(class 1) for two classes, shape (..., Y, X);
+           all K classes (class axis 'c' first, after OME's 't') for more
+    mask   (when asked) uint8: p > threshold -> 255 for two classes, the arg-max class for more
+    done   uint8 per chunk (1 = complete), one zarr chunk each: what a rerun skips
+
+chunked in Y and X like the chunk grid, with the run's settings in the root attributes
+("minunet") and, when the input was OME-Zarr, OME-Zarr multiscales metadata (the version the
+input had: 0.4 in zarr format 2, 0.5 in format 3) naming `prob` as the image.
+
+Exactness. Each chunk is one rectangle of the output, computed by `infer.predict_region`: the
+tiles the in-memory `infer.predict` runs for those pixels, on the same pixels, so the chunk
+equals the in-memory prediction bit for bit (float64 and float32 alike; same machine and
+MINUNET_CPU_THREADS, since the row blocks of the fast ops round differently for other thread
+counts). Why the chunk grid is tied to 16 = 2^depth: a 2x2 pool pairs pixels (2i, 2i+1), so a
+tile computes the whole-image numbers only when it starts at a multiple of 2^depth of the padded
+frame (minunet/sizes.py), and every boundary between the tiles' owned outputs lies on that grid
+(on multiples of the tile step: 384 for tile 572). A chunk edge off the 16-grid would cut through
+the middle of a tile's output wherever it is, so such chunk sizes are refused, naming the nearest
+multiples of 16; with the chunk a multiple of the tile step (the default, or the tile chosen to
+fit a given chunk) each chunk is made of whole tiles and no tile runs twice.
+
+The halo. A chunk needs the real pixels around it: a tile's output pixel i lies on its input
+pixel i + 92 (the 184 px margin, half on each side), and the tile that starts at a chunk's
+first row reads rows y0 - 92 .. y0 + size - 93, i.e. 92 px before the chunk and 96 after its
+end (the tile, 188 + step px, outputs 4 px more than its step). On an axis a test-time transform
+reverses, the tiles start up to 15 px earlier (on the grid of the transformed image).
+`infer.region_window` computes the window exactly; positions outside the image are mirrored
+at its true border only, as the in-memory prediction does.
+
+Resumable. A chunk's prob (and mask) are written first, then its `done` marker (zarr 3.1
+writes each chunk file to a temporary name and renames it): a run killed at any point leaves
+no chunk marked that is not complete, and a rerun with the same settings computes only the
+chunks not marked (or whose prob or mask chunk file is gone: deleted chunks are computed
+again). A rerun with other settings (model, tile, chunk, tta, ...) is refused.
+
+Memory: per task one window (chunk + halo) of the image, one chunk of output and the tiles of
+one forward pass, whatever the image's size. The chunks run as Dask tasks: by default on this
+machine's threads (one forward pass at a time, the others reading and writing), with
+scheduler="processes" on a LocalCluster of worker processes started here, or with the address
+of a running dask.distributed scheduler on many machines. Each worker process builds the model
+once (the parameters travel once per worker) and keeps it.
+
+The extra: `pip install "minunet[scale]"` (zarr, dask, distributed). zarr 3, not 2: tifffile's
+zarr view of a TIFF (tifffile >= 2025.5.21) speaks only zarr 3's store API; zarr 3 writes both
+store formats (2 for OME-Zarr 0.4, 3 for 0.5) and, from 3.1, each chunk file atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+import time
+import uuid
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import backend
+from .infer import (
+    MEMORY_FRACTION,
+    auto_tile,
+    effective_tile,
+    free_memory_bytes,
+    predict_region,
+    region_window,
+)
+from .model import UNetConfig, build_model, standardize
+from .sizes import choose_tile, grid_step, padded_size, tile_step
+
+SCALE_EXTRA = 'pip install "minunet[scale]"'
+DEFAULT_CHUNK = 1024  # target chunk side; the default is the multiple of the tile step nearest it
+LOCAL_THREADS = 2  # threads of the default scheduler: one runs the network, one reads and writes
+
+
+def require(module: str):
+    """Import a module of the `scale` extra, or say how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"chunked prediction into zarr needs {module.split('.')[0]}, which "
+                          f"comes with the scale extra: {SCALE_EXTRA}") from e
+
+
+# ----------------------------------------------------------------------------- the chunk grid
+
+
+def check_chunk(chunk: int, depth: int = 4) -> int:
+    """A chunk side must be a positive multiple of 2^depth (module doc); else ValueError
+    naming the nearest valid sides."""
+    g = grid_step(depth)
+    if chunk >= g and chunk % g == 0:
+        return chunk
+    below, above = (chunk // g) * g, (chunk // g + 1) * g
+    near = f"{below} or {above}" if below >= g else f"{above}"
+    raise ValueError(f"chunk size {chunk} breaks the pooling grid: chunk edges must lie on "
+                     f"multiples of 2^{depth} = {g} px, the grid the tiles start on and their "
+                     f"outputs meet on (an edge off it splits a tile in every chunk); the "
+                     f"nearest valid chunk sizes are {near}")
+
+
+def default_chunk(shape, tile: int, depth: int = 4, target: int = DEFAULT_CHUNK):
+    """(cy, cx): per axis the whole axis (rounded up to the grid) when one tile covers it, else
+    the multiple of the tile step nearest `target` (each chunk then made of whole tiles)."""
+    g = grid_step(depth)
+    out = []
+    for n in shape:
+        P = padded_size(n, depth)
+        T = choose_tile((P,), depth, tile)[0]
+        if T >= P:
+            out.append(-(-n // g) * g)
+        else:
+            s = tile_step(T, depth)
+            out.append(s * max(1, round(target / s)))
+    return tuple(out)
+
+
+def tile_for_chunk(shape, chunk, tile: int, depth: int = 4) -> int:
+    """The largest valid tile <= `tile` whose step divides the chunk sides (on the axes that
+    one tile does not cover whole), so that no tile runs twice; `tile` if none does."""
+    g = grid_step(depth)
+    steps = [c for n, c in zip(shape, chunk, strict=True)
+             if choose_tile((padded_size(n, depth),), depth, tile)[0] < padded_size(n, depth)]
+    if not steps:
+        return tile
+    common = math.gcd(*steps)
+    s_max = tile_step(choose_tile((10**9,), depth, tile)[0], depth)
+    for s in range(min(s_max, common) // g * g, 0, -g):
+        if common % s == 0 and tile_step(padded_size(s, depth), depth) == s:
+            return padded_size(s, depth)
+    return tile
+
+
+class ChunkWarning(UserWarning):
+    """A chunk size that is exact but makes some tiles run twice."""
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+class Source:
+    """An image read lazily window by window; picklable (each process reopens the file).
+
+    kind: "zarr" (path, key = the array inside the store), "tiff" (path; memory-mapped or
+    tifffile's zarr view), "array" (an in-memory array, carried along). axes: the stored
+    array's axes, one letter each: y, x, c (channels) and leading axes (z, t, ...).
+    """
+
+    def __init__(self, kind: str, name: str, axes: str, shape: tuple, dtype, path=None,
+                 key: str = "", array=None, ome: dict | None = None):
+        if axes.count("y") != 1 or axes.count("x") != 1 or axes.count("c") > 1 \
+                or axes.index("y") > axes.index("x") or len(axes) != len(shape):
+            raise ValueError(f"{name}: cannot use axes {axes!r} for an array of shape {shape} "
+                             "(need y and x, at most one channel axis c)")
+        self.kind, self.name, self.axes, self.path, self.key = kind, name, axes, path, key
+        self.stored_shape, self.dtype, self.ome = tuple(shape), np.dtype(dtype), ome
+        self._array = array
+
+    @property
+    def lead_axes(self) -> str:
+        return "".join(a for a in self.axes if a not in "cyx")
+
+    @property
+    def shape(self) -> tuple:
+        """(*leading, H, W): the axes prediction walks over, channels left out."""
+        return tuple(n for a, n in zip(self.axes, self.stored_shape, strict=True) if a != "c")
+
+    @property
+    def channels(self) -> int | None:
+        return self.stored_shape[self.axes.index("c")] if "c" in self.axes else None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self.kind != "array":
+            state["_array"] = state["_store"] = None  # file handles stay; reopened where needed
+        return state
+
+    _store = None  # tifffile's zarr store while open (it holds the file)
+
+    def array(self):
+        if self._array is None:
+            self._array, self._store = _open_array(self)
+        return self._array
+
+    def close(self) -> None:
+        """Close the file (a later read opens it again); in-memory arrays stay."""
+        if self.kind != "array":
+            if self._store is not None:
+                self._store.close()
+            self._array = self._store = None
+
+    def read(self, lead: tuple, rect) -> np.ndarray:
+        """The stored pixels of slice `lead` in rect (y0, y1, x0, x1): (h, w) or (h, w, C)."""
+        y0, y1, x0, x1 = rect
+        it = iter(lead)
+        index = tuple(slice(y0, y1) if a == "y" else slice(x0, x1) if a == "x"
+                      else slice(None) if a == "c" else next(it) for a in self.axes)
+        a = np.asarray(self.array()[index])
+        if "c" in self.axes:  # the remaining axes keep their stored order: put c last
+            order = [x for x in self.axes if x in "cyx"]
+            a = np.moveaxis(a, order.index("c"), -1)
+        return a
+
+    def fingerprint(self) -> dict:
+        d = {"kind": self.kind, "name": self.name, "axes": self.axes,
+             "shape": list(self.stored_shape), "dtype": str(self.dtype), "key": self.key}
+        if self.kind == "array" and isinstance(self._array, np.ndarray):
+            d["sha256"] = hashlib.sha256(np.ascontiguousarray(self._array).data).hexdigest()
+        elif self.kind == "array":  # an array-like that makes its pixels when sliced
+            d["repr"] = repr(self._array)
+        return d
+
+
+def _open_array(src: Source):
+    """(array, store to close or None) of a zarr or TIFF source."""
+    if src.kind == "zarr":
+        zarr = require("zarr")
+        return zarr.open_array(src.path, path=src.key or None, mode="r"), None
+    if src.kind == "tiff":
+        import tifffile
+
+        with tifffile.TiffFile(src.path) as tf:
+            contiguous = tf.series[0].dataoffset is not None
+        if contiguous:  # uncompressed in one piece: the operating system pages it in
+            return tifffile.memmap(src.path, series=0, mode="r"), None
+        zarr = require("zarr")
+        store = tifffile.imread(src.path, aszarr=True, series=0, level=0)
+        return zarr.open_array(store, mode="r"), store
+    raise ValueError(f"cannot reopen a source of kind {src.kind!r}")
+
+
+def _guess_axes(shape, name: str) -> str:
+    """Axes of an array without metadata: (Y, X), (Y, X, C) for C in 2..4 after a side > 4,
+    (Z, Y, X)."""
+    if len(shape) == 2:
+        return "yx"
+    if len(shape) == 3:
+        return "yxc" if shape[-1] in (2, 3, 4) and shape[0] > 4 else "zyx"
+    raise ValueError(f"{name}: an array of shape {tuple(shape)} without OME-Zarr axes "
+                     "metadata; give a 2-D image, a (Z, Y, X) stack, or OME-Zarr")
+
+
+def _ome_of(attrs: dict) -> dict | None:
+    """The first multiscale of OME-Zarr group attributes (0.4: top level; 0.5: under 'ome'),
+    with its version; None if there is none."""
+    if "ome" in attrs and isinstance(attrs["ome"], dict) and "multiscales" in attrs["ome"]:
+        ms = dict(attrs["ome"]["multiscales"][0])
+        ms["version"] = attrs["ome"].get("version", "0.5")
+        return ms
+    if "multiscales" in attrs:
+        ms = dict(attrs["multiscales"][0])
+        ms.setdefault("version", "0.4")
+        return ms
+    return None
+
+
+def open_source(input, name: str | None = None) -> Source:
+    """A Source for a path (zarr or OME-Zarr store or array, TIFF, other image), an in-memory
+    array ((H, W), (H, W, C) or (Z, H, W)), or an array-like with .shape, .dtype and numpy
+    slicing that makes its pixels when sliced (minunet.bench's generated image)."""
+    if not isinstance(input, (str, os.PathLike)):
+        lazy = hasattr(input, "shape") and hasattr(input, "__getitem__")
+        a = input if lazy and not isinstance(input, np.ndarray) else np.asarray(input)
+        return Source("array", name or "array", _guess_axes(a.shape, name or "array"),
+                      a.shape, a.dtype, array=a)
+    path = Path(input)
+    name = name or str(path)
+    if not path.exists():
+        from .data.loaders import DataError
+
+        raise DataError(f"input {path} does not exist")
+    if path.is_dir():  # a zarr store
+        zarr = require("zarr")
+        try:
+            node = zarr.open(str(path), mode="r")
+        except Exception as e:  # not a zarr store (zarr raises several types)
+            raise ValueError(f"{path} is a folder but no zarr array or group "
+                             f"({type(e).__name__}: {e})") from e
+        if hasattr(node, "shape"):
+            return Source("zarr", name, _guess_axes(node.shape, name), node.shape, node.dtype,
+                          path=str(path), array=node)
+        ome = _ome_of(dict(node.attrs))
+        if ome is not None:
+            key = ome["datasets"][0]["path"]
+            arr = node[key]
+            axes = "".join(str(a["name"] if isinstance(a, dict) else a)[0].lower()
+                           for a in ome["axes"])
+            return Source("zarr", name, axes, arr.shape, arr.dtype, path=str(path), key=key,
+                          array=arr, ome=ome)
+        arrays = [k for k, v in node.members() if hasattr(v, "shape")]
+        if len(arrays) != 1:
+            raise ValueError(f"{path} is a zarr group with arrays {arrays or 'none'} and no "
+                             f"OME-Zarr metadata: name the array, e.g. {path}/"
+                             f"{arrays[0] if arrays else 'ARRAY'}")
+        arr = node[arrays[0]]
+        return Source("zarr", name, _guess_axes(arr.shape, name), arr.shape, arr.dtype,
+                      path=str(path), key=arrays[0], array=arr)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tf:
+                series = tf.series[0]
+                tiff_axes, shape, dtype = series.axes, series.shape, series.dtype
+        except Exception as e:  # tifffile.TiffFileError and friends
+            from .data.loaders import DataError
+
+            raise DataError(f"{path} is not a readable TIFF ({type(e).__name__}: {e})") from e
+        axes = "".join({"Y": "y", "X": "x", "S": "c", "C": "c"}.get(a, a.lower())
+                       for a in tiff_axes)
+        if axes.count("c") > 1:
+            axes = _guess_axes(shape, name)
+        return Source("tiff", name, axes, shape, dtype, path=str(path))
+    from .data.loaders import read_array
+
+    a = read_array(path)
+    return Source("array", name, _guess_axes(a.shape, name), a.shape, a.dtype, array=a)
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class ModelRef:
+    """What a worker process needs to build the model once: config, parameters, device."""
+
+    config: str  # UNetConfig as JSON
+    state: dict  # parameter name -> host array
+    device: str  # "auto", "cpu" or "cuda", resolved on the worker
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+_MODELS: dict = {}  # ModelRef.token -> (model, lock): this process's models
+_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> lock
+_LOADS: dict = {}  # ModelRef.token -> times built in this process (the tests read it)
+_GUARD = threading.Lock()
+
+
+def model_loads() -> dict:
+    """{token: times built} in this process (client.run(model_loads) asks every worker)."""
+    return dict(_LOADS)
+
+
+def _model(ref):
+    """(model, lock): a model object itself, or the one this process built from a ModelRef.
+    One forward pass at a time per model: its layers keep per-call state and the fast ops
+    use every core already."""
+    with _GUARD:
+        if not isinstance(ref, ModelRef):
+            return ref, _LOCKS.setdefault(ref, threading.Lock())
+        if ref.token not in _MODELS:
+            model = build_model(UNetConfig.from_json(ref.config))
+            model.load_state_dict(ref.state)
+            model.eval().to(backend.resolve_device(ref.device))
+            _MODELS[ref.token] = (model, threading.Lock())
+            _LOADS[ref.token] = _LOADS.get(ref.token, 0) + 1
+        return _MODELS[ref.token]
+
+
+@dataclass
+class _Context:
+    """Everything a chunk task needs (scattered once to every worker)."""
+
+    model: object  # a UNet (threads) or a ModelRef (worker processes)
+    source: Source
+    out: str
+    key: str  # settings fingerprint: the open output arrays are cached under it
+    shape: tuple  # (*leading, H, W)
+    chunk: tuple  # (cy, cx)
+    tile: int
+    batch: int
+    tta: int
+    threshold: float
+    mask: bool
+    classes: int
+    normalize: str  # the checkpoint's normalisation (loaders.normalize_image)
+    stats: dict | None  # percentile normalisation: {leading index: [(p_lo, p_hi) per channel]}
+
+
+_ARRAYS: dict = {}
+
+
+def _outputs(ctx: _Context):
+    with _GUARD:
+        if ctx.key not in _ARRAYS:
+            zarr = require("zarr")
+            g = zarr.open_group(ctx.out, mode="r+")
+            _ARRAYS[ctx.key] = (g["prob"], g["mask"] if ctx.mask else None, g["done"])
+        return _ARRAYS[ctx.key]
+
+
+def _run_chunk(job: tuple, ctx: _Context) -> int:
+    """Compute, write and mark one chunk; returns its pixel count. job = (*leading, iy, ix)."""
+    from .predict import outputs, to_channels
+
+    model, lock = _model(ctx.model)
+    cfg = model.config
+    *lead, iy, ix = job
+    lead = tuple(lead)
+    H, W = ctx.shape[-2:]
+    cy, cx = ctx.chunk
+    region = (iy * cy, min(H, (iy + 1) * cy), ix * cx, min(W, (ix + 1) * cx))
+    label = f"{ctx.source.name}{list(lead) if lead else ''}"
+
+    def read(rect):
+        raw = ctx.source.read(lead, rect)
+        if ctx.stats is None:  # value by value: the window converts like the whole image
+            x = to_channels(raw, cfg.in_channels, label, ctx.normalize)  # (C, h, w)
+        else:
+            x = np.stack([_stretch(c, *st) for c, st in
+                          zip(_gray_channels(raw), ctx.stats[lead], strict=True)])
+        return standardize(model.xp.asarray(x, dtype=cfg.dtype))
+
+    rect = region_window((H, W), region, effective_tile(model, ctx.tile), cfg.depth, ctx.tta)
+    window = read(rect)  # read before taking the lock: I/O overlaps another chunk's forward
+
+    def from_window(r):
+        if r == rect:
+            return window
+        return read(r)  # after an out-of-memory retry: a smaller tile's window
+
+    with lock:
+        p = backend.to_host(predict_region(model, from_window, (H, W), region, ctx.tile,
+                                           ctx.batch, ctx.tta))  # (K, h, w)
+    window = None  # noqa: F841 -- free the window before writing
+    prob_a, mask_a, done_a = _outputs(ctx)
+    prob, mask = outputs(p, ctx.threshold)
+    sel = lead + (slice(region[0], region[1]), slice(region[2], region[3]))
+    if ctx.classes > 2:
+        at = _class_axis(ctx.source.lead_axes)
+        prob_a[sel[:at] + (slice(None),) + sel[at:]] = np.moveaxis(prob, 0, at)
+    else:
+        prob_a[sel] = prob
+    if mask_a is not None:
+        mask_a[sel] = mask
+    done_a[lead + (iy, ix)] = 1  # last: the chunk is complete
+    return (region[1] - region[0]) * (region[3] - region[2])
+
+
+def _class_axis(lead_axes: str) -> int:
+    """Where the class axis goes among the leading axes: after OME's 't', before the rest."""
+    return len(lead_axes) - len(lead_axes.lstrip("t"))
+
+
+@dataclass
+class Summary:
+    """What a run did."""
+
+    out: str
+    chunks: int  # in the grid
+    skipped: int  # complete before this run
+    computed: int  # by this run
+    megapixels: float  # computed by this run (per slice; all slices added)
+    seconds: float
+    tile: int
+    chunk: tuple
+
+    @property
+    def mp_per_s(self) -> float:
+        return self.megapixels / self.seconds if self.seconds > 0 else float("nan")
+
+
+def predict_zarr(model, input, out, *, chunk=None, tile: int | None = None, batch: int = 1,
+                 tta: int = 1, threshold: float = 0.5, mask: bool = False, scheduler=None,
+                 workers: int = LOCAL_THREADS, device: str = "auto", progress: bool = True,
+                 normalize: str = "max", name: str | None = None, log=None) -> Summary:
+    """Predict `input` chunk by chunk into the zarr store `out` (module doc); resumes.
+
+    model:     a UNet (eval mode is set per call, as infer.predict does).
+    input:     a Source, a path (zarr, OME-Zarr, TIFF, PNG) or an in-memory array.
+    chunk:     side (or (cy, cx)) of the output chunks, multiples of 2^depth; None: the
+               multiple of the tile step nearest 1024 (`default_chunk`).
+    tile:      the largest tile side; None: chosen from the free memory of the model's device,
+               then lowered to the largest whose step divides the chunk.
+    normalize: how stored gray values become [0, 1] (loaders.normalize_image; the CLI passes
+               the checkpoint's); "max": integers / their type's maximum, floats as they are.
+    scheduler: None or "threads" (this process, `workers` threads), "processes" (a
+               LocalCluster of `workers` processes started here), or the address of a running
+               dask.distributed scheduler ("tcp://host:8786"; `device` is then resolved on
+               each worker: one GPU each when every worker sees one GPU).
+    Returns a Summary (chunks computed and skipped, megapixels per second).
+    """
+    require("zarr")
+    require("dask")
+    cfg = model.config
+    src = input if isinstance(input, Source) else open_source(input, name)
+    shape = src.shape
+    H, W = shape[-2:]
+    for c in _pair(chunk) if chunk is not None else ():
+        check_chunk(c, cfg.depth)
+    if tile is None:
+        budget = int(MEMORY_FRACTION * free_memory_bytes(model.xp))
+        tile = auto_tile(cfg, (padded_size(H, cfg.depth), padded_size(W, cfg.depth)), batch,
+                         budget)
+        if chunk is not None:
+            tile = tile_for_chunk((H, W), _pair(chunk), tile, cfg.depth)
+    choose_tile((padded_size(H, cfg.depth),), cfg.depth, tile)  # refuses tiles too small
+    chunk = _pair(chunk) if chunk is not None else default_chunk((H, W), tile, cfg.depth)
+    _warn_if_tiles_run_twice((H, W), chunk, tile, cfg.depth)
+    _check_first_pixels(src, cfg, normalize)
+
+    settings = {
+        "input": src.fingerprint(),
+        "model": json.loads(cfg.to_json()),
+        "parameters_sha256": _parameters_sha256(model),
+        "tile": int(tile), "chunk": list(chunk), "tta": int(tta),
+        "threshold": float(threshold), "mask": bool(mask), "dtype": cfg.dtype,
+        "normalize": normalize,
+    }
+    grid = tuple(shape[:-2]) + (-(-H // chunk[0]), -(-W // chunk[1]))
+    out = str(Path(out).absolute())
+    _open_output(out, src, settings, grid, chunk, cfg, mask)
+    done = _complete(out, src.lead_axes, cfg.n_classes, mask)
+    todo = [tuple(int(i) for i in j) for j in zip(*np.nonzero(~done), strict=True)]
+    ctx = _Context(model=model, source=src, out=out, key=hashlib.sha256(
+        json.dumps(settings, sort_keys=True).encode()).hexdigest() + out, shape=shape,
+        chunk=chunk, tile=int(tile), batch=batch, tta=tta, threshold=threshold, mask=mask,
+        classes=cfg.n_classes, normalize=normalize, stats=None)
+    if log:
+        log(f"{src.name} {'x'.join(map(str, shape))} ({src.axes}, {src.dtype}) -> {out}: "
+            f"chunks {chunk[0]}x{chunk[1]}, tile {tile}, tta {tta}; {done.size} chunk(s), "
+            f"{done.size - len(todo)} already complete")
+    t0 = time.perf_counter()
+    if todo:
+        ctx.stats = percentile_stats(src, cfg, normalize)
+    try:
+        pixels = _run(todo, ctx, scheduler, workers, device, progress)
+    finally:
+        src.close()
+    seconds = time.perf_counter() - t0
+    return Summary(out=out, chunks=int(done.size), skipped=int(done.size) - len(todo),
+                   computed=len(todo), megapixels=pixels / 1e6, seconds=seconds,
+                   tile=int(tile), chunk=tuple(chunk))
+
+
+def _complete(out: str, lead_axes: str, classes: int, mask: bool) -> np.ndarray:
+    """Per chunk: marked done, and its prob (and mask) chunk files are there (a chunk deleted
+    by hand, or by a store that lost it, is computed again)."""
+    zarr = require("zarr")
+    g = zarr.open_group(out, mode="r")
+    done = np.asarray(g["done"][...]) == 1
+    stored = {}
+    for name in ("prob", "mask") if mask else ("prob",):
+        root = Path(out) / name
+        stored[name] = (g[name].metadata, {str(f.relative_to(root)).replace(os.sep, "/")
+                                           for f in root.rglob("*") if f.is_file()})
+    at = _class_axis(lead_axes)
+    for job in zip(*np.nonzero(done), strict=True):
+        job = tuple(int(i) for i in job)
+        for name, (meta, keys) in stored.items():
+            coords = job[:at] + (0,) + job[at:] if name == "prob" and classes > 2 else job
+            if meta.encode_chunk_key(coords) not in keys:
+                done[job] = False
+    return done
+
+
+def _pair(chunk) -> tuple[int, int]:
+    if isinstance(chunk, (int, np.integer)):
+        return int(chunk), int(chunk)
+    cy, cx = chunk
+    return int(cy), int(cx)
+
+
+def _warn_if_tiles_run_twice(shape, chunk, tile, depth):
+    for n, c in zip(shape, chunk, strict=True):
+        P = padded_size(n, depth)
+        T = choose_tile((P,), depth, tile)[0]
+        if T < P and c < n and c % tile_step(T, depth):
+            s = tile_step(T, depth)
+            warnings.warn(f"chunk {c} is not a multiple of the tile step {s} (tile {T}): exact, "
+                          f"but the tiles across chunk edges run twice; --chunk "
+                          f"{max(s, c // s * s)} or {(c // s + 1) * s}, or no --tile, avoids "
+                          f"that", ChunkWarning, stacklevel=3)
+            return
+
+
+def _check_first_pixels(src: Source, cfg, normalize: str):
+    """Fail before writing anything if the input's channels do not fit the model."""
+    from .predict import to_channels
+
+    lead = (0,) * len(src.lead_axes)
+    to_channels(src.read(lead, (0, 1, 0, 1)), cfg.in_channels, src.name, normalize)
+
+
+# ----------------------------------------------------------------------------- normalisation
+#
+# The CLI brings each image to [0, 1] as training did (loaders.normalize_image, the
+# checkpoint's --normalize). Dividing by the type's maximum works value by value, so a window
+# converts exactly like the whole image. Percentile stretching does not: it needs the whole
+# slice's percentiles. One pass over each slice (band by band) counts its gray values, the two
+# order statistics around each percentile come from the counts, and NumPy's own quantile of
+# those two values gives p_lo and p_hi bit for bit as np.percentile over the whole slice
+# (tests/test_chunked.py checks it). Counting needs integer gray values of at most 16 bits.
+
+BAND_BYTES = 64 * 2**20  # rows read at a time by the percentile pass
+
+
+def _gray_channels(raw: np.ndarray) -> list[np.ndarray]:
+    """The channels that predict.to_channels normalises one by one: alpha dropped, (h, w, 1)
+    squeezed. (RGB to gray for a one-channel model goes through float luma values, which the
+    percentile pass cannot count: refused in `percentile_stats`.)"""
+    a = raw
+    if a.ndim == 3 and a.shape[-1] in (2, 4):
+        a = a[..., :-1]
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    return [a] if a.ndim == 2 else [a[..., c] for c in range(a.shape[-1])]
+
+
+def _stretch(a: np.ndarray, p_lo, p_hi) -> np.ndarray:
+    """loaders.normalize_image's percentile branch, with the whole slice's percentiles."""
+    x = a.astype(np.float32)
+    scale = np.float32(1.0 / (p_hi - p_lo)) if p_hi > p_lo else np.float32(0.0)
+    return np.clip((x - np.float32(p_lo)) * scale, 0.0, 1.0)
+
+
+def percentile_stats(src: Source, cfg, normalize: str) -> dict | None:
+    """{leading index: [(p_lo, p_hi) per channel]} when `normalize` stretches the input's
+    dtype between percentiles; None when it converts value by value."""
+    from .data.loaders import DataError, resolved_normalize
+
+    how = resolved_normalize(src.dtype, normalize)
+    if not how.startswith("percentile"):
+        return None
+    lo, hi = (float(v) for v in how.partition(":")[2].split(","))
+    C = src.channels or 1
+    have = C - (1 if C in (2, 4) else 0)
+    if src.dtype.kind not in "iub" or src.dtype.itemsize > 2 or (
+            cfg.in_channels == 1 and have == 3):
+        raise DataError(f"{src.name}: normalisation {how} of a {src.dtype} "
+                        f"{'colour ' if have == 3 else ''}image can be done chunk by chunk only "
+                        "for gray or per-channel integer images of 8 or 16 bits (their gray "
+                        "values are counted to find the percentiles); convert the image, or "
+                        "predict it in memory (--out FOLDER)")
+    H, W = src.shape[-2:]
+    band = max(1, BAND_BYTES // max(1, W * C * src.dtype.itemsize))
+    offset = -np.iinfo(src.dtype).min if src.dtype.kind == "i" else 0
+    bins = 2 ** (8 * src.dtype.itemsize)
+    stats = {}
+    for lead in np.ndindex(*src.shape[:-2]):
+        hists = None
+        for y0 in range(0, H, band):
+            chans = _gray_channels(src.read(lead, (y0, min(H, y0 + band), 0, W)))
+            counts = [np.bincount((c.astype(np.int64) + offset).ravel(), minlength=bins)
+                      for c in chans]
+            hists = counts if hists is None else [h + c for h, c in zip(hists, counts,
+                                                                          strict=True)]
+        stats[tuple(int(i) for i in lead)] = [
+            tuple(_percentiles_from_counts(h, H * W, (lo, hi), offset)) for h in hists]
+    return stats
+
+
+def _percentiles_from_counts(hist: np.ndarray, n: int, q: tuple, offset: int) -> list:
+    """np.percentile(values.astype(float32), q) of n integer values given by their counts
+    (value v + offset in bin v + offset), bit for bit: NumPy's linear method interpolates
+    between the order statistics floor(v) and floor(v) + 1 at v = (n - 1) q / 100; its own
+    quantile of those two values, at the same fraction, does the same arithmetic."""
+    cum = np.cumsum(hist)
+    out = []
+    for v in (n - 1) * np.true_divide(np.asarray(q, dtype=np.float64), 100):
+        prev = int(np.floor(v))
+        a = np.searchsorted(cum, prev, side="right") - offset
+        b = np.searchsorted(cum, min(prev + 1, n - 1), side="right") - offset
+        out.append(np.quantile(np.array([a, b], np.float32), v - prev))
+    return out
+
+
+def _parameters_sha256(model) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(v).data)
+    return h.hexdigest()
+
+
+def _open_output(out: str, src: Source, settings: dict, grid: tuple, chunk: tuple, cfg, mask):
+    """Create OUT (group with its attributes first, then the arrays), or check that an
+    existing one was made with the same settings (the run then resumes it, creating any
+    array a killed first run did not get to)."""
+    zarr = require("zarr")
+    fmt = 2 if src.ome is not None and str(src.ome.get("version", "0.4")) < "0.5" else 3
+    lead_axes, lead = src.lead_axes, tuple(src.shape[:-2])
+    H, W = src.shape[-2:]
+    chunks = (1,) * len(lead) + tuple(chunk)
+    dims = list(lead_axes) + ["y", "x"]
+    if cfg.n_classes > 2:
+        at = _class_axis(lead_axes)
+        pshape = lead[:at] + (cfg.n_classes,) + lead[at:] + (H, W)
+        pchunks = chunks[:at] + (cfg.n_classes,) + chunks[at:]
+        pdims = dims[:at] + ["c"] + dims[at:]
+    else:
+        pshape, pchunks, pdims = lead + (H, W), chunks, dims
+    attrs = {"minunet": settings} | (_ome_attrs(src, pdims) if src.ome is not None else {})
+    if Path(out).exists():
+        try:
+            g = zarr.open_group(out, mode="r+")
+        except Exception as e:  # a file, or a folder that is no zarr group
+            raise ValueError(f"{out} exists and is not a zarr group; choose another --out") from e
+        have = dict(g.attrs).get("minunet")
+        if have is None:
+            raise ValueError(f"{out} exists and holds no minunet prediction; choose another "
+                             "--out")
+        if have != settings:
+            diff = sorted(k for k in set(have) | set(settings) if have.get(k) != settings.get(k))
+            raise ValueError(f"{out} holds a prediction made with other settings ({', '.join(diff)}"
+                             f" differ); resume it with the same ones, or choose another --out "
+                             "(or delete it)")
+    else:
+        g = zarr.open_group(out, mode="w-", zarr_format=fmt, attributes=attrs)
+
+    def make(name, shp, chk, dtype, dim, **kw):
+        if name in g:
+            return
+        extra = {} if fmt == 2 else {"dimension_names": dim}
+        g.create_array(name, shape=shp, chunks=chk, dtype=dtype, fill_value=0, **extra, **kw,
+                       config={"write_empty_chunks": True})  # every chunk written is a file
+
+    make("prob", pshape, pchunks, cfg.dtype, pdims)
+    if mask:
+        make("mask", lead + (H, W), chunks, "uint8", dims)
+    make("done", grid, (1,) * len(grid), "uint8", list(lead_axes) + ["chunk_y", "chunk_x"],
+         compressors=None)
+
+
+def _ome_attrs(src: Source, pdims: list[str]) -> dict:
+    """OME-Zarr multiscales for OUT, in the input's version, with its axes (names, types,
+    units) and its level-0 scale and translation for the axes that remain."""
+    ome = src.ome
+    axes_in = [a if isinstance(a, dict) else {"name": a} for a in ome["axes"]]
+    by_letter = {str(a["name"])[0].lower(): (i, a) for i, a in enumerate(axes_in)}
+    transforms = ome["datasets"][0].get("coordinateTransformations", [])
+    axes, cts = [], []
+    for d in pdims:
+        if d == "c":
+            axes.append({"name": "c", "type": "channel"})
+        else:
+            axes.append(by_letter[d][1])
+    for t in transforms:
+        key = t.get("type")
+        if key in ("scale", "translation") and key in t:  # not the 'path' form
+            fill = 1.0 if key == "scale" else 0.0
+            vals = [fill if d == "c" else t[key][by_letter[d][0]] for d in pdims]
+            cts.append({"type": t["type"], key: vals})
+    if not cts:
+        cts = [{"type": "scale", "scale": [1.0] * len(pdims)}]
+    ms = {"name": "minunet prediction", "axes": axes,
+          "datasets": [{"path": "prob", "coordinateTransformations": cts}],
+          "type": "minunet.predict",
+          "metadata": {"description": "class probabilities predicted by minunet from "
+                                      f"{src.name}"}}
+    version = str(ome.get("version", "0.4"))
+    if version < "0.5":
+        return {"multiscales": [{"version": version, **ms}]}
+    return {"ome": {"version": version, "multiscales": [ms]}}
+
+
+def _run(todo, ctx: _Context, scheduler, workers: int, device: str, progress: bool) -> int:
+    """Run the chunk tasks on the chosen Dask scheduler with a progress bar; pixels done."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), desc="predict", unit="chunk", disable=None if progress else True,
+               dynamic_ncols=True)
+    t0, pixels = time.perf_counter(), 0
+
+    def tick(px):
+        nonlocal pixels
+        pixels += px
+        bar.update(1)
+        bar.set_postfix_str(f"{pixels / 1e6 / max(time.perf_counter() - t0, 1e-9):.2f} MP/s")
+
+    try:
+        if not todo:
+            return 0
+        if scheduler in (None, "threads"):
+            _run_threads(todo, ctx, workers, tick)
+        else:
+            _run_distributed(todo, ctx, scheduler, workers, device, tick)
+    finally:
+        bar.close()
+    return pixels
+
+
+def _run_threads(todo, ctx, workers, tick):
+    dask = require("dask")
+    from dask.callbacks import Callback
+
+    class Progress(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            tick(result)
+
+    tasks = [dask.delayed(_run_chunk, pure=False)(job, ctx) for job in todo]
+    with Progress():
+        dask.compute(*tasks, scheduler="threads", num_workers=max(1, workers))
+
+
+def _run_distributed(todo, ctx, scheduler, workers, device, tick):
+    distributed = require("distributed")
+    model = ctx.model
+    ref = ModelRef(model.config.to_json(), model.state_dict(), device)
+    remote = _Context(**{**ctx.__dict__, "model": ref})
+    cluster = None
+    if scheduler == "processes":
+        n = max(1, workers)  # the cores shared out among the processes (unless set already)
+        env = {"MINUNET_CPU_THREADS": os.environ.get("MINUNET_CPU_THREADS",
+                                                     str(max(1, backend.workers(np) // n)))}
+        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, env=env)
+        address = cluster.scheduler_address
+    else:
+        address = scheduler
+    try:
+        try:
+            client = distributed.Client(address, timeout="30s")
+        except (OSError, TimeoutError) as e:
+            raise ValueError(f"cannot reach a Dask scheduler at {address} ({e}); start one "
+                             "with `dask scheduler` and workers with `dask worker ADDRESS`, "
+                             "or leave --scheduler out to run here") from e
+        with client:
+            if not client.scheduler_info().get("workers"):
+                client.wait_for_workers(1, timeout=60)
+            shared = client.scatter(remote, broadcast=True, hash=False)
+            futures = client.map(_run_chunk, todo, ctx=shared, pure=False)
+            try:
+                for fut in distributed.as_completed(futures):
+                    tick(fut.result())
+            except BaseException:
+                client.cancel(futures)
+                raise
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def run_cli(args) -> int:
+    """`python -m minunet.predict ... --out OUT.zarr` (minunet/predict.py hands over here)."""
+    import sys
+
+    from .checkpoint import load_checkpoint
+    from .data.loaders import DataError
+    from .predict import checkpoint_normalize, load_model
+    from .sizes import invalid_size_message, is_valid_size
+
+    for module in ("zarr", "dask") + (("distributed",) if args.scheduler else ()):
+        try:
+            require(module)
+        except ImportError as e:
+            raise DataError(str(e)) from e
+    if len(args.inputs) != 1:
+        raise DataError(f"--out {args.out} takes one INPUT (got {len(args.inputs)}); run once "
+                        "per image, or use --out FOLDER for many small images")
+    if args.workers < 1:
+        raise DataError(f"--workers must be >= 1, got {args.workers}")
+    ckpt = load_checkpoint(args.checkpoint)
+    model = load_model(args.checkpoint, args.device, ckpt)
+    cfg = model.config
+    if args.tile is not None and not is_valid_size(args.tile, cfg.depth):
+        raise DataError(f"--tile: {invalid_size_message(args.tile, cfg.depth)}")
+    if args.chunk is not None:
+        try:
+            check_chunk(args.chunk, cfg.depth)
+        except ValueError as e:
+            raise DataError(f"--chunk: {e}") from e
+    where = (f"a LocalCluster of {args.workers} worker process(es)"
+             if args.scheduler == "processes" else args.scheduler
+             or f"{args.workers} thread(s) here")
+    print(f"minunet.predict: {backend.device_info()}; chunks on {where}", file=sys.stderr)
+    summary = predict_zarr(
+        model, args.inputs[0], args.out, chunk=args.chunk, tile=args.tile, batch=args.batch,
+        tta=args.tta, threshold=args.threshold, mask=args.mask, scheduler=args.scheduler,
+        workers=args.workers, device=args.device, normalize=checkpoint_normalize(ckpt),
+        log=lambda m: print(m, file=sys.stderr))
+    arrays = "prob, mask" if args.mask else "prob"
+    print(f"wrote {summary.computed} chunk(s) ({summary.megapixels:.1f} MP) of {arrays} to "
+          f"{summary.out} in {summary.seconds:.1f} s: {summary.mp_per_s:.2f} MP/s"
+          + (f"; {summary.skipped} were complete already" if summary.skipped else ""),
+          file=sys.stderr)
+    return 0
