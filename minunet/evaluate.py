@@ -212,32 +212,32 @@ def evaluate_classes(slices) -> list[dict]:
     return rows
 
 
-def _class_row(cm: np.ndarray) -> dict:
-    """Scores of a (K, K) confusion matrix (row truth, column prediction); NaN for a class in
-    neither."""
+def _iou_dice(cm: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, float]:
+    """Pixel accuracy, per-class IoU and Dice (NaN for a class in neither map) and their mean
+    IoU, from a (K, K) confusion matrix (row truth, column prediction)."""
     cm = cm.astype(np.float64)
     inter = np.diag(cm)
     union = cm.sum(0) + cm.sum(1) - inter
     total = cm.sum(0) + cm.sum(1)
     iou = np.where(union > 0, inter / np.where(union > 0, union, 1), np.nan)
     dice = np.where(total > 0, 2 * inter / np.where(total > 0, total, 1), np.nan)
-    row = {"pixel_accuracy": inter.sum() / max(cm.sum(), 1.0),
-           "mean_iou": float(np.nanmean(iou)) if np.isfinite(iou).any() else 1.0}
+    mean_iou = float(np.nanmean(iou)) if np.isfinite(iou).any() else 1.0
+    return inter.sum() / max(cm.sum(), 1.0), iou, dice, mean_iou
+
+
+def _class_row(cm: np.ndarray) -> dict:
+    """Scores of a (K, K) confusion matrix: accuracy, mean IoU, IoU and Dice per class."""
+    accuracy, iou, dice, mean_iou = _iou_dice(cm)
+    row = {"pixel_accuracy": accuracy, "mean_iou": mean_iou}
     row |= {f"iou_{c}": float(v) for c, v in enumerate(iou)}
     return row | {f"dice_{c}": float(v) for c, v in enumerate(dice)}
 
 
 def _pixel_row(cm: np.ndarray) -> dict:
     """Pixel accuracy, IoU and Dice of a 2x2 confusion matrix (row truth, column prediction)."""
-    cm = cm.astype(np.float64)
-    inter = np.diag(cm)
-    union = cm.sum(0) + cm.sum(1) - inter
-    total = cm.sum(0) + cm.sum(1)
-    iou = np.where(union > 0, inter / np.where(union > 0, union, 1), np.nan)
-    dice = np.where(total > 0, 2 * inter / np.where(total > 0, total, 1), np.nan)
-    return {"pixel_accuracy": inter.sum() / max(cm.sum(), 1.0), "iou_cell": iou[1],
-            "iou_boundary": iou[0], "mean_iou": float(np.nanmean(iou)) if np.isfinite(iou).any()
-            else 1.0, "dice_cell": dice[1]}
+    accuracy, iou, dice, mean_iou = _iou_dice(cm)
+    return {"pixel_accuracy": accuracy, "iou_cell": iou[1], "iou_boundary": iou[0],
+            "mean_iou": mean_iou, "dice_cell": dice[1]}
 
 
 def evaluate(slices, threshold: float = 0.5, progress: bool = False) -> list[dict]:
