@@ -410,6 +410,7 @@ def _outputs(ctx: _Context):
 
 def _run_chunk(job: tuple, ctx: _Context) -> int:
     """Compute, write and mark one chunk; returns its pixel count. job = (*leading, iy, ix)."""
+    from .data.loaders import stretch
     from .predict import outputs, to_channels
 
     model, lock = _model(ctx.model)
@@ -426,7 +427,7 @@ def _run_chunk(job: tuple, ctx: _Context) -> int:
         if ctx.stats is None:  # value by value: the window converts like the whole image
             x = to_channels(raw, cfg.in_channels, label, ctx.normalize)  # (C, h, w)
         else:
-            x = np.stack([_stretch(c, *st) for c, st in
+            x = np.stack([stretch(c.astype(np.float32), *st) for c, st in
                           zip(_gray_channels(raw), ctx.stats[lead], strict=True)])
         return standardize(model.xp.asarray(x, dtype=cfg.dtype))
 
@@ -626,22 +627,15 @@ def _gray_channels(raw: np.ndarray) -> list[np.ndarray]:
     return [a] if a.ndim == 2 else [a[..., c] for c in range(a.shape[-1])]
 
 
-def _stretch(a: np.ndarray, p_lo, p_hi) -> np.ndarray:
-    """loaders.normalize_image's percentile branch, with the whole slice's percentiles."""
-    x = a.astype(np.float32)
-    scale = np.float32(1.0 / (p_hi - p_lo)) if p_hi > p_lo else np.float32(0.0)
-    return np.clip((x - np.float32(p_lo)) * scale, 0.0, 1.0)
-
-
 def percentile_stats(src: Source, cfg, normalize: str) -> dict | None:
     """{leading index: [(p_lo, p_hi) per channel]} when `normalize` stretches the input's
     dtype between percentiles; None when it converts value by value."""
-    from .data.loaders import DataError, resolved_normalize
+    from .data.loaders import DataError, percentile_range, resolved_normalize
 
     how = resolved_normalize(src.dtype, normalize)
     if not how.startswith("percentile"):
         return None
-    lo, hi = (float(v) for v in how.partition(":")[2].split(","))
+    lo, hi = percentile_range(how)
     C = src.channels or 1
     have = C - (1 if C in (2, 4) else 0)
     if src.dtype.kind not in "iub" or src.dtype.itemsize > 2 or (

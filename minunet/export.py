@@ -48,7 +48,13 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data.loaders import DataError, read_array, resolved_normalize, to_float_image
+from .data.loaders import (
+    DataError,
+    percentile_range,
+    read_array,
+    resolved_normalize,
+    to_float_image,
+)
 from .files import atomic_write, atomic_write_text
 from .model import INPUT_MEAN, INPUT_STD, UNetConfig, channels, standardize
 from .predict import save_tiff
@@ -337,7 +343,7 @@ def preprocessing(dtype, normalize: str) -> list[dict]:
         gain = 1.0 if np.dtype(dtype).kind == "b" else 1.0 / float(np.iinfo(np.dtype(dtype)).max)
         steps.append({"id": "scale_linear", "kwargs": {"gain": gain, "offset": 0.0}})
     elif how.startswith("percentile"):
-        lo, hi = (float(v) for v in how.partition(":")[2].split(","))
+        lo, hi = percentile_range(how)
         steps.append({"id": "scale_range", "kwargs": {"axes": ["y", "x"], "min_percentile": lo,
                                                       "max_percentile": hi}})
         steps.append({"id": "clip", "kwargs": {"min": 0.0, "max": 1.0}})
@@ -351,8 +357,8 @@ def describe_normalization(dtype, normalize: str) -> str:
         return f"{np.dtype(dtype).name} gray values divided by the type's maximum"
     if how == "float":
         return "float gray values, already in [0, 1], kept"
-    lo, hi = how.partition(":")[2].split(",")
-    return (f"gray values stretched between the image's percentiles {lo} and {hi}, clipped to "
+    lo, hi = percentile_range(how)
+    return (f"gray values stretched between the image's percentiles {lo:g} and {hi:g}, clipped to "
             "[0, 1]")
 
 
@@ -604,8 +610,8 @@ def _python_preprocessing(dtype, normalize: str) -> str:
         return f"x = x / {float(np.iinfo(np.dtype(dtype)).max):g}  # the type's maximum"
     if how == "float":
         return "# already in [0, 1]"
-    lo, hi = how.partition(":")[2].split(",")
-    return (f"lo, hi = np.percentile(x, [{lo}, {hi}], axis=(2, 3), keepdims=True)\n"
+    lo, hi = percentile_range(how)
+    return (f"lo, hi = np.percentile(x, [{lo:g}, {hi:g}], axis=(2, 3), keepdims=True)\n"
             "x = np.clip((x - lo) / (hi - lo), 0, 1)")
 
 

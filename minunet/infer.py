@@ -448,14 +448,6 @@ def _transform(img, k: int):
     return out[:, :, ::-1] if k >= 4 else out
 
 
-def _untransform(p, k: int):
-    """Inverse of `_transform` on (K, h, w) maps: flip back, then turn back."""
-    xp = backend.xp_of(p)
-    if k >= 4:
-        p = p[:, :, ::-1]
-    return xp.rot90(p, -(k % 4), axes=(1, 2))
-
-
 def softmax(logits):
     """Softmax over axis 1 of (N, K, H, W), stable."""
     xp = backend.xp_of(logits)

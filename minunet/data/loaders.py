@@ -151,16 +151,27 @@ def resolved_normalize(dtype, spec: str = NORMALIZE_DEFAULT) -> str:
     return f"percentile:{q[0]:g},{q[1]:g}"
 
 
+def percentile_range(how: str) -> tuple[float, float]:
+    """(LO, HI) of a resolved normalisation 'percentile:LO,HI' (`resolved_normalize`)."""
+    lo, hi = how.partition(":")[2].split(",")
+    return float(lo), float(hi)
+
+
+def stretch(x: np.ndarray, p_lo, p_hi) -> np.ndarray:
+    """Float32 gray values x -> (x - p_lo) / (p_hi - p_lo), clipped to [0, 1] (all 0 when
+    p_hi == p_lo): the percentile normalisation once the percentiles are known."""
+    scale = np.float32(1.0 / (p_hi - p_lo)) if p_hi > p_lo else np.float32(0.0)
+    return np.clip((x - np.float32(p_lo)) * scale, 0.0, 1.0)
+
+
 def normalize_image(a: np.ndarray, spec: str = NORMALIZE_DEFAULT, name: str = "image"):
     """Gray values (any shape) -> float32 in [0, 1] as `spec` says (see NORMALIZE_DEFAULT)."""
     a = np.asarray(a)
     how = resolved_normalize(a.dtype, spec)
     if how.startswith("percentile"):
-        lo, hi = (float(v) for v in how.partition(":")[2].split(","))
         x = a.astype(np.float32)
-        p_lo, p_hi = np.percentile(x, [lo, hi]) if x.size else (0.0, 1.0)
-        scale = np.float32(1.0 / (p_hi - p_lo)) if p_hi > p_lo else np.float32(0.0)
-        return np.clip((x - np.float32(p_lo)) * scale, 0.0, 1.0)
+        p_lo, p_hi = np.percentile(x, percentile_range(how)) if x.size else (0.0, 1.0)
+        return stretch(x, p_lo, p_hi)
     if a.dtype == bool:
         return a.astype(np.float32)
     if how == "max":
