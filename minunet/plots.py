@@ -39,7 +39,8 @@ def plot_loss(history: list[dict], train_losses: list[float], last_it: int, path
     ax.set_ylabel("loss per pixel")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
     fig.tight_layout()
     return save_figure(fig, path)
 

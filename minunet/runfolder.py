@@ -1,10 +1,14 @@
 """A training run's folder: what `python -m minunet.train` writes there and reads back.
 
     config.json           the resolved settings: {"train": ..., "model": ..., "optimizer": ...}
-    metrics.csv           one row per validation, the columns of COLUMNS
+    metrics.csv           one row per validation, the columns of COLUMNS (elapsed_s: wall-clock
+                          seconds since the run started, earlier processes of a resumed run
+                          included)
     loss.png              the training and validation losses (minunet/plots.py)
     val_predictions.png   validation images, truth and prediction side by side
     last.npz, best.npz    checkpoints (minunet/checkpoint.py); --resume continues exactly
+    checkpoints/N.npz     with --keep-checkpoints, the checkpoint of each validation
+    curve.csv, curve.png  written by python -m minunet.curve: held-out scores of those
 
 Every file is written atomically (minunet/files.py). The trainer creates the folder only once
 the options are valid, the data has loaded and the model is built, so a run that cannot start
@@ -31,7 +35,8 @@ from .files import atomic_write_text
 # Validation is not weighted as well: its number should measure the segmentation a user gets,
 # comparable between runs with and without the weight map, rather than mostly the thin borders
 # between cells that the weight map (w0 = 10) emphasises.
-COLUMNS = ("iteration", "train_loss_weighted", "val_xent", "pixel_accuracy", "rand_error")
+COLUMNS = ("iteration", "elapsed_s", "train_loss_weighted", "val_xent", "pixel_accuracy",
+           "rand_error")
 _RENAMED = {"train_loss": "train_loss_weighted", "val_loss": "val_xent"}  # older run folders
 
 
@@ -71,6 +76,7 @@ class RunFolder:
                         rng: dict) -> Path:
         """Write `name` (last.npz, best.npz): the model's parameters, buffers and
         architecture, the optimiser's velocities, the iteration, config and RNG state."""
+        (self.path / name).parent.mkdir(parents=True, exist_ok=True)  # checkpoints/N.npz
         state = model.state_dict()  # parameters and buffers, host arrays
         buffers = {k: state.pop(k) for k in model.buffers}
         return save_checkpoint(self.path / name, state, opt.state_dict(), iteration, config,

@@ -25,6 +25,7 @@ import math
 import re
 import signal
 import sys
+import tempfile
 import time
 import tokenize
 from dataclasses import asdict, dataclass, fields
@@ -94,8 +95,11 @@ class TrainConfig:
     normalize: str = "auto"  # how images become [0, 1]: auto (8-bit / 255; 16- and 32-bit:
     # percentiles 1 and 99.8) | max (divide by the type's maximum) | percentile:LO,HI; saved in
     # the checkpoint, so predict and export do the same
-    val: str = ""  # held-out validation images: indices '25,26,27', a fraction '0.2' or a
-    # count '5'; unset (''): the source's default (ISBI 2012: the last sixth, 25-29 of 30)
+    val: str = ""  # validation images, which choose best.npz: indices '23,24', a fraction
+    # '0.2' or a count '5'; unset (''): the source's default (ISBI 2012: 23-24 of 30)
+    holdout: str = ""  # labelled images kept out of training and validation, to score
+    # afterwards with predict and evaluate: indices '25,26', a range '25-29' or 'none'; unset
+    # (''): the source's default (ISBI 2012: the last sixth, 25-29 of 30; other data: none)
     device: str = "auto"  # auto (the GPU if CuPy sees one) | cpu | cuda
     preset: str = ""  # a set of defaults, by device when unset: paper on a GPU, else cpu
     base: int = 64  # channels at level 0, doubling per level (paper 64)
@@ -103,6 +107,11 @@ class TrainConfig:
     tile: int = 572  # input tile side, a valid size (paper 572 -> 388 output)
     batch: int = 1  # tiles per step (paper 1: "a large input tile over a large batch size")
     iters: int = 5000  # total iterations (a resumed run stops where the straight run would)
+    time: str = ""  # a time budget instead of --iters: '10m', '90s', '1h', '1h30m'. After a
+    # short warm-up it measures a step and a validation, then sets --iters (written to
+    # config.json: repeat the run with --iters N) so that training, validations and checkpoints
+    # end within the budget; the learning rate decays to 0 at its end (--schedule poly unless
+    # given)
     lr: float = 0.01  # base learning rate, > 0
     momentum: float = 0.99  # SGD momentum in [0, 1) (paper 0.99)
     weight_decay: float = 0.0  # L2 weight decay, >= 0 (paper none)
@@ -114,6 +123,8 @@ class TrainConfig:
     weight_map: bool = True  # the paper's border weight map (else all weights 1)
     seed: int = 0  # seed of the initial weights, tiles and dropout masks, >= 0
     val_every: int = 500  # iterations between validations and checkpoints
+    keep_checkpoints: bool = False  # also keep each validation's checkpoint as
+    # RUN/checkpoints/ITERATION.npz (python -m minunet.curve scores them: the learning curve)
     out: str = ""  # run folder; unset (''): runs/<date-time>
     dtype: str = "float32"  # float32 trains; float64 for checks
     prefetch: int = 2  # tiles prepared by a background thread (0 on the CPU: it competes
@@ -138,7 +149,7 @@ RULES = {  # option: (is the value valid?, what it must be)
 
 def check_config(cfg: TrainConfig) -> None:
     """ValueError naming the option and what it must be, for the first invalid setting."""
-    from .data.loaders import as_index_list, parse_normalize
+    from .data.loaders import as_holdout, as_index_list, parse_normalize
 
     for name, (ok, want) in RULES.items():
         if not ok(getattr(cfg, name)):
@@ -150,7 +161,23 @@ def check_config(cfg: TrainConfig) -> None:
     if not is_valid_size(cfg.tile, cfg.depth):
         raise ValueError(f"--tile: {invalid_size_message(cfg.tile, cfg.depth)}")
     as_index_list(cfg.val)  # DataError (a ValueError) if --val cannot be read
+    as_holdout(cfg.holdout)  # likewise --holdout
+    if cfg.time:
+        parse_duration(cfg.time)  # likewise --time
     parse_normalize(cfg.normalize)  # likewise for --normalize
+
+
+def parse_duration(text: str) -> float:
+    """'10m' -> 600.0, '90s' -> 90.0, '1h30m' -> 5400.0, '2.5m' -> 150.0; ValueError else."""
+    parts = re.findall(r"(\d+(?:\.\d*)?)\s*([hms])", text.strip().lower())
+    rebuilt = "".join(f"{n}{u}" for n, u in parts)
+    if not parts or rebuilt != re.sub(r"\s+", "", text.strip().lower()):
+        raise ValueError(f"--time {text!r} not understood: give a duration such as 90s, 10m, "
+                         "1h or 1h30m")
+    seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError(f"--time must be more than 0 seconds, got {text!r}")
+    return seconds
 
 
 def _flag(name: str) -> str:
@@ -226,7 +253,9 @@ def resolve_config(given: dict) -> TrainConfig:
     except RuntimeError as e:  # --device cuda without a usable GPU
         raise ValueError(str(e)) from e
     preset = given.get("preset") or ("paper" if device == "cuda" else "cpu")
-    return TrainConfig(**{**PRESETS[preset], **given, "preset": preset, "device": device})
+    timed = {"schedule": "poly"} if given.get("time") else {}  # the rate ends with the budget
+    return TrainConfig(**{**PRESETS[preset], **timed, **given, "preset": preset,
+                          "device": device})
 
 
 def model_config(cfg: TrainConfig, n_classes: int, in_channels: int = 1) -> UNetConfig:
@@ -239,12 +268,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     names = {f.name for f in fields(TrainConfig)}
     try:  # every check before anything is created: bad input leaves no run folder
-        cfg = resolve_config({k: v for k, v in vars(args).items()
-                              if k in names and v is not None})
+        given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+        cfg = resolve_config(given)
         if args.describe:
             print(describe(model_config(cfg, 2), cfg.tile, cfg.batch))
             return 0
-        trainer = Trainer(cfg, resume=args.resume)
+        trainer = Trainer(cfg, resume=args.resume, given=set(given))
     except (ValueError, FileNotFoundError) as e:  # bad option, data or checkpoint: say so
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -259,28 +288,43 @@ class Stop(Exception):
 
 
 class Trainer:
-    """Owns one run: data, model, optimiser, run folder; `run()` trains to cfg.iters."""
+    """Owns one run: data, model, optimiser, run folder; `run()` trains to cfg.iters.
+
+    With cfg.time set, a new run first fits cfg.iters to the budget (`fit_budget`)."""
 
     RESUMABLE = ("device", "iters", "out", "val_every", "prefetch")  # what --resume may change
 
-    def __init__(self, cfg: TrainConfig, resume: str | None = None, quiet: bool = False):
+    def __init__(self, cfg: TrainConfig, resume: str | None = None, quiet: bool = False,
+                 given: set | None = None):
+        """given: the options named on the command line; a resume takes only those of
+        RESUMABLE from `cfg` (None: all of them, for callers that pass a whole config)."""
         from .data import AugmentConfig, TileSampler, load_dataset
-        from .data.loaders import as_index_list
+        from .data.loaders import as_holdout, as_index_list
 
+        self.started = time.monotonic()  # the --time budget counts from here
         self.quiet = quiet
         ckpt = load_checkpoint(resume) if resume else None
         if ckpt is not None:
-            cfg = self._resumed_config(ckpt.config, cfg, resume)
+            if given is not None and "time" in given:
+                raise ValueError("--time sets the iterations of a new run; a resumed run "
+                                 "continues to its saved end (give --iters to change it)")
+            cfg = self._resumed_config(ckpt.config, cfg, resume, given)
         self.cfg = cfg
+        self.budget = ckpt.config.get("budget") if ckpt is not None else None
         self.folder = RunFolder(cfg.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
         self.out = self.folder.path
         self._say(f"minunet.train: {backend.device_info()}")
         self._say(json.dumps(asdict(cfg), indent=1))
-        self.data = load_dataset(cfg.data, as_index_list(cfg.val), cfg.mask_kind, cfg.normalize)
+        self.data = load_dataset(cfg.data, as_index_list(cfg.val), cfg.mask_kind, cfg.normalize,
+                                 as_holdout(cfg.holdout))
         self._say(f"data {self.data.source}: {len(self.data.train)} image(s) to train on, "
-                  f"{len(self.data.val)} held out for validation"
+                  f"{len(self.data.val)} for validation (choosing best.npz)"
                   + (f": {', '.join(s.name for s in self.data.val)}" if self.data.val else "")
                   + ("" if cfg.val else " (choose others with --val)"))
+        if self.data.holdout:
+            self._say(f"held out, never trained on nor validated (score them with predict and "
+                      f"evaluate): {', '.join(s.name for s in self.data.holdout)}"
+                      + ("" if cfg.holdout else " (choose others with --holdout)"))
         if ckpt is None:
             self.model = build_model(model_config(cfg, self.data.n_classes), seed=cfg.seed)
         else:  # refuses parameters of another shape, listing them
@@ -292,19 +336,78 @@ class Trainer:
         if ckpt is not None:
             self.opt.load_state_dict(ckpt.velocity)
         self.it = ckpt.iteration if ckpt is not None else 0
-        self.folder.create(self._config_json(), self.it)  # only now: everything has loaded
+        self.resumed_from = self.it
+        # wall-clock seconds of the run before this process (a resumed run carries them on)
+        self.elapsed_before = float(ckpt.rng.get("elapsed_s", 0.0)) if ckpt is not None else 0.0
         self.out_size = output_size(cfg.tile, cfg.depth)
-        self.sampler = TileSampler(self.data.train, cfg.tile, self.out_size,
-                                   AugmentConfig() if cfg.augment else None, seed=cfg.seed,
-                                   start=self.it * cfg.batch, prefetch=cfg.prefetch,
-                                   use_weights=cfg.weight_map)
+        self._sampler = lambda start: TileSampler(
+            self.data.train, cfg.tile, self.out_size, AugmentConfig() if cfg.augment else None,
+            seed=cfg.seed, start=start, prefetch=cfg.prefetch, use_weights=cfg.weight_map)
+        self.sampler = self._sampler(self.it * cfg.batch)
         self.best = math.inf
         self.train_losses: list[float] = []  # per iteration, this process's iterations only
         self.val_preds: list = []  # (image, truth, probabilities) of the last validation
+        if cfg.time and ckpt is None:
+            self.fit_budget(parse_duration(cfg.time))
+        self.folder.create(self._config_json(), self.it)  # only now: everything has loaded
+
+    # -- the time budget ----------------------------------------------------------------
+
+    WARM_STEPS, TIMED_STEPS = 2, 8  # steps run and then undone to measure the step time
+
+    def fit_budget(self, seconds: float) -> None:
+        """Set cfg.iters (and the schedule's end) so that the run ends within `seconds` of
+        this Trainer's start: time a few steps after a warm-up and one validation with its
+        checkpoint and plots (after one more to warm up), undo them (the run then starts from
+        iteration 0 exactly as `--iters N` would), and take the largest N with
+            N * step + ceil(N / val_every) * validation <= seconds left - reserve
+        (docs/DESIGN.md, "Time budget").
+        """
+        cfg = self.cfg
+        params = {k: p.copy() for k, p in self.model.state_dict().items()}
+        velocity = {k: v.copy() for k, v in self.opt.state_dict().items()}
+        times = []
+        for _ in range(self.WARM_STEPS + self.TIMED_STEPS):
+            t = time.perf_counter()
+            with np.errstate(all="ignore"):
+                float(self.step())  # float() waits for the device
+            times.append(time.perf_counter() - t)
+        self.model.load_state_dict(params)
+        self.opt.load_state_dict(velocity)
+        self.model.release_caches()
+        self.sampler.close()
+        self.sampler = self._sampler(0)
+        step = float(np.mean(times[self.WARM_STEPS:]))
+        run_folder = self.folder
+        with tempfile.TemporaryDirectory() as tmp:  # nothing in the run folder before it fits
+            self.folder = RunFolder(tmp)
+            self.validate_and_save(quiet=True)  # the first one also imports and compiles
+            t = time.perf_counter()
+            self.validate_and_save(quiet=True)
+            validation = time.perf_counter() - t
+        self.folder, self.val_preds, self.best = run_folder, [], math.inf
+        left = seconds - (time.monotonic() - self.started)
+        reserve = 0.02 * seconds + 0.5  # the step time drifts; closing the run takes a moment
+        n = int(max(0.0, left - reserve) / (step + validation / cfg.val_every))
+        while n > 0 and n * step + math.ceil(n / cfg.val_every) * validation > left - reserve:
+            n -= 1
+        if n < 1:
+            raise ValueError(f"--time {cfg.time} is too short: setting up took "
+                       f"{seconds - left:.1f} s, a step takes {step:.2f} s and a validation "
+                       f"{validation:.1f} s; give more time or use --iters")
+        cfg.iters = self.opt.config.max_iter = n
+        self.budget = {"time": cfg.time, "seconds": seconds, "step_s": round(step, 4),
+                       "validation_s": round(validation, 3), "setup_s": round(seconds - left, 2),
+                       "iters": n}
+        self._say(f"--time {cfg.time}: a step takes {step:.3f} s, a validation with its "
+                  f"checkpoint {validation:.1f} s, setting up took {seconds - left:.1f} s: "
+                  f"training {n} iterations (repeat with --iters {n}; config.json)")
 
     @staticmethod
-    def _resumed_config(config: dict, cfg: TrainConfig, resume: str) -> TrainConfig:
-        """The checkpoint's training settings, with the options a resume may change."""
+    def _resumed_config(config: dict, cfg: TrainConfig, resume: str,
+                        given: set | None = None) -> TrainConfig:
+        """The checkpoint's training settings, with the options a resume may change (those in
+        `given`, or all of RESUMABLE when None)."""
         saved = config.get("train")
         if not isinstance(saved, dict):
             raise ValueError(f"{resume} holds no training settings (config['train']), so it "
@@ -314,7 +417,11 @@ class Trainer:
             raise ValueError(f"{resume}: unknown training settings {', '.join(unknown)}; "
                              "was it written by a newer minunet?")
         saved = {"normalize": "max", **saved}  # what runs did before --normalize existed
-        resumed = TrainConfig(**{**saved, **{k: getattr(cfg, k) for k in Trainer.RESUMABLE}})
+        if "holdout" not in saved:  # before --holdout: nothing held out, ISBI validated 25-29
+            isbi_val = saved.get("data", "").startswith("isbi2012") and not saved.get("val")
+            saved = {**saved, "holdout": "none", **({"val": str(1 / 6)} if isbi_val else {})}
+        change = [k for k in Trainer.RESUMABLE if given is None or k in given or k == "device"]
+        resumed = TrainConfig(**{**saved, **{k: getattr(cfg, k) for k in change}})
         resumed.out = resumed.out or str(Path(resume).parent)
         return resumed
 
@@ -372,7 +479,10 @@ class Trainer:
             signal.signal(signal.SIGINT, old)
             self.sampler.close()
         bar.close()
-        self._say(f"done: {self.it} iterations; run folder {self.out}")
+        spent = (f" in {time.monotonic() - self.started:.0f} s of the {self.budget['seconds']:.0f}"
+                 f" s budget" if self.budget and "seconds" in self.budget and self.resumed_from == 0
+                 else "")
+        self._say(f"done: {self.it} iterations{spent}; run folder {self.out}")
         return 0
 
     def step(self):
@@ -416,12 +526,15 @@ class Trainer:
             res["rand_error"] = float(np.mean(rands))
         return res
 
-    def validate_and_save(self) -> None:
+    def validate_and_save(self, quiet: bool = False) -> None:
         res = self.validate()
         recent = self.train_losses[-self.cfg.val_every:]
         train_loss = float(np.mean(recent)) if recent else ""
-        self.folder.log({"iteration": self.it, "train_loss_weighted": train_loss, **res})
+        self.folder.log({"iteration": self.it, "elapsed_s": round(self.elapsed(), 2),
+                         "train_loss_weighted": train_loss, **res})
         self.save("last.npz")
+        if self.cfg.keep_checkpoints:
+            self.save(f"checkpoints/{self.it:06d}.npz")
         # best.npz: the lowest validation loss (the training loss when nothing is held out)
         score = res.get("val_xent", train_loss if recent else math.inf)
         if score < self.best:
@@ -429,17 +542,23 @@ class Trainer:
             self.save("best.npz")
         self.folder.plot(self.train_losses, self.it, self.val_preds)
         msg = ", ".join(f"{k} {v:.4f}" for k, v in res.items())
-        self._say(f"\niteration {self.it}: {msg}")
+        if not quiet:
+            self._say(f"\niteration {self.it}: {msg}")
 
     def save(self, name: str) -> Path:
         return self.folder.save_checkpoint(
             name, self.model, self.opt, self.it, self._config_json(),
             {"seed": self.cfg.seed, "next_tile": self.it * self.cfg.batch,
-             "dropout_key": "step_key(seed, iteration)"})
+             "dropout_key": "step_key(seed, iteration)", "elapsed_s": round(self.elapsed(), 3)})
+
+    def elapsed(self) -> float:
+        """Wall-clock seconds of this run so far, earlier processes of a resumed run included."""
+        return self.elapsed_before + time.monotonic() - self.started
 
     def _config_json(self) -> dict:
+        budget = {"budget": self.budget} if self.budget else {}  # what --time measured and chose
         return {"train": asdict(self.cfg), "model": asdict(self.model.config),
-                "optimizer": self.opt.config_dict()}
+                "optimizer": self.opt.config_dict(), **budget}
 
     def _say(self, msg: str) -> None:
         if not self.quiet:

@@ -47,8 +47,9 @@ def test_run_folder_contents(tmp_path):
               "best.npz"):
         assert (out / f).is_file(), f
     rows = _rows(out / "metrics.csv")
-    assert list(rows[0]) == ["iteration", "train_loss_weighted", "val_xent", "pixel_accuracy",
-                             "rand_error"]
+    assert list(rows[0]) == ["iteration", "elapsed_s", "train_loss_weighted", "val_xent",
+                             "pixel_accuracy", "rand_error"]
+    assert float(rows[0]["elapsed_s"]) > 0
     assert [r["iteration"] for r in rows] == ["2"]
     assert 0 <= float(rows[0]["pixel_accuracy"]) <= 1 and float(rows[0]["val_xent"]) > 0
     assert float(rows[0]["train_loss_weighted"]) > 0
@@ -242,7 +243,8 @@ def test_a_file_that_is_no_checkpoint_never_suggests_unpickling(tmp_path, capsys
 
 
 def test_isbi_slices_held_out_by_default_are_named(tmp_path, capsys):
-    """Fewer than 30 slices: the default holds out the last sixth and says which."""
+    """Fewer than 30 slices: the default holds out the last sixth, validates on the slice
+    before, and says which."""
     for sub in ("images", "labels"):
         (tmp_path / "isbi" / sub).mkdir(parents=True)
     for i in range(6):
@@ -254,5 +256,8 @@ def test_isbi_slices_held_out_by_default_are_named(tmp_path, capsys):
     t = Trainer(TrainConfig(**{**TINY, "data": f"isbi2012:{tmp_path / 'isbi'}",
                                "out": str(tmp_path / "run"), "iters": 1}))
     t.sampler.close()
-    assert [s.name for s in t.data.val] == ["05"] and len(t.data.train) == 5
-    assert "1 held out for validation: 05 (choose others with --val)" in capsys.readouterr().out
+    assert [s.name for s in t.data.val] == ["04"] and len(t.data.train) == 4
+    out = capsys.readouterr().out
+    assert "1 for validation (choosing best.npz): 04 (choose others with --val)" in out
+    assert "never trained on nor validated (score them with predict and evaluate): 05 " \
+           "(choose others with --holdout)" in out

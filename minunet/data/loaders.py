@@ -54,6 +54,7 @@ class Dataset:
     n_classes: int = 2
     source: str = ""
     test: list[Sample] = field(default_factory=list)
+    holdout: list[Sample] = field(default_factory=list)  # labelled, kept out to score afterwards
 
     def stack(self, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
         """Images (n, H, W) float32 and labels (n, H, W) int64 of a split of equal-size samples."""
@@ -277,41 +278,56 @@ def to_label(
 # ----------------------------------------------------------------------------- splits
 
 
-def isbi_default_val(n: int) -> list[int]:
-    """The ISBI 2012 slices held out when --val is not given: the last sixth of the stack,
-    rounded, at least one while at least one slice is left to train on (30 slices: 25..29)."""
-    k = max(1, round(n / 6)) if n > 1 else 0
-    return list(range(n - k, n))
+def isbi_default_split(n: int) -> tuple[list[int], list[int]]:
+    """(validation, held-out) slices of an ISBI 2012 stack of n when neither is given: the
+    protocol of docs/DESIGN.md, "ISBI 2012 protocol". The last sixth (rounded) is held out for
+    scoring, never trained on nor used to choose a checkpoint; the round(n/15) slices before it
+    choose best.npz; the rest train. 30 slices: train 00-22, validation 23-24, scored 25-29.
+    Each part keeps at least one slice while one is left to train on."""
+    test = max(1, round(n / 6)) if n > 2 else 0
+    val = max(1, round(n / 15)) if n - test > 1 else 0
+    return list(range(n - test - val, n - test)), list(range(n - test, n))
 
 
-def split_indices(n: int, val) -> tuple[list[int], list[int]]:
-    """Train and validation indices of n items.
+def split_indices(n: int, val, holdout=()) -> tuple[list[int], list[int]]:
+    """Train and validation indices of n items, none of them in `holdout`.
 
-    val: a sequence of indices (held out as given), a fraction 0 <= f < 1 (the last round(f*n)
-    items, at least one when f > 0 and n > 1; none of a single item), an int count (the last
-    `val` items), or None (none held out).
+    val: a sequence of indices (held out as given), a fraction 0 <= f < 1 (the last round(f*m)
+    of the m items not in `holdout`, at least one when f > 0 and m > 1; none of a single item),
+    an int count (the last `val` of them), or None (none held out).
+    holdout: indices kept out of both (labelled images to score afterwards).
     The last items rather than random ones: neighbouring EM sections are correlated, so a
     contiguous block keeps validation honest.
     """
+    out = sorted({int(i) for i in holdout})
+    bad = [i for i in out if not 0 <= i < n]
+    if bad:
+        raise DataError(f"held-out indices {bad} out of range for {n} images (0..{n - 1})")
+    pool = [i for i in range(n) if i not in set(out)]
+    m = len(pool)
     if val is None:
         held = []
     elif isinstance(val, float):
         if not 0.0 <= val < 1.0:
             raise DataError(f"validation fraction {val} must lie in [0, 1)")
-        k = 0 if val == 0 or n < 2 else max(1, round(val * n))  # never all of them by default
-        held = list(range(n - k, n))
+        k = 0 if val == 0 or m < 2 else max(1, round(val * m))  # never all of them by default
+        held = pool[m - k:]
     elif isinstance(val, int | np.integer):
-        if not 0 <= val < n:
-            raise DataError(f"validation count {val} must lie in [0, {n - 1}] for {n} images")
-        held = list(range(n - int(val), n))
+        if not 0 <= val < m:
+            raise DataError(f"validation count {val} must lie in [0, {m - 1}] for {m} images")
+        held = pool[m - int(val):]
     else:
         held = sorted({int(i) for i in val})
         bad = [i for i in held if not 0 <= i < n]
         if bad:
             raise DataError(f"validation indices {bad} out of range for {n} images (0..{n - 1})")
-    train = [i for i in range(n) if i not in set(held)]
+        both = sorted(set(held) & set(out))
+        if both:
+            raise DataError(f"images {both} are both validation and held out; give each "
+                            "image one role (--val, --holdout)")
+    train = [i for i in pool if i not in set(held)]
     if not train:
-        raise DataError(f"validation takes all {n} images; hold out fewer")
+        raise DataError(f"validation and held-out images take all {n} images; hold out fewer")
     return train, held
 
 
@@ -333,12 +349,17 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def load_isbi2012(path: str | Path, val=None, normalize: str = NORMALIZE_DEFAULT) -> Dataset:
-    """ISBI 2012 training slices with held-out validation slices, plus the test slices if present.
+def load_isbi2012(path: str | Path, val=None, normalize: str = NORMALIZE_DEFAULT,
+                  holdout=None) -> Dataset:
+    """ISBI 2012 training slices with validation and held-out slices, plus the test slices if
+    present.
 
     path: a folder with images/NN.png + labels/NN.png (+ test/NN.png), or one with the original
     stacks train-volume.tif + train-labels.tif (+ test-volume.tif), or train-volume.tif itself.
-    val:  held-out slices (see `split_indices`); None: `isbi_default_val` (of 30: 25..29).
+    val:  validation slices, which choose best.npz (see `split_indices`); None: the default of
+          `isbi_default_split` (of 30: 23, 24) less any in `holdout`.
+    holdout: slices kept out of training and validation, to be scored afterwards; None: the
+          default of `isbi_default_split` (of 30: 25..29) less any in `val`.
     Labels: 1 = cell (255 in the files), 0 = membrane; instances None (connected components are
     taken by the weight map).
     """
@@ -376,12 +397,17 @@ def load_isbi2012(path: str | Path, val=None, normalize: str = NORMALIZE_DEFAULT
         Sample(to_float_image(im, n, normalize), _isbi_label(lab, n), None, n)
         for im, lab, n in zip(images, labels, names, strict=True)
     ]
-    train, held = split_indices(len(samples), isbi_default_val(len(samples)) if val is None
-                                else val)
+    default_val, default_out = isbi_default_split(len(samples))
+    if holdout is None:
+        holdout = [i for i in default_out if val is None or isinstance(val, int | float)
+                   or i not in set(val)]
+    if val is None:
+        val = [i for i in default_val if i not in set(holdout)]
+    train, held = split_indices(len(samples), val, holdout)
     test = [Sample(to_float_image(t, f"test {i}", normalize), None, None, f"test {i}")
             for i, t in enumerate(test_images)]
     return Dataset([samples[i] for i in train], [samples[i] for i in held], 2, f"isbi2012:{path}",
-                   test)
+                   test, [samples[i] for i in sorted(set(holdout))])
 
 
 # ----------------------------------------------------------------------------- generic folders
@@ -457,13 +483,15 @@ def load_folder(
     image_dir: str = "images",
     mask_dir: str | None = None,
     normalize: str = NORMALIZE_DEFAULT,
+    holdout=(),
 ) -> Dataset:
     """A folder of images and masks paired by file stem.
 
     path:      folder with images/ and masks/ (or labels/); PNG or TIFF, 8- or 16-bit, gray or RGB.
     mask_kind: 'binary' (one non-zero value = foreground), 'classes' (class indices 0..K-1) or
                'instances' (instance ids, 0 = background; touching cells get separation borders).
-    val:       held-out samples (see `split_indices`), default the last 20 % in name order.
+    val:       validation samples (see `split_indices`), default the last 20 % in name order.
+    holdout:   indices (in name order) kept out of training and validation.
     normalize: how images become [0, 1] (`normalize_image`; by default 16-bit images by their
                percentiles 1 and 99.8).
     """
@@ -481,16 +509,16 @@ def load_folder(
         samples.append(Sample(to_float_image(image, image_file.name, normalize), label, instances,
                               image_file.stem))
     n_classes = max(2, max(int(s.label.max()) for s in samples) + 1)
-    train, held = split_indices(len(samples), val)
+    train, held = split_indices(len(samples), val, holdout)
     return Dataset([samples[i] for i in train], [samples[i] for i in held], n_classes,
-                   f"folder:{path}")
+                   f"folder:{path}", holdout=[samples[i] for i in sorted(set(holdout))])
 
 
 # ----------------------------------------------------------------------------- synthetic
 
 
 def load_synthetic(n: int = 30, size: int = 512, seed: int = 0, val=5, kind: str = "em",
-                   normalize: str = NORMALIZE_DEFAULT) -> Dataset:
+                   normalize: str = NORMALIZE_DEFAULT, holdout=()) -> Dataset:
     """Built-in synthetic data: `synthetic_em` slices (kind 'em') or `touching_cells` ('cells')."""
     from tqdm import tqdm
 
@@ -510,9 +538,9 @@ def load_synthetic(n: int = 30, size: int = 512, seed: int = 0, val=5, kind: str
                                   c.instances.astype(np.int64), f"cells {i}"))
         else:
             raise DataError(f"synthetic kind {kind!r} unknown: use 'em' or 'cells'")
-    train, held = split_indices(n, val)
+    train, held = split_indices(n, val, holdout)
     return Dataset([samples[i] for i in train], [samples[i] for i in held], 2,
-                   f"synthetic:{kind}")
+                   f"synthetic:{kind}", holdout=[samples[i] for i in sorted(set(holdout))])
 
 
 def _parse_options(text: str, allowed: dict) -> dict:
@@ -530,15 +558,17 @@ def _parse_options(text: str, allowed: dict) -> dict:
 
 
 def load_dataset(spec: str, val=None, mask_kind: str = "binary",
-                 normalize: str = NORMALIZE_DEFAULT) -> Dataset:
+                 normalize: str = NORMALIZE_DEFAULT, holdout=None) -> Dataset:
     """The training CLI's data spec to a Dataset.
 
     spec: 'synthetic' or 'synthetic:n=30,size=512,seed=0' (EM-like slices),
           'cells' or 'cells:n=..,size=..,seed=..' (touching cells, instance labels),
           'isbi2012:PATH' (ISBI 2012 slices or stacks), 'folder:PATH' (images/ + masks/ or labels/).
-    val:  held-out validation (indices, fraction or count; see `split_indices`); None takes the
-          default of the source (ISBI: the last sixth, of 30 slices 25..29; folders: the last
+    val:  validation, which chooses best.npz (indices, fraction or count; see `split_indices`);
+          None takes the default of the source (ISBI: of 30 slices 23, 24; folders: the last
           20 %; synthetic: the last sixth rounded up, 1 to 5).
+    holdout: indices kept out of training and validation, to score afterwards; None takes the
+          default of the source (ISBI: the last sixth, of 30 slices 25..29; others: none).
     mask_kind: for 'folder': 'binary', 'classes' or 'instances' (what the masks hold); the
           other sources know their masks ('cells' takes 'instances' too, as it has them).
     normalize: how images become [0, 1] (`normalize_image`).
@@ -559,28 +589,51 @@ def load_dataset(spec: str, val=None, mask_kind: str = "binary",
             raise DataError(f"{kind}: need n >= 2 (one to train, one to validate), got {n}")
         v = (min(5, max(1, math.ceil(n / 6))) if val is None else val)
         return load_synthetic(opts["n"], opts["size"], opts["seed"], v,
-                              "em" if kind == "synthetic" else "cells", normalize)
+                              "em" if kind == "synthetic" else "cells", normalize,
+                              holdout or ())
     if kind in ("isbi2012", "folder") and not rest:
         raise DataError(f"data spec {spec!r} needs a path: {kind}:PATH")
     if kind == "isbi2012":
-        return load_isbi2012(rest, val, normalize)
+        return load_isbi2012(rest, val, normalize, holdout)
     if kind == "folder":
-        return load_folder(rest, mask_kind, 0.2 if val is None else val, normalize=normalize)
+        return load_folder(rest, mask_kind, 0.2 if val is None else val, normalize=normalize,
+                           holdout=holdout or ())
     raise DataError(f"data spec {spec!r} not understood; use one of: synthetic, "
                     "synthetic:n=30,size=512, cells, isbi2012:PATH, folder:PATH")
 
 
 def as_index_list(val: str | Sequence[int] | float | None):
-    """Parse a CLI --val value: '25,26,27' -> [25, 26, 27], '0.2' -> 0.2, '5' -> 5, '' -> None."""
+    """Parse a CLI --val or --holdout value: '25,26,27' -> [25, 26, 27], '0.2' -> 0.2, '5' -> 5,
+    'none' -> [] (no image), '' -> None (the source's default)."""
     if val is None or isinstance(val, int | float | list | tuple):
         return val
     text = val.strip()
     try:
         if not text:
             return None
+        if text.lower() == "none":
+            return []
         if "," in text:
             return [int(v) for v in text.split(",") if v.strip()]
         return float(text) if "." in text else int(text)
     except ValueError:
         raise DataError(f"--val {val!r} not understood: give slice indices '25,26,27', a "
                         "fraction '0.2' or a count '5'") from None
+
+
+def as_holdout(text: str | Sequence[int] | None) -> list[int] | None:
+    """Parse a CLI --holdout value: '25,26' -> [25, 26], '25-29' -> [25, ..., 29], '7' -> [7],
+    'none' -> [], '' -> None (the source's default)."""
+    if text is None or isinstance(text, list | tuple):
+        return None if text is None else list(text)
+    out: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            if part.lower() == "none":
+                continue
+            lo, dash, hi = part.partition("-")
+            out += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
+    except ValueError:
+        raise DataError(f"--holdout {text!r} not understood: give image indices '25,26,27', a "
+                        "range '25-29' or 'none'") from None
+    return out if text.strip() else None

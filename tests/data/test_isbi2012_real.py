@@ -22,9 +22,10 @@ def isbi_path():
 @pytest.mark.skipif(isbi_path() is None, reason="ISBI 2012 data not found")
 def test_real_isbi2012_slices():
     d = load_dataset(f"isbi2012:{isbi_path()}")
-    samples = d.train + d.val
-    assert len(samples) == 30 and len(d.val) == 5
-    assert [s.name for s in d.val] == ["25", "26", "27", "28", "29"]
+    samples = d.train + d.val + d.holdout
+    assert len(samples) == 30 and [s.name for s in d.train][-1] == "22"  # the protocol
+    assert [s.name for s in d.val] == ["23", "24"]
+    assert [s.name for s in d.holdout] == ["25", "26", "27", "28", "29"]
     for s in samples:
         assert s.image.shape == s.label.shape == (512, 512)
         assert s.image.dtype == np.float32 and 0 <= s.image.min() and s.image.max() <= 1

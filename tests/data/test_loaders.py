@@ -7,8 +7,9 @@ from PIL import Image
 
 from minunet.data.loaders import (
     DataError,
+    as_holdout,
     as_index_list,
-    isbi_default_val,
+    isbi_default_split,
     load_dataset,
     load_folder,
     load_isbi2012,
@@ -142,7 +143,8 @@ def test_isbi_stacks(tmp_path):
     tifffile.imwrite(tmp_path / "train-labels.tif", lab, **pages)
     tifffile.imwrite(tmp_path / "test-volume.tif", vol[:2], **pages)
     d = load_isbi2012(tmp_path / "train-volume.tif", val=[1])
-    assert len(d.train) == 3 and len(d.val) == 1 and len(d.test) == 2
+    assert len(d.train) == 2 and len(d.val) == 1 and len(d.test) == 2
+    assert [s.name for s in d.holdout] == ["slice 3"]  # the default held-out sixth stays
     np.testing.assert_array_equal(d.val[0].label, lab[1] == 255)
     np.testing.assert_allclose(d.val[0].image, vol[1] / 255, rtol=1e-6)
     tifffile.imwrite(tmp_path / "train-labels.tif", lab // 2, **pages)  # {0, 127}: not ISBI
@@ -187,13 +189,48 @@ def test_cli_val_parsing():
         as_index_list("last")
 
 
-def test_isbi_default_validation_fits_any_count(tmp_path):
-    assert isbi_default_val(30) == [25, 26, 27, 28, 29]  # the usual split of the challenge data
-    assert isbi_default_val(12) == [10, 11]
-    assert isbi_default_val(2) == [1] and isbi_default_val(1) == []
+def test_isbi_default_split_fits_any_count(tmp_path):
+    """The protocol (docs/DESIGN.md, "ISBI 2012 protocol"): train 00-22, choose on 23-24,
+    score 25-29; smaller stacks keep each part while one slice is left to train on."""
+    assert isbi_default_split(30) == ([23, 24], [25, 26, 27, 28, 29])
+    assert isbi_default_split(12) == ([9], [10, 11])
+    assert isbi_default_split(3) == ([1], [2])
+    assert isbi_default_split(2) == ([1], []) and isbi_default_split(1) == ([], [])
     make_folder(tmp_path, n=4, mask="labels")
-    d = load_dataset(f"isbi2012:{tmp_path}")  # 25..29 would be out of range
-    assert [s.name for s in d.train] == ["s0", "s1", "s2"] and [s.name for s in d.val] == ["s3"]
+    d = load_dataset(f"isbi2012:{tmp_path}")  # 23..29 would be out of range
+    assert [s.name for s in d.train] == ["s0", "s1"] and [s.name for s in d.val] == ["s2"]
+    assert [s.name for s in d.holdout] == ["s3"]
+
+
+def test_isbi_validation_and_holdout_given(tmp_path):
+    for i in range(30):
+        write(tmp_path / "images" / f"{i:02d}.png", np.full((8, 8), i, np.uint8))
+        write(tmp_path / "labels" / f"{i:02d}.png", np.full((8, 8), 255, np.uint8))
+    names = lambda samples: [int(s.name) for s in samples]  # noqa: E731
+    d = load_dataset(f"isbi2012:{tmp_path}")
+    assert names(d.train) == list(range(23)) and names(d.val) == [23, 24]
+    assert names(d.holdout) == [25, 26, 27, 28, 29]
+    d = load_dataset(f"isbi2012:{tmp_path}", val=[25, 26])  # the old walk-through's --val
+    assert names(d.val) == [25, 26] and names(d.holdout) == [27, 28, 29]
+    assert 23 in names(d.train)
+    d = load_dataset(f"isbi2012:{tmp_path}", holdout=[])  # --holdout none: 25-29 train
+    assert names(d.val) == [23, 24] and names(d.train) == [*range(23), *range(25, 30)]
+    d = load_dataset(f"isbi2012:{tmp_path}", val=2, holdout=[0, 1])  # a count: the last two left
+    assert names(d.val) == [28, 29] and names(d.holdout) == [0, 1]
+    with pytest.raises(DataError, match="both validation and held out"):
+        load_dataset(f"isbi2012:{tmp_path}", val=[3], holdout=[3])
+    with pytest.raises(DataError, match="held-out indices \\[30\\] out of range"):
+        load_dataset(f"isbi2012:{tmp_path}", holdout=[30])
+    d = load_dataset(f"folder:{tmp_path}", holdout=[0])  # other sources: none unless given
+    assert len(d.holdout) == 1 and len(d.val) == 6 and len(d.train) == 23
+
+
+def test_holdout_option_parses():
+    assert as_holdout("25-29") == [25, 26, 27, 28, 29]
+    assert as_holdout("25, 27") == [25, 27] and as_holdout("7") == [7]
+    assert as_holdout("none") == [] and as_holdout("") is None
+    with pytest.raises(DataError, match="--holdout 'last' not understood"):
+        as_holdout("last")
 
 
 def test_a_file_that_is_no_image_is_named(tmp_path):

@@ -1,0 +1,79 @@
+"""`python -m minunet.curve`: the kept checkpoints of a run scored on its held-out slices, the
+same numbers as `predict` + `evaluate` give, and a figure against minutes and iterations."""
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minunet.curve import main as curve
+from minunet.evaluate import main as evaluate
+from minunet.predict import main as predict
+from minunet.train import main as train
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def isbi_like(tmp_path):
+    """Six 200 x 200 slices in the ISBI layout: cells with membranes between them."""
+    rng = np.random.default_rng(3)
+    for sub in ("images", "labels"):
+        (tmp_path / "isbi" / sub).mkdir(parents=True)
+    for i in range(6):
+        label = np.full((200, 200), 255, np.uint8)
+        for c in rng.integers(20, 180, 4):
+            label[:, c:c + 3] = 0
+            label[c + 5:c + 8, :] = 0
+        image = np.where(label > 0, 170, 60) + rng.integers(0, 40, label.shape)
+        Image.fromarray(image.astype(np.uint8)).save(tmp_path / "isbi" / "images" / f"{i:02d}.png")
+        Image.fromarray(label).save(tmp_path / "isbi" / "labels" / f"{i:02d}.png")
+    return tmp_path / "isbi"
+
+
+def test_curve_scores_kept_checkpoints_like_predict_and_evaluate(isbi_like, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train(["--data", f"isbi2012:{isbi_like}", "--preset", "tiny", "--iters", "4",
+                  "--val-every", "2", "--keep-checkpoints", "--device", "cpu",
+                  "--out", str(run)]) == 0
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["000002.npz",
+                                                                        "000004.npz"]
+    metrics = rows(run / "metrics.csv")
+    assert [float(r["elapsed_s"]) > 0 for r in metrics] == [True, True]
+    assert curve([str(run)]) == 0
+    assert (run / "curve.png").stat().st_size > 0
+    scored = rows(run / "curve.csv")
+    assert [r["iteration"] for r in scored] == ["2", "4"]
+    assert [r["elapsed_s"] for r in scored] == [r["elapsed_s"] for r in metrics]
+
+    # the held-out slice of 6 (slice 05) through the command-line tools gives the same scores
+    pred = tmp_path / "pred"
+    assert predict(["--checkpoint", str(run / "checkpoints" / "000004.npz"),
+                    str(isbi_like / "images" / "05.png"), "--out", str(pred)]) == 0
+    assert evaluate([str(pred / "prob" / "05.png"), str(isbi_like / "labels" / "05.png"),
+                     "--csv", str(tmp_path / "eval.csv")]) == 0
+    by_hand = rows(tmp_path / "eval.csv")[-1]
+    for key in ("pixel_error", "rand_error", "v_rand", "v_info"):
+        assert float(scored[-1][key]) == pytest.approx(float(by_hand[key]), abs=5e-7), key  # 6 places
+
+
+def test_curve_of_a_run_without_kept_checkpoints_or_holdout_says_what_to_do(tmp_path, capsys):
+    run = tmp_path / "plain"
+    assert train(["--preset", "tiny", "--iters", "2", "--val-every", "2", "--device", "cpu",
+                  "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert curve([str(run)]) == 2
+    assert "train with --keep-checkpoints" in capsys.readouterr().err
+    kept = tmp_path / "kept"
+    assert train(["--preset", "tiny", "--iters", "2", "--val-every", "2", "--device", "cpu",
+                  "--keep-checkpoints", "--out", str(kept)]) == 0
+    capsys.readouterr()
+    assert curve([str(kept)]) == 2  # synthetic data holds nothing out unless told
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "train with --holdout" in err and err.count("\n") == 1
+    assert curve([str(tmp_path / "nowhere")]) == 2
+    assert "is not a run folder" in capsys.readouterr().err

@@ -1,0 +1,88 @@
+"""`--time`: a budget instead of an iteration count. It measures, chooses the iterations and
+writes them to config.json; `--iters N` repeats the run exactly, `--resume` goes to the same
+end."""
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from minunet.checkpoint import load_checkpoint
+from minunet.train import TrainConfig, Trainer, main, parse_duration, resolve_config
+
+TINY = dict(base=2, depth=4, tile=188, lr=0.01, val_every=10, prefetch=0, device="cpu",
+            data="synthetic:n=3,size=200", schedule="poly")
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("90s", 90), ("10m", 600), ("1h", 3600), ("1h30m", 5400), ("2.5m", 150), ("1m 30s", 90),
+])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "10", "ten minutes", "10x", "m", "0s", "5m-1s"])
+def test_bad_durations_name_the_fix(text):
+    with pytest.raises(ValueError, match="--time"):
+        parse_duration(text)
+
+
+def test_a_timed_run_defaults_to_a_schedule_that_ends_with_it():
+    assert resolve_config({"device": "cpu", "time": "10m"}).schedule == "poly"
+    assert resolve_config({"device": "cpu", "time": "10m", "schedule": "step"}).schedule == "step"
+    assert resolve_config({"device": "cpu"}).time == ""
+
+
+def _interrupt_at(trainer, k):
+    """Make `trainer` behave as if Ctrl-C came during its k-th training step."""
+    step, count = trainer.step, {"n": 0}
+
+    def interrupted_step():
+        count["n"] += 1
+        if count["n"] == k:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler run() installs saves last.npz
+        return step()
+    trainer.step = interrupted_step
+
+
+def test_timed_run_is_repeated_by_its_iterations_and_resumes_to_the_same_end(tmp_path):
+    timed = Trainer(TrainConfig(**TINY, time="4s", out=str(tmp_path / "timed")), quiet=True)
+    n = timed.cfg.iters
+    config = json.loads((tmp_path / "timed" / "config.json").read_text())
+    assert config["train"]["iters"] == config["budget"]["iters"] == n >= 4
+    assert config["optimizer"]["max_iter"] == n  # the poly schedule reaches 0 at the end
+    assert config["budget"]["seconds"] == 4 and config["budget"]["step_s"] > 0
+    _interrupt_at(timed, n // 2)
+    assert timed.run() == 130
+    assert load_checkpoint(tmp_path / "timed" / "last.npz").iteration == n // 2
+
+    # the command line's resume, with no --iters: to the saved end, without measuring again
+    assert main(["--resume", str(tmp_path / "timed" / "last.npz"), "--device", "cpu"]) == 0
+    resumed = load_checkpoint(tmp_path / "timed" / "last.npz")
+    assert resumed.iteration == n and resumed.config["budget"] == config["budget"]
+
+    straight = Trainer(TrainConfig(**TINY, iters=n, out=str(tmp_path / "straight")), quiet=True)
+    assert straight.run() == 0
+    again = load_checkpoint(tmp_path / "straight" / "last.npz")
+    for k in again.params:
+        np.testing.assert_array_equal(resumed.params[k], again.params[k], err_msg=k)
+    for k in again.velocity:
+        np.testing.assert_array_equal(resumed.velocity[k], again.velocity[k], err_msg=k)
+
+
+def test_a_budget_too_short_is_one_error_and_creates_nothing(tmp_path, capsys):
+    out = tmp_path / "never"
+    args = ["--device", "cpu", "--preset", "tiny", "--time", "0.2s", "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --time 0.2s is too short") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_time_and_resume_do_not_mix(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert Trainer(TrainConfig(**TINY, iters=2, out=str(run)), quiet=True).run() == 0
+    assert main(["--resume", str(run / "last.npz"), "--time", "1m", "--device", "cpu"]) == 2
+    assert "a resumed run continues to its saved end" in capsys.readouterr().err
