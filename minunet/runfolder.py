@@ -32,11 +32,14 @@ from .files import atomic_write_text
 #                        --no-weight-map) on augmented training tiles, dropout on;
 #   val_xent             the plain cross-entropy, mean -log p(true class) over every pixel of
 #                        the whole validation images, dropout off.
+# pixel_error, rand_error, v_rand and v_info are the ISBI 2012 scores of the validation images
+# (two-class models), as `python -m minunet.evaluate` computes them; best.npz is the checkpoint of
+# the lowest pixel_error (minunet/train.py, validate_and_save).
 # Validation is not weighted as well: its number should measure the segmentation a user gets,
 # comparable between runs with and without the weight map, rather than mostly the thin borders
 # between cells that the weight map (w0 = 10) emphasises.
 COLUMNS = ("iteration", "elapsed_s", "train_loss_weighted", "val_xent", "pixel_accuracy",
-           "rand_error")
+           "pixel_error", "rand_error", "v_rand", "v_info")
 _RENAMED = {"train_loss": "train_loss_weighted", "val_loss": "val_xent"}  # older run folders
 
 

@@ -48,8 +48,9 @@ def test_run_folder_contents(tmp_path):
         assert (out / f).is_file(), f
     rows = _rows(out / "metrics.csv")
     assert list(rows[0]) == ["iteration", "elapsed_s", "train_loss_weighted", "val_xent",
-                             "pixel_accuracy", "rand_error"]
+                             "pixel_accuracy", "pixel_error", "rand_error", "v_rand", "v_info"]
     assert float(rows[0]["elapsed_s"]) > 0
+    assert all(0 <= float(rows[0][k]) <= 1 for k in ("pixel_error", "v_rand", "v_info"))
     assert [r["iteration"] for r in rows] == ["2"]
     assert 0 <= float(rows[0]["pixel_accuracy"]) <= 1 and float(rows[0]["val_xent"]) > 0
     assert float(rows[0]["train_loss_weighted"]) > 0
@@ -58,6 +59,19 @@ def test_run_folder_contents(tmp_path):
     assert cfg["model"]["arch"] == "unet" and cfg["model"]["ops"] == "fast"
     assert load_checkpoint(out / "last.npz").arch == "unet"
     assert not list(out.glob(".*.tmp"))  # nothing half-written
+
+
+def test_best_checkpoint_has_the_lowest_validation_pixel_error(tmp_path):
+    """best.npz follows the ISBI pixel error of the validation images, not val_xent (scripted
+    validations: the lowest pixel error comes at iteration 4, the lowest val_xent at 8)."""
+    trainer = Trainer(_cfg(tmp_path, "run", iters=8), quiet=True)
+    scripted = iter([(0.30, 0.9), (0.10, 0.8), (0.20, 0.7), (0.10, 0.6)])
+    trainer.validate = lambda: dict(zip(("pixel_error", "val_xent"), next(scripted),
+                                        strict=True))
+    assert trainer.run() == 0
+    assert load_checkpoint(tmp_path / "run" / "best.npz").iteration == 4
+    rows = _rows(tmp_path / "run" / "metrics.csv")
+    assert [r["pixel_error"] for r in rows] == ["0.3", "0.1", "0.2", "0.1"]
 
 
 def test_resume_is_exact(tmp_path):
