@@ -10,7 +10,10 @@
                   ConvTranspose2d (Cin, Cout, 2, 2)), float32, with the model config, the
                   architecture and the input normalisation as metadata.
     bioimageio    a bioimage.io model package (model description format 0.5): rdf.yaml, the
-                  ONNX weights, the safetensors file as an attachment, a test input and its
+                  ONNX weights, with torch installed also `pytorch_state_dict` weights (the
+                  same parameters, loaded by the stand-alone module minunet/bioimageio_torch.py
+                  that goes with them; the spec has no safetensors weights format, so the
+                  safetensors file rides along as an attachment), a test input and its
                   expected output (.npy), a cover image and documentation (README.md). --out
                   PATH.zip writes the zipped package, any other PATH a folder. When the
                   bioimageio.spec package is installed the package is validated before it is
@@ -459,6 +462,7 @@ def write_package(folder: Path, ckpt, model, sample: np.ndarray, sample_from: st
     save_onnx(onnx_proto, folder / "weights.onnx")
     data = safetensors_bytes(params, meta)
     atomic_write(folder / "weights.safetensors", lambda f: f.write(data))
+    torch_entry = write_torch_weights(folder, params, cfg)  # None without torch
 
     x_raw = test_input(sample, cfg.in_channels, cfg.depth, sample_from)  # (1, C, S, S')
     x01 = normalized(x_raw, normalize, sample_from)
@@ -483,7 +487,8 @@ def write_package(folder: Path, ckpt, model, sample: np.ndarray, sample_from: st
     in_names = ["gray"] if cfg.in_channels == 1 else [f"channel{c}" for c in
                                                       range(cfg.in_channels)]
     atomic_write_text(folder / "README.md", _package_readme(
-        name, cfg, ckpt, normalize, x_raw.dtype, sample_from, lo, step, margin, classes, diff))
+        name, cfg, ckpt, normalize, x_raw.dtype, sample_from, lo, step, margin, classes, diff,
+        torch_entry is not None))
     rdf = {
         "format_version": FORMAT_VERSION,
         "type": "model",
@@ -531,7 +536,9 @@ def write_package(folder: Path, ckpt, model, sample: np.ndarray, sample_from: st
         }],
         "weights": {"onnx": {"source": "weights.onnx", "sha256": _sha256(folder /
                                                                          "weights.onnx"),
-                             "opset_version": OPSET}},
+                             "opset_version": OPSET,
+                             **({"parent": "pytorch_state_dict"} if torch_entry else {})},
+                    **({"pytorch_state_dict": torch_entry} if torch_entry else {})},
         "attachments": [{"source": "weights.safetensors",
                          "sha256": _sha256(folder / "weights.safetensors")}],
         "config": {"minunet": {"arch": ckpt.arch, "model": json.loads(meta["config"]),
@@ -543,8 +550,38 @@ def write_package(folder: Path, ckpt, model, sample: np.ndarray, sample_from: st
     return {"test_input": tuple(x_raw.shape), "onnx_vs_minunet": diff}
 
 
+def write_torch_weights(folder: Path, params: dict, cfg) -> dict | None:
+    """weights.pt (a torch.save state dict: the parameters under minunet's names, PyTorch's
+    layouts) and the stand-alone module that loads it (minunet/bioimageio_torch.py, copied as
+    unet_torch.py); their rdf.yaml entry. None when torch is not installed: the package then has
+    the ONNX weights only (and the safetensors file as an attachment)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    from . import bioimageio_torch
+
+    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in params.items()}
+    atomic_write(folder / "weights.pt", lambda f: torch.save(state, f))
+    source = Path(bioimageio_torch.__file__).read_text()
+    atomic_write_text(folder / "unet_torch.py", source)
+    kwargs = {"in_channels": cfg.in_channels, "n_classes": cfg.n_classes, "depth": cfg.depth,
+              "base": cfg.base, "upconv_relu": cfg.upconv_relu}
+    return {"source": "weights.pt", "sha256": _sha256(folder / "weights.pt"),
+            "architecture": {"source": "unet_torch.py", "sha256": _sha256(folder /
+                                                                          "unet_torch.py"),
+                             "callable": "MinUNet", "kwargs": kwargs},
+            "pytorch_version": torch.__version__.split("+")[0]}
+
+
+TORCH_FILES = """- `weights.pt`, `unet_torch.py`: the same weights as a PyTorch state dict, and the
+  module (`MinUNet`, torch only) that takes them: bioimage.io's `pytorch_state_dict` weights;
+  its output equals the ONNX graph's
+"""
+
+
 def _package_readme(name, cfg, ckpt, normalize, dtype, sample_from, lo, step, margin,
-                    classes, diff) -> str:
+                    classes, diff, torch_weights: bool) -> str:
     train = ckpt.config.get("train") if isinstance(ckpt.config.get("train"), dict) else {}
     return f"""# {name}
 
@@ -578,6 +615,7 @@ hand).
 - `weights.safetensors`: the same weights in PyTorch's layouts (Conv2d (Cout, Cin, k, k),
   ConvTranspose2d (Cin, Cout, 2, 2)) under minunet's names (`down0.conv0.weight`, ...,
   `up0.upconv.weight`, `final.weight`); the metadata holds the model config
+{TORCH_FILES if torch_weights else ""}\
 - `test_input.npy`, `test_output.npy`: a test image ({sample_from}) and minunet's output on it
 
 ## Run it in Python

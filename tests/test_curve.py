@@ -57,8 +57,8 @@ def test_curve_scores_kept_checkpoints_like_predict_and_evaluate(isbi_like, tmp_
     assert evaluate([str(pred / "prob" / "05.png"), str(isbi_like / "labels" / "05.png"),
                      "--csv", str(tmp_path / "eval.csv")]) == 0
     by_hand = rows(tmp_path / "eval.csv")[-1]
-    for key in ("pixel_error", "rand_error", "v_rand", "v_info"):
-        assert float(scored[-1][key]) == pytest.approx(float(by_hand[key]), abs=5e-7), key  # 6 places
+    for key in ("pixel_error", "rand_error", "v_rand", "v_info"):  # the CSV keeps 6 places
+        assert float(scored[-1][key]) == pytest.approx(float(by_hand[key]), abs=5e-7), key
 
 
 def test_curve_of_a_run_without_kept_checkpoints_or_holdout_says_what_to_do(tmp_path, capsys):

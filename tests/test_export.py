@@ -7,6 +7,7 @@ round trip into PyTorch needs torch. Each skips cleanly without its package."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import zipfile
 from dataclasses import asdict
@@ -165,9 +166,11 @@ def package(tmp_path_factory, ckpt):
 def test_package_files_sizes_and_preprocessing(package, ckpt):
     _, model = ckpt
     d = package / "pkg"
-    assert sorted(p.name for p in d.iterdir()) == [
+    torch_files = ["unet_torch.py", "weights.pt"] if has_torch() else []
+    assert sorted(p.name for p in d.iterdir()) == sorted([
         "README.md", "cover.png", "rdf.yaml", "sample_input.tif", "sample_output.tif",
-        "test_input.npy", "test_output.npy", "weights.onnx", "weights.safetensors"]
+        "test_input.npy", "test_output.npy", "weights.onnx", "weights.safetensors",
+        *torch_files])
     x, y = np.load(d / "test_input.npy"), np.load(d / "test_output.npy")
     assert x.dtype == np.uint8 and x.shape == (1, 1, 316, 316)  # raw, before preprocessing
     assert y.shape == (1, 2, 132, 132) and y.dtype == np.float32
@@ -185,6 +188,29 @@ def test_package_files_sizes_and_preprocessing(package, ckpt):
     for line in ('id: "scale_range"', "min_percentile: 1.0", "max_percentile: 99.8",
                  'id: "clip"'):
         assert line in rdf16, line
+
+
+def has_torch() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def test_package_pytorch_weights_reproduce_the_test_output(package):
+    """weights.pt in the stand-alone module of the package (torch only, no minunet) gives
+    test_output.npy from test_input.npy, and the rdf entry names them."""
+    torch = pytest.importorskip("torch")
+    d = package / "pkg"
+    spec = importlib.util.spec_from_file_location("unet_torch", d / "unet_torch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rdf = (d / "rdf.yaml").read_text()
+    for line in ('source: "weights.pt"', 'callable: "MinUNet"', 'parent: "pytorch_state_dict"'):
+        assert line in rdf, line
+    net = module.MinUNet(in_channels=1, n_classes=2, depth=4, base=4).eval()
+    net.load_state_dict(torch.load(d / "weights.pt", weights_only=True), strict=True)
+    x = torch.from_numpy(np.load(d / "test_input.npy").astype(np.float32) / 255)
+    with torch.no_grad():
+        got = net(x).numpy()
+    assert rel(got, np.load(d / "test_output.npy")) < 1e-5
 
 
 def test_package_validates_offline_with_the_spec(package):
