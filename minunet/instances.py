@@ -187,3 +187,69 @@ def _hsv_to_rgb(h: np.ndarray, s: float, v: float) -> np.ndarray:
                       np.stack([t, np.full_like(h, p), np.full_like(h, v)], 1),
                       np.stack([np.full_like(h, v), np.full_like(h, p), q], 1)])  # (6, n, 3)
     return table[i, np.arange(h.size)]
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_instance_options(p, prefix: str = "") -> None:
+    """--split-neck, --min-size, --fill-borders (shared with predict --instances, whose help
+    starts with `prefix`)."""
+    p.add_argument("--split-neck", type=float, default=SPLIT_NECK,
+                   help=f"{prefix}split a blob where the neck between two parts is narrower "
+                        "than this fraction of the smaller part's inscribed radius; 0 never "
+                        f"splits, 1 splits at every saddle (default {SPLIT_NECK})")
+    p.add_argument("--min-size", type=int, default=MIN_SIZE,
+                   help=f"{prefix}drop blobs of fewer pixels (default {MIN_SIZE})")
+    p.add_argument("--fill-borders", type=int, default=FILL_BORDERS,
+                   help=f"{prefix}give background pixels with two cells within this many "
+                        "pixels (the separation borders the network leaves between touching "
+                        f"cells) to the nearest cell; 0: leave them (default {FILL_BORDERS})")
+
+
+def build_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m minunet.instances",
+        description="Instance labels from saved cell probability maps (predict's DIR/prob, or "
+                    "any map of P(cell)), without the network: label them again with other "
+                    "settings. Writes OUT/instances/STEM.tif (16- or 32-bit, one id per cell) "
+                    "and OUT/instances_overlay/.")
+    p.add_argument("inputs", nargs="+", metavar="PROB",
+                   help="probability maps: 8-bit (0..255 = 0..1), 16-bit or float TIFF in "
+                        "[0, 1], single images or stacks, or folders of them")
+    p.add_argument("--out", required=True, help="output folder (created if needed)")
+    p.add_argument("--threshold", type=float, default=THRESHOLD,
+                   help=f"cell probability above which a pixel is cell (default {THRESHOLD})")
+    add_instance_options(p)
+    return p
+
+
+def main(argv=None) -> int:
+    import sys
+    from pathlib import Path
+
+    from .data.loaders import DataError
+    from .evaluate import read_pages, to_prob
+    from .predict import check_instance_options, find_inputs, save_instances
+
+    args = build_parser().parse_args(argv)
+    try:
+        if not 0.0 <= args.threshold <= 1.0:
+            raise DataError(f"--threshold must lie in [0, 1], got {args.threshold}")
+        check_instance_options(args)
+        files = find_inputs(args.inputs)
+        for path in files:
+            pages = [to_prob(p, path.name) for p in read_pages(path)]  # (H, W) in [0, 1]
+            save_instances(Path(args.out), path.stem, len(pages) > 1, pages, pages, args)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote the instances of {len(files)} file(s) to {args.out}/instances and "
+          f"{args.out}/instances_overlay", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -53,7 +53,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data.loaders import IMAGE_SUFFIXES, DataError, read_array, to_float_image
 from .files import atomic_write
 from .infer import predict
-from .instances import FILL_BORDERS, MIN_SIZE, SPLIT_NECK, colour_overlay, label_cells
+from .instances import add_instance_options, colour_overlay, label_cells
 from .sizes import invalid_size_message, is_valid_size
 
 TTA_CHOICES = (1, 4, 8)
@@ -90,17 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "per cell) and a coloured overlay (instances_overlay/): cells where the "
                         "probability exceeds --threshold, split at narrow necks by a seeded "
                         "watershed on the distance transform")
-    p.add_argument("--split-neck", type=float, default=SPLIT_NECK,
-                   help="with --instances: split a blob where the neck between two parts is "
-                        "narrower than this fraction of the smaller part's inscribed radius; "
-                        f"0 never splits, 1 splits at every saddle (default {SPLIT_NECK})")
-    p.add_argument("--min-size", type=int, default=MIN_SIZE,
-                   help=f"with --instances: drop blobs of fewer pixels (default {MIN_SIZE})")
-    p.add_argument("--fill-borders", type=int, default=FILL_BORDERS,
-                   help="with --instances: give background pixels with two cells within this "
-                        "many pixels (the separation borders the network leaves between "
-                        f"touching cells) to the nearest cell; 0: leave them (default "
-                        f"{FILL_BORDERS})")
+    add_instance_options(p, "with --instances: ")
     zarr_opts = p.add_argument_group("chunked prediction into OUT.zarr (minunet/chunked.py)")
     zarr_opts.add_argument("--chunk", type=int, default=None,
                            help="output chunk side in px, a multiple of 16 (2^depth); default: "

@@ -118,3 +118,34 @@ def test_colour_overlay():
     assert rgb.shape == (6, 8, 3) and rgb.dtype == np.uint8
     assert (rgb[0, 0] == 128).all()  # background stays gray
     assert not np.array_equal(rgb[2, 2], rgb[2, 5])  # two cells, two colours
+
+
+def test_command_line_labels_saved_probability_maps_like_label_cells(tmp_path, capsys):
+    """python -m minunet.instances: 8-bit PNG and float TIFF stacks of P(cell) -> the same
+    labels as label_cells with those options; bad options are one error line."""
+    import tifffile
+    from PIL import Image
+
+    from minunet.instances import main
+
+    cells = [touching_cells(160, seed=(5, i)) for i in range(2)]
+    (tmp_path / "prob").mkdir()
+    Image.fromarray(cells[0].mask).save(tmp_path / "prob" / "a.png")
+    stack = np.stack([c.mask / np.float32(255) for c in cells])  # (2, H, W) float32
+    tifffile.imwrite(tmp_path / "prob" / "b.tif", stack)
+    assert main([str(tmp_path / "prob"), "--out", str(tmp_path / "out"), "--split-neck", "0.3",
+                 "--fill-borders", "1"]) == 0
+    a = tifffile.imread(tmp_path / "out" / "instances" / "a.tif")
+    b = tifffile.imread(tmp_path / "out" / "instances" / "b.tif")
+    assert a.dtype == np.uint16 and b.shape == (2, 160, 160)
+    for got, c in ((a, cells[0]), (b[0], cells[0]), (b[1], cells[1])):
+        np.testing.assert_array_equal(got, label_cells(c.mask / 255.0, split_neck=0.3,
+                                                       fill_borders=1))
+    assert sorted(p.name for p in (tmp_path / "out" / "instances_overlay").iterdir()) == [
+        "a.png", "b_000.png", "b_001.png"]
+    capsys.readouterr()
+    assert main([str(tmp_path / "prob"), "--out", str(tmp_path / "o2"), "--split-neck", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --split-neck must lie in [0, 1]") and err.count("\n") == 1
+    assert main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "o3")]) == 2
+    assert "does not exist" in capsys.readouterr().err
