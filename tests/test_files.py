@@ -58,7 +58,8 @@ def test_the_run_folder_keeps_rows_up_to_the_resumed_iteration(tmp_path):
                                "pixel_accuracy": "0.9", "rand_error": ""}]
     folder.log({"iteration": 3, "train_loss_weighted": 0.25})
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert lines == ["iteration,train_loss_weighted,val_xent,pixel_accuracy,rand_error",
-                     "2,0.5,0.4,0.9,", "3,0.25,,,"]
+    assert lines == ["iteration,elapsed_s,train_loss_weighted,val_xent,pixel_accuracy,"
+                     "pixel_error,rand_error,v_rand,v_info",
+                     "2,,0.5,0.4,0.9,,,,", "3,,0.25,,,,,,"]  # new columns stay empty
     with pytest.raises(ValueError, match="is a file; name a folder"):
         RunFolder(tmp_path / "metrics.csv")
