@@ -187,11 +187,12 @@ print((run / "metrics.csv").read_text())
 
 # %% [markdown]
 # `config.json` holds every setting as resolved (the preset's values, then the options given);
-# `metrics.csv` one row per validation: the weighted training loss averaged since the previous
-# row, and on the held-out images the plain cross-entropy (`val_xent`), the pixel accuracy and
-# the Rand error (tutorial 09); `loss.png` and `val_predictions.png` plot them; `last.npz` and
+# `metrics.csv` one row per validation: the wall-clock seconds so far, the weighted training
+# loss averaged since the previous row, and on the validation images the plain cross-entropy
+# (`val_xent`), the pixel accuracy and the four ISBI scores (pixel error, Rand error, V_rand,
+# V_info; tutorial 09); `loss.png` and `val_predictions.png` plot them; `last.npz` and
 # `best.npz` are checkpoints (parameters, momentum, iteration, random state, config), `best`
-# the one with the lowest `val_xent`.
+# the one with the lowest validation pixel error.
 #
 # ## Loss curves and predictions over the iterations
 
