@@ -142,11 +142,14 @@ def main(argv=None) -> int:
         print(f"error: --plot {args.plot} must name a .png file", file=sys.stderr)
         return 2
     curves = {}
+    runs = [Path(r) for r in args.runs]
+    names = [r.name for r in runs]
     try:
-        for run in map(Path, args.runs):
+        for run in runs:
             rows = score_run(run)
             write_csv(rows, run / "curve.csv")
-            curves[run.name] = rows
+            label = run.name if names.count(run.name) == 1 else f"{run.parent.name}/{run.name}"
+            curves[label] = rows
             last = rows[-1]
             print(f"{run}: {len(rows)} checkpoints; at iteration {last['iteration']}: "
                   f"V_rand {last['v_rand']:.4f}, V_info {last['v_info']:.4f}, pixel error "

@@ -343,6 +343,7 @@ class Trainer:
             self.opt.load_state_dict(ckpt.velocity)
         self.it = ckpt.iteration if ckpt is not None else 0
         self.resumed_from = self.it
+        self.skipped, self.validating = 0, 0.0  # validations skipped, seconds spent validating
         # wall-clock seconds of the run before this process (a resumed run carries them on)
         self.elapsed_before = float(ckpt.rng.get("elapsed_s", 0.0)) if ckpt is not None else 0.0
         self.out_size = output_size(cfg.tile, cfg.depth)
@@ -398,7 +399,7 @@ class Trainer:
             validation = time.perf_counter() - t
         self.folder, self.val_preds, self.best = run_folder, [], math.inf
         left = seconds - (time.monotonic() - self.started)
-        reserve = 0.02 * seconds + 0.5  # the step time drifts; closing the run takes a moment
+        reserve = 0.03 * seconds + 0.5  # the step time drifts; closing the run takes a moment
         n = int(max(0.0, left - reserve) / (step + validation / cfg.val_every))
         while n > 0 and n * step + math.ceil(n / cfg.val_every) * validation > left - reserve:
             n -= 1
@@ -447,6 +448,7 @@ class Trainer:
         old = signal.signal(signal.SIGINT, on_sigint)
         from tqdm import tqdm
 
+        self.loop_started = time.monotonic()
         bar = tqdm(total=cfg.iters, initial=self.it, desc="train", unit="it",
                    disable=self.quiet or None, dynamic_ncols=True)
         losses = []  # device scalars, read in batches so the GPU never waits on the host
@@ -466,7 +468,13 @@ class Trainer:
                     self.train_losses.extend(vals)
                     bar.set_postfix(loss=f"{np.mean(vals):.4f}")
                 if self.it % cfg.val_every == 0 or self.it == cfg.iters:
-                    self.validate_and_save()
+                    if self.it < cfg.iters and self.behind_budget():
+                        self.save("last.npz")  # the checkpoint still; the validation waits
+                        self.skipped += 1
+                    else:
+                        t = time.monotonic()
+                        self.validate_and_save()
+                        self.validating += time.monotonic() - t
                 if interrupted["n"]:
                     self.save("last.npz")
                     bar.close()
@@ -493,8 +501,23 @@ class Trainer:
         spent = (f" in {time.monotonic() - self.started:.0f} s of the {self.budget['seconds']:.0f}"
                  f" s budget" if self.budget and "seconds" in self.budget and self.resumed_from == 0
                  else "")
-        self._say(f"done: {self.it} iterations{spent}; run folder {self.out}")
+        skipped = (f" ({self.skipped} validation(s) skipped: the steps ran slower than "
+                   f"measured)" if self.skipped else "")
+        self._say(f"done: {self.it} iterations{spent}{skipped}; run folder {self.out}")
         return 0
+
+    def behind_budget(self) -> bool:
+        """Would a timed run, at the pace of its steps so far, end after its budget if it
+        validated now? Then it skips this validation (never the last): the steps, and so the
+        model, stay those of `--iters N`; only the metrics row and best.npz wait."""
+        if not self.budget or "seconds" not in self.budget or self.resumed_from:
+            return False
+        done = self.it - self.resumed_from
+        pace = (time.monotonic() - self.loop_started - self.validating) / max(done, 1)
+        validations = 1 + math.ceil((self.cfg.iters - self.it) / self.cfg.val_every)
+        projected = (self.elapsed() + (self.cfg.iters - self.it) * pace
+                     + validations * self.budget["validation_s"])
+        return projected > self.budget["seconds"]
 
     def step(self):
         """One training iteration on tile number self.it; returns the loss (device scalar)."""

@@ -86,3 +86,24 @@ def test_time_and_resume_do_not_mix(tmp_path, capsys):
     assert Trainer(TrainConfig(**TINY, iters=2, out=str(run)), quiet=True).run() == 0
     assert main(["--resume", str(run / "last.npz"), "--time", "1m", "--device", "cpu"]) == 2
     assert "a resumed run continues to its saved end" in capsys.readouterr().err
+
+
+def test_a_run_behind_its_budget_skips_validations_but_not_steps(tmp_path, capsys):
+    """A machine that slows down after the measurement: the run skips the validations that
+    would end it late (never the last) and keeps every step, so its model is that of
+    `--iters N`."""
+    slow = Trainer(TrainConfig(**{**TINY, "val_every": 2}, time="4s", out=str(tmp_path / "slow")))
+    n = slow.cfg.iters
+    slow.budget["seconds"] = 0.01  # as if every step had taken far longer than measured
+    assert slow.run() == 0
+    assert "validation(s) skipped: the steps ran slower than measured" in capsys.readouterr().out
+    rows = (tmp_path / "slow" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == [str(n)]  # only the last validation
+    straight = Trainer(TrainConfig(**{**TINY, "val_every": 2}, iters=n,
+                                   out=str(tmp_path / "straight")), quiet=True)
+    assert straight.run() == 0
+    a = load_checkpoint(tmp_path / "slow" / "last.npz")
+    b = load_checkpoint(tmp_path / "straight" / "last.npz")
+    assert a.iteration == b.iteration == n
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k], err_msg=k)
