@@ -405,8 +405,8 @@ class Trainer:
             n -= 1
         if n < 1:
             raise ValueError(f"--time {cfg.time} is too short: setting up took "
-                       f"{seconds - left:.1f} s, a step takes {step:.2f} s and a validation "
-                       f"{validation:.1f} s; give more time or use --iters")
+                             f"{seconds - left:.1f} s, a step takes {step:.2f} s and a "
+                             f"validation {validation:.1f} s; give more time or use --iters")
         cfg.iters = self.opt.config.max_iter = n
         self.budget = {"time": cfg.time, "seconds": seconds, "step_s": round(step, 4),
                        "validation_s": round(validation, 3), "setup_s": round(seconds - left, 2),
