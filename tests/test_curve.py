@@ -77,3 +77,18 @@ def test_curve_of_a_run_without_kept_checkpoints_or_holdout_says_what_to_do(tmp_
     assert err.startswith("error: ") and "train with --holdout" in err and err.count("\n") == 1
     assert curve([str(tmp_path / "nowhere")]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_runs_of_the_same_name_get_their_parent_in_the_legend(tmp_path, isbi_like, monkeypatch):
+    import minunet.curve as curve_module
+
+    for seed in ("seed0", "seed1"):
+        assert train(["--data", f"isbi2012:{isbi_like}", "--preset", "tiny", "--iters", "2",
+                      "--val-every", "2", "--keep-checkpoints", "--device", "cpu", "--seed",
+                      seed[-1], "--out", str(tmp_path / seed / "run")]) == 0
+    drawn = {}
+    monkeypatch.setattr(curve_module, "plot_curves",
+                        lambda curves, path, title="": drawn.update(curves) or path)
+    assert curve([str(tmp_path / "seed0" / "run"), str(tmp_path / "seed1" / "run"), "--plot",
+                  str(tmp_path / "both.png")]) == 0
+    assert sorted(drawn) == ["seed0/run", "seed1/run"]
