@@ -498,9 +498,8 @@ class Trainer:
             signal.signal(signal.SIGINT, old)
             self.sampler.close()
         bar.close()
-        spent = (f" in {time.monotonic() - self.started:.0f} s of the {self.budget['seconds']:.0f}"
-                 f" s budget" if self.budget and "seconds" in self.budget and self.resumed_from == 0
-                 else "")
+        spent = (f" in {self.elapsed():.0f} s of the {self.budget['seconds']:.0f} s budget"
+                 if self.budget else "")
         skipped = (f" ({self.skipped} validation(s) skipped: the steps ran slower than "
                    f"measured)" if self.skipped else "")
         self._say(f"done: {self.it} iterations{spent}{skipped}; run folder {self.out}")
@@ -510,10 +509,9 @@ class Trainer:
         """Would a timed run, at the pace of its steps so far, end after its budget if it
         validated now? Then it skips this validation (never the last): the steps, and so the
         model, stay those of `--iters N`; only the metrics row and best.npz wait."""
-        if not self.budget or "seconds" not in self.budget or self.resumed_from:
+        if not self.budget or self.resumed_from:  # a resumed run keeps every validation
             return False
-        done = self.it - self.resumed_from
-        pace = (time.monotonic() - self.loop_started - self.validating) / max(done, 1)
+        pace = (time.monotonic() - self.loop_started - self.validating) / max(self.it, 1)
         validations = 1 + math.ceil((self.cfg.iters - self.it) / self.cfg.val_every)
         projected = (self.elapsed() + (self.cfg.iters - self.it) * pace
                      + validations * self.budget["validation_s"])

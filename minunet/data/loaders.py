@@ -299,11 +299,11 @@ def split_indices(n: int, val, holdout=()) -> tuple[list[int], list[int]]:
     The last items rather than random ones: neighbouring EM sections are correlated, so a
     contiguous block keeps validation honest.
     """
-    out = sorted({int(i) for i in holdout})
-    bad = [i for i in out if not 0 <= i < n]
+    out = {int(i) for i in holdout}
+    bad = sorted(i for i in out if not 0 <= i < n)
     if bad:
         raise DataError(f"held-out indices {bad} out of range for {n} images (0..{n - 1})")
-    pool = [i for i in range(n) if i not in set(out)]
+    pool = [i for i in range(n) if i not in out]
     m = len(pool)
     if val is None:
         held = []
@@ -321,11 +321,12 @@ def split_indices(n: int, val, holdout=()) -> tuple[list[int], list[int]]:
         bad = [i for i in held if not 0 <= i < n]
         if bad:
             raise DataError(f"validation indices {bad} out of range for {n} images (0..{n - 1})")
-        both = sorted(set(held) & set(out))
+        both = sorted(set(held) & out)
         if both:
             raise DataError(f"images {both} are both validation and held out; give each "
                             "image one role (--val, --holdout)")
-    train = [i for i in pool if i not in set(held)]
+    taken = set(held)
+    train = [i for i in pool if i not in taken]
     if not train:
         raise DataError(f"validation and held-out images take all {n} images; hold out fewer")
     return train, held
@@ -398,9 +399,9 @@ def load_isbi2012(path: str | Path, val=None, normalize: str = NORMALIZE_DEFAULT
         for im, lab, n in zip(images, labels, names, strict=True)
     ]
     default_val, default_out = isbi_default_split(len(samples))
+    given_val = set() if val is None or isinstance(val, int | float) else set(val)
     if holdout is None:
-        holdout = [i for i in default_out if val is None or isinstance(val, int | float)
-                   or i not in set(val)]
+        holdout = [i for i in default_out if i not in given_val]
     if val is None:
         val = [i for i in default_val if i not in set(holdout)]
     train, held = split_indices(len(samples), val, holdout)
