@@ -19,10 +19,12 @@ to the cells:
    neck down (union-find), so a wobbly cell with several maxima along a thick ridge becomes one
    cell again, while two round cells joined by a narrow neck stay two. split_neck = 0 never
    splits a blob (the cells are the connected components); 1 splits at every saddle.
-5. separation borders: a background pixel with pixels of two different cells within
-   `fill_borders` pixels (a (2r+1) x (2r+1) window) lies in the border between touching cells,
-   and goes to the nearest cell. Background that touches one cell only is left alone, so cells do
-   not grow outwards. 0 leaves the borders empty.
+5. separation borders (`weightmap.fill_separation_borders`): a background pixel with two
+   different cells within `fill_borders` pixels (a (2r+1) x (2r+1) window) lies in the border
+   between touching cells and goes to the nearest cell, unless it touches two cells (a gap) or
+   has no partner of the other cell beside it (borders are pixel pairs). Background that
+   touches one cell only is left alone, so cells do not grow outwards. 0 leaves the borders
+   empty.
 
 Returns labels 1..N (0 = background) in a uint16 array, or uint32 when there are more than
 65535 cells. All steps are whole-array NumPy/SciPy/scikit-image: no loop over pixels (the merge
@@ -33,6 +35,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+
+from .data.weightmap import fill_separation_borders, number_row_by_row
 
 EIGHT = np.ones((3, 3), bool)  # 8-connectivity: cells that touch at a corner are one blob
 
@@ -128,34 +132,11 @@ def _merge_wide_necks(basins: np.ndarray, dist: np.ndarray, split_neck: float) -
     return np.array([root(i) for i in range(n + 1)])[basins]
 
 
-def fill_separation_borders(labels: np.ndarray, radius: int) -> np.ndarray:
-    """Give each background pixel that has two different cells within `radius` pixels
-    (Chebyshev) to its nearest cell (module doc, step 5). labels (H, W) int, 0 = background."""
-    labels = np.asarray(labels)
-    background = labels == 0
-    if background.all() or not background.any():
-        return labels.copy()
-    size = 2 * radius + 1
-    none = int(labels.max()) + 1  # stands in for the background in the minimum
-    hi = ndimage.maximum_filter(labels, size=size, mode="nearest")
-    lo = ndimage.minimum_filter(np.where(background, none, labels), size=size, mode="nearest")
-    border = background & (lo != none) & (lo != hi)  # two different cells in the window
-    _, (iy, ix) = ndimage.distance_transform_edt(background, return_indices=True)
-    out = labels.copy()
-    out[border] = labels[iy[border], ix[border]]
-    return out
-
-
 def _relabel(labels: np.ndarray) -> np.ndarray:
-    """Ids made consecutive 1..N in order of first appearance row by row; uint16 (uint32 for
-    more than 65535 cells)."""
-    ids, first, inverse = np.unique(labels.ravel(), return_index=True, return_inverse=True)
-    nz = np.flatnonzero(ids != 0)
-    order = np.argsort(first[nz])
-    new = np.zeros(ids.size, np.int64)
-    new[nz[order]] = np.arange(1, nz.size + 1)
-    dtype = np.uint16 if nz.size <= np.iinfo(np.uint16).max else np.uint32
-    return new[inverse].reshape(labels.shape).astype(dtype)
+    """Ids 1..N in order of first appearance row by row; uint16 (uint32 for more than 65535
+    cells)."""
+    out = number_row_by_row(labels)
+    return out.astype(np.uint16 if out.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32)
 
 
 def colour_overlay(gray: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:

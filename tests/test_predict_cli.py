@@ -199,9 +199,9 @@ def test_every_option_has_help():
 
 def test_instances_from_the_ground_truth_probability(tmp_path, ckpt, monkeypatch):
     """predict --instances on the synthetic touching cells, the network replaced by the
-    ground-truth probability (the cells minus their separation borders): every cell is found
-    (object F1 = 1 against the generator's instances), written as a 16-bit label image with a
-    coloured overlay; evaluate --instances scores the files the same."""
+    ground-truth probability (the cells minus their separation borders): every cell comes back
+    exactly (object F1 = 1 and SEG = 1 against the generator's instances), written as a 16-bit
+    label image with a coloured overlay, and evaluate --instances scores the files so."""
     import minunet.predict as cli
     from minunet.data.synthetic import touching_cells
     from minunet.evaluate import main as evaluate
@@ -237,7 +237,8 @@ def test_instances_from_the_ground_truth_probability(tmp_path, ckpt, monkeypatch
     with open(csv, newline="") as f:
         all_ = next(r for r in DictReader(f) if r["slice"] == "all")
     assert float(all_["f1"]) == 1.0 and int(all_["fp"]) == 0 and int(all_["fn"]) == 0
-    assert 0.98 < float(all_["seg"]) < 1.0  # the borders' pixels: tests/test_instances.py
+    assert float(all_["seg"]) == 1.0 and float(all_["ap"]) == 1.0
+    assert int(all_["n_true"]) == sum(int(c.instances.max()) for c in cells)
 
 
 def test_instances_of_a_stack_and_a_k_class_model(tmp_path):

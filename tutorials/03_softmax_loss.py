@@ -213,8 +213,9 @@ print(inspect.getsource(minunet.data.weightmap.weight_map))
 #
 # **Check.** (1) Our border term equals minunet's `border_term` to $10^{-4}$ (it drops terms
 # below $10^{-6} w_0$); (2) `weight_map` equals $w_c$ plus the border term to $10^{-4}$;
-# (3) the border term is at most $w_0 = 10$ everywhere and above 5 on every separation-border
-# pixel ($d_1 + d_2$ is only a few pixels there).
+# (3) the border term is at most $w_0 = 10$ everywhere, about 8 on a typical separation-border
+# pixel (one pixel from its own cell, two from the other: $d_1 + d_2 \approx 3$) and at least 4
+# on every one of them, the ends of an edge included ($d_1 + d_2 \le 6$ px).
 
 # %%
 border_minunet = minunet.data.weightmap.border_term(cells)
@@ -226,7 +227,7 @@ print(f"|ours - border_term| {err_border:.1e}; |weight_map - (w_c + border)| {er
 print(f"border term: max {border.max():.2f}, on separation borders {on_borders.min():.2f} to "
       f"{on_borders.max():.2f}; weight map max {w.max():.2f}")
 assert err_border < 1e-4 and err_map < 1e-4
-assert border.max() <= w0 and on_borders.min() > 5
+assert border.max() <= w0 and np.median(on_borders) > 7 and on_borders.min() > 3.9
 
 fig, axes = plt.subplots(2, 4, figsize=(12, 6.4))
 panels = [(cells_data.image, "image", "gray"), (instances, "cells (instances)", "tab20"),

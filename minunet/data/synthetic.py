@@ -22,9 +22,12 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from .augment import cubic_spline_matrix
-from .weightmap import separation_borders
+from .weightmap import fill_separation_borders, number_row_by_row, separation_borders
 
 Seed = int | np.random.SeedSequence | tuple | list
+
+MIN_CORE = 32  # px: touching cells whose core is smaller are dropped (predict's --min-size: 16)
+FOUR = ndimage.generate_binary_structure(2, 1)  # cross-shaped 3x3
 
 
 @dataclass
@@ -255,6 +258,37 @@ def synthetic_dataset(
     )
 
 
+def settle_cells(cells: np.ndarray, max_rounds: int = 20) -> np.ndarray:
+    """Instance labels that their 2-class mask determines (`touching_cells`).
+
+    Removing the separation borders loses information: a pixel where an edge between two cells
+    meets the background looks like background, and a thin part of a cell vanishes with its
+    borders. Repeat until nothing changes: keep each cell's largest 4-connected core (the cell
+    without its borders), drop cores under MIN_CORE px, and give the borders back to the cores
+    by `weightmap.fill_separation_borders`. Usually one or two rounds.
+
+    cells: (H, W) int, 0 = background. Returns (H, W) int32, ids 1..N row by row
+    (`weightmap.number_row_by_row`, as predict numbers its cells).
+    """
+    cells = np.asarray(cells)
+    for _ in range(max_rounds):
+        core = np.where(separation_borders(cells), 0, cells)
+        pieces, n = ndimage.label(core > 0, structure=FOUR)
+        if n:  # pieces of different cells never touch: the borders lie between them
+            size = np.bincount(pieces.ravel())[1:]
+            cell = ndimage.maximum(core, pieces, np.arange(1, n + 1)).astype(np.int64)
+            order = np.lexsort((-size, cell))  # by cell, the largest piece first
+            largest = np.r_[True, cell[order][1:] != cell[order][:-1]]
+            keep = np.zeros(n + 1, bool)
+            keep[1 + order[largest & (size[order] >= MIN_CORE)]] = True
+            core = np.where(keep[pieces], core, 0)
+        settled = fill_separation_borders(core, 2)
+        if np.array_equal(settled, cells):
+            return number_row_by_row(settled).astype(np.int32)
+        cells = settled
+    raise RuntimeError(f"settle_cells did not settle in {max_rounds} rounds")
+
+
 def touching_cells(
     size: tuple[int, int] | int = (256, 256),
     seed: Seed = 0,
@@ -264,10 +298,18 @@ def touching_cells(
 ) -> TouchingCells:
     """Blob-shaped cells, many of them touching, with their separation borders.
 
-    Each cell is a wobbly disc around a random centre; where discs overlap, a pixel belongs to the
-    cell with the smallest distance / radius, so touching cells share an edge with no gap. The
-    separation borders are found by morphology (`weightmap.separation_borders`) and removed from
-    the binary mask, as in the paper's Fig. 3.
+    Each cell is a smooth convex blob: a disc whose radius varies slowly with the angle,
+    r(theta) = r (1 + a2 cos(2 theta + p2) + a3 cos(3 theta + p3)) with a2 <= 0.08, a3 <= 0.04
+    (small enough to stay convex), cut by its neighbours along the lines of a power diagram
+    (a pixel belongs to the cell with the least d^2 - r^2, whose regions are convex polygons),
+    so touching cells share a straight edge with no gap. The separation borders are found by
+    morphology (`weightmap.separation_borders`) and removed from the binary mask, as in the
+    paper's Fig. 3.
+
+    The mask must determine the cells (`settle_cells`): each cell's core (the cell minus its
+    borders) is one 4-connected piece of at least `MIN_CORE` pixels, and the border pixels are
+    those `weightmap.fill_separation_borders` gives back to the cores. A perfect 2-class
+    prediction then implies exactly these instances (tests/test_instances.py).
 
     size:    (H, W) or one int. n_cells: number of cells (default: about 45% coverage by area).
     radius:  (min, max) cell radius in px. noise: std of additive noise on the [0, 1] image.
@@ -281,19 +323,22 @@ def touching_cells(
         n_cells = max(1, int(round(0.45 * h * w / mean_area)))
     centres = np.stack([rng.uniform(0, h, n_cells), rng.uniform(0, w, n_cells)], axis=1)
     radii = rng.uniform(radius[0], radius[1], n_cells)
-    # the k nearest centres of every pixel; a pixel goes to the one with the least distance/radius
+    amp = rng.uniform(0.0, 1.0, (n_cells, 2)) * np.array([0.08, 0.04])  # a2, a3 per cell
+    phase = rng.uniform(0.0, 2 * np.pi, (n_cells, 2))
+    # the k nearest centres of every pixel; a pixel goes to the one with the least d^2 - r^2
     k = min(8, n_cells)
     yy, xx = np.mgrid[0:h, 0:w]
     pts = np.stack([yy.ravel(), xx.ravel()], axis=1).astype(np.float64)  # (H*W, 2)
     d, idx = cKDTree(centres).query(pts, k=k)
     d, idx = d.reshape(-1, k), idx.reshape(-1, k)  # (H*W, k)
-    scaled = d / radii[idx]
-    best = np.argmin(scaled, axis=1)
     rows = np.arange(len(pts))
-    owner, rel = idx[rows, best], scaled[rows, best]
-    wobble = 1.0 + 0.12 * smooth_noise(shape, 0.8 * radius[0], rng).ravel()
-    inside = rel <= wobble
-    instances = _relabel(np.where(inside, owner + 1, 0).reshape(shape))
+    owner = idx[rows, np.argmin(d**2 - radii[idx] ** 2, axis=1)]
+    dy, dx = (pts - centres[owner]).T
+    theta = np.arctan2(dy, dx)
+    outline = 1.0 + (amp[owner, 0] * np.cos(2 * theta + phase[owner, 0])
+                     + amp[owner, 1] * np.cos(3 * theta + phase[owner, 1]))
+    rel = (np.hypot(dy, dx) / (radii[owner] * outline)).reshape(shape)  # <= 1 inside the cell
+    instances = settle_cells(np.where(rel <= 1.0, owner.reshape(shape) + 1, 0))
     borders = separation_borders(instances)
     mask = np.where((instances > 0) & ~borders, 255, 0).astype(np.uint8)
 
@@ -302,7 +347,7 @@ def touching_cells(
     cell = instances > 0
     shade = rng.uniform(0.6, 0.85, int(instances.max()) + 1).astype(np.float32)[instances]
     img[cell] = shade[cell]
-    nucleus = (rel.reshape(shape) < 0.45 * wobble.reshape(shape)) & cell
+    nucleus = (rel < 0.45) & cell
     img[nucleus] *= 0.8
     img[borders] *= 0.8
     img *= 1.0 + 0.08 * smooth_noise(shape, 4.0, rng)

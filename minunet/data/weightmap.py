@@ -40,6 +40,61 @@ def separation_borders(instances: np.ndarray) -> np.ndarray:
     return (lo != big) & (hi != lo)
 
 
+def fill_separation_borders(labels: np.ndarray, radius: int = 2) -> np.ndarray:
+    """Give removed separation borders back to the cells: the inverse of the border removal.
+
+    A background pixel goes to its nearest cell (Euclidean distance transform) when
+    1. two different cells lie within `radius` px of it (a (2r+1) x (2r+1) window): it lies
+       between touching cells, not along a cell's free outline, so cells do not grow outwards;
+    2. its 3x3 neighbourhood holds pixels of one cell only: a removed border pixel never
+       touches another cell's remaining pixels (they would have been removed as well), so a
+       pixel 1 px away from two cells is a gap between them and stays background;
+    3. a filled pixel of another cell lies in its 3x3 neighbourhood: removed border pixels come
+       in pairs, one on each side of the edge. Lone ones are taken back until none is left.
+    Rules 2 and 3 make the result consistent: removing its borders (`separation_borders`)
+    gives `labels` back. Where the truth is ambiguous (a border pixel where the edge meets the
+    background looks like background), the pixel pairs at the end of an edge are filled.
+
+    labels: (H, W) int, 0 = background (cells without their borders, e.g. the connected
+    components of a 2-class mask). radius: 2 for the 2-px borders of `separation_borders`.
+    Returns (H, W), labels' dtype.
+    """
+    labels = np.asarray(labels)
+    background = labels == 0
+    if background.all() or not background.any():
+        return labels.copy()
+    _, (iy, ix) = ndimage.distance_transform_edt(background, return_indices=True)
+    filled = background & _two_cells_near(labels, 2 * radius + 1) & ~_two_cells_near(labels, 3)
+    out = labels.copy()
+    out[filled] = labels[iy[filled], ix[filled]]  # rules 1, 2: the nearest cell
+    while True:  # rule 3, until every filled pixel has a partner of another cell
+        lone = filled & ~_two_cells_near(np.where(filled, out, 0), 3)
+        if not lone.any():
+            return out
+        out[lone] = 0
+        filled &= ~lone
+
+
+def _two_cells_near(labels: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) bool: the size x size window around the pixel holds two different cells."""
+    lab = np.asarray(labels).astype(np.int64)
+    none = int(lab.max()) + 1  # stands in for background in the minimum
+    hi = ndimage.maximum_filter(lab, size=size, mode="nearest")
+    lo = ndimage.minimum_filter(np.where(lab > 0, lab, none), size=size, mode="nearest")
+    return (lo != none) & (hi != lo)
+
+
+def number_row_by_row(labels: np.ndarray) -> np.ndarray:
+    """Cell ids made 1..N in order of first appearance row by row (0 = background stays 0), so
+    two labellings of the same cells are equal arrays. (H, W) int -> (H, W) int64."""
+    ids, first, inverse = np.unique(np.asarray(labels).ravel(), return_index=True,
+                                    return_inverse=True)
+    cell = np.flatnonzero(ids != 0)
+    new = np.zeros(ids.size, np.int64)
+    new[cell[np.argsort(first[cell])]] = np.arange(1, cell.size + 1)
+    return new[inverse].reshape(np.shape(labels))
+
+
 def instances_to_mask(instances: np.ndarray) -> np.ndarray:
     """Binary class map of touching instances with the separation borders set to background.
 
