@@ -4,7 +4,8 @@ For one configuration (input size, base, batch, dtype, device) it
   1. checks every twin (Numba on the CPU, CUDA on the GPU) against the plain op of
      minunet/ops on small inputs, and stops if one disagrees;
   2. times the hot loops (im2col, col2im, max-pool, softmax + cross-entropy, SGD)
-     at the sizes of the paper network and prints GB/s beside the time;
+     at the sizes of the paper network and prints GB/s beside the time, and the share of
+     the bandwidth of a plain 256 MiB copy on the same device;
   3. times forward, forward + backward and a whole training step of the U-Net on
      the fast ops (minunet/fast, what training runs) and on the plain ops
      (minunet/ops, the lesson) (median over --rounds x --repeat runs, each after
@@ -125,8 +126,14 @@ def _maxdiff(a, b) -> float:
 # --- 2. the hot loops at paper sizes ------------------------------------------------
 
 
+COPY_BYTES = 256 << 20  # the reference copy: larger than the H200's 50 MB L2 and CPU caches
+COPY = "copy 256 MiB (reference)"
+
+
 def bench_ops(xp, dtype, timer, repeat, warmup, size=572, base=64) -> list[tuple]:
-    """(name, seconds, bytes moved) per hot loop, at the paper network's biggest sizes."""
+    """(name, seconds, bytes moved) per hot loop, at the paper network's biggest sizes. The
+    first row is a plain copy of COPY_BYTES, more than any cache holds: the memory bandwidth
+    the others are measured against (read + write, as a device-to-device copy counts it)."""
     rng = np.random.default_rng(0)
     item = np.dtype(dtype).itemsize
     s = size - 2  # after the first conv: (base, s, s) feeds the second 3x3 conv
@@ -134,8 +141,11 @@ def bench_ops(xp, dtype, timer, repeat, warmup, size=572, base=64) -> list[tuple
     rows = max(1, min(s - 2, backend.chunk_bytes(xp) // (base * 9 * (s - 2) * item)))
     cols = xp.empty((base * 9, rows * (s - 2)), dtype=dtype)
     nbytes = 2 * cols.size * item  # read ~ the same, write the columns
-    out = [("im2col (one workspace chunk)", median(timer(
-        lambda: backend.im2col(x, 3, 0, rows, cols), repeat, warmup)), nbytes)]
+    src, dst = xp.ones(COPY_BYTES // item, dtype), xp.empty(COPY_BYTES // item, dtype)
+    out = [(COPY, median(timer(lambda: xp.copyto(dst, src), repeat, warmup)), 2 * COPY_BYTES)]
+    del src, dst
+    out.append(("im2col (one workspace chunk)", median(timer(
+        lambda: backend.im2col(x, 3, 0, rows, cols), repeat, warmup)), nbytes))
     dx = xp.zeros_like(x)
     out.append(("col2im (one workspace chunk)", median(timer(
         lambda: backend.col2im(cols, 3, 0, rows, dx), repeat, warmup)),
@@ -482,10 +492,12 @@ def main(argv=None) -> int:
 
     if not a.no_ops:
         print("\n2. hot loops at the paper network's sizes")
-        print(f"   {'op':<30}{'ms':>9}{'GB/s':>9}")
-        for name, t, nbytes in bench_ops(xp, np.dtype(a.dtype), timer, a.repeat, a.warmup,
-                                         a.size, a.base):
-            print(f"   {name:<30}{t * 1e3:9.2f}{nbytes / t / 1e9:9.1f}")
+        print(f"   {'op':<30}{'ms':>9}{'GB/s':>9}{'of copy':>9}")
+        ops = bench_ops(xp, np.dtype(a.dtype), timer, a.repeat, a.warmup, a.size, a.base)
+        copy_rate = ops[0][2] / ops[0][1]  # bytes per second of the plain copy
+        for name, t, nbytes in ops:
+            print(f"   {name:<30}{t * 1e3:9.2f}{nbytes / t / 1e9:9.1f}"
+                  f"{nbytes / t / copy_rate:9.0%}")
 
     flops = sum(r["gflop"] for r in layer_table(cfg, a.size, a.batch))
     print(f"\n3. U-Net {a.size}/{a.base}: forward {flops:.1f} GFLOP, training step "
