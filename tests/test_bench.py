@@ -11,8 +11,10 @@ def test_bench_runs_and_prints_every_section(capsys):
     assert rc == 0
     for text in ("twins (Numba / CUDA) vs the plain ops", "im2col", "softmax-xent fwd",
                  "sgd update", "forward+backward", "training step", "GFLOP/s", "tiles/s",
-                 "fast s", "plain s", "plain/fast"):
+                 "fast s", "plain s", "plain/fast", "of copy"):
         assert text in out, text
+    copy_row = next(line for line in out.splitlines() if line.strip().startswith(bench.COPY))
+    assert copy_row.split()[-1] == "100%"  # the reference is its own 100 %
 
 
 def test_bench_times_one_door_when_asked(capsys):
