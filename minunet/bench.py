@@ -130,6 +130,13 @@ COPY_BYTES = 256 << 20  # the reference copy: larger than the H200's 50 MB L2 an
 COPY = "copy 256 MiB (reference)"
 
 
+def _copy_seconds(xp, dtype, timer, repeat, warmup) -> float:
+    """Median time of one copy of COPY_BYTES on the device (freed on return)."""
+    n = COPY_BYTES // np.dtype(dtype).itemsize
+    src, dst = xp.ones(n, dtype), xp.empty(n, dtype)
+    return median(timer(lambda: xp.copyto(dst, src), repeat, warmup))
+
+
 def bench_ops(xp, dtype, timer, repeat, warmup, size=572, base=64) -> list[tuple]:
     """(name, seconds, bytes moved) per hot loop, at the paper network's biggest sizes. The
     first row is a plain copy of COPY_BYTES, more than any cache holds: the memory bandwidth
@@ -141,9 +148,7 @@ def bench_ops(xp, dtype, timer, repeat, warmup, size=572, base=64) -> list[tuple
     rows = max(1, min(s - 2, backend.chunk_bytes(xp) // (base * 9 * (s - 2) * item)))
     cols = xp.empty((base * 9, rows * (s - 2)), dtype=dtype)
     nbytes = 2 * cols.size * item  # read ~ the same, write the columns
-    src, dst = xp.ones(COPY_BYTES // item, dtype), xp.empty(COPY_BYTES // item, dtype)
-    out = [(COPY, median(timer(lambda: xp.copyto(dst, src), repeat, warmup)), 2 * COPY_BYTES)]
-    del src, dst
+    out = [(COPY, _copy_seconds(xp, dtype, timer, repeat, warmup), 2 * COPY_BYTES)]
     out.append(("im2col (one workspace chunk)", median(timer(
         lambda: backend.im2col(x, 3, 0, rows, cols), repeat, warmup)), nbytes))
     dx = xp.zeros_like(x)

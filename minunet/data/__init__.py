@@ -31,6 +31,7 @@ from .loaders import (
 from .synthetic import (
     SyntheticSample,
     TouchingCells,
+    settle_cells,
     synthetic_dataset,
     synthetic_em,
     touching_cells,
@@ -39,6 +40,7 @@ from .tiles import TileSampler, random_tile, tiles_per_second
 from .weightmap import (
     cached_weight_map,
     class_balance,
+    fill_separation_borders,
     instances_to_mask,
     plot_weightmap,
     separation_borders,
@@ -48,8 +50,9 @@ from .weightmap import (
 __all__ = [
     "AugmentConfig", "DataError", "Dataset", "Sample", "SyntheticSample", "TileSampler",
     "TouchingCells", "augment_sample", "cached_weight_map", "class_balance", "coordinate_map",
-    "draw_transform", "elastic_displacement", "instances_to_mask", "load_dataset", "load_folder",
-    "load_isbi2012", "load_synthetic", "mirror_pad", "plot_weightmap", "random_tile", "read_array",
-    "separation_borders", "synthetic_dataset", "synthetic_em", "tiles_per_second",
+    "draw_transform", "elastic_displacement", "fill_separation_borders", "instances_to_mask",
+    "load_dataset", "load_folder", "load_isbi2012", "load_synthetic", "mirror_pad",
+    "plot_weightmap", "random_tile", "read_array", "separation_borders", "settle_cells",
+    "synthetic_dataset", "synthetic_em", "tiles_per_second",
     "to_float_image", "to_label", "touching_cells", "warp", "weight_map",
 ]
