@@ -67,6 +67,9 @@ class GpuStatus:
     compute_capability: str = ""
 
 
+MIN_CUPY = (14, 0)  # the plain max-pool backward uses cupy.put_along_axis, new in CuPy 14
+
+
 @functools.lru_cache(maxsize=1)
 def gpu_status() -> GpuStatus:
     """Probe CuPy and the CUDA device once; never raises."""
@@ -77,6 +80,11 @@ def gpu_status() -> GpuStatus:
                                 "'minunet[cuda13]' to match your CUDA driver)")
     except Exception as e:  # a broken CuPy install raises many things
         return GpuStatus(False, f"CuPy failed to import: {type(e).__name__}: {e}")
+    version = tuple(int(p) for p in cupy.__version__.split(".")[:2] if p.isdigit())
+    if version < MIN_CUPY:
+        return GpuStatus(False, f"CuPy {cupy.__version__} is too old, minunet needs CuPy >= "
+                                f"{MIN_CUPY[0]} (pip install -U 'minunet[cuda12]' or "
+                                "'minunet[cuda13]')")
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:

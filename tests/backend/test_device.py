@@ -62,6 +62,17 @@ def test_gpu_status_and_device_info_never_raise():
     assert device.device_info().startswith("GPU: " if st.available else "CPU: ")
 
 
+def test_a_cupy_older_than_14_is_named_not_used(monkeypatch):
+    import sys
+    import types
+
+    old = types.SimpleNamespace(__version__="13.6.0")  # checked before any device call
+    monkeypatch.setitem(sys.modules, "cupy", old)
+    st = device.gpu_status.__wrapped__()
+    assert not st.available
+    assert st.reason.startswith("CuPy 13.6.0 is too old, minunet needs CuPy >= 14")
+
+
 def test_is_out_of_memory():
     class OutOfMemoryError(Exception):  # CuPy's name, recognised without importing CuPy
         pass
