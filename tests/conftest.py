@@ -33,9 +33,15 @@ def rng():
     return np.random.default_rng(20150518)  # U-Net's arXiv date
 
 
+FIRST_ON_GPU = ("test_gpu.py", "test_model_gpu.py")  # the kernels and the whole network
+
+
 def pytest_collection_modifyitems(config, items):
     status = backend.gpu_status()
     if status.available:
+        # run the kernels and the whole network first, so a run cut short by a time limit
+        # (tools/gpu_check.sh) loses the least; the order within each group is kept
+        items.sort(key=lambda item: item.path.name not in FIRST_ON_GPU)
         return
     skip = pytest.mark.skip(reason=f"needs a CUDA GPU: {status.reason}")
     for item in items:

@@ -12,11 +12,19 @@ from __future__ import annotations
 import importlib
 import platform
 import sys
+import warnings
 
 
 def _version(name: str) -> str:
+    """The module's version, and the warnings its import gave (the tests turn warnings into
+    errors, so a package that warns on import is worth a line here)."""
     try:
-        return getattr(importlib.import_module(name), "__version__", "?")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            v = str(getattr(importlib.import_module(name), "__version__", "?"))
+        for w in caught[:3]:
+            v += f" (import warning: {w.category.__name__}: {str(w.message)[:120]})"
+        return v
     except Exception as e:  # noqa: BLE001 -- report anything, never stop
         return f"unavailable ({type(e).__name__}: {e})".splitlines()[0][:160]
 

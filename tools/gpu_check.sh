@@ -252,7 +252,8 @@ stage_versions() {
 stage_pytest() {
     local log=$OUT/pytest.log key args
     echo "== 1c pytest -m gpu"
-    args=(-m pytest -m gpu -v --durations=15 -p no:cacheprovider --junitxml="$OUT/junit.xml")
+    # (tests/conftest.py runs the kernels and the whole network first on a GPU)
+    args=(-m pytest -m gpu -v -rs --durations=15 -p no:cacheprovider --junitxml="$OUT/junit.xml")
     if "$PY" -c 'import pytest_timeout' 2>/dev/null; then
         args+=(--timeout=90)
     else

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +75,9 @@ MIN_CUPY = (14, 0)  # the plain max-pool backward uses cupy.put_along_axis, new 
 def gpu_status() -> GpuStatus:
     """Probe CuPy and the CUDA device once; never raises."""
     try:
-        import cupy
+        with warnings.catch_warnings():  # a warning of CuPy's own import (a duplicate install,
+            warnings.simplefilter("default")  # a library it could not preload) is shown once,
+            import cupy  # never turned into an error that would hide the GPU
     except ImportError:
         return GpuStatus(False, "CuPy is not installed (pip install 'minunet[cuda12]' or "
                                 "'minunet[cuda13]' to match your CUDA driver)")
