@@ -279,8 +279,8 @@ stage_pytest() {
 # median of 2 rounds x 5 runs after 2 warm-ups, each in a fresh process), achieved GFLOP/s,
 # the ratios, peak memory, and the per-op table (im2col, col2im, pool, softmax-xent, SGD)
 # in GB/s beside a plain 256 MiB copy (the card's bandwidth); and the tiles per second of
-# the augmentation pipeline at 572 (one CPU thread: what feeds stage 4). 2b. The same with TF32 allowed, ours on the fast ops and PyTorch, no
-# per-op table.
+# the augmentation pipeline at 572 (one CPU thread: what feeds stage 4). 2b. The same with
+# TF32 allowed, ours on the fast ops and PyTorch, no per-op table.
 stage_bench() {
     bench_run 2a "bench 572/64 fp32, TF32 off (fast, plain, torch)" 110 --ops both --data
     bench_run 2b "bench 572/64 fp32, TF32 on (fast, torch)" 50 --tf32 --ops fast --no-ops

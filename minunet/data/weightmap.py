@@ -25,18 +25,19 @@ SIGMA = 5.0  # paper, Sec. 3: sigma ~ 5 pixels
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)  # cross-shaped 3x3
 
 
-def separation_borders(instances: np.ndarray) -> np.ndarray:
+def separation_borders(instances: np.ndarray, size: int = 3) -> np.ndarray:
     """Pixels where two different cells meet, found by morphology.
 
     A pixel is a border pixel if its 3x3 neighbourhood holds two different non-zero instance ids
     (grey dilation != grey erosion over the cells): both sides of an edge between touching cells,
     and background pixels of a one-pixel gap between two cells.
-    instances: (H, W) int, 0 = background. Returns (H, W) bool.
+    instances: (H, W) int, 0 = background. size: the neighbourhood, size x size (3 for the
+    borders; `fill_separation_borders` also asks for wider ones). Returns (H, W) bool.
     """
     lab = np.asarray(instances).astype(np.int64)
     big = int(lab.max()) + 1  # stands in for background in the erosion (not int64 max: overflow)
-    hi = ndimage.maximum_filter(lab, size=3, mode="nearest")
-    lo = ndimage.minimum_filter(np.where(lab > 0, lab, big), size=3, mode="nearest")
+    hi = ndimage.maximum_filter(lab, size=size, mode="nearest")
+    lo = ndimage.minimum_filter(np.where(lab > 0, lab, big), size=size, mode="nearest")
     return (lo != big) & (hi != lo)
 
 
@@ -64,24 +65,16 @@ def fill_separation_borders(labels: np.ndarray, radius: int = 2) -> np.ndarray:
     if background.all() or not background.any():
         return labels.copy()
     _, (iy, ix) = ndimage.distance_transform_edt(background, return_indices=True)
-    filled = background & _two_cells_near(labels, 2 * radius + 1) & ~_two_cells_near(labels, 3)
+    two_near = separation_borders(labels, 2 * radius + 1)  # two cells within `radius` px
+    filled = background & two_near & ~separation_borders(labels)
     out = labels.copy()
     out[filled] = labels[iy[filled], ix[filled]]  # rules 1, 2: the nearest cell
     while True:  # rule 3, until every filled pixel has a partner of another cell
-        lone = filled & ~_two_cells_near(np.where(filled, out, 0), 3)
+        lone = filled & ~separation_borders(np.where(filled, out, 0))
         if not lone.any():
             return out
         out[lone] = 0
         filled &= ~lone
-
-
-def _two_cells_near(labels: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) bool: the size x size window around the pixel holds two different cells."""
-    lab = np.asarray(labels).astype(np.int64)
-    none = int(lab.max()) + 1  # stands in for background in the minimum
-    hi = ndimage.maximum_filter(lab, size=size, mode="nearest")
-    lo = ndimage.minimum_filter(np.where(lab > 0, lab, none), size=size, mode="nearest")
-    return (lo != none) & (hi != lo)
 
 
 def number_row_by_row(labels: np.ndarray) -> np.ndarray:

@@ -42,8 +42,8 @@ def agree(got, want, dtype, what):
 def cpu_setup(request, monkeypatch):
     """Worker count and chunk size of the fast ops on the CPU (the GPU ignores both)."""
     n, chunk = request.param
-    on_gpu = getattr(request.node, "callspec", None) and request.node.callspec.params.get("xp")
-    if on_gpu == "cupy" and request.param != (1, None):
+    callspec = getattr(request.node, "callspec", None)
+    if callspec and callspec.params.get("xp") == "cupy" and request.param != (1, None):
         pytest.skip("the GPU ignores workers and chunks: its case runs once, with '1 worker'")
     monkeypatch.setattr(threads, "n_threads", lambda: n)
     if chunk is not None:
