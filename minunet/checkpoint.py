@@ -2,7 +2,8 @@
 
 Contents (docs/DESIGN.md, "Checkpoints"): the parameters under the contract's names
 ("down0.conv0.weight", ...), the model's buffers ("buffer.<name>": running statistics and
-the like; none for the U-Net), the optimiser's velocities ("velocity.<name>"), and four JSON
+the like; none for the U-Net), the optimiser's velocities ("velocity.<name>"), the run's
+log ("log.train_losses": the training loss of every iteration so far), and four JSON
 strings: "arch" (the architecture's name, also config["model"]["arch"]), "config" (model,
 optimiser and training settings), "iteration" and "rng" (the seeds and counters that
 determine every random draw still to come). No pickles: it loads with allow_pickle=False.
@@ -23,7 +24,7 @@ import numpy as np
 from .files import atomic_write
 
 META_KEYS = ("config", "iteration", "rng")
-BUFFER, VELOCITY = "buffer.", "velocity."  # key prefixes of buffers and velocities
+BUFFER, VELOCITY, LOG = "buffer.", "velocity.", "log."  # key prefixes
 
 
 class Checkpoint(NamedTuple):
@@ -36,17 +37,43 @@ class Checkpoint(NamedTuple):
     config: dict  # {"train": ..., "model": ..., "optimizer": ...}
     rng: dict  # the seeds and counters of the random draws to come
     arch: str  # the architecture's name ("unet")
+    log: dict = {}  # name (without "log.") -> array: the run's record, e.g. "train_losses"
 
     def state(self) -> dict:
         """Parameters and buffers: what model.load_state_dict takes."""
         return {**self.params, **self.buffers}
 
 
+class NonFiniteError(ValueError):
+    """A parameter holds NaN or infinite values: a diverged model is never saved or loaded."""
+
+
+def check_arrays(arrays: dict, where) -> None:
+    """ValueError naming the first array of `arrays` (name -> host array) that is not float32
+    or float64, NonFiniteError for the first that holds NaN or infinite values; `where` (a
+    path, or what the arrays are) begins the message."""
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, np.float64):
+            kind = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+            raise ValueError(f"{where}: {name} is {kind}; parameters are float32 or float64 "
+                             "arrays (was this file written by minunet?)")
+        bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+        if bad:
+            raise NonFiniteError(f"{where}: {name} holds {bad} NaN or infinite value(s) of "
+                                 f"{a.size}: the model diverged; use an earlier checkpoint "
+                                 "(or train again with a lower --lr)")
+
+
 def save_checkpoint(path, params: dict, velocity: dict, iteration: int, config: dict,
-                    rng: dict, buffers: dict | None = None, arch: str = "unet") -> Path:
+                    rng: dict, buffers: dict | None = None, arch: str = "unet",
+                    log: dict | None = None) -> Path:
     """Write a checkpoint atomically. params, buffers: name -> host array; velocity:
-    "velocity.<name>" -> host array (see the module doc)."""
-    arrays = dict(params) | {BUFFER + k: v for k, v in (buffers or {}).items()} | dict(velocity)
+    "velocity.<name>" -> host array (see the module doc). ValueError (NonFiniteError) if an
+    array is not float or not finite: nothing is written then."""
+    check_arrays({**params, **{BUFFER + k: v for k, v in (buffers or {}).items()}, **velocity},
+                 f"not saving {path}")
+    arrays = (dict(params) | {BUFFER + k: v for k, v in (buffers or {}).items()}
+              | dict(velocity) | {LOG + k: v for k, v in (log or {}).items()})
     arrays["arch"] = np.array(json.dumps(arch))
     arrays["config"] = np.array(json.dumps(config, sort_keys=True))
     arrays["iteration"] = np.array(json.dumps(int(iteration)))
@@ -76,11 +103,13 @@ def load_checkpoint(path) -> Checkpoint:
     if not isinstance(meta["config"], dict):
         raise ValueError(f"{path}: its config is not a JSON object: not a minunet checkpoint")
     arch = meta.get("arch") or meta["config"].get("model", {}).get("arch", "unet")
+    check_arrays(data, path)  # parameters, buffers, velocities: float and finite
     return Checkpoint(
-        params={k: v for k, v in data.items() if not k.startswith((BUFFER, VELOCITY))},
+        params={k: v for k, v in data.items() if not k.startswith((BUFFER, VELOCITY, LOG))},
         buffers={k[len(BUFFER):]: v for k, v in data.items() if k.startswith(BUFFER)},
         velocity={k: v for k, v in data.items() if k.startswith(VELOCITY)},
-        iteration=meta["iteration"], config=meta["config"], rng=meta["rng"], arch=arch)
+        iteration=meta["iteration"], config=meta["config"], rng=meta["rng"], arch=arch,
+        log={k[len(LOG):]: v for k, v in data.items() if k.startswith(LOG)})
 
 
 def model_from_checkpoint(ckpt: Checkpoint, path, seed: int = 0):

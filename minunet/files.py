@@ -52,3 +52,42 @@ def save_figure(fig, path) -> Path:
     """Save a matplotlib Figure atomically (format from the suffix, PNG by default)."""
     fmt = Path(path).suffix.lstrip(".") or "png"
     return atomic_write(path, lambda f: fig.savefig(f, format=fmt))
+
+
+def check_writable(path, flag: str) -> None:
+    """ValueError, one line naming `flag` and the fix, if `path` (a folder to create or fill)
+    cannot be made: a name or path too long for the file system, a file in its way, or a
+    parent folder the user may not write in. Checks only; creates nothing."""
+    path = Path(path)
+    name_max = _pathconf(Path(path.anchor or "."), "PC_NAME_MAX", 255)
+    long = [part for part in path.parts if len(os.fsencode(part)) > name_max]
+    if long:
+        raise ValueError(f"{flag} {path.parent}/{long[0][:20]}...: a name of "
+                         f"{len(os.fsencode(long[0]))} bytes, more than the {name_max} this "
+                         "file system allows; choose a shorter name")
+    path_max = _pathconf(Path(path.anchor or "."), "PC_PATH_MAX", 4096)
+    if len(os.fsencode(os.path.abspath(path))) + 64 > path_max:  # room for the files inside
+        raise ValueError(f"{flag} {str(path)[:40]}...: the path is too long for this file system "
+                         f"(at most {path_max} bytes with the names inside it); choose a "
+                         "shorter path")
+    parent = next(p for p in (path, *path.parents) if _exists(p) or p == p.parent)
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: {parent} is a file, not a folder; name a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: {parent} is not writable for you; choose a folder "
+                         "you can write in")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        path.stat()
+        return True
+    except OSError:  # missing, or a file where a folder should be
+        return False
+
+
+def _pathconf(path: Path, name: str, default: int) -> int:
+    try:
+        return os.pathconf(path, name)
+    except (OSError, ValueError):
+        return default

@@ -21,10 +21,11 @@ import csv
 import dataclasses
 import io
 import json
+import shutil
 from pathlib import Path
 
 from .checkpoint import save_checkpoint
-from .files import atomic_write_text
+from .files import atomic_write_text, check_writable
 
 # The two losses are different quantities, and their names say which:
 #   train_loss_weighted  the loss SGD minimises, averaged over the iterations since the last
@@ -43,19 +44,52 @@ COLUMNS = ("iteration", "elapsed_s", "train_loss_weighted", "val_xent", "pixel_a
 _RENAMED = {"train_loss": "train_loss_weighted", "val_loss": "val_xent"}  # older run folders
 
 
-class RunFolder:
-    """The files of one run under `path`; `history` holds the rows of metrics.csv."""
+# What a run writes (and --overwrite removes): the files above and checkpoints/
+RUN_FILES = ("config.json", "metrics.csv", "loss.png", "val_predictions.png", "last.npz",
+             "best.npz", "curve.csv", "curve.png")
 
-    def __init__(self, path):
+
+class RunFolder:
+    """The files of one run under `path`; `history` holds the rows of metrics.csv.
+
+    new=True (a new run): a folder that already holds a run is refused, unless `overwrite`,
+    and then its run files are removed when the run is created; a folder holding other files
+    is refused. new=False: the folder of a resumed run, which goes on in it."""
+
+    def __init__(self, path, new: bool = True, overwrite: bool = False):
         self.path = Path(path)
         self.history: list[dict] = []
-        if self.path.exists() and not self.path.is_dir():
-            raise ValueError(f"--out {self.path} is a file; name a folder for the run")
+        self.replace = False  # remove an earlier run's files on create()
+        check_writable(self.path, "--out")
+        if not new or not self.path.exists():
+            return
+        held = sorted(p.name for p in self.path.iterdir())
+        if any(name in RUN_FILES or name == "checkpoints" for name in held):
+            if not overwrite:
+                raise ValueError(f"--out {self.path} holds a run already ({', '.join(held[:4])}"
+                                 f"{', ...' if len(held) > 4 else ''}): continue it with --resume "
+                                 f"{self.path / 'last.npz'}, replace it with --overwrite, or "
+                                 "name a new folder")
+            self.replace = True
+        elif held:
+            raise ValueError(f"--out {self.path} is not empty and holds no minunet run "
+                             f"({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}): "
+                             "name a new or empty folder")
 
     def create(self, config: dict, iteration: int) -> None:
-        """Make the folder, write config.json, and keep the metrics rows up to `iteration`
-        (a resumed run drops the rows of iterations it will repeat)."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        """Make the folder (first removing an earlier run's files if it replaces one), remove
+        the temporary files of writes that were killed, write config.json, and keep the
+        metrics rows up to `iteration` (a resumed run drops the rows it will repeat)."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--out {self.path}: cannot create it ({e.strerror})") from None
+        if self.replace:
+            for name in RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+            shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+        for stale in [*self.path.glob(".*.tmp"), *self.path.glob("checkpoints/.*.tmp")]:
+            stale.unlink(missing_ok=True)  # left by a write that was killed (files.py)
         self.write_config(config)
         metrics = self.path / "metrics.csv"
         if metrics.exists():
@@ -76,14 +110,15 @@ class RunFolder:
         atomic_write_text(self.path / "metrics.csv", text.getvalue())
 
     def save_checkpoint(self, name: str, model, opt, iteration: int, config: dict,
-                        rng: dict) -> Path:
+                        rng: dict, log: dict | None = None) -> Path:
         """Write `name` (last.npz, best.npz): the model's parameters, buffers and
-        architecture, the optimiser's velocities, the iteration, config and RNG state."""
+        architecture, the optimiser's velocities, the iteration, config, RNG state and `log`
+        (the training losses so far)."""
         (self.path / name).parent.mkdir(parents=True, exist_ok=True)  # checkpoints/N.npz
         state = model.state_dict()  # parameters and buffers, host arrays
         buffers = {k: state.pop(k) for k in model.buffers}
         return save_checkpoint(self.path / name, state, opt.state_dict(), iteration, config,
-                               rng, buffers=buffers, arch=model.arch)
+                               rng, buffers=buffers, arch=model.arch, log=log)
 
     def plot(self, train_losses: list[float], iteration: int, val_preds: list) -> None:
         """loss.png from the history and the per-iteration training losses ending at

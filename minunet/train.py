@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend
+from . import backend, checkpoint
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .layers import op_module
 from .model import UNetConfig, build_model, describe, standardize
@@ -43,21 +43,26 @@ from .sizes import invalid_size_message, is_valid_size, output_size
 
 
 def train_step(model, opt, x, labels, weights, it: int, key: int):
-    """One SGD step on a batch of tiles; returns the loss (a device scalar).
+    """One SGD step on a batch of tiles; returns (loss, gradient norm), two device scalars.
 
     x: (B, C, tile, tile) standardized images; labels: (B, out, out) class indices;
     weights: (B, out, out) the weight map; it: the iteration (sets the learning rate);
     key: this step's dropout key. The loss is the weighted cross-entropy
     (1/(B*out*out)) * sum_x w(x) * -log p_label(x)(x) (docs/DESIGN.md, "Loss"), computed by
     the same op module (plain or fast) as the model's layers.
+
+    The gradient norm sqrt(sum_k |g_k|^2) is the divergence guard's second number: NaN weights
+    can leave the loss finite (ReLU maps NaN to 0, since NaN > 0 is false), but not every
+    gradient. It stays on the device; the loop reads it with the loss.
     """
     xent = op_module(model.config.ops)
     logits = model.forward(x, dropout_key=key)  # (B, K, out, out)
     loss, cache = xent.softmax_cross_entropy_forward(logits, labels, weights)
     model.zero_grad()
     model.backward(xent.softmax_cross_entropy_backward(1.0, cache))  # dL/dlogits
+    grad_norm = sum(g.ravel() @ g.ravel() for g in model.grads.values()) ** 0.5
     opt.step(model.grads, it)
-    return loss
+    return loss, grad_norm
 
 
 def step_key(seed: int, it: int) -> int:
@@ -183,7 +188,13 @@ def parse_duration(text: str) -> float:
     seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
     if seconds <= 0:
         raise ValueError(f"--time must be more than 0 seconds, got {text!r}")
+    if seconds > MAX_TIME_S:
+        raise ValueError(f"--time {text!r} is {seconds / 86400:,.0f} days; the most is "
+                         f"{MAX_TIME_S // 86400} days (a longer run: --iters N)")
     return seconds
+
+
+MAX_TIME_S = 366 * 86400  # --time beyond a year is a typo, not a plan
 
 
 def _flag(name: str) -> str:
@@ -244,9 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(_flag(f.name), type=types[f.type], help=text.replace("%", "%%"),
                        choices=[c for c in CHOICES.get(f.name, ()) if c] or None)
     p.add_argument("--resume", metavar="CKPT",
-                   help="continue a run exactly from its checkpoint (RUN/last.npz); the saved "
-                        "settings apply except --device, --iters, --out, --val-every, "
-                        "--prefetch")
+                   help="continue a run exactly from its checkpoint (RUN/last.npz), in its run "
+                        "folder: the saved settings apply; --device and --prefetch may change, "
+                        "--iters, --val-every, --lr and --keep-checkpoints apply from the "
+                        "checkpoint on (said so); other options that differ are refused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out: its files (checkpoints included) are "
+                        "removed once the new run has loaded its data; without it an existing "
+                        "run folder is refused")
     p.add_argument("--describe", action="store_true",
                    help="print the per-layer table (shapes, parameters, GFLOP, memory) and exit")
     return p
@@ -258,6 +274,9 @@ def resolve_config(given: dict) -> TrainConfig:
         device = backend.resolve_device(given.get("device", "auto"))
     except RuntimeError as e:  # --device cuda without a usable GPU
         raise ValueError(str(e)) from e
+    if given.get("time") and "iters" in given:
+        raise ValueError("--time and --iters both set the length of the run: give one (--time "
+                         "measures the step and chooses the iterations; --iters N repeats them)")
     preset = given.get("preset") or ("paper" if device == "cuda" else "cpu")
     timed = {"schedule": "poly"} if given.get("time") else {}  # the rate ends with the budget
     return TrainConfig(**{**PRESETS[preset], **timed, **given, "preset": preset,
@@ -279,14 +298,42 @@ def main(argv=None) -> int:
         if args.describe:
             print(describe(model_config(cfg, 2), cfg.tile, cfg.batch))
             return 0
-        trainer = Trainer(cfg, resume=args.resume, given=set(given))
+        if args.overwrite and args.resume:
+            raise ValueError("--overwrite replaces a run and --resume continues one: give one")
+        trainer = Trainer(cfg, resume=args.resume, given=set(given), overwrite=args.overwrite)
     except (ValueError, FileNotFoundError) as e:  # bad option, data or checkpoint: say so
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return trainer.run()
+    except OSError as e:  # a file that cannot be read or written, named
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    try:
+        return trainer.run()
+    except OSError as e:  # e.g. the disk filled up: the checkpoints written so far stay
+        print(f"error: {e.filename or ''}: {e.strerror or e}; the run folder {trainer.out} "
+              "keeps its last checkpoint (continue with --resume)", file=sys.stderr)
+        return 1
 
 
 # ----------------------------------------------------------------------------- the loop
+
+
+def score_of(row: dict) -> float:
+    """The score best.npz minimises, of a metrics row (numbers, or metrics.csv's strings):
+    the validation pixel error for two classes (ISBI, at its best threshold: it follows the
+    segmentation, and it is steady where the Rand scores of a few images swing from one
+    validation to the next), else the validation loss, else (nothing validated) the
+    training loss."""
+    for key in ("pixel_error", "val_xent", "train_loss_weighted"):
+        if row.get(key, "") != "":
+            return float(row[key])
+    return math.inf
+
+
+def _best_of(rng: dict) -> float:
+    """The best score so far that a checkpoint recorded (None: none yet)."""
+    best = rng.get("best_score")
+    return math.inf if best is None else float(best)
 
 
 class Stop(Exception):
@@ -298,12 +345,18 @@ class Trainer:
 
     With cfg.time set, a new run first fits cfg.iters to the budget (`fit_budget`)."""
 
-    RESUMABLE = ("device", "iters", "out", "val_every", "prefetch")  # what --resume may change
+    # What --resume may change. A resumed run is the same run: these change neither the
+    # model, the data nor the results (device: up to float rounding) ...
+    RESUMABLE_QUIETLY = ("device", "prefetch")
+    # ... and these it applies from the checkpoint's iteration on, saying so
+    RESUMABLE_SAID = ("iters", "val_every", "lr", "keep_checkpoints")
 
     def __init__(self, cfg: TrainConfig, resume: str | None = None, quiet: bool = False,
-                 given: set | None = None):
+                 given: set | None = None, overwrite: bool = False):
         """given: the options named on the command line; a resume takes only those of
-        RESUMABLE from `cfg` (None: all of them, for callers that pass a whole config)."""
+        RESUMABLE_* from `cfg` and refuses the others where they differ from the saved run
+        (None: `cfg` is a whole config, and a resume takes RESUMABLE_* from it).
+        overwrite: a new run may replace the run in cfg.out (removing its files)."""
         from .data import AugmentConfig, TileSampler, load_dataset
         from .data.loaders import as_holdout, as_index_list
 
@@ -311,14 +364,15 @@ class Trainer:
         self.quiet = quiet
         ckpt = load_checkpoint(resume) if resume else None
         if ckpt is not None:
-            if given is not None and "time" in given:
-                raise ValueError("--time sets the iterations of a new run; a resumed run "
-                                 "continues to its saved end (give --iters to change it)")
-            cfg = self._resumed_config(ckpt.config, cfg, resume, given)
+            cfg, changes = self._resumed_config(ckpt.config, cfg, resume, given)
         self.cfg = cfg
         self.budget = ckpt.config.get("budget") if ckpt is not None else None
-        self.folder = RunFolder(cfg.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+        out = Path(cfg.out) if cfg.out else self._new_run_path()
+        self.folder = RunFolder(out, new=ckpt is None, overwrite=overwrite)
         self.out = self.folder.path
+        if ckpt is not None:
+            for change in changes:
+                self._say(f"--resume: {change}")
         self._say(f"minunet.train: {backend.device_info()}")
         self._say(json.dumps(asdict(cfg), indent=1))
         self.data = load_dataset(cfg.data, as_index_list(cfg.val), cfg.mask_kind, cfg.normalize,
@@ -343,6 +397,7 @@ class Trainer:
             self.opt.load_state_dict(ckpt.velocity)
         self.it = ckpt.iteration if ckpt is not None else 0
         self.resumed_from = self.it
+        self.last_saved = self.it if ckpt is not None else None  # iteration of last.npz
         self.skipped, self.validating = 0, 0.0  # validations skipped, seconds spent validating
         # wall-clock seconds of the run before this process (a resumed run carries them on)
         self.elapsed_before = float(ckpt.rng.get("elapsed_s", 0.0)) if ckpt is not None else 0.0
@@ -351,12 +406,18 @@ class Trainer:
             self.data.train, cfg.tile, self.out_size, AugmentConfig() if cfg.augment else None,
             seed=cfg.seed, start=start, prefetch=cfg.prefetch, use_weights=cfg.weight_map)
         self.sampler = self._sampler(self.it * cfg.batch)
-        self.best = math.inf
-        self.train_losses: list[float] = []  # per iteration, this process's iterations only
+        # the best validation score so far (best.npz's) and the training loss of every
+        # iteration so far: a resumed run carries both on, so that best.npz, metrics.csv and
+        # loss.png come out as the straight run's
+        self.best = math.inf if ckpt is None else _best_of(ckpt.rng)
+        self.train_losses: list[float] = [] if ckpt is None else ckpt.log.get(
+            "train_losses", np.zeros(0)).tolist()
         self.val_preds: list = []  # (image, truth, probabilities) of the last validation
         if cfg.time and ckpt is None:
             self.fit_budget(parse_duration(cfg.time))
         self.folder.create(self._config_json(), self.it)  # only now: everything has loaded
+        if ckpt is not None and "best_score" not in ckpt.rng:  # written before it was saved
+            self.best = min(map(score_of, self.folder.history), default=math.inf)
 
     # -- the time budget ----------------------------------------------------------------
 
@@ -379,7 +440,7 @@ class Trainer:
         while len(times) < self.WARM_STEPS + self.TIMED_STEPS:
             t = time.perf_counter()
             with np.errstate(all="ignore"):
-                float(self.step())  # float() waits for the device
+                float(self.step()[0])  # float() waits for the device
             times.append(time.perf_counter() - t)
             timed = times[self.WARM_STEPS:]
             if len(timed) >= 3 and sum(timed) > self.MEASURE_SHARE * seconds:
@@ -416,10 +477,19 @@ class Trainer:
                   f"training {n} iterations (repeat with --iters {n}; config.json)")
 
     @staticmethod
+    def _new_run_path() -> Path:
+        """runs/<date-time>, or runs/<date-time>-2, -3, ... when a run started that second."""
+        stamp = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        return next(p for p in (stamp, *(Path(f"{stamp}-{i}") for i in range(2, 10**6)))
+                    if not p.exists())
+
+    @staticmethod
     def _resumed_config(config: dict, cfg: TrainConfig, resume: str,
-                        given: set | None = None) -> TrainConfig:
-        """The checkpoint's training settings, with the options a resume may change (those in
-        `given`, or all of RESUMABLE when None)."""
+                        given: set | None = None) -> tuple[TrainConfig, list[str]]:
+        """(the checkpoint's training settings with the changes a resume may make, those
+        changes in words). The run goes on in the folder of `resume` (RUN/last.npz, or
+        RUN/checkpoints/N.npz). An option in `given` that would change the model, the data or
+        the schedule is refused, naming each; the others (RESUMABLE_*) apply."""
         saved = config.get("train")
         if not isinstance(saved, dict):
             raise ValueError(f"{resume} holds no training settings (config['train']), so it "
@@ -432,10 +502,33 @@ class Trainer:
         if "holdout" not in saved:  # before --holdout: nothing held out, ISBI validated 25-29
             isbi_val = saved.get("data", "").startswith("isbi2012") and not saved.get("val")
             saved = {**saved, "holdout": "none", **({"val": str(1 / 6)} if isbi_val else {})}
-        change = [k for k in Trainer.RESUMABLE if given is None or k in given or k == "device"]
-        resumed = TrainConfig(**{**saved, **{k: getattr(cfg, k) for k in change}})
-        resumed.out = resumed.out or str(Path(resume).parent)
-        return resumed
+        folder = Path(resume).parent
+        if folder.name == "checkpoints" and (folder.parent / "config.json").is_file():
+            folder = folder.parent  # RUN/checkpoints/N.npz belongs to RUN
+        named = {f.name for f in fields(TrainConfig)} if given is None else set(given)
+        if "time" in named and given is not None:
+            raise ValueError("--time sets the iterations of a new run; a resumed run "
+                             "continues to its saved end (give --iters to change it)")
+        if "out" in named and given is not None and cfg.out and \
+                Path(cfg.out).resolve() != folder.resolve():
+            raise ValueError(f"--resume continues the run in its own folder {folder}; drop "
+                             f"--out {cfg.out} (to branch off, copy the folder and resume "
+                             "the copy's last.npz)")
+        refused = [f"{_flag(k)} {getattr(cfg, k)} (the run's: {saved.get(k)})"
+                   for k in sorted(named) if given is not None and k in saved
+                   and k not in (*Trainer.RESUMABLE_QUIETLY, *Trainer.RESUMABLE_SAID, "out")
+                   and getattr(cfg, k) != saved[k]]
+        if refused:
+            raise ValueError(f"--resume continues the saved run, and {'; '.join(refused)} "
+                             "would change it: drop them, or start a new run with --out")
+        take = [k for k in (*Trainer.RESUMABLE_QUIETLY, *Trainer.RESUMABLE_SAID)
+                if k in named or k == "device"]
+        resumed = TrainConfig(**{**saved, **{k: getattr(cfg, k) for k in take},
+                                 "out": str(folder)})
+        changes = [f"{_flag(k)} {getattr(resumed, k)} applies from here (the run had "
+                   f"{saved.get(k)})" for k in Trainer.RESUMABLE_SAID
+                   if k in take and getattr(resumed, k) != saved.get(k)]
+        return resumed, changes
 
     def run(self) -> int:
         cfg = self.cfg
@@ -451,20 +544,18 @@ class Trainer:
         self.loop_started = time.monotonic()
         bar = tqdm(total=cfg.iters, initial=self.it, desc="train", unit="it",
                    disable=self.quiet or None, dynamic_ncols=True)
-        losses = []  # device scalars, read in batches so the GPU never waits on the host
+        stats = []  # (loss, gradient norm) device scalars, read in batches so the GPU never
+        # waits on the host
         try:
             while self.it < cfg.iters:
-                with np.errstate(all="ignore"):  # a diverging loss is caught below, by value
-                    losses.append(self.step())
+                with np.errstate(all="ignore"):  # a diverging step is caught below, by value
+                    stats.append(self.step())
                 self.it += 1
                 bar.update(1)
-                if len(losses) >= 10 or self.it % cfg.val_every == 0 or self.it == cfg.iters:
-                    vals = [float(v) for v in losses]
-                    losses.clear()
-                    if not all(math.isfinite(v) for v in vals):
-                        raise Stop(f"the loss became {vals[-1]} at iteration {self.it}: training "
-                                   f"diverged. Lower --lr (now {cfg.lr}); the last good "
-                                   f"checkpoint is {self.out / 'last.npz'}")
+                if (len(stats) >= 10 or self.it % cfg.val_every == 0 or self.it == cfg.iters
+                        or interrupted["n"]):
+                    vals = self.check_steps(stats)
+                    stats.clear()
                     self.train_losses.extend(vals)
                     bar.set_postfix(loss=f"{np.mean(vals):.4f}")
                 if self.it % cfg.val_every == 0 or self.it == cfg.iters:
@@ -517,8 +608,39 @@ class Trainer:
                      + validations * self.budget["validation_s"])
         return projected > self.budget["seconds"]
 
+    def check_steps(self, stats: list) -> list[float]:
+        """The losses of the last len(stats) steps (ending at self.it), read from the device;
+        Stop if a loss or a gradient norm is not finite, or the parameters are not (NaN can
+        hide behind a finite loss: see train_step). The run then ends with the checkpoints
+        of its last validation, which were finite, as saving checks (checkpoint.py)."""
+        vals = [(float(loss), float(norm)) for loss, norm in stats]
+        first = self.it - len(vals) + 1  # the iteration (1-based) of vals[0]
+        for i, (loss, norm) in enumerate(vals):
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                self.diverged(first + i, f"the loss was {loss:g} and the gradient norm {norm:g}")
+        with np.errstate(all="ignore"):
+            xp = self.model.xp
+            sums = xp.stack([p.sum(dtype=xp.float64) for p in self.model.params.values()])
+            finite = bool(xp.isfinite(sums).all())
+        if not finite:
+            self.diverged(self.it, "a parameter became NaN or infinite")
+        return [loss for loss, _ in vals]
+
+    def diverged(self, it: int, what: str) -> None:
+        """Stop the run: training diverged at iteration `it` (1-based), as `what` says."""
+        last = self.out / "last.npz"
+        kept = [n for n in ("last.npz", "best.npz") if (self.out / n).exists()]
+        keeps = (f"{' and '.join(kept)} in {self.out} hold the last finite state "
+                 f"(last.npz: iteration {self.last_saved})" if kept else
+                 "no checkpoint had been written yet")
+        cause = (f"lower --lr (now {self.cfg.lr})" if it > 1 else
+                 f"check the input images and labels, or lower --lr (now {self.cfg.lr})")
+        raise Stop(f"training diverged at iteration {it}: {what}; {cause}; {keeps}"
+                   + (f" (--resume {last} --lr SMALLER continues from it)" if kept else ""))
+
     def step(self):
-        """One training iteration on tile number self.it; returns the loss (device scalar)."""
+        """One training iteration on tile number self.it; returns (loss, gradient norm), device
+        scalars (`train_step`)."""
         x, labels, weights = self.sampler.batch(self.cfg.batch)
         dev, dtype = self.cfg.device, self.cfg.dtype
         x = backend.to_device(standardize(x).astype(dtype), dev)  # (B, 1, tile, tile)
@@ -563,32 +685,45 @@ class Trainer:
         return res
 
     def validate_and_save(self, quiet: bool = False) -> None:
+        """Validate, log the metrics row, save best.npz if this is the best validation so far,
+        then last.npz (which records the best score, so a resumed run knows it)."""
         res = self.validate()
         recent = self.train_losses[-self.cfg.val_every:]
         train_loss = float(np.mean(recent)) if recent else ""
-        self.folder.log({"iteration": self.it, "elapsed_s": round(self.elapsed(), 2),
-                         "train_loss_weighted": train_loss, **res})
-        self.save("last.npz")
-        if self.cfg.keep_checkpoints:
-            self.save(f"checkpoints/{self.it:06d}.npz")
-        # best.npz: the lowest validation pixel error for two classes (ISBI, at its best
-        # threshold: it follows the segmentation, and it is steady where the Rand scores of a
-        # few images swing from one validation to the next), else the lowest validation loss
-        # (the training loss when nothing is held out)
-        score = res.get("pixel_error", res.get("val_xent", train_loss if recent else math.inf))
+        row = {"iteration": self.it, "elapsed_s": round(self.elapsed(), 2),
+               "train_loss_weighted": train_loss, **res}
+        self.folder.log(row)
+        score = score_of(row)
         if score < self.best:
             self.best = score
             self.save("best.npz")
+        self.save("last.npz")
+        if self.cfg.keep_checkpoints:
+            self.save(f"checkpoints/{self.it:06d}.npz")
         self.folder.plot(self.train_losses, self.it, self.val_preds)
         msg = ", ".join(f"{k} {v:.4f}" for k, v in res.items())
         if not quiet:
             self._say(f"\niteration {self.it}: {msg}")
 
     def save(self, name: str) -> Path:
+        """Write checkpoint `name` of the run folder; Stop instead if a parameter is not finite
+        (checkpoint.py refuses it: a checkpoint is never a diverged model)."""
+        try:
+            path = self._save(name)
+        except checkpoint.NonFiniteError:
+            self.diverged(self.it, "a parameter became NaN or infinite")
+        if name == "last.npz":
+            self.last_saved = self.it
+        return path
+
+    def _save(self, name: str) -> Path:
+        best = None if math.isinf(self.best) else self.best  # JSON has no infinity
         return self.folder.save_checkpoint(
             name, self.model, self.opt, self.it, self._config_json(),
             {"seed": self.cfg.seed, "next_tile": self.it * self.cfg.batch,
-             "dropout_key": "step_key(seed, iteration)", "elapsed_s": round(self.elapsed(), 3)})
+             "dropout_key": "step_key(seed, iteration)", "elapsed_s": round(self.elapsed(), 3),
+             "best_score": best},
+            log={"train_losses": np.array(self.train_losses, np.float64)})
 
     def elapsed(self) -> float:
         """Wall-clock seconds of this run so far, earlier processes of a resumed run included."""

@@ -52,7 +52,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_the_run_folder_keeps_rows_up_to_the_resumed_iteration(tmp_path):
     (tmp_path / "metrics.csv").write_text("iteration,train_loss,val_loss,pixel_accuracy,"
                                           "rand_error\n2,0.5,0.4,0.9,\n4,0.3,0.2,0.95,\n")
-    folder = RunFolder(tmp_path)  # a run folder of the older format (train_loss, val_loss)
+    folder = RunFolder(tmp_path, new=False)  # a resumed run of the older format
     folder.create({}, 2)
     assert folder.history == [{"iteration": "2", "train_loss_weighted": "0.5", "val_xent": "0.4",
                                "pixel_accuracy": "0.9", "rand_error": ""}]

@@ -109,11 +109,11 @@ def test_resume_carries_the_architecture_and_buffers(tmp_path, monkeypatch):
     ckpt = load_checkpoint(tmp_path / "a" / "last.npz")
     assert ckpt.buffers == {}  # the U-Net has none
     ckpt.config["model"]["arch"] = "counting_unet"
-    save_checkpoint(tmp_path / "b.npz", ckpt.params, ckpt.velocity, ckpt.iteration, ckpt.config,
-                    ckpt.rng, buffers={"steps.count": np.array([3.0, 4.0])},
+    save_checkpoint(tmp_path / "b" / "last.npz", ckpt.params, ckpt.velocity, ckpt.iteration,
+                    ckpt.config, ckpt.rng, buffers={"steps.count": np.array([3.0, 4.0])},
                     arch="counting_unet")
-    t = Trainer(_cfg(tmp_path, "b", iters=2, val_every=1), resume=str(tmp_path / "b.npz"),
-                quiet=True)
+    t = Trainer(_cfg(tmp_path, "b", iters=2, val_every=1),
+                resume=str(tmp_path / "b" / "last.npz"), quiet=True)
     assert t.model.arch == "counting_unet"
     np.testing.assert_array_equal(t.model.buffers["steps.count"], [3, 4])
     assert t.run() == 0
@@ -128,7 +128,7 @@ def test_divergence_stops_with_a_clear_message(tmp_path, capsys):
     cfg = _cfg(tmp_path, "nan", iters=40, lr=1e12, val_every=20)
     assert Trainer(cfg, quiet=True).run() == 1
     err = capsys.readouterr().err
-    assert "diverged" in err and "Lower --lr" in err
+    assert "diverged at iteration" in err and "lower --lr (now 1000000000000.0)" in err
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):

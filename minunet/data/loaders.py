@@ -77,6 +77,8 @@ def read_array(path: str | Path, mask: bool = False) -> np.ndarray:
     path = Path(path)
     try:
         a = _read_array(path, mask)
+    except DataError:
+        raise
     except Exception as e:  # PIL.UnidentifiedImageError, tifffile.TiffFileError, truncated files
         raise DataError(f"{path} is not a readable image ({type(e).__name__}: {e}); "
                         "replace or remove it") from e
@@ -90,7 +92,9 @@ def _read_array(path: Path, mask: bool) -> np.ndarray:
     if path.suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
-        return np.asarray(tifffile.imread(path))
+        with tifffile.TiffFile(path) as tf:
+            check_tiff_complete(tf, path)
+            return np.asarray(tf.asarray())
     from PIL import Image
 
     with Image.open(path) as im:
@@ -101,6 +105,21 @@ def _read_array(path: Path, mask: bool) -> np.ndarray:
         if im.mode in ("I", "I;16", "I;16B", "I;16L"):
             return np.asarray(im).astype(np.uint16, copy=False)
         return np.asarray(im)
+
+
+def check_tiff_complete(tf, path) -> None:
+    """DataError naming the file if the pixel data of a TIFF's first series (its strips or
+    tiles, page by page) run past the end of the file: a truncated copy or download. Reads
+    only the file's directories, not its pixels."""
+    size = Path(path).stat().st_size
+    end = 0
+    for page in tf.series[0].pages:
+        if page is not None and len(page.dataoffsets):
+            end = max(end, int(np.max(np.add(page.dataoffsets, page.databytecounts,
+                                              dtype=np.int64))))
+    if end > size:
+        raise DataError(f"{path} is truncated: its pixel data run to byte {end:,} but the file "
+                        f"holds {size:,} bytes; copy or save it again")
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -169,8 +188,15 @@ def normalize_image(a: np.ndarray, spec: str = NORMALIZE_DEFAULT, name: str = "i
     """Gray values (any shape) -> float32 in [0, 1] as `spec` says (see NORMALIZE_DEFAULT)."""
     a = np.asarray(a)
     how = resolved_normalize(a.dtype, spec)
+    if a.dtype.kind in "fc" and a.size and not np.isfinite(a).all():
+        bad = a.size - int(np.count_nonzero(np.isfinite(a)))
+        raise DataError(f"{name}: {bad} of {a.size} pixels are NaN or infinite; replace them "
+                        "(with 0, or the image's median) before training or predicting")
     if how.startswith("percentile"):
         x = a.astype(np.float32)
+        if x.size and not np.isfinite(x).all():  # a float64 beyond float32's range
+            raise DataError(f"{name}: values up to {np.abs(a).max():g} exceed float32's range; "
+                            "rescale the image")
         p_lo, p_hi = np.percentile(x, percentile_range(how)) if x.size else (0.0, 1.0)
         return stretch(x, p_lo, p_hi)
     if a.dtype == bool:
@@ -178,9 +204,9 @@ def normalize_image(a: np.ndarray, spec: str = NORMALIZE_DEFAULT, name: str = "i
     if how == "max":
         return a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
     x = a.astype(np.float32)
-    if x.size and (np.isnan(x).any() or x.min() < 0 or x.max() > 1):
+    if x.size and (x.min() < 0 or x.max() > 1):
         raise DataError(
-            f"{name}: float image with values in [{np.nanmin(x):g}, {np.nanmax(x):g}]; "
+            f"{name}: float image with values in [{x.min():g}, {x.max():g}]; "
             "float images must lie in [0, 1] (or save it as 8- or 16-bit integers, or "
             "normalise it by percentiles: --normalize percentile)"
         )
@@ -603,38 +629,54 @@ def load_dataset(spec: str, val=None, mask_kind: str = "binary",
                     "synthetic:n=30,size=512, cells, isbi2012:PATH, folder:PATH")
 
 
-def as_index_list(val: str | Sequence[int] | float | None):
-    """Parse a CLI --val or --holdout value: '25,26,27' -> [25, 26, 27], '0.2' -> 0.2, '5' -> 5,
-    'none' -> [] (no image), '' -> None (the source's default)."""
+def _indices(text: str, flag: str) -> list[int]:
+    """'25,26' -> [25, 26], '25-29' -> [25, ..., 29], '7' -> [7]; a DataError naming `flag` for
+    a reversed range, an index given twice or a list with no index in it."""
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        lo, dash, hi = part.partition("-")
+        try:
+            first, last = int(lo), int(hi if dash else lo)
+        except ValueError:
+            raise DataError(f"{flag} {text!r} not understood: give image indices '25,26,27', a "
+                            "range '25-29' or 'none'") from None
+        if last < first:
+            raise DataError(f"{flag} {text!r}: the range {part} runs backwards; write it "
+                            f"{last}-{first}")
+        out += range(first, last + 1)
+    twice = sorted({i for i in out if out.count(i) > 1})
+    if twice:
+        raise DataError(f"{flag} {text!r} names image(s) {', '.join(map(str, twice))} more than "
+                        "once; give each index once")
+    return out
+
+
+def as_index_list(val: str | Sequence[int] | float | None, flag: str = "--val"):
+    """Parse a CLI --val value: '25,26,27' -> [25, 26, 27], '23-24' -> [23, 24], '0.2' -> 0.2,
+    '5' -> 5, 'none' -> [] (no image), '' -> None (the source's default). Reversed ranges,
+    repeated indices and lists with nothing in them are DataErrors."""
     if val is None or isinstance(val, int | float | list | tuple):
         return val
     text = val.strip()
+    if not text:
+        return None
+    if text.lower() == "none":
+        return []
+    if "," in text or "-" in text.lstrip("-"):
+        return _indices(text, flag)
     try:
-        if not text:
-            return None
-        if text.lower() == "none":
-            return []
-        if "," in text:
-            return [int(v) for v in text.split(",") if v.strip()]
         return float(text) if "." in text else int(text)
     except ValueError:
-        raise DataError(f"--val {val!r} not understood: give slice indices '25,26,27', a "
-                        "fraction '0.2' or a count '5'") from None
+        raise DataError(f"{flag} {val!r} not understood: give slice indices '25,26,27', a "
+                        "range '23-24', a fraction '0.2' or a count '5'") from None
 
 
 def as_holdout(text: str | Sequence[int] | None) -> list[int] | None:
     """Parse a CLI --holdout value: '25,26' -> [25, 26], '25-29' -> [25, ..., 29], '7' -> [7],
-    'none' -> [], '' -> None (the source's default)."""
+    'none' -> [], '' -> None (the source's default). Reversed ranges, repeated indices and lists
+    with nothing in them are DataErrors."""
     if text is None or isinstance(text, list | tuple):
         return None if text is None else list(text)
-    out: list[int] = []
-    try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            if part.lower() == "none":
-                continue
-            lo, dash, hi = part.partition("-")
-            out += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
-    except ValueError:
-        raise DataError(f"--holdout {text!r} not understood: give image indices '25,26,27', a "
-                        "range '25-29' or 'none'") from None
-    return out if text.strip() else None
+    if not text.strip():
+        return None
+    return [] if text.strip().lower() == "none" else _indices(text.strip(), "--holdout")
