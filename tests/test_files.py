@@ -61,5 +61,5 @@ def test_the_run_folder_keeps_rows_up_to_the_resumed_iteration(tmp_path):
     assert lines == ["iteration,elapsed_s,train_loss_weighted,val_xent,pixel_accuracy,"
                      "pixel_error,rand_error,v_rand,v_info",
                      "2,,0.5,0.4,0.9,,,,", "3,,0.25,,,,,,"]  # new columns stay empty
-    with pytest.raises(ValueError, match="is a file; name a folder"):
+    with pytest.raises(ValueError, match="is a file, not a folder; name a folder"):
         RunFolder(tmp_path / "metrics.csv")
