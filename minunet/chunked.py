@@ -13,11 +13,13 @@ OUT.zarr holds
     prob   the probabilities, the model's dtype: P(class 1) for two classes, shape (..., Y, X);
            all K classes (class axis 'c' first, after OME's 't') for more
     mask   (when asked) uint8: p > threshold -> 255 for two classes, the arg-max class for more
-    done   uint8 per chunk (1 = complete), one zarr chunk each: what a rerun skips
+    done/  one JSON done-marker per complete chunk, with the size and CRC-32 of its prob (and
+           mask) chunk files as stored (minunet/chunk_store.py): what a rerun skips
 
-chunked in Y and X like the chunk grid, with the run's settings in the root attributes
-("minunet") and, when the input was OME-Zarr, OME-Zarr multiscales metadata (the version the
-input had: 0.4 in zarr format 2, 0.5 in format 3) naming `prob` as the image.
+chunked in Y and X like the chunk grid (every chunk a file, all-background ones too), with the
+run's settings and a BLAKE2b digest of the input's bytes in the root attributes ("minunet")
+and, when the input was OME-Zarr, OME-Zarr multiscales metadata (the version the input had: 0.4
+in zarr format 2, 0.5 in format 3) naming `prob` as the image.
 
 Exactness. Each chunk is one rectangle of the output, computed by `infer.predict_region`: the
 tiles the in-memory `infer.predict` runs for those pixels, on the same pixels, so the chunk
@@ -39,11 +41,28 @@ reverses, the tiles start up to 15 px earlier (on the grid of the transformed im
 `infer.region_window` computes the window exactly; positions outside the image are mirrored
 at its true border only, as the in-memory prediction does.
 
-Resumable. A chunk's prob (and mask) are written first, then its `done` marker (zarr 3.1
-writes each chunk file to a temporary name and renames it): a run killed at any point leaves
-no chunk marked that is not complete, and a rerun with the same settings computes only the
-chunks not marked (or whose prob or mask chunk file is gone: deleted chunks are computed
-again). A rerun with other settings (model, tile, chunk, tta, ...) is refused.
+Resumable, and checked. A chunk's prob (and mask) are written first, then its done-marker
+(zarr 3.1 writes each chunk file to a temporary name and renames it; the marker is written
+atomically too): a run killed at any point leaves no chunk marked that is not complete. A rerun
+with the same settings verifies every marker against its chunk files (their checksums, not their
+pixels: one read of the output) and computes the chunks not marked or whose files were
+deleted, truncated or overwritten since. A rerun with other settings (model, tile, chunk,
+tta, ...) or from an input whose content changed under the same name is refused, before
+anything is written (a half-done store never mixes two inputs): predict into a new OUT, or
+pass overwrite=True (--overwrite) to replace the old store.
+
+Errors are one line naming the file and the fix: an unreadable or truncated input is found
+before OUT is created where its directory shows it (a TIFF whose strips or tiles run past the
+end of the file), else when its pixels are read; an output that cannot be written is named
+with its reason. A run that fails removes the store it created if no chunk was complete, and
+otherwise keeps it and says so (a rerun resumes it).
+
+Chunk size. Each chunk computes the 184 px context margin around its pixels (92 px on each
+side, `sizes.size_margin`) besides the chunk itself; below the margin that context outweighs the
+chunk (a chunk of c px computes about ((c + 184) / c)^2 times its pixels: 156x at 16, 3.8x at
+192, 1.4x at 1152). `min_chunk` is the margin rounded up to the grid (192 at depth 4): the CLI
+refuses --chunk below it, `predict_zarr` warns (SmallChunkWarning), except where one chunk
+covers the whole axis.
 
 Memory: per task one window (chunk + halo) of the image, one chunk of output and the tiles of
 one forward pass, whatever the image's size. The chunks run as Dask tasks: by default on this
@@ -63,17 +82,20 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import threading
 import time
 import uuid
 import warnings
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import backend
+from . import backend, chunk_store
+from .data.loaders import DataError, check_tiff_complete
 from .infer import (
     MEMORY_FRACTION,
     auto_tile,
@@ -83,11 +105,12 @@ from .infer import (
     region_window,
 )
 from .model import UNetConfig, build_model, standardize
-from .sizes import choose_tile, grid_step, padded_size, tile_step
+from .sizes import choose_tile, grid_step, padded_size, size_margin, tile_step
 
 SCALE_EXTRA = 'pip install "minunet[scale]"'
 DEFAULT_CHUNK = 1024  # target chunk side; the default is the multiple of the tile step nearest it
 LOCAL_THREADS = 2  # threads of the default scheduler: one runs the network, one reads and writes
+LAYOUT = 2  # the store's layout: 2 = JSON done-markers with checksums (1 had a `done` array)
 
 
 def require(module: str):
@@ -116,6 +139,26 @@ def check_chunk(chunk: int, depth: int = 4) -> int:
                      f"multiples of 2^{depth} = {g} px, the grid the tiles start on and their "
                      f"outputs meet on (an edge off it splits a tile in every chunk); the "
                      f"nearest valid chunk sizes are {near}")
+
+
+def min_chunk(depth: int = 4) -> int:
+    """The smallest chunk side worth running: the network's context margin (184 px at depth
+    4) rounded up to the grid, 192 (module doc: below it the margin outweighs the chunk)."""
+    g = grid_step(depth)
+    return -(-size_margin(depth) // g) * g
+
+
+def small_chunk_message(chunk, shape, depth: int = 4) -> str | None:
+    """Why the chunk (cy, cx) wastes most of its work on an image of `shape` (H, W), or None:
+    a side below `min_chunk` on an axis it does not cover whole."""
+    lo, m = min_chunk(depth), size_margin(depth)
+    for c, n in zip(chunk, shape, strict=True):
+        if c < lo and c < n:
+            return (f"chunk {c} is below {lo}, the smallest worth running: each chunk also "
+                    f"computes the {m} px context margin around it, so {c} px chunks compute "
+                    f"about {((c + m) / c) ** 2:.0f}x the pixels they keep (the default, near "
+                    f"{DEFAULT_CHUNK}, about 1.4x); use a chunk of {lo} or more")
+    return None
 
 
 def default_chunk(shape, tile: int, depth: int = 4, target: int = DEFAULT_CHUNK):
@@ -152,6 +195,10 @@ def tile_for_chunk(shape, chunk, tile: int, depth: int = 4) -> int:
 
 class ChunkWarning(UserWarning):
     """A chunk size that is exact but makes some tiles run twice."""
+
+
+class SmallChunkWarning(UserWarning):
+    """A chunk side below `min_chunk`: exact, but most of the work goes into the margin."""
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -214,7 +261,12 @@ class Source:
         it = iter(lead)
         index = tuple(slice(y0, y1) if a == "y" else slice(x0, x1) if a == "x"
                       else slice(None) if a == "c" else next(it) for a in self.axes)
-        a = np.asarray(self.array()[index])
+        try:
+            a = np.asarray(self.array()[index])
+        except Exception as e:  # a damaged file: tifffile, zarr and the codecs raise many types
+            raise DataError(f"{self.name}: cannot read rows {y0}..{y1 - 1}, columns {x0}.."
+                            f"{x1 - 1} ({type(e).__name__}: {e}); the file is damaged or "
+                            "truncated: copy or save it again") from e
         if "c" in self.axes:  # the remaining axes keep their stored order: put c last
             order = [x for x in self.axes if x in "cyx"]
             a = np.moveaxis(a, order.index("c"), -1)
@@ -223,7 +275,11 @@ class Source:
     def fingerprint(self) -> dict:
         d = {"kind": self.kind, "name": self.name, "axes": self.axes,
              "shape": list(self.stored_shape), "dtype": str(self.dtype), "key": self.key}
-        if self.kind == "array" and isinstance(self._array, np.ndarray):
+        if self.kind == "tiff":  # the content, not only the name (chunk_store)
+            d["blake2b"] = chunk_store.path_digest(self.path)
+        elif self.kind == "zarr":
+            d["blake2b"] = chunk_store.path_digest(Path(self.path) / self.key)
+        elif self.kind == "array" and isinstance(self._array, np.ndarray):
             d["sha256"] = hashlib.sha256(np.ascontiguousarray(self._array).data).hexdigest()
         elif self.kind == "array":  # an array-like that makes its pixels when sliced
             d["repr"] = repr(self._array)
@@ -285,8 +341,6 @@ def open_source(input, name: str | None = None) -> Source:
     path = Path(input)
     name = name or str(path)
     if not path.exists():
-        from .data.loaders import DataError
-
         raise DataError(f"input {path} does not exist")
     if path.is_dir():  # a zarr store
         zarr = require("zarr")
@@ -321,10 +375,12 @@ def open_source(input, name: str | None = None) -> Source:
             with tifffile.TiffFile(path) as tf:
                 series = tf.series[0]
                 tiff_axes, shape, dtype = series.axes, series.shape, series.dtype
+                check_tiff_complete(tf, path)  # before any store is made
+        except DataError:
+            raise
         except Exception as e:  # tifffile.TiffFileError and friends
-            from .data.loaders import DataError
-
-            raise DataError(f"{path} is not a readable TIFF ({type(e).__name__}: {e})") from e
+            raise DataError(f"{path} is not a readable TIFF ({type(e).__name__}: {e}); copy "
+                            "or save it again") from e
         axes = "".join({"Y": "y", "X": "x", "S": "c", "C": "c"}.get(a, a.lower())
                        for a in tiff_axes)
         if axes.count("c") > 1:
@@ -404,8 +460,20 @@ def _outputs(ctx: _Context):
         if ctx.key not in _ARRAYS:
             zarr = require("zarr")
             g = zarr.open_group(ctx.out, mode="r+")
-            _ARRAYS[ctx.key] = (g["prob"], g["mask"] if ctx.mask else None, g["done"])
+            every = {"write_empty_chunks": True}  # runtime config, not stored: a chunk all
+            # background (all fill value) must still be a file, or it is never counted done
+            _ARRAYS[ctx.key] = (g["prob"].with_config(every),
+                                g["mask"].with_config(every) if ctx.mask else None)
         return _ARRAYS[ctx.key]
+
+
+def _chunk_keys(arrays: dict, job: tuple, lead_axes: str, classes: int) -> dict:
+    """{array name: key of the chunk file of `job` = (*leading, iy, ix)} (prob of more than
+    two classes has the class axis, in one chunk, after OME's 't')."""
+    at = _class_axis(lead_axes)
+    return {name: a.metadata.encode_chunk_key(
+        job[:at] + (0,) + job[at:] if name == "prob" and classes > 2 else job)
+        for name, a in arrays.items()}
 
 
 def _run_chunk(job: tuple, ctx: _Context) -> int:
@@ -443,18 +511,30 @@ def _run_chunk(job: tuple, ctx: _Context) -> int:
         p = backend.to_host(predict_region(model, from_window, (H, W), region, ctx.tile,
                                            ctx.batch, ctx.tta))  # (K, h, w)
     window = None  # noqa: F841 -- free the window before writing
-    prob_a, mask_a, done_a = _outputs(ctx)
+    prob_a, mask_a = _outputs(ctx)
     prob, mask = outputs(p, ctx.threshold)
     sel = lead + (slice(region[0], region[1]), slice(region[2], region[3]))
-    if ctx.classes > 2:
-        at = _class_axis(ctx.source.lead_axes)
-        prob_a[sel[:at] + (slice(None),) + sel[at:]] = np.moveaxis(prob, 0, at)
-    else:
-        prob_a[sel] = prob
-    if mask_a is not None:
-        mask_a[sel] = mask
-    done_a[lead + (iy, ix)] = 1  # last: the chunk is complete
+    try:
+        if ctx.classes > 2:
+            at = _class_axis(ctx.source.lead_axes)
+            prob_a[sel[:at] + (slice(None),) + sel[at:]] = np.moveaxis(prob, 0, at)
+        else:
+            prob_a[sel] = prob
+        if mask_a is not None:
+            mask_a[sel] = mask
+        arrays = {"prob": prob_a} | ({"mask": mask_a} if mask_a is not None else {})
+        keys = _chunk_keys(arrays, tuple(job), ctx.source.lead_axes, ctx.classes)
+        chunk_store.write_marker(ctx.out, tuple(job), keys)  # last: the chunk is complete
+    except OSError as e:  # PermissionError, a full disk, ...
+        raise DataError(f"cannot write chunk {tuple(job)} into {ctx.out} "
+                        f"({_os_reason(e)}); make it writable or choose another --out") from e
     return (region[1] - region[0]) * (region[3] - region[2])
+
+
+def _os_reason(e: OSError) -> str:
+    """'Permission denied: PATH' of an OSError, in one line."""
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror}{where}" if e.strerror else f"{type(e).__name__}: {e}"
 
 
 def _class_axis(lead_axes: str) -> int:
@@ -483,7 +563,8 @@ class Summary:
 def predict_zarr(model, input, out, *, chunk=None, tile: int | None = None, batch: int = 1,
                  tta: int = 1, threshold: float = 0.5, mask: bool = False, scheduler=None,
                  workers: int = LOCAL_THREADS, device: str = "auto", progress: bool = True,
-                 normalize: str = "max", name: str | None = None, log=None) -> Summary:
+                 normalize: str = "max", name: str | None = None, overwrite: bool = False,
+                 log=None) -> Summary:
     """Predict `input` chunk by chunk into the zarr store `out` (module doc); resumes.
 
     model:     a UNet (eval mode is set per call, as infer.predict does).
@@ -498,7 +579,10 @@ def predict_zarr(model, input, out, *, chunk=None, tile: int | None = None, batc
                LocalCluster of `workers` processes started here), or the address of a running
                dask.distributed scheduler ("tcp://host:8786"; `device` is then resolved on
                each worker: one GPU each when every worker sees one GPU).
-    Returns a Summary (chunks computed and skipped, megapixels per second).
+    overwrite: replace an existing store made with other settings or from another input
+               (else refused, naming this).
+    Returns a Summary (chunks computed and skipped, megapixels per second). Errors are
+    DataError (a ValueError) in one line, saying whether OUT was removed or kept to resume.
     """
     require("zarr")
     require("dask")
@@ -517,10 +601,13 @@ def predict_zarr(model, input, out, *, chunk=None, tile: int | None = None, batc
     choose_tile((padded_size(H, cfg.depth),), cfg.depth, tile)  # refuses tiles too small
     chunk = _pair(chunk) if chunk is not None else default_chunk((H, W), tile, cfg.depth)
     _warn_if_tiles_run_twice((H, W), chunk, tile, cfg.depth)
+    if (small := small_chunk_message(chunk, (H, W), cfg.depth)) is not None:
+        warnings.warn(small, SmallChunkWarning, stacklevel=2)
     _check_first_pixels(src, cfg, normalize)
 
     settings = {
-        "input": src.fingerprint(),
+        "layout": LAYOUT,
+        "input": src.fingerprint(),  # reads the input once: a digest of its bytes
         "model": json.loads(cfg.to_json()),
         "parameters_sha256": _parameters_sha256(model),
         "tile": int(tile), "chunk": list(chunk), "tta": int(tta),
@@ -529,22 +616,28 @@ def predict_zarr(model, input, out, *, chunk=None, tile: int | None = None, batc
     }
     grid = tuple(shape[:-2]) + (-(-H // chunk[0]), -(-W // chunk[1]))
     out = str(Path(out).absolute())
-    _open_output(out, src, settings, grid, chunk, cfg, mask)
-    done = _complete(out, src.lead_axes, cfg.n_classes, mask)
-    todo = [tuple(int(i) for i in j) for j in zip(*np.nonzero(~done), strict=True)]
-    ctx = _Context(model=model, source=src, out=out, key=hashlib.sha256(
-        json.dumps(settings, sort_keys=True).encode()).hexdigest() + out, shape=shape,
-        chunk=chunk, tile=int(tile), batch=batch, tta=tta, threshold=threshold, mask=mask,
-        classes=cfg.n_classes, normalize=normalize, stats=None)
-    if log:
-        log(f"{src.name} {'x'.join(map(str, shape))} ({src.axes}, {src.dtype}) -> {out}: "
-            f"chunks {chunk[0]}x{chunk[1]}, tile {tile}, tta {tta}; {done.size} chunk(s), "
-            f"{done.size - len(todo)} already complete")
-    t0 = time.perf_counter()
-    if todo:
-        ctx.stats = percentile_stats(src, cfg, normalize)
+    created = _open_output(out, src, settings, grid, chunk, cfg, mask, overwrite)
     try:
+        done = _complete(out, grid, src.lead_axes, cfg.n_classes, mask)
+        todo = [tuple(int(i) for i in j) for j in zip(*np.nonzero(~done), strict=True)]
+        ctx = _Context(model=model, source=src, out=out, key=hashlib.sha256(
+            json.dumps(settings, sort_keys=True).encode()).hexdigest() + out, shape=shape,
+            chunk=chunk, tile=int(tile), batch=batch, tta=tta, threshold=threshold, mask=mask,
+            classes=cfg.n_classes, normalize=normalize, stats=None)
+        if log:
+            log(f"{src.name} {'x'.join(map(str, shape))} ({src.axes}, {src.dtype}) -> {out}: "
+                f"chunks {chunk[0]}x{chunk[1]}, tile {tile}, tta {tta}; {done.size} chunk(s), "
+                f"{done.size - len(todo)} already complete")
+        t0 = time.perf_counter()
+        if todo:
+            ctx.stats = percentile_stats(src, cfg, normalize)
         pixels = _run(todo, ctx, scheduler, workers, device, progress)
+    except Exception as e:
+        state = _after_failure(out, created, int(np.prod(grid)), scheduler)
+        if isinstance(e, (ValueError, OSError)):  # DataError is a ValueError
+            raise DataError(f"{_one_line(e)}; {state}") from e
+        e.add_note(state)
+        raise
     finally:
         src.close()
     seconds = time.perf_counter() - t0
@@ -553,25 +646,32 @@ def predict_zarr(model, input, out, *, chunk=None, tile: int | None = None, batc
                    tile=int(tile), chunk=tuple(chunk))
 
 
-def _complete(out: str, lead_axes: str, classes: int, mask: bool) -> np.ndarray:
-    """Per chunk: marked done, and its prob (and mask) chunk files are there (a chunk deleted
-    by hand, or by a store that lost it, is computed again)."""
+def _complete(out: str, grid: tuple, lead_axes: str, classes: int, mask: bool) -> np.ndarray:
+    """(*grid) bool per chunk: its done-marker agrees with its prob (and mask) chunk files as
+    they lie on disk (chunk_store: a chunk deleted, truncated or overwritten since is
+    computed again)."""
     zarr = require("zarr")
     g = zarr.open_group(out, mode="r")
-    done = np.asarray(g["done"][...]) == 1
-    stored = {}
-    for name in ("prob", "mask") if mask else ("prob",):
-        root = Path(out) / name
-        stored[name] = (g[name].metadata, {str(f.relative_to(root)).replace(os.sep, "/")
-                                           for f in root.rglob("*") if f.is_file()})
-    at = _class_axis(lead_axes)
-    for job in zip(*np.nonzero(done), strict=True):
-        job = tuple(int(i) for i in job)
-        for name, (meta, keys) in stored.items():
-            coords = job[:at] + (0,) + job[at:] if name == "prob" and classes > 2 else job
-            if meta.encode_chunk_key(coords) not in keys:
-                done[job] = False
-    return done
+    arrays = {name: g[name] for name in (("prob", "mask") if mask else ("prob",))}
+    return chunk_store.complete_chunks(
+        out, grid, lambda job: _chunk_keys(arrays, job, lead_axes, classes))
+
+
+def _after_failure(out: str, created: bool, total: int, scheduler) -> str:
+    """Remove a store this run created if no chunk of it was complete (and no task can
+    still write into it: this process's threads have stopped); say what became of OUT."""
+    complete = chunk_store.count_markers(out)
+    if created and complete == 0 and scheduler in (None, "threads"):
+        shutil.rmtree(out, ignore_errors=True)
+        return f"{out} was removed (no chunk was complete)"
+    return (f"{out} is kept and resumable ({complete} of {total} chunk(s) complete): fix "
+            "the cause and rerun the same command to finish it, or delete it")
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) if isinstance(e, DataError) else (
+        _os_reason(e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}")
+    return " ".join(text.split())
 
 
 def _pair(chunk) -> tuple[int, int]:
@@ -686,10 +786,12 @@ def _parameters_sha256(model) -> str:
     return h.hexdigest()
 
 
-def _open_output(out: str, src: Source, settings: dict, grid: tuple, chunk: tuple, cfg, mask):
+def _open_output(out: str, src: Source, settings: dict, grid: tuple, chunk: tuple, cfg, mask,
+                 overwrite: bool = False) -> bool:
     """Create OUT (group with its attributes first, then the arrays), or check that an
-    existing one was made with the same settings (the run then resumes it, creating any
-    array a killed first run did not get to)."""
+    existing one was made with the same settings from the same input content (the run then
+    resumes it, creating any array a killed first run did not get to); with `overwrite`, an
+    existing minunet store is removed first. Returns whether this call created OUT."""
     zarr = require("zarr")
     fmt = 2 if src.ome is not None and str(src.ome.get("version", "0.4")) < "0.5" else 3
     lead_axes, lead = src.lead_axes, tuple(src.shape[:-2])
@@ -704,7 +806,8 @@ def _open_output(out: str, src: Source, settings: dict, grid: tuple, chunk: tupl
     else:
         pshape, pchunks, pdims = lead + (H, W), chunks, dims
     attrs = {"minunet": settings} | (_ome_attrs(src, pdims) if src.ome is not None else {})
-    if Path(out).exists():
+    created = not Path(out).exists()
+    if not created:
         try:
             g = zarr.open_group(out, mode="r+")
         except Exception as e:  # a file, or a folder that is no zarr group
@@ -713,26 +816,55 @@ def _open_output(out: str, src: Source, settings: dict, grid: tuple, chunk: tupl
         if have is None:
             raise ValueError(f"{out} exists and holds no minunet prediction; choose another "
                              "--out")
-        if have != settings:
-            diff = sorted(k for k in set(have) | set(settings) if have.get(k) != settings.get(k))
-            raise ValueError(f"{out} holds a prediction made with other settings ({', '.join(diff)}"
-                             f" differ); resume it with the same ones, or choose another --out "
-                             "(or delete it)")
-    else:
-        g = zarr.open_group(out, mode="w-", zarr_format=fmt, attributes=attrs)
+        if have != settings and not overwrite:
+            raise ValueError(_mismatch(out, have, settings))
+        if overwrite:
+            shutil.rmtree(out)  # a minunet store (checked above), made from something else
+            created = True
+    try:
+        if created:
+            g = zarr.open_group(out, mode="w-", zarr_format=fmt, attributes=attrs)
 
-    def make(name, shp, chk, dtype, dim, **kw):
-        if name in g:
-            return
-        extra = {} if fmt == 2 else {"dimension_names": dim}
-        g.create_array(name, shape=shp, chunks=chk, dtype=dtype, fill_value=0, **extra, **kw,
-                       config={"write_empty_chunks": True})  # every chunk written is a file
+        def make(name, shp, chk, dtype, dim, **kw):
+            if name in g:
+                return
+            extra = {} if fmt == 2 else {"dimension_names": dim}
+            g.create_array(name, shape=shp, chunks=chk, dtype=dtype, fill_value=0, **extra,
+                           **kw)
 
-    make("prob", pshape, pchunks, cfg.dtype, pdims)
-    if mask:
-        make("mask", lead + (H, W), chunks, "uint8", dims)
-    make("done", grid, (1,) * len(grid), "uint8", list(lead_axes) + ["chunk_y", "chunk_x"],
-         compressors=None)
+        make("prob", pshape, pchunks, cfg.dtype, pdims)
+        if mask:
+            make("mask", lead + (H, W), chunks, "uint8", dims)
+        _probe_writable(Path(out) / chunk_store.MARKERS)
+    except OSError as e:  # a read-only folder, a path through a file, a name too long, ...
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise DataError(f"cannot write {out} ({_os_reason(e)}); make it writable or choose "
+                        "another --out") from e
+    return created
+
+
+def _probe_writable(folder: Path) -> None:
+    """OSError now, not in the middle of a run, if `folder` cannot take new files."""
+    folder.mkdir(exist_ok=True)
+    probe = folder / f".probe.{uuid.uuid4().hex}.tmp"
+    probe.open("xb").close()
+    probe.unlink()
+
+
+def _mismatch(out: str, have: dict, settings: dict) -> str:
+    """Why an existing store cannot be resumed, and what to do (one line)."""
+    fix = "predict into a new --out, or add --overwrite to replace it"
+    if have.get("layout") != settings["layout"]:
+        return f"{out} was written by an older minunet (no chunk checksums); {fix}"
+    a, b = have.get("input", {}), settings["input"]
+    content = [k for k in ("blake2b", "sha256", "repr") if a.get(k) != b.get(k)]
+    if content and all(a.get(k) == b.get(k) for k in set(a) | set(b) if k not in content):
+        return (f"{out} was predicted from other contents of {b['name']} (it changed since "
+                f"that run: its {content[0]} digest differs); {fix}")
+    diff = sorted(k for k in set(have) | set(settings) if have.get(k) != settings.get(k))
+    return (f"{out} holds a prediction made with other settings ({', '.join(diff)} differ); "
+            f"resume it with the same ones, or {fix}")
 
 
 def _ome_attrs(src: Source, pdims: list[str]) -> dict:
@@ -802,8 +934,12 @@ def _run_threads(todo, ctx, workers, tick):
             tick(result)
 
     tasks = [dask.delayed(_run_chunk, pure=False)(job, ctx) for job in todo]
-    with Progress():
-        dask.compute(*tasks, scheduler="threads", num_workers=max(1, workers))
+    pool = ThreadPoolExecutor(max(1, workers))  # ours, to wait for: after a failed task no
+    try:  # other may still be writing when the caller cleans up
+        with Progress():
+            dask.compute(*tasks, scheduler="threads", num_workers=max(1, workers), pool=pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_distributed(todo, ctx, scheduler, workers, device, tick):
@@ -876,6 +1012,9 @@ def run_cli(args) -> int:
             check_chunk(args.chunk, cfg.depth)
         except ValueError as e:
             raise DataError(f"--chunk: {e}") from e
+        if args.chunk < min_chunk(cfg.depth):  # refused whatever the image (module doc)
+            why = small_chunk_message((args.chunk,), (math.inf,), cfg.depth)
+            raise DataError(f"--chunk: {why}")
     where = (f"a LocalCluster of {args.workers} worker process(es)"
              if args.scheduler == "processes" else args.scheduler
              or f"{args.workers} thread(s) here")
@@ -884,7 +1023,7 @@ def run_cli(args) -> int:
         model, args.inputs[0], args.out, chunk=args.chunk, tile=args.tile, batch=args.batch,
         tta=args.tta, threshold=args.threshold, mask=args.mask, scheduler=args.scheduler,
         workers=args.workers, device=args.device, normalize=checkpoint_normalize(ckpt),
-        log=lambda m: print(m, file=sys.stderr))
+        overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
     arrays = "prob, mask" if args.mask else "prob"
     print(f"wrote {summary.computed} chunk(s) ({summary.megapixels:.1f} MP) of {arrays} to "
           f"{summary.out} in {summary.seconds:.1f} s: {summary.mp_per_s:.2f} MP/s"

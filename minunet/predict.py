@@ -93,11 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_instance_options(p, "with --instances: ")
     zarr_opts = p.add_argument_group("chunked prediction into OUT.zarr (minunet/chunked.py)")
     zarr_opts.add_argument("--chunk", type=int, default=None,
-                           help="output chunk side in px, a multiple of 16 (2^depth); default: "
-                                "the multiple of the tile step nearest 1024")
+                           help="output chunk side in px, a multiple of 16 (2^depth), at least "
+                                "192 (each chunk also computes the network's 184 px margin); "
+                                "default: the multiple of the tile step nearest 1024")
     zarr_opts.add_argument("--mask", action="store_true",
                            help="also write the mask array (p > --threshold: 255, else 0; "
                                 "arg-max class for more than two classes)")
+    zarr_opts.add_argument("--overwrite", action="store_true",
+                           help="replace an existing OUT.zarr made with other settings or from "
+                                "an input whose content changed (else refused; a store with "
+                                "the same settings and input resumes)")
     zarr_opts.add_argument("--scheduler", default=None, metavar="ADDRESS",
                            help="run the chunks on a dask.distributed cluster: the scheduler's "
                                 "address (tcp://HOST:8786), or 'processes' for a local cluster "
