@@ -3,7 +3,9 @@
 When a check fails, the grader compares the student's result with what each
 wrong version computes on the same inputs (stored in the bundle as
 "fingerprints"); the one that matches names the mistake. When none matches,
-probes (constant ratio, sign, where the error lives, ...) give a hint instead.
+probes (constant ratio, sign, where the error lives, right values in the wrong
+places: probes.py) give a hint instead; a Mistake with `probe=<id>` turns that
+probe's hint, in its region, into its own.
 A hint names the concept, never the fix.
 
     MISTAKES          every wrong version: a stable id, the region it stands in for,
@@ -88,7 +90,17 @@ def im2col_offsets_swapped(x, k):
     return cols.reshape(C * k * k, N * Ho * Wo)
 
 
-def _col2im(cols, x_shape, k, offsets, add=True, swap=False):
+def im2col_reshape_for_transpose(x, k):
+    N, C, H, W = x.shape
+    Ho, Wo = H - k + 1, W - k + 1
+    cols = np.empty((C, k, k, N, Ho, Wo), dtype=x.dtype)
+    for i in range(k):
+        for j in range(k):  # (N, C, Ho, Wo) reshaped, not transposed, to (C, N, Ho, Wo)
+            cols[:, i, j] = x[:, :, i : i + Ho, j : j + Wo].reshape(C, N, Ho, Wo)
+    return cols.reshape(C * k * k, N * Ho * Wo)
+
+
+def _col2im(cols, x_shape, k, offsets, add=True, swap=False, transpose=True):
     N, C, H, W = x_shape
     Ho, Wo = H - k + 1, W - k + 1
     c6 = cols.reshape(C, k, k, N, Ho, Wo)
@@ -100,6 +112,8 @@ def _col2im(cols, x_shape, k, offsets, add=True, swap=False):
                 dx[:, :, a : a + Ho, b : b + Wo] += c6[:, i, j]
             else:
                 dx[:, :, a : a + Ho, b : b + Wo] = c6[:, i, j]
+    if not transpose:
+        return dx.reshape(N, C, H, W)  # (C, N, H, W) read as (N, C, H, W)
     return np.ascontiguousarray(dx.transpose(1, 0, 2, 3))
 
 
@@ -113,6 +127,10 @@ def col2im_missing_offset(cols, x_shape, k):
 
 def col2im_offsets_swapped(cols, x_shape, k):
     return _col2im(cols, x_shape, k, range(k), swap=True)
+
+
+def col2im_reshape_for_transpose(cols, x_shape, k):
+    return _col2im(cols, x_shape, k, range(k), transpose=False)
 
 
 # --- conv2d forward and backward -------------------------------------------------------------
@@ -249,6 +267,10 @@ def upconv2x2_backward_blocks(dout, cache):
     return _upconv_backward(dout, cache, gather="blocks")
 
 
+def upconv2x2_backward_taps_swapped(dout, cache):
+    return _upconv_backward(dout, cache, gather=(1, 5, 3, 0, 2, 4))  # (Cout, j, i, N, H, W)
+
+
 # --- maxpool2x2 ------------------------------------------------------------------------------
 
 
@@ -298,6 +320,13 @@ def maxpool2x2_col_row(dout, cache):
     return dx.reshape(N, C, 2 * Ho, 2 * Wo)
 
 
+def maxpool2x2_layout_not_restored(dout, cache):
+    N, C, Ho, Wo = dout.shape
+    dwin = np.zeros((N, C, Ho, Wo, 4), dtype=dout.dtype)
+    np.put_along_axis(dwin, cache.arg[..., None].astype(np.intp), dout[..., None], axis=-1)
+    return dwin.reshape(N, C, 2 * Ho, 2 * Wo)  # (Ho, Wo, i, j) read as (Ho, i, Wo, j)
+
+
 def maxpool2x2_even_spread(dout, cache):
     spread = np.repeat(np.repeat(dout, 2, axis=2), 2, axis=3)
     return spread / 4  # as in average pooling
@@ -308,6 +337,10 @@ def maxpool2x2_even_spread(dout, cache):
 
 def relu_mask_from_dout(dout, cache):
     return np.where(dout > 0, dout, 0).astype(dout.dtype)
+
+
+def relu_mask_at_zero(dout, cache):
+    return np.where(cache.out >= 0, dout, 0).astype(dout.dtype)  # out >= 0 holds everywhere
 
 
 def relu_times_output(dout, cache):
@@ -440,6 +473,10 @@ MISTAKES: list[Mistake] = [
     M("im2col.offsets_swapped", "conv2d.im2col",
       "the window offset (i, j): i moves down the rows, j along the columns",
       {"im2col": im2col_offsets_swapped}),
+    M("im2col.reshape_for_transpose", "conv2d.im2col",
+      "right values in the wrong order: a reshape where the axes need a transpose (a "
+      "reshape keeps the memory order, so (N, C, ...) read as (C, N, ...) mixes images and "
+      "channels)", {"im2col": im2col_reshape_for_transpose}, probe="wrong_order"),
     M("col2im.assign", "conv2d.col2im",
       "overlapping windows: a pixel copied into several columns must get the gradient of "
       "every copy (the adjoint of a copy is a sum)", {"col2im": col2im_assign}),
@@ -449,6 +486,10 @@ MISTAKES: list[Mistake] = [
     M("col2im.offsets_swapped", "conv2d.col2im",
       "col2im must put each column entry back where im2col took it from: offset i moves "
       "down the rows, j along the columns", {"col2im": col2im_offsets_swapped}),
+    M("col2im.reshape_for_transpose", "conv2d.col2im",
+      "right values in the wrong order: a reshape where the axes need a transpose (the sums "
+      "are laid out (C, N, H, W); a reshape to (N, C, H, W) keeps that memory order)",
+      {"col2im": col2im_reshape_for_transpose}, probe="wrong_order"),
     M("conv2d.flipped_kernel", "conv2d.forward",
       "the kernel is flipped: the U-Net's 'convolution' is a cross-correlation (as torch's "
       "Conv2d)", {"conv2d_forward": conv2d_flipped_kernel}),
@@ -495,6 +536,10 @@ MISTAKES: list[Mistake] = [
       "the backward must read each 2x2 output block where the forward wrote it "
       "(interleaved: tap (i, j) of pixel (y, x) at (2y+i, 2x+j))",
       {"upconv2x2_backward": upconv2x2_backward_blocks}),
+    M("upconv2x2.backward_taps_swapped", "upconv2x2.backward",
+      "the backward swaps the two tap indices: tap (i, j) of pixel (y, x) sits at "
+      "(2y+i, 2x+j), i down the rows, j along the columns, as in the forward",
+      {"upconv2x2_backward": upconv2x2_backward_taps_swapped}, probe="taps_swapped"),
     M("maxpool2x2.window_rows", "maxpool2x2.forward",
       "a 2x2 window spans two rows and two columns",
       {"maxpool2x2_forward": maxpool2x2_window_rows}),
@@ -508,6 +553,10 @@ MISTAKES: list[Mistake] = [
     M("maxpool2x2.col_row", "maxpool2x2.backward",
       "the arg-max code a = 2*i + j: the row i is a // 2, the column j is a % 2",
       {"maxpool2x2_backward": maxpool2x2_col_row}),
+    M("maxpool2x2.layout_not_restored", "maxpool2x2.backward",
+      "a result in the wrong layout: the window gradients are right but stay in the "
+      "windows' layout (Ho, Wo, i, j); the image interleaves them as (Ho, i, Wo, j)",
+      {"maxpool2x2_backward": maxpool2x2_layout_not_restored}, probe="window_layout"),
     M("maxpool2x2.even_spread", "maxpool2x2.backward",
       "max-pooling routes the whole gradient to the window's maximum (spreading it evenly "
       "is average pooling)", {"maxpool2x2_backward": maxpool2x2_even_spread}),
@@ -517,6 +566,10 @@ MISTAKES: list[Mistake] = [
     M("relu.times_output", "relu.backward",
       "the ReLU's derivative is 0 or 1, not the activation itself",
       {"relu_backward": relu_times_output}),
+    M("relu.mask_at_zero", "relu.backward",
+      "a mask that passes gradient at exactly 0: every input <= 0 gives an output of "
+      "exactly 0, where the derivative is 0", {"relu_backward": relu_mask_at_zero},
+      probe="passes_blocked"),
     M("center_crop.odd_margin_side", "center_crop.backward",
       "an odd margin: the crop keeps (H - h) // 2 rows above and the extra one below (the "
       "same for columns); the backward must put the gradient back there",
@@ -603,6 +656,15 @@ PROBES: dict[str, str] = {
     "border": "only the border rows or columns are wrong: the range of the window offsets "
               "or the margins",
     "channels": "only some channels are wrong: the channel layout or the split point",
+    # the probes of probes.py: right values in the wrong places
+    "taps_swapped": "the kernel taps (i, j) are swapped: i moves down the rows, j along "
+                    "the columns",
+    "window_layout": "a result in the wrong layout: each 2x2 window's values are right, "
+                     "laid out as (Ho, Wo, i, j) where the image has (Ho, i, Wo, j)",
+    "passes_blocked": "the gradient passes where it must be blocked (where the right one "
+                      "is 0): a mask that lets too much through, e.g. at exactly 0",
+    "wrong_order": "right values in the wrong order: a reshape where the axes need a "
+                   "transpose (a reshape never moves a value)",
     "unknown": "no known mistake matches; the worst element shows where to look",
 }
 
