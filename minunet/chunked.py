@@ -588,56 +588,57 @@ def predict_zarr(model, input, out, *, chunk=None, tile: int | None = None, batc
     require("dask")
     cfg = model.config
     src = input if isinstance(input, Source) else open_source(input, name)
-    shape = src.shape
-    H, W = shape[-2:]
-    for c in _pair(chunk) if chunk is not None else ():
-        check_chunk(c, cfg.depth)
-    if tile is None:
-        budget = int(MEMORY_FRACTION * free_memory_bytes(model.xp))
-        tile = auto_tile(cfg, (padded_size(H, cfg.depth), padded_size(W, cfg.depth)), batch,
-                         budget)
-        if chunk is not None:
-            tile = tile_for_chunk((H, W), _pair(chunk), tile, cfg.depth)
-    choose_tile((padded_size(H, cfg.depth),), cfg.depth, tile)  # refuses tiles too small
-    chunk = _pair(chunk) if chunk is not None else default_chunk((H, W), tile, cfg.depth)
-    _warn_if_tiles_run_twice((H, W), chunk, tile, cfg.depth)
-    if (small := small_chunk_message(chunk, (H, W), cfg.depth)) is not None:
-        warnings.warn(small, SmallChunkWarning, stacklevel=2)
-    _check_first_pixels(src, cfg, normalize)
+    try:  # the input's file is closed whatever happens
+        shape = src.shape
+        H, W = shape[-2:]
+        for c in _pair(chunk) if chunk is not None else ():
+            check_chunk(c, cfg.depth)
+        if tile is None:
+            budget = int(MEMORY_FRACTION * free_memory_bytes(model.xp))
+            tile = auto_tile(cfg, (padded_size(H, cfg.depth), padded_size(W, cfg.depth)), batch,
+                             budget)
+            if chunk is not None:
+                tile = tile_for_chunk((H, W), _pair(chunk), tile, cfg.depth)
+        choose_tile((padded_size(H, cfg.depth),), cfg.depth, tile)  # refuses tiles too small
+        chunk = _pair(chunk) if chunk is not None else default_chunk((H, W), tile, cfg.depth)
+        _warn_if_tiles_run_twice((H, W), chunk, tile, cfg.depth)
+        if (small := small_chunk_message(chunk, (H, W), cfg.depth)) is not None:
+            warnings.warn(small, SmallChunkWarning, stacklevel=2)
+        _check_first_pixels(src, cfg, normalize)
 
-    settings = {
-        "layout": LAYOUT,
-        "input": src.fingerprint(),  # reads the input once: a digest of its bytes
-        "model": json.loads(cfg.to_json()),
-        "parameters_sha256": _parameters_sha256(model),
-        "tile": int(tile), "chunk": list(chunk), "tta": int(tta),
-        "threshold": float(threshold), "mask": bool(mask), "dtype": cfg.dtype,
-        "normalize": normalize,
-    }
-    grid = tuple(shape[:-2]) + (-(-H // chunk[0]), -(-W // chunk[1]))
-    out = str(Path(out).absolute())
-    created = _open_output(out, src, settings, grid, chunk, cfg, mask, overwrite)
-    try:
-        done = _complete(out, grid, src.lead_axes, cfg.n_classes, mask)
-        todo = [tuple(int(i) for i in j) for j in zip(*np.nonzero(~done), strict=True)]
-        ctx = _Context(model=model, source=src, out=out, key=hashlib.sha256(
-            json.dumps(settings, sort_keys=True).encode()).hexdigest() + out, shape=shape,
-            chunk=chunk, tile=int(tile), batch=batch, tta=tta, threshold=threshold, mask=mask,
-            classes=cfg.n_classes, normalize=normalize, stats=None)
-        if log:
-            log(f"{src.name} {'x'.join(map(str, shape))} ({src.axes}, {src.dtype}) -> {out}: "
-                f"chunks {chunk[0]}x{chunk[1]}, tile {tile}, tta {tta}; {done.size} chunk(s), "
-                f"{done.size - len(todo)} already complete")
-        t0 = time.perf_counter()
-        if todo:
-            ctx.stats = percentile_stats(src, cfg, normalize)
-        pixels = _run(todo, ctx, scheduler, workers, device, progress)
-    except Exception as e:
-        state = _after_failure(out, created, int(np.prod(grid)), scheduler)
-        if isinstance(e, (ValueError, OSError)):  # DataError is a ValueError
-            raise DataError(f"{_one_line(e)}; {state}") from e
-        e.add_note(state)
-        raise
+        settings = {
+            "layout": LAYOUT,
+            "input": src.fingerprint(),  # reads the input once: a digest of its bytes
+            "model": json.loads(cfg.to_json()),
+            "parameters_sha256": _parameters_sha256(model),
+            "tile": int(tile), "chunk": list(chunk), "tta": int(tta),
+            "threshold": float(threshold), "mask": bool(mask), "dtype": cfg.dtype,
+            "normalize": normalize,
+        }
+        grid = tuple(shape[:-2]) + (-(-H // chunk[0]), -(-W // chunk[1]))
+        out = str(Path(out).absolute())
+        created = _open_output(out, src, settings, grid, chunk, cfg, mask, overwrite)
+        try:
+            done = _complete(out, grid, src.lead_axes, cfg.n_classes, mask)
+            todo = [tuple(int(i) for i in j) for j in zip(*np.nonzero(~done), strict=True)]
+            ctx = _Context(model=model, source=src, out=out, key=hashlib.sha256(
+                json.dumps(settings, sort_keys=True).encode()).hexdigest() + out, shape=shape,
+                chunk=chunk, tile=int(tile), batch=batch, tta=tta, threshold=threshold, mask=mask,
+                classes=cfg.n_classes, normalize=normalize, stats=None)
+            if log:
+                log(f"{src.name} {'x'.join(map(str, shape))} ({src.axes}, {src.dtype}) -> {out}: "
+                    f"chunks {chunk[0]}x{chunk[1]}, tile {tile}, tta {tta}; {done.size} chunk(s), "
+                    f"{done.size - len(todo)} already complete")
+            t0 = time.perf_counter()
+            if todo:
+                ctx.stats = percentile_stats(src, cfg, normalize)
+            pixels = _run(todo, ctx, scheduler, workers, device, progress)
+        except Exception as e:
+            state = _after_failure(out, created, int(np.prod(grid)), scheduler)
+            if isinstance(e, (ValueError, OSError)):  # DataError is a ValueError
+                raise DataError(f"{_one_line(e)}; {state}") from e
+            e.add_note(state)
+            raise
     finally:
         src.close()
     seconds = time.perf_counter() - t0
@@ -811,13 +812,13 @@ def _open_output(out: str, src: Source, settings: dict, grid: tuple, chunk: tupl
         try:
             g = zarr.open_group(out, mode="r+")
         except Exception as e:  # a file, or a folder that is no zarr group
-            raise ValueError(f"{out} exists and is not a zarr group; choose another --out") from e
+            raise DataError(f"{out} exists and is not a zarr group; choose another --out") from e
         have = dict(g.attrs).get("minunet")
         if have is None:
-            raise ValueError(f"{out} exists and holds no minunet prediction; choose another "
+            raise DataError(f"{out} exists and holds no minunet prediction; choose another "
                              "--out")
         if have != settings and not overwrite:
-            raise ValueError(_mismatch(out, have, settings))
+            raise DataError(_mismatch(out, have, settings))
         if overwrite:
             shutil.rmtree(out)  # a minunet store (checked above), made from something else
             created = True
