@@ -303,6 +303,10 @@ def run(args) -> int:
         from .chunked import run_cli  # images of any size, chunk by chunk into zarr
 
         return run_cli(args)
+    for flag, given in (("--chunk", args.chunk is not None), ("--overwrite", args.overwrite)):
+        if given:  # said, not ignored: a folder of images has no chunks and is never replaced
+            raise DataError(f"{flag} applies to chunked prediction into OUT.zarr; --out "
+                            f"{args.out} is a folder: leave {flag} out, or give --out NAME.zarr")
     files = find_inputs(args.inputs)
     check_instance_options(args)
     ckpt = load_checkpoint(args.checkpoint)

@@ -22,7 +22,7 @@ from minunet.chunked import SmallChunkWarning, min_chunk, predict_zarr
 from minunet.data.loaders import DataError, read_array
 from minunet.infer import predict
 from minunet.model import UNetConfig, build_model
-from minunet.predict import to_channels
+from minunet.predict import main, to_channels
 
 TILE, CHUNK = 252, 192  # tile step 64: a chunk is 3 whole steps
 SHAPE = (200, 400)  # 2 x 3 chunks; the last row of chunks 8 px tall
@@ -53,6 +53,19 @@ def one_line(e) -> str:
     text = str(e.value)
     assert "\n" not in text and "Traceback" not in text
     return text
+
+
+@pytest.fixture(scope="module")
+def ckpt(model, tmp_path_factory):
+    """The model as a checkpoint, for the CLI."""
+    from dataclasses import asdict
+
+    from minunet.checkpoint import save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "m.npz"
+    save_checkpoint(path, model.state_dict(), {}, 0,
+                    {"train": {}, "model": asdict(model.config), "optimizer": {}}, {"seed": 0})
+    return path
 
 
 @pytest.fixture
@@ -238,20 +251,13 @@ def test_damaged_pixels_remove_the_new_store_and_say_so(model, tmp_path):
     assert not (tmp_path / "p.zarr").exists()
 
 
-def test_cli_errors_are_one_line(model, tmp_path):
+def test_cli_errors_are_one_line(ckpt, tmp_path):
     """Through `python -m minunet.predict`: a truncated raw TIFF, a PNG that is no image."""
-    from dataclasses import asdict
-
-    from minunet.checkpoint import save_checkpoint
-    from minunet.predict import main
-
-    save_checkpoint(tmp_path / "m.npz", model.state_dict(), {}, 0,
-                    {"train": {}, "model": asdict(model.config), "optimizer": {}}, {"seed": 0})
     tifffile.imwrite(tmp_path / "raw.tif", image(0))
     _truncate(tmp_path / "raw.tif")
     (tmp_path / "junk.png").write_bytes(b"\x89PNG not really")
     for name, why in (("raw.tif", "is truncated"), ("junk.png", "is not a readable image")):
-        argv = ["--checkpoint", str(tmp_path / "m.npz"), str(tmp_path / name), "--out",
+        argv = ["--checkpoint", str(ckpt), str(tmp_path / name), "--out",
                 str(tmp_path / "o.zarr")]
         with pytest.raises(SystemExit, match=f"error: .*{name} {why}") as e:
             main(argv)
@@ -259,20 +265,29 @@ def test_cli_errors_are_one_line(model, tmp_path):
         assert not (tmp_path / "o.zarr").exists()
 
 
+def test_cli_names_overwrite_and_applies_it(model, ckpt, tiff, tmp_path, capsys):
+    argv = ["--checkpoint", str(ckpt), str(tiff), "--out",
+            str(tmp_path / "o.zarr"), "--tile", str(TILE), "--chunk", str(CHUNK)]
+    assert main(argv) == 0
+    tifffile.imwrite(tiff, image(2))
+    with pytest.raises(SystemExit, match="other contents of .*add --overwrite to replace it"):
+        main(argv)
+    assert main(argv + ["--overwrite"]) == 0
+    assert "wrote 6 chunk(s)" in capsys.readouterr().err
+    np.testing.assert_array_equal(read(tmp_path / "o.zarr"), in_memory(model, image(2)))
+    with pytest.raises(SystemExit, match="--overwrite applies to chunked prediction into "
+                                         "OUT.zarr; --out .*folder is a folder"):
+        main(argv[:3] + ["--out", str(tmp_path / "folder"), "--overwrite"])
+
+
 # ----------------------------------------------------------------------------- finding 9
 
 
-def test_tiny_chunks_are_refused_by_the_cli_and_warned_by_the_library(model, tiff, tmp_path):
+def test_tiny_chunks_are_refused_by_the_cli_and_warned_by_the_library(model, ckpt, tiff,
+                                                                      tmp_path):
     """Before: --chunk 16 ran (about 6.6 hours for 4 MP)."""
-    from dataclasses import asdict
-
-    from minunet.checkpoint import save_checkpoint
-    from minunet.predict import main
-
-    assert min_chunk(4) == 192 and min_chunk(3) == 88  # the margins (184, 88) up to the grid (16, 8)
-    save_checkpoint(tmp_path / "m.npz", model.state_dict(), {}, 0,
-                    {"train": {}, "model": asdict(model.config), "optimizer": {}}, {"seed": 0})
-    argv = ["--checkpoint", str(tmp_path / "m.npz"), str(tiff), "--out",
+    assert min_chunk(4) == 192 and min_chunk(3) == 88  # margins 184, 88 up to grids 16, 8
+    argv = ["--checkpoint", str(ckpt), str(tiff), "--out",
             str(tmp_path / "t.zarr"), "--chunk", "16"]
     with pytest.raises(SystemExit, match=r"--chunk: chunk 16 is below 192, the smallest worth "
                                          r"running: .*184 px context margin.* about 156x .*use "
