@@ -58,7 +58,7 @@ from .data.loaders import (
     resolved_normalize,
     to_float_image,
 )
-from .files import atomic_write, atomic_write_text
+from .files import atomic_write, atomic_write_text, check_writable, default_dir_mode
 from .model import INPUT_MEAN, INPUT_STD, UNetConfig, channels, standardize
 from .predict import save_tiff
 from .sizes import nearest_valid_sizes, size_margin, valid_sizes
@@ -731,6 +731,7 @@ def export_bioimageio(ckpt, model, out: Path, sample: str | None, name: str | No
         else:
             if out.exists():
                 shutil.rmtree(out) if out.is_dir() else out.unlink()
+            work.chmod(default_dir_mode())  # mkdtemp's 0700 would keep the lab out
             work.rename(out)
     finally:
         if work.exists():
@@ -740,6 +741,7 @@ def export_bioimageio(ckpt, model, out: Path, sample: str | None, name: str | No
 
 def run(args) -> int:
     out = Path(args.out)
+    check_writable(out, "--out", file=True)
     _refuse_existing(out, args.overwrite)
     if args.to == "bioimageio" or args.to == "onnx":
         _require("onnx", "the ONNX export")
@@ -787,6 +789,8 @@ def main(argv=None) -> int:
         return run(args)
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
         raise SystemExit(f"error: {e}") from e
+    except OSError as e:  # a file that cannot be written: named, one line
+        raise SystemExit(f"error: {e.filename or args.out}: {e.strerror or e}") from e
 
 
 if __name__ == "__main__":

@@ -54,10 +54,10 @@ def save_figure(fig, path) -> Path:
     return atomic_write(path, lambda f: fig.savefig(f, format=fmt))
 
 
-def check_writable(path, flag: str) -> None:
-    """ValueError, one line naming `flag` and the fix, if `path` (a folder to create or fill)
-    cannot be made: a name or path too long for the file system, a file in its way, or a
-    parent folder the user may not write in. Checks only; creates nothing."""
+def check_writable(path, flag: str, file: bool = False) -> None:
+    """ValueError, one line naming `flag` and the fix, if `path` (a folder to create or fill;
+    file=True: a file to write) cannot be made: a name or path too long for the file system,
+    a file in its way, or a parent folder the user may not write in. Creates nothing."""
     path = Path(path)
     name_max = _pathconf(Path(path.anchor or "."), "PC_NAME_MAX", 255)
     long = [part for part in path.parts if len(os.fsencode(part)) > name_max]
@@ -66,11 +66,13 @@ def check_writable(path, flag: str) -> None:
                          f"{len(os.fsencode(long[0]))} bytes, more than the {name_max} this "
                          "file system allows; choose a shorter name")
     path_max = _pathconf(Path(path.anchor or "."), "PC_PATH_MAX", 4096)
-    if len(os.fsencode(os.path.abspath(path))) + 64 > path_max:  # room for the files inside
+    room = 0 if file else 64  # a folder needs room for the names of the files inside
+    if len(os.fsencode(os.path.abspath(path))) + room > path_max:
         raise ValueError(f"{flag} {str(path)[:40]}...: the path is too long for this file system "
                          f"(at most {path_max} bytes with the names inside it); choose a "
                          "shorter path")
-    parent = next(p for p in (path, *path.parents) if _exists(p) or p == p.parent)
+    start = path.parent if file else path
+    parent = next(p for p in (start, *start.parents) if _exists(p) or p == p.parent)
     if not parent.is_dir():
         raise ValueError(f"{flag} {path}: {parent} is a file, not a folder; name a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -91,3 +93,11 @@ def _pathconf(path: Path, name: str, default: int) -> int:
         return os.pathconf(path, name)
     except (OSError, ValueError):
         return default
+
+
+def default_dir_mode() -> int:
+    """The mode os.mkdir gives a new folder under the user's umask (0o755 under umask 022);
+    tempfile.mkdtemp makes 0o700, too narrow for a folder that is renamed into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask

@@ -207,6 +207,22 @@ def build_parser():
     return p
 
 
+def check_probabilities(raw, pages: list, threshold: float, name: str) -> None:
+    """DataError if an image that is not all zero has no pixel above `threshold` once read as
+    probabilities: an integer label or gray image (ids 1..N of a 16-bit image are below 0.001)
+    would give 0 cells without a word. raw: the stored pages; pages: them as probabilities."""
+    from .data.loaders import DataError
+
+    for a, p in zip(raw, pages, strict=True):
+        if a.any() and not (p > threshold).any():
+            hint = (f"; an integer image counts as probability value / {np.iinfo(a.dtype).max}: "
+                    "is it a label image? instances takes probability maps (predict's prob/ "
+                    "output, floats in [0, 1] or 8-/16-bit scaled to the type's maximum)"
+                    if np.issubdtype(a.dtype, np.integer) else "")
+            raise DataError(f"{name}: no pixel is above --threshold {threshold} (the highest is "
+                            f"{p.max():.4g}), so there are no cells{hint}")
+
+
 def main(argv=None) -> int:
     import sys
     from pathlib import Path
@@ -222,7 +238,9 @@ def main(argv=None) -> int:
         check_instance_options(args)
         files = find_inputs(args.inputs)
         for path in files:
-            pages = [to_prob(p, path.name) for p in read_pages(path)]  # (H, W) in [0, 1]
+            raw = read_pages(path)
+            pages = [to_prob(p, path.name) for p in raw]  # (H, W) in [0, 1]
+            check_probabilities(raw, pages, args.threshold, path.name)
             save_instances(Path(args.out), path.stem, len(pages) > 1, pages, pages, args)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

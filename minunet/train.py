@@ -667,7 +667,11 @@ class Trainer:
         losses, correct, total, counts, self.val_preds = [], 0, 0, [], []
         try:
             for s in self.data.val:
-                probs = backend.to_host(predict(self.model, s.image))  # (K, H, W)
+                with np.errstate(all="ignore"):  # overflow shows as non-finite output:
+                    probs = backend.to_host(predict(self.model, s.image))  # (K, H, W)
+                if not np.isfinite(probs).all():
+                    self.diverged(self.it, f"the prediction of validation image {s.name} is "
+                                  "not finite (the weights grew too large)")
                 p_true = np.take_along_axis(probs, s.label[None], axis=0)[0]  # (H, W)
                 losses.append(float(-np.log(np.maximum(p_true, 1e-12)).mean()))
                 pred = probs.argmax(0)

@@ -301,6 +301,27 @@ def to_label(
     return instances_to_mask(a), a
 
 
+MAX_CLASSES = 32  # more class indices than this in --mask-kind classes masks: a gray image?
+
+
+def check_class_indices(values: np.ndarray, where) -> None:
+    """DataError unless the class indices `values` found in all masks are 0..K-1 with K <=
+    MAX_CLASSES: a K-class model learns every class, and masks with many gray values (an image,
+    or instance ids) are not class indices."""
+    k = int(values.max()) + 1
+    if values.size > MAX_CLASSES:
+        raise DataError(f"{where}: the masks hold {values.size} different values "
+                        f"{_values(values)}, more than {MAX_CLASSES} classes: are they gray "
+                        "images or instance ids? use --mask-kind instances, or store class "
+                        "indices 0..K-1")
+    missing = sorted(set(range(k)) - set(values.tolist()))
+    if missing:
+        raise DataError(f"{where}: class indices {_values(values)} leave out "
+                        f"{', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''}"
+                        f": with --mask-kind classes the masks hold 0..K-1, each class in some "
+                        "mask; renumber the classes")
+
+
 # ----------------------------------------------------------------------------- splits
 
 
@@ -536,6 +557,9 @@ def load_folder(
         samples.append(Sample(to_float_image(image, image_file.name, normalize), label, instances,
                               image_file.stem))
     n_classes = max(2, max(int(s.label.max()) for s in samples) + 1)
+    if mask_kind == "classes":
+        check_class_indices(np.unique(np.concatenate([np.unique(s.label) for s in samples])),
+                            masks_path)
     train, held = split_indices(len(samples), val, holdout)
     return Dataset([samples[i] for i in train], [samples[i] for i in held], n_classes,
                    f"folder:{path}", holdout=[samples[i] for i in sorted(set(holdout))])
