@@ -54,8 +54,9 @@ pass overwrite=True (--overwrite) to replace the old store.
 Errors are one line naming the file and the fix: an unreadable or truncated input is found
 before OUT is created where its directory shows it (a TIFF whose strips or tiles run past the
 end of the file), else when its pixels are read; an output that cannot be written is named
-with its reason. A run that fails removes the store it created if no chunk was complete, and
-otherwise keeps it and says so (a rerun resumes it).
+with its reason. A run that fails removes the store it created if no chunk was complete (or
+if the input is damaged: the store records the damaged file's digest), and otherwise keeps it
+and says so (a rerun resumes it).
 
 Chunk size. Each chunk computes the 184 px context margin around its pixels (92 px on each
 side, `sizes.size_margin`) besides the chunk itself; below the margin that context outweighs the
@@ -201,6 +202,10 @@ class SmallChunkWarning(UserWarning):
     """A chunk side below `min_chunk`: exact, but most of the work goes into the margin."""
 
 
+class InputError(DataError):
+    """The input's pixels cannot be read (a damaged file): a store made from it is no use."""
+
+
 # ----------------------------------------------------------------------------- inputs
 
 
@@ -264,8 +269,8 @@ class Source:
         try:
             a = np.asarray(self.array()[index])
         except Exception as e:  # a damaged file: tifffile, zarr and the codecs raise many types
-            raise DataError(f"{self.name}: cannot read rows {y0}..{y1 - 1}, columns {x0}.."
-                            f"{x1 - 1} ({type(e).__name__}: {e}); the file is damaged or "
+            raise InputError(f"{self.name}: cannot read rows {y0}..{y1 - 1}, columns {x0}.."
+                            f"{x1 - 1} ({type(e).__name__}: {e}); the input is damaged or "
                             "truncated: copy or save it again") from e
         if "c" in self.axes:  # the remaining axes keep their stored order: put c last
             order = [x for x in self.axes if x in "cyx"]
@@ -634,9 +639,11 @@ def predict_zarr(model, input, out, *, chunk=None, tile: int | None = None, batc
                 ctx.stats = percentile_stats(src, cfg, normalize)
             pixels = _run(todo, ctx, scheduler, workers, device, progress)
         except Exception as e:
-            state = _after_failure(out, created, int(np.prod(grid)), scheduler)
+            state = _after_failure(out, created, int(np.prod(grid)), scheduler,
+                                   isinstance(e, InputError))
             if isinstance(e, (ValueError, OSError)):  # DataError is a ValueError
-                raise DataError(f"{_one_line(e)}; {state}") from e
+                kind = InputError if isinstance(e, InputError) else DataError
+                raise kind(f"{_one_line(e)}; {state}") from e
             e.add_note(state)
             raise
     finally:
@@ -658,13 +665,19 @@ def _complete(out: str, grid: tuple, lead_axes: str, classes: int, mask: bool) -
         out, grid, lambda job: _chunk_keys(arrays, job, lead_axes, classes))
 
 
-def _after_failure(out: str, created: bool, total: int, scheduler) -> str:
-    """Remove a store this run created if no chunk of it was complete (and no task can
-    still write into it: this process's threads have stopped); say what became of OUT."""
+def _after_failure(out: str, created: bool, total: int, scheduler, bad_input: bool) -> str:
+    """Say what became of OUT after a failed run. A store this run created is removed when
+    no chunk of it was complete, or when the input is damaged (the store records the damaged
+    file's digest: the mended file would need --overwrite anyway); only once no task can
+    still write into it (this process's threads have stopped, not a cluster's workers)."""
     complete = chunk_store.count_markers(out)
-    if created and complete == 0 and scheduler in (None, "threads"):
+    if created and (complete == 0 or bad_input) and scheduler in (None, "threads"):
         shutil.rmtree(out, ignore_errors=True)
-        return f"{out} was removed (no chunk was complete)"
+        why = "made from the damaged input" if complete else "no chunk was complete"
+        return f"{out} was removed ({why})"
+    if bad_input:
+        return (f"{out} is kept ({complete} of {total} chunk(s) complete, from the damaged "
+                "input): replace the input, then rerun with --overwrite")
     return (f"{out} is kept and resumable ({complete} of {total} chunk(s) complete): fix "
             "the cause and rerun the same command to finish it, or delete it")
 

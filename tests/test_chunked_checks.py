@@ -18,7 +18,7 @@ import tifffile
 import zarr
 
 from minunet import chunk_store
-from minunet.chunked import SmallChunkWarning, min_chunk, predict_zarr
+from minunet.chunked import InputError, SmallChunkWarning, min_chunk, predict_zarr
 from minunet.data.loaders import DataError, read_array
 from minunet.infer import predict
 from minunet.model import UNetConfig, build_model
@@ -244,9 +244,22 @@ def test_damaged_pixels_remove_the_new_store_and_say_so(model, tmp_path):
         data[off: off + n] = b"\x07" * n
     path.write_bytes(bytes(data))
     with pytest.raises(DataError, match=r"bad\.tif: cannot read rows .*DeflateError.*; the "
-                                        r"file is damaged or truncated: copy or save it again; "
+                                        r"input is damaged or truncated: copy or save it again; "
                                         r".*p\.zarr was removed \(no chunk was complete\)") as e:
         run(model, path, tmp_path / "p.zarr", workers=1)
+    one_line(e)
+    assert not (tmp_path / "p.zarr").exists()
+
+
+def test_damaged_zarr_input_chunk_is_named_and_its_store_removed(model, tmp_path):
+    """One chunk file of a zarr input is garbage: whichever chunks finished first, the store
+    made from the damaged input goes (its digest is the damaged file's: no use to resume)."""
+    src = tmp_path / "in.zarr"
+    zarr.create_array(str(src), data=image(0), chunks=(100, 100))
+    (src / "c" / "1" / "3").write_bytes(b"\x07" * 64)
+    with pytest.raises(InputError, match=r"in\.zarr: cannot read rows .*; the input is damaged "
+                                         r"or truncated: .*p\.zarr was removed") as e:
+        run(model, src, tmp_path / "p.zarr")
     one_line(e)
     assert not (tmp_path / "p.zarr").exists()
 
