@@ -36,7 +36,10 @@ interrupted run leaves no half-written file.
 
 --out OUT.zarr predicts one INPUT of any size (a zarr or OME-Zarr array, a large TIFF, or any
 image above) chunk by chunk into a zarr store, exactly as in memory, resumably, on this
-machine's threads or a Dask cluster (--scheduler): see minunet/chunked.py.
+machine's threads or a Dask cluster (--scheduler): see minunet/chunked.py. The store keeps a
+digest of the input's bytes and a checksum per chunk: a rerun computes again what was damaged
+on disk and refuses an input changed under the same name (--overwrite replaces the store).
+--chunk and --overwrite belong to that mode and are refused with a folder --out.
 """
 
 from __future__ import annotations
