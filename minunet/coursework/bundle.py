@@ -5,20 +5,26 @@ once from the reference ops (a source checkout) and stored in one .npz file
 (read with allow_pickle=False):
 
     for every check       its inputs, the upstream gradient dout, the expected
-                          forward output, the expected gradients where they have a
-                          kink (ties in max-pooling), and the "fingerprints": what each
-                          known wrong version (mistakes.py) returns on these inputs
+                          forward output, the expected gradients (central differences
+                          of the reference forward, or the reference's gradient where
+                          there is a kink: ties in max-pooling), for a conv the index
+                          map of the reference im2col (a stand-in when the student's
+                          fails), and the "fingerprints": what each known wrong
+                          version (mistakes.py) returns on these inputs
+    a timed check         (hidden.TimedCheck) its time rule and the reference's time
     meta                  JSON: the checks' names, kinds, dtypes, tolerances, points,
                           visibility, the seed, and the assignment it was made for
 
 A student copy carries the public bundle (minunet/coursework/data/public.npz);
-the teacher bundle holds the hidden one. The grader never draws a random number.
+the teacher bundle holds the hidden one. The grader never draws a random number,
+and only the trusted process reads a bundle: the worker gets one call's inputs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +36,7 @@ from minunet import gradcheck
 from . import mistakes as catalogue
 from .checks import FORWARD_TOL, KINDS, Check, call_backward, call_forward, floor_fraction, step
 
-FORMAT = 1  # bumped when the layout below changes
+FORMAT = 2  # bumped when the layout below changes
 
 
 @dataclass
@@ -54,8 +60,12 @@ class CheckData:
     params: dict  # input name -> int, bool or tuple (not an array)
     dout: object  # array, or a float for a scalar output
     expected_out: np.ndarray
-    expected_grads: dict = field(default_factory=dict)  # name -> array (mode "expected")
+    expected_grads: dict = field(default_factory=dict)  # name -> array
     fingerprints: dict = field(default_factory=dict)  # mistake id -> {"out": a, "x": a, ...}
+    im2col_idx: np.ndarray | None = None  # conv2d: the reference im2col of arange(x.size)
+    time_factor: float = 0.0  # a timed check: its backward may take time_factor x the
+    time_floor: float = 0.0  # reference's time, and at least time_floor seconds
+    ref_seconds: float = 0.0  # the reference forward + backward, where the bundle was made
 
     @property
     def op(self) -> str:
@@ -137,27 +147,69 @@ def build(checks: list[Check], seed: int, hidden: bool = False, reference=None,
         params = {k: (tuple(v) if isinstance(v, list | tuple) else v)
                   for k, v in inputs.items() if not isinstance(v, np.ndarray)}
         arrays = {k: v for k, v in inputs.items() if isinstance(v, np.ndarray)}
+        start = time.perf_counter()
         out, cache = call_forward(reference, c.kind, dict(inputs))
         dout = gradcheck.random_upstream(out, rng, np)
         grads = _grads_tuple(call_backward(reference, c.kind, dout, cache), len(c.wrt))
+        seconds = time.perf_counter() - start
+        timed = getattr(c, "time_factor", 0.0)
         d = CheckData(
             name=c.name, kind=c.kind, dtype=c.dtype, mode=c.mode, threshold=c.threshold,
             step=step(c.kind, c.dtype, c.h), floor_fraction=floor_fraction(c.dtype),
             forward_tol=FORWARD_TOL[c.dtype], wrt=tuple(c.wrt), strided=tuple(c.strided),
             points=c.points, hidden=hidden, order=tuple(inputs), arrays=arrays, params=params,
             dout=dout, expected_out=_as_array(out),
-            expected_grads=({n: np.asarray(g) for n, g in zip(c.wrt, grads, strict=True)}
-                            if c.mode == "expected" else {}),
+            time_factor=timed, time_floor=getattr(c, "time_floor", 0.0),
+            ref_seconds=_best_time(reference, c.kind, inputs, dout) if timed else seconds,
         )
+        if c.mode == "expected":
+            d.expected_grads = {n: np.asarray(g) for n, g in zip(c.wrt, grads, strict=True)}
+        else:
+            d.expected_grads = _numerical(reference, d)
+        if c.kind == "conv2d" and not timed:  # (a timed check's map would be megabytes)
+            x = d.arrays["x"]
+            ids = np.arange(x.size, dtype=np.float64).reshape(x.shape)
+            d.im2col_idx = np.asarray(reference.im2col(ids, x.shape[2] - out.shape[2] + 1),
+                                      dtype=np.int64)
         used = {kind.forward_fn, kind.backward_fn}
         for m in catalogue.MISTAKES:
-            if m.wrong is None or not used & set(m.wrong) or m.probe == "nondeterministic":
+            if (m.wrong is None or not used & set(m.wrong) or m.probe == "nondeterministic"
+                    or timed):
                 continue
             fp = _fingerprint(reference, m, d, out, grads)
             if fp:
                 d.fingerprints[m.id] = fp
         datas.append(d)
     return Bundle("hidden" if hidden else "public", seed, datas, assignment)
+
+
+def _numerical(reference, d: CheckData) -> dict:
+    """Central differences of the reference forward, per differentiable input (gradcheck's
+    numerical_gradient with the check's step): what a gradient is compared with."""
+    grads = {}
+    for name in d.wrt:
+        fresh = d.inputs()
+
+        def f(v, name=name, fresh=fresh):
+            args = dict(fresh)
+            args[name] = v.copy()
+            return call_forward(reference, d.kind, args)[0]
+
+        with quiet():
+            grads[name] = np.asarray(gradcheck.numerical_gradient(
+                f, fresh[name], d.upstream(), d.step), dtype=np.float64)
+    return grads
+
+
+def _best_time(reference, kind: str, inputs: dict, dout, repeat: int = 5) -> float:
+    """The best of `repeat` timings of the reference forward + backward."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        _, cache = call_forward(reference, kind, dict(inputs))
+        call_backward(reference, kind, dout, cache)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def _fingerprint(reference, m, d: CheckData, out, grads) -> dict:
@@ -200,6 +252,8 @@ def save(bundle: Bundle, path: Path) -> None:
         for mid, fp in d.fingerprints.items():
             for what, a in fp.items():
                 arrays[f"{p}fp.{mid}.{what}"] = a
+        if d.im2col_idx is not None:
+            arrays[p + "im2col_idx"] = d.im2col_idx.astype(np.int32)
         metas.append({
             "name": d.name, "kind": d.kind, "dtype": d.dtype, "mode": d.mode,
             "threshold": d.threshold, "step": d.step, "floor_fraction": d.floor_fraction,
@@ -208,6 +262,8 @@ def save(bundle: Bundle, path: Path) -> None:
             "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.params.items()},
             "dout_is_scalar": isinstance(d.dout, float),
             "fingerprints": {mid: sorted(fp) for mid, fp in d.fingerprints.items()},
+            "time_factor": d.time_factor, "time_floor": d.time_floor,
+            "ref_seconds": d.ref_seconds,
         })
     meta = {"format": FORMAT, "kind": bundle.kind, "seed": bundle.seed,
             "assignment": bundle.assignment, "checks": metas}
@@ -250,5 +306,9 @@ def load(path: Path) -> Bundle:
                             if p + "grad." + n in files},
             fingerprints={mid: {w: files[f"{p}fp.{mid}.{w}"] for w in whats}
                           for mid, whats in m["fingerprints"].items()},
+            im2col_idx=(files[p + "im2col_idx"].astype(np.int64)
+                        if p + "im2col_idx" in files else None),
+            time_factor=m["time_factor"], time_floor=m["time_floor"],
+            ref_seconds=m["ref_seconds"],
         ))
     return Bundle(meta["kind"], meta["seed"], checks, meta.get("assignment"))

@@ -113,6 +113,8 @@ def _grade(a) -> int:
     from . import grade
 
     start = time.perf_counter()
+    if a.json is not None:
+        grade.remove_json(a.json)
     try:
         g = grade.run(a.path, hidden=a.hidden, ops=_ops_list(a.op), timeout=a.timeout,
                       seed=a.seed, jobs=a.jobs or grade.DEFAULT_JOBS)

@@ -3,13 +3,17 @@
 What they add to the public checks: N = 1 and N = 3; k = 1 and k = 2; Cin != Cout
 and H != W everywhere, so a missing transpose shows; odd crop margins on both
 axes; windows full of ties; logits near 1e3 with a wide spread; int32 labels;
-dropout with p != 0.5; non-contiguous (strided) inputs; float32 for every op.
+dropout with p != 0.5; non-contiguous (strided) inputs; float32 for every op;
+and one timed conv (TimedCheck): honest work only, a backward computed by finite
+differences of the forward cannot finish within its time limit.
 Their inputs are drawn from the teacher's seed when the teacher bundle is made
 and stored in it; the student sees their results only after the due date, and
 their hints, never their inputs or expected values.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,6 +35,18 @@ from .checks import (
 )
 
 
+@dataclass(frozen=True)
+class TimedCheck(Check):
+    """A check whose backward (with its forward) must finish within time_factor times the
+    reference's forward + backward on the same inputs, and at least time_floor seconds
+    (grade.py times the reference in the trusted process). Its input is large enough that
+    central differences of the forward (two forwards per input entry: ~150,000 here) take
+    minutes, while the reference takes milliseconds."""
+
+    time_factor: float = 100.0
+    time_floor: float = 2.0
+
+
 def hidden_checks() -> list[Check]:
     """The teacher's checks (see the module docstring)."""
     C = Check
@@ -44,6 +60,8 @@ def hidden_checks() -> list[Check]:
         C("conv2d (k=3, N=3, relu)", "conv2d", conv_inputs(3, 2, 3, 3, 7, 5, relu=True), xwb,
           h=STEP_CONV_RELU),
         C("conv2d (k=1, N=3)", "conv2d", conv_inputs(3, 4, 3, 1, 5, 7), xwb),
+        TimedCheck("conv2d (k=3, 8 x 96 x 96, timed)", "conv2d",
+                   conv_inputs(1, 8, 8, 3, 96, 96), xwb, mode="expected"),
         C("conv2d (k=2, strided)", "conv2d", conv_inputs(2, 3, 2, 2, 5, 4), xwb,
           strided=("x", "w")),
         C("conv2d (k=3, N=3, float32)", "conv2d", conv_inputs(3, 2, 4, 3, 5, 6), xwb,

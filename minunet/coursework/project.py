@@ -54,13 +54,27 @@ def public_bundle(root: Path) -> Path | None:
     return p if p.is_file() else None
 
 
+IGNORED = {"__pycache__", "site-packages", "dist-packages", "node_modules", "venv", "env",
+           "build", "dist"}  # folders of a submission that hold no file of the student's
+
+
+def _ignored(p: Path, root: Path) -> bool:
+    """p lies in a virtual environment (a folder with pyvenv.cfg), a cache, site-packages,
+    a hidden folder (.venv, .git, .ipynb_checkpoints, ...) or a build folder under root."""
+    rel = p.relative_to(root).parts[:-1]
+    if any(part in IGNORED or part.startswith(".") for part in rel):
+        return True
+    return any((root.joinpath(*rel[: i + 1]) / "pyvenv.cfg").is_file() for i in range(len(rel)))
+
+
 def find_ops(path: Path) -> tuple[Path, list[Path]]:
     """(a folder holding a complete ops package, or the folder of loose files; the loose
     files found) for a path given to `grade`.
 
     A project (PATH/minunet/ops) or a complete ops folder gives no loose files. A
     folder of submitted files (e.g. Gradescope's /autograder/submission, with conv.py,
-    pool.py, ... anywhere below it) gives them as the second element.
+    pool.py, ... anywhere below it) gives them as the second element; files in virtual
+    environments, caches, site-packages and hidden folders are not the student's.
     """
     path = Path(path)
     if not path.exists():
@@ -71,7 +85,7 @@ def find_ops(path: Path) -> tuple[Path, list[Path]]:
         return path, []
     names = set(OPS_FILES) - {"__init__.py", "_check.py"}
     loose = sorted(p for p in (path.rglob("*.py") if path.is_dir() else [path])
-                   if p.name in names and "__pycache__" not in p.parts)
+                   if p.name in names and not _ignored(p, path))
     if not loose:
         raise ValueError(f"{path} holds neither a minunet project (minunet/ops/) nor any of "
                          f"the ops files ({', '.join(sorted(names))})")

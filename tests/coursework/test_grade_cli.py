@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from coursework_helpers import OPS_FILE, make_copy, plant
 
 from minunet.coursework.bundle import load
@@ -29,9 +28,11 @@ def grade(*args, cwd=None):
 
 def check_results_json(path: Path) -> dict:
     """A valid Gradescope results.json (https://gradescope-autograders.readthedocs.io/en/
-    latest/specs/): its keys, types and values, and the score as the sum of its tests."""
+    latest/specs/): its keys, types and values; no top-level score where there are tests
+    (Gradescope sums them, and hides the total while a test is hidden), so data["score"]
+    is set here to that sum."""
     data = json.loads(path.read_text())
-    assert isinstance(data["score"], float | int) and isinstance(data["output"], str)
+    assert ("score" in data) == (not data["tests"]) and isinstance(data["output"], str)
     assert isinstance(data["execution_time"], float | int) and data["execution_time"] >= 0
     assert data["visibility"] in VISIBILITIES and data["stdout_visibility"] in VISIBILITIES
     for t in data["tests"]:
@@ -41,7 +42,7 @@ def check_results_json(path: Path) -> dict:
         assert 0 <= t["score"] <= t["max_score"] and isinstance(t["tags"], list)
         assert (t["score"] == t["max_score"]) == (t["status"] == "passed")
         assert not (t["visibility"] == "hidden" and t["max_score"])  # hidden: no points
-    assert data["score"] == pytest.approx(sum(t["score"] for t in data["tests"]))
+    data.setdefault("score", sum(t["score"] for t in data["tests"]))
     return data
 
 
@@ -135,14 +136,17 @@ def test_raising_hanging_none_wrong_shape_dtype_and_crashing_code(tmp_path):
 
     assert all("[raised] the code raised an error; ValueError: boom (at relu.py:" in o
                for o in outputs("relu"))
-    assert all("[timeout]" in o and "took longer than 4 s" in o for o in outputs("maxpool2x2"))
+    hung = outputs("maxpool2x2.backward")  # after the op's 4 s, nothing of it runs
+    assert hung and "[timeout]" in hung[0] and "took longer than 4 s" in hung[0]
+    assert all("[timeout]" in o or "[forward_first]" in o for o in hung)
     assert all("[returned_none]" in o for o in outputs("dropout"))
     assert all("[shape]" in o and "a gradient has the shape of its input" in o
                for o in outputs("concat"))
     crop = outputs("center_crop")
     assert sum("[dtype]" in o and "float64 for float32 inputs" in o for o in crop) == 1
     assert sum(o.startswith("max rel error") and "diagnosis" not in o for o in crop) == 1
-    assert all("[crashed]" in o and "exit code 3" in o for o in outputs("softmax_cross_entropy"))
+    died = outputs("softmax_cross_entropy.backward")
+    assert died and all("[crashed]" in o for o in died) and "exit code 3" in died[0]
 
 
 def test_a_refused_import_and_a_syntax_error(made, solved, tmp_path):
@@ -155,7 +159,7 @@ def test_a_refused_import_and_a_syntax_error(made, solved, tmp_path):
                         "    return relu_backward(dout, cache)\n    return xp.where(cache.out > 0")
     (broken / "minunet" / "ops" / OPS_FILE["dropout"]).write_text("def broken(:\n")
     for copy, op, expected in ((refused, "relu", "minunet.fast is refused while grading"),
-                               (broken, "dropout", "importing the ops failed: SyntaxError")):
+                               (broken, "dropout", "importing dropout.py failed: SyntaxError")):
         grade(copy, "--op", op, "--json", tmp_path / f"{op}.json")
         data = check_results_json(tmp_path / f"{op}.json")
         outputs = [t["output"] for t in data["tests"] if f"{op}.backward" in t["tags"]]

@@ -188,11 +188,13 @@ def test_autograder_zip(tmp_path):
         run_script = z.read("run_autograder").decode()
         mode = z.getinfo("run_autograder").external_attr >> 16
     assert {"setup.sh", "run_autograder", "README.txt", "hidden.npz",
+            "solutions/minunet/ops/conv.py",
             "minunet-copy/pyproject.toml", "minunet-copy/minunet/coursework/data/public.npz"} \
         <= names
     assert mode & 0o111
-    assert "--hidden /autograder/source/hidden.npz --json /autograder/results/results.json" \
-        in run_script
+    assert "A=${AUTOGRADER_ROOT:-/autograder}" in run_script
+    assert '--hidden "$A/source/hidden.npz"' in run_script
+    assert '--json "$A/results/results.json"' in run_script
     assert search(tmp_path, canaries()) == []
 
 
