@@ -42,6 +42,9 @@ __all__ = [
     "softmax_xent_forward", "softmax_xent_backward",
     "bias_relu_forward", "relu_backward", "upconv_scatter", "upconv_gather",
     "sgd_update", "sgd_update_many",
+    "im2col_geometry", "col2im_geometry", "maxpool2x2_geometry", "softmax_xent_forward_geometry",
+    "sum_partials_geometry", "softmax_xent_backward_geometry", "bias_relu_geometry",
+    "elementwise_geometry", "upconv_geometry",
 ]
 
 # Every kernel file and the templates it defines (templated on the element type T).
@@ -194,6 +197,62 @@ def _labels(labels):
 
 
 # ---------------------------------------------------------------------------
+# Launch geometry: pure functions of the sizes, (grid, block) per launch. The
+# launchers below call them, and so does the CPU emulation of the kernels
+# (minunet/backend/emulate.py, tests/emulation/), which therefore runs every
+# kernel with exactly the geometry the GPU gets. No CuPy needed to call them.
+# ---------------------------------------------------------------------------
+
+
+def im2col_geometry(C: int, H: int, W: int, k: int, y0: int, y1: int):
+    """(grid, block) of im2col: grid.x over the (y1-y0)*Wo columns, grid.y over C*k*k rows."""
+    L = (y1 - y0) * (W - k + 1)
+    return (_blocks(L), min(C * k * k, _MAX_BLOCKS)), (_BLOCK,)
+
+
+def col2im_geometry(C: int, H: int, W: int, k: int, y0: int, y1: int):
+    """(grid, block) of col2im: grid.x over the band's (y1-y0+k-1)*W pixels, grid.y over C."""
+    band = (y1 - y0 + k - 1) * W  # dx pixels that receive gradient in each channel
+    return (_blocks(band), min(C, _MAX_BLOCKS)), (_BLOCK,)
+
+
+def maxpool2x2_geometry(P: int, Ho: int, Wo: int):
+    """(grid, block) of both max-pool kernels: grid.x over Ho*Wo windows, grid.y over P planes."""
+    return (_blocks(Ho * Wo), min(max(P, 1), _MAX_BLOCKS)), (_BLOCK,)
+
+
+def softmax_xent_forward_geometry(npix: int):
+    """(grid, block) of softmax_xent_forward: at most 1024 blocks, a function of npix only
+    (grid[0] partial sums, added by sum_partials)."""
+    return (_blocks(npix, _SOFTMAX_MAX_BLOCKS),), (_BLOCK,)
+
+
+def sum_partials_geometry():
+    """(grid, block) of sum_partials: one block of 256 threads."""
+    return (1,), (_BLOCK,)
+
+
+def softmax_xent_backward_geometry(npix: int):
+    """(grid, block) of softmax_xent_backward: grid-stride over the pixels."""
+    return (_blocks(npix),), (_BLOCK,)
+
+
+def bias_relu_geometry(planes: int, S: int):
+    """(grid, block) of bias_relu_forward: grid.x over S pixels, grid.y over the N*C planes."""
+    return (_blocks(S), min(max(planes, 1), _MAX_BLOCKS)), (_BLOCK,)
+
+
+def elementwise_geometry(n: int):
+    """(grid, block) of the 1-D grid-stride kernels (relu_backward, sgd_update[_many])."""
+    return (_blocks(n),), (_BLOCK,)
+
+
+def upconv_geometry(planes: int, H: int, W: int):
+    """(grid, block) of upconv_scatter and upconv_gather: grid.x over 4*H*W, grid.y planes."""
+    return (_blocks(4 * H * W), min(max(planes, 1), _MAX_BLOCKS)), (_BLOCK,)
+
+
+# ---------------------------------------------------------------------------
 # The twins of cpu.py (same signatures and layouts)
 # ---------------------------------------------------------------------------
 
@@ -211,7 +270,7 @@ def im2col(x, k, y0, y1, out):
     _below_2_31("im2col columns per row (y1-y0)*Wo", L)
     _below_2_31("im2col image plane H*W", H * W)
     kernel("im2col.cu", "im2col", dt)(
-        (_blocks(L), min(C * k * k, _MAX_BLOCKS)), (_BLOCK,),
+        *im2col_geometry(C, H, W, k, y0, y1),
         (x, out, np.int32(C), np.int32(H), np.int32(W), np.int32(k), np.int32(y0), np.int32(y1)),
     )
     return out
@@ -232,9 +291,8 @@ def col2im(cols, k, y0, y1, dx):
                          f"k = {k}, rows {y0}..{y1}: expected {(C * k * k, L)}")
     _below_2_31("col2im columns per row (y1-y0)*Wo", L)
     _below_2_31("col2im image plane H*W", H * W)
-    band = (y1 - y0 + k - 1) * W  # dx pixels that receive gradient in each channel
     kernel("im2col.cu", "col2im", dt)(
-        (_blocks(band), min(C, _MAX_BLOCKS)), (_BLOCK,),
+        *col2im_geometry(C, H, W, k, y0, y1),
         (cols, dx, np.int32(C), np.int32(H), np.int32(W), np.int32(k), np.int32(y0),
          np.int32(y1)),
     )
@@ -252,7 +310,7 @@ def maxpool2x2_forward(x):
     arg = cp.empty((N, C, H // 2, W // 2), dtype=cp.uint8)
     P = N * C
     kernel("pool.cu", "maxpool2x2_forward", dt)(
-        (_blocks((H // 2) * (W // 2)), min(max(P, 1), _MAX_BLOCKS)), (_BLOCK,),
+        *maxpool2x2_geometry(P, H // 2, W // 2),
         (x, out, arg, np.int64(P), np.int32(H), np.int32(W)),
     )
     return out, arg
@@ -272,7 +330,7 @@ def maxpool2x2_backward(dout, arg):
     dx = cp.empty((N, C, 2 * Ho, 2 * Wo), dtype=dt)  # every pixel is written by the kernel
     P = N * C
     kernel("pool.cu", "maxpool2x2_backward", dt)(
-        (_blocks(Ho * Wo), min(max(P, 1), _MAX_BLOCKS)), (_BLOCK,),
+        *maxpool2x2_geometry(P, Ho, Wo),
         (dout, arg, dx, np.int64(P), np.int32(Ho), np.int32(Wo)),
     )
     return dx
@@ -304,15 +362,16 @@ def softmax_xent_forward(logits, labels, weights):
     N, K, H, W = logits.shape
     npix = N * H * W
     probs = cp.empty_like(logits)
-    blocks = _blocks(npix, _SOFTMAX_MAX_BLOCKS)  # depends on npix only: reproducible sums
+    grid, block = softmax_xent_forward_geometry(npix)  # npix only: reproducible sums
+    blocks = grid[0]
     partial = cp.empty(blocks, dtype=cp.float64)
     kernel("softmax_xent.cu", "softmax_xent_forward", dt, labels.dtype)(
-        (blocks,), (_BLOCK,),
+        grid, block,
         (logits, labels, weights, probs, partial, np.int32(K), np.int64(H * W), np.int64(npix)),
     )
     loss_sum = cp.empty((), dtype=dt)
     kernel("softmax_xent.cu", "sum_partials", dt)(
-        (1,), (_BLOCK,), (partial, np.int32(blocks), loss_sum)
+        *sum_partials_geometry(), (partial, np.int32(blocks), loss_sum)
     )
     return loss_sum, probs
 
@@ -325,7 +384,7 @@ def softmax_xent_backward(probs, labels, weights, scale):
     npix = N * H * W
     dlogits = cp.empty_like(probs)
     kernel("softmax_xent.cu", "softmax_xent_backward", dt, labels.dtype)(
-        (_blocks(npix),), (_BLOCK,),
+        *softmax_xent_backward_geometry(npix),
         (probs, labels, weights, dlogits, dt.type(scale), np.int32(K), np.int64(H * W),
          np.int64(npix)),
     )
@@ -354,7 +413,7 @@ def bias_relu_forward(x, b):
     planes = x.shape[0] * x.shape[1]
     S = x.size // max(planes, 1)
     kernel("relu.cu", "bias_relu_forward", dt)(
-        (_blocks(S), min(max(planes, 1), _MAX_BLOCKS)), (_BLOCK,),
+        *bias_relu_geometry(planes, S),
         (x, b, np.int64(planes), np.int32(x.shape[1]), np.int64(S)),
     )
     return x
@@ -377,7 +436,7 @@ def relu_backward(dout, out, dx=None):
         raise ValueError(f"relu_backward: dx must be a contiguous {dt} array of shape "
                          f"{dout.shape}, got {dx.dtype} {dx.shape}")
     kernel("relu.cu", "relu_backward", dt)(
-        (_blocks(dout.size),), (_BLOCK,), (dout, out, dx, np.int64(dout.size))
+        *elementwise_geometry(dout.size), (dout, out, dx, np.int64(dout.size))
     )
     return dx
 
@@ -398,7 +457,7 @@ def upconv_scatter(cols, b):
     out = cp.empty((N, Cout, 2 * H, 2 * W), dtype=dt)
     planes = N * Cout
     kernel("upconv.cu", "upconv_scatter", dt)(
-        (_blocks(4 * H * W), min(max(planes, 1), _MAX_BLOCKS)), (_BLOCK,),
+        *upconv_geometry(planes, H, W),
         (cols, b, out, np.int64(planes), np.int32(Cout), np.int32(H), np.int32(W)),
     )
     return out
@@ -419,7 +478,7 @@ def upconv_gather(dout):
     dcols = cp.empty((N, Cout, 2, 2, H, W), dtype=dt)
     planes = N * Cout
     kernel("upconv.cu", "upconv_gather", dt)(
-        (_blocks(4 * H * W), min(max(planes, 1), _MAX_BLOCKS)), (_BLOCK,),
+        *upconv_geometry(planes, H, W),
         (dout, dcols, np.int64(planes), np.int32(H), np.int32(W)),
     )
     return dcols
@@ -440,7 +499,7 @@ def sgd_update(w, v, g, lr, momentum, weight_decay=0.0):
         raise ValueError("sgd_update updates w and v in place: both must be C-contiguous")
     g = _cupy().ascontiguousarray(g)
     kernel("sgd.cu", "sgd_update", dt)(
-        (_blocks(w.size),), (_BLOCK,),
+        *elementwise_geometry(w.size),
         (w, v, g, np.int64(w.size), dt.type(lr), dt.type(momentum), dt.type(weight_decay)),
     )
     return w, v
@@ -489,7 +548,7 @@ def sgd_update_many(ws, vs, gs, lr, momentum, weight_decay=0.0):
                                  f"array of shape {w.shape}, got {a.dtype} {a.shape}")
     wt, vt, gt, offsets, total = _sgd_table(ws, vs, gs, dt)
     kernel("sgd.cu", "sgd_update_many", dt)(
-        (_blocks(total),), (_BLOCK,),
+        *elementwise_geometry(total),
         (wt, vt, gt, offsets, np.int32(len(ws)), dt.type(lr), dt.type(momentum),
          dt.type(weight_decay)),
     )
