@@ -23,7 +23,6 @@ import tracemalloc
 import matplotlib.pyplot as plt
 import numpy as np
 
-import minunet.fast
 import minunet.ops
 import minunet.ops.conv
 from minunet.gradcheck import check_op, format_table
@@ -234,6 +233,8 @@ assert cover[0, 0] == cover[0, -1] == cover[-1, 0] == cover[-1, -1] == 1
 # im2col and col2im). Same function names, same signature, same cache:
 
 # %%
+import minunet.fast
+
 print(minunet.fast.conv2d_forward.__module__, inspect.signature(minunet.fast.conv2d_forward))
 print(minunet.ops.conv2d_forward.__module__, inspect.signature(minunet.ops.conv2d_forward))
 print(f"column matrix of the 568x568 layer: {64 * 9 * 568 * 568 * 4 / 1e6:.0f} MB")
@@ -252,6 +253,8 @@ print(f"column matrix of the 568x568 layer: {64 * 9 * 568 * 568 * 4 / 1e6:.0f} M
 # it, so they are printed, not asserted.
 
 # %%
+import minunet.fast
+
 channels, size = T.pick((64, 570), (16, 318))
 xl = rng.standard_normal((1, channels, size, size)).astype(np.float32)
 wl = (rng.standard_normal((channels, channels, 3, 3)) * np.sqrt(2 / (9 * channels))).astype(

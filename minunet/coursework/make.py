@@ -12,7 +12,10 @@ regions of minunet/ops replaced by stubs, and nothing that gives them away:
                         (ids and hints only)
     changed             the network runs on the plain ops by default (model.py,
                         train.py), pyproject.toml ships no kernels; tutorial cells
-                        that show an exercise's code are replaced by a note
+                        that show an exercise's code (or code like it) or run the
+                        fast ops are replaced by a note (tutorials.py); tutorials
+                        08 (the twins and kernels) and 10 (the wrong versions) are
+                        left out
     added               minunet/coursework/data/public.npz (the public checks'
                         inputs and expected arrays), data/assignment.json, ASSIGNMENT.md
 
@@ -40,7 +43,7 @@ from . import mistakes as catalogue
 from . import project, tutorials
 from .bundle import build, save
 from .checks import OPS, public_checks
-from .regions import Region, parse_dir, render, solution_lines
+from .regions import Region, parse_dir, region_code, render, solution_lines
 
 PARTS = ("forward", "backward", "both")
 
@@ -66,6 +69,12 @@ LEFT_OUT = {
     "tests/backend": "the twins and kernels",
     "tests/coursework": "the grader's tests (wrong versions, canaries)",
     "tests/test_tutorials.py": "the copy's tutorials run once the exercises are done",
+    "tutorials/08_gpu_path.py": "reads the fast path's twins and CUDA kernels",
+    "tutorials/08_gpu_path.ipynb": "reads the fast path's twins and CUDA kernels",
+    "tutorials/10_wrong_gradients.py": "runs the catalogue's wrong versions (one character "
+                                       "from the solutions)",
+    "tutorials/10_wrong_gradients.ipynb": "runs the catalogue's wrong versions (one character "
+                                          "from the solutions)",
 }
 JUNK_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", ".ipynb_checkpoints",
              ".venv", "venv", "build", "dist", "runs", ".device_data", ".mypy_cache"}
@@ -350,9 +359,11 @@ def write_copy(root: Path, p: Plan, outdir: Path) -> Summary:
     lines_by_file = {}
     for r in stubbed:
         lines_by_file.setdefault(r.path, []).append(r)
-    secret_lines = set()
+    secret_lines, secret_code = set(), {}
     for path, rs in lines_by_file.items():
-        secret_lines |= solution_lines(Path(path).read_text(), rs)
+        text = Path(path).read_text()
+        secret_lines |= solution_lines(text, rs)
+        secret_code |= region_code(text, rs)
     summary = Summary(stubbed=sorted(stub_ids))
     tmp = _fresh(outdir)
     try:
@@ -380,7 +391,7 @@ def write_copy(root: Path, p: Plan, outdir: Path) -> Summary:
             elif rel.startswith("tutorials/") and rel.endswith((".py", ".ipynb")):
                 strip = tutorials.strip_notebook if rel.endswith(".ipynb") else \
                     tutorials.strip_percent
-                text, n = strip(src.read_text(), secret_lines, tokens)
+                text, n = strip(src.read_text(), secret_lines, tokens, secret_code)
                 summary.tutorial_cells += n
             else:
                 dest.parent.mkdir(parents=True, exist_ok=True)

@@ -310,3 +310,10 @@ def solution_lines(text: str, regions: list[Region], min_len: int = 20) -> set[s
             if len(s) >= min_len and not s.startswith("#"):
                 found.add(s)
     return found
+
+
+def region_code(text: str, regions: list[Region]) -> dict[str, str]:
+    """The code of each region (its lines without markers and canary), by id."""
+    lines = text.splitlines(keepends=True)
+    return {r.id: "".join(ln for ln in lines[r.begin: r.end - 1] if _marker(ln) is None)
+            for r in regions}

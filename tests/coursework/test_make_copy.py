@@ -235,7 +235,7 @@ def test_the_copy_s_tutorials_keep_their_figures(made):
     copied = {p.name for p in (student / "tutorials" / "figures").glob("*.png")}
     assert figures and figures <= copied
     for src in sorted((ROOT / "tutorials").glob("[0-9][0-9]_*.py")):
-        if src.stat().st_mtime >= made_at:
+        if src.stat().st_mtime >= made_at or f"tutorials/{src.name}" in make.LEFT_OUT:
             continue
         copied = (student / "tutorials" / src.name).read_text()
         assert "getsource(minunet.ops" not in copied

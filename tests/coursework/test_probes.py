@@ -153,6 +153,11 @@ def test_the_reference_gets_no_diagnosis(fingerprints, bundles, bare):
     assert results and all(r.passed and not r.diagnosis for r in results)
 
 
+# A transposed weight gradient is right values in the wrong order: where a check has no
+# fingerprint of it (e.g. one made for timing), the generic probe says so, truly.
+TRULY_WRONG_ORDER = {"conv2d.dw_transposed", "upconv2x2.dw_transposed"}
+
+
 @pytest.mark.parametrize("mistake", [m.id for m in mistakes.MISTAKES if m.id not in NEW])
 def test_no_other_catalogued_mistake_gets_these_hints(mistake, bundles):
     m = mistakes.by_id(mistake)
@@ -161,7 +166,8 @@ def test_no_other_catalogued_mistake_gets_these_hints(mistake, bundles):
               if not r.passed]
     said = {r.diagnosis for r in failed}
     assert mistake in said
-    assert not said & SPOKEN, f"{mistake}: {sorted(said & SPOKEN)}"
+    allowed = {"wrong_order"} if mistake in TRULY_WRONG_ORDER else set()
+    assert not said & SPOKEN - allowed, f"{mistake}: {sorted(said & SPOKEN)}"
 
 
 # --- the probes on small arrays --------------------------------------------------------------
