@@ -1,0 +1,61 @@
+"""Two ways of joining maps: the residual add and the channel-wise scale, with their backward.
+
+Residual add (He et al. 2016; the Residual U-Net's units, MobileNetV2's inverted residuals):
+out = a + b, so both inputs get the whole gradient: da = db = dout. Where a tensor feeds both
+the add and another layer, its gradients from the two uses are summed (docs/DESIGN.md,
+"Gradients accumulate").
+
+Channel scale (squeeze-excitation, Hu et al. 2018, in EfficientNet's MBConv blocks): a gate
+s (N, C), one number per image and channel, multiplies the whole channel:
+
+    out[n, c, y, x] = x[n, c, y, x] * s[n, c]
+    dx = dout * s[n, c]        ds[n, c] = sum over (y, x) of dout * x
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ._check import check_dout, check_float, check_ndim, check_same_dtype
+
+
+class AddCache(NamedTuple):
+    shape: tuple  # the shape of a, b and out
+
+
+def add_forward(a, b):
+    """a, b: the same shape. Returns out = a + b and an AddCache."""
+    if tuple(a.shape) != tuple(b.shape):
+        raise ValueError(f"add: the shapes differ ({a.shape} and {b.shape}); a residual add "
+                         "needs maps of one shape (crop, pad or project one of them)")
+    check_same_dtype(a=a, b=b)
+    return a + b, AddCache(tuple(a.shape))
+
+
+def add_backward(dout, cache):
+    """dout: the output's shape. Returns (da, db) = (dout, dout)."""
+    check_dout("add", dout, cache.shape)
+    return dout, dout.copy()
+
+
+class ChannelScaleCache(NamedTuple):
+    x: object  # (N, C, H, W)
+    s: object  # (N, C)
+
+
+def channel_scale_forward(x, s):
+    """x: (N, C, H, W); s: (N, C). Returns out (N, C, H, W) = x * s per channel and a cache."""
+    check_ndim("channel_scale input x", x, 4, "N, C, H, W")
+    check_ndim("channel_scale gate s", s, 2, "N, C")
+    check_float("channel_scale input x", x)
+    check_same_dtype(x=x, s=s)
+    if tuple(s.shape) != tuple(x.shape[:2]):
+        raise ValueError(f"channel_scale: gate s {s.shape} must be (N, C) = {x.shape[:2]} of "
+                         f"x {x.shape}")
+    return x * s[:, :, None, None], ChannelScaleCache(x, s)
+
+
+def channel_scale_backward(dout, cache):
+    """dout: (N, C, H, W). Returns (dx (N, C, H, W), ds (N, C))."""
+    check_dout("channel_scale", dout, cache.x.shape)
+    return dout * cache.s[:, :, None, None], (dout * cache.x).sum(axis=(2, 3))
