@@ -232,7 +232,7 @@ def _bias_relu(x3, b):
         bc = row.dtype.type(b[pc % C])
         for s in range(S):
             v = row[s] + bc
-            row[s] = v if v > 0 else z
+            row[s] = z if v <= 0 else v  # a NaN passes, as numpy.maximum and relu.cu
 
 
 def bias_relu_forward(x, b):

@@ -141,7 +141,8 @@ class Program:
         """Run launches [(expr, grid, block, args), ...] one after another, with shared buffers
         (an array passed twice is one buffer). The arrays are updated in place afterwards.
 
-        order: "forward", "reverse" or "shuffle" (with seed): the order of blocks and threads.
+        order: "forward", "reverse" or "shuffle" (with seed): the order of blocks and threads;
+        a launch given as (expr, grid, block, args, order[, seed]) has its own.
         Raises EmulationError with the program's report when it fails (a sanitizer finding,
         an argument that does not match the kernel's parameters, a barrier not all reach).
         """
@@ -165,7 +166,8 @@ class Program:
                     back.append((i, a, lo, hi))
                 return ids[id(a)]
 
-            for expr, grid, block, args in launches:
+            for expr, grid, block, args, *how in launches:
+                how = how + [order, seed][len(how):]  # this launch's (order, seed)
                 g, b = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
                 arglines = []
                 for a in args:
@@ -184,7 +186,7 @@ class Program:
                     else:
                         raise TypeError(f"kernel argument {a!r}: pass a NumPy array, Pointers, "
                                         f"Window or a NumPy int32/int64/float32/float64 scalar")
-                lines.append(f"launch {int(self.fibers)} {ORDERS[order]} {int(seed)} "
+                lines.append(f"launch {int(self.fibers)} {ORDERS[how[0]]} {int(how[1])} "
                              + " ".join(map(str, g + b)) + f" {expr}")
                 lines += arglines + ["go"]
             for i, a, lo, hi in back:
@@ -198,7 +200,7 @@ class Program:
             r = subprocess.run([str(self.exe), str(script)], capture_output=True, text=True,
                                env=env, timeout=timeout)
             if r.returncode != 0:
-                raise EmulationError(f"emulated {self.file} ({order}) failed with exit code "
+                raise EmulationError(f"emulated {self.file} failed with exit code "
                                      f"{r.returncode}:\n{r.stderr[-6000:]}")
             for i, a, lo, hi in back:
                 if a.flags.writeable:

@@ -188,6 +188,14 @@ def test_bias_relu_forward(rng, dtype):
     np.testing.assert_array_equal(got, want)
 
 
+def test_bias_relu_forward_passes_nan():
+    """A NaN stays NaN, as in numpy.maximum (the plain op) and relu.cu: a diverging run is
+    seen, not hidden behind zeros (found by the kernel emulation, tests/emulation/)."""
+    x = np.array([[[np.nan, -1.0, 2.0]]])
+    got = cpu.bias_relu_forward(x, np.array([0.5]))
+    np.testing.assert_array_equal(got, [[[np.nan, 0.0, 2.5]]])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_relu_backward(rng, dtype):
     out = np.maximum(rng.standard_normal((2, 3, 5, 4)), 0).astype(dtype)
