@@ -201,7 +201,8 @@ def _env(home: Path) -> dict:
     """The worker's whole environment: what Python needs, nothing of ours."""
     return {"PATH": os.defpath, "PYTHONPATH": str(project.installation_root()),
             "HOME": str(home), "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
-            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1"}
 
 
 class Remote:
@@ -245,7 +246,9 @@ class Remote:
                                      pass_fds=(w,), start_new_session=True, **user)
         os.close(w)
         self.home, self.reply, self.pending = home, r, b""
-        threading.Thread(target=self.output.pump, args=(self.proc.stdout,), daemon=True).start()
+        self.pump = threading.Thread(target=self.output.pump, args=(self.proc.stdout,),
+                                     daemon=True)
+        self.pump.start()
         line = self._readline(self._left())
         file = f"{self.module}.py"
         if line == "ready":
@@ -285,6 +288,7 @@ class Remote:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         code = self.proc.wait()
+        self.pump.join(timeout=2)  # the rest of what it printed (unless a child holds on)
         os.close(self.reply)
         with contextlib.suppress(OSError):
             self.proc.stdin.close()

@@ -448,8 +448,9 @@ def grade_check(run, d: CheckData, ctx: _Context, index: int) -> list[TestResult
         out = _tests(run, d, ctx, index, ref=False)
         if d.im2col_idx is not None and any(r.diagnosis == "needs" for r in out):
             again = _tests(run, d, ctx, index, ref=True)
+            whole = out[0].diagnosis == "needs"  # its backward was then not even run
             for i, (mine, theirs) in enumerate(zip(out, again, strict=True)):
-                if mine.diagnosis == "needs":
+                if whole or mine.diagnosis == "needs":
                     theirs.uses = REFERENCE_DEPS
                     out[i] = theirs
     except Exception as e:  # noqa: BLE001 -- a result the grader cannot read: fail, go on
