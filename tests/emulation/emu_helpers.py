@@ -49,16 +49,15 @@ def run_variants(prog, grid, block, make, seed=7, grid_dependent=None):
         runs.append((label, g, order, outs))
     prog.run(launches)
     for label, g, order, outs in runs[1:]:
-        ref_label = "the launcher's geometry"
         same_grid = next(r for r in runs if r[1] == g)  # the first run on this grid
-        for i, (a, b) in enumerate(zip(runs[0][3], outs, strict=True)):
+        for i, b in enumerate(outs):
+            ref = same_grid if i in grid_dependent else runs[0]  # bits: same grid or any grid
+            assert ref[3][i].tobytes() == b.tobytes(), (
+                f"output {i} with {label} (grid {g}, {order} order) differs from {ref[0]} "
+                f"(grid {ref[1]}, index order): a race or a grid-stride bug")
             if i in grid_dependent:
-                np.testing.assert_allclose(b, a, rtol=grid_dependent[i], err_msg=(
+                np.testing.assert_allclose(b, runs[0][3][i], rtol=grid_dependent[i], err_msg=(
                     f"output {i} with {label} (grid {g}) vs the launcher's geometry"))
-                a, ref_label = same_grid[3][i], same_grid[0]  # bits: the same grid, index order
-            assert a.tobytes() == b.tobytes(), (
-                f"output {i} with {label} (grid {g}, {order} order) differs from {ref_label} "
-                f"in index order: a race or a grid-stride bug")
     return runs[0][3]
 
 
