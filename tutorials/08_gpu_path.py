@@ -455,6 +455,42 @@ else:
           "and a CUDA device.")
 
 # %% [markdown]
+# ### Without a GPU: the kernel's own source, run on the CPU
+#
+# A GPU is needed to run a kernel *fast*, not to run it. `minunet/backend/emulate.py` compiles
+# `kernels/im2col.cu` as plain C++ (g++) after a small header, `kernels/cuda_emu.h`, that supplies
+# what CUDA would: `threadIdx`, `blockIdx`, `blockDim` and `gridDim` set for each emulated thread,
+# `__shared__` memory per block and `__syncthreads()` as a real barrier. Every block of the grid
+# and every thread of a block then runs the kernel's source, one after another, with the
+# geometry the launcher itself computes (`gpu.im2col_geometry`, `gpu.col2im_geometry`). The cell
+# runs im2col and col2im on a chunk, threads in reverse order, and compares them with the CPU
+# twins. The test suite checks every kernel this way, under AddressSanitizer, in three thread
+# orders and with small grids (`tests/emulation/`). Without a C++ compiler the cell says so.
+
+# %%
+import minunet.backend.emulate
+
+emulate = minunet.backend.emulate
+if emulate.compiler() is None:
+    print("skipped: no C++ compiler (g++, or set CXX) to run the kernels on the CPU with")
+else:
+    prog = emulate.Program("im2col.cu")  # g++ once (a few seconds), then cached
+    CE, HE, WE, KE, Y0E, Y1E = 3, 12, 10, 3, 2, 7  # a chunk of 5 output rows of an odd image
+    xe = rng.standard_normal((CE, HE, WE)).astype(np.float32)
+    sizes = tuple(np.int32(v) for v in (CE, HE, WE, KE, Y0E, Y1E))  # the kernels' int arguments
+    cols_e = np.full((CE * KE * KE, (Y1E - Y0E) * (WE - KE + 1)), np.nan, np.float32)
+    grid_e, block_e = minunet.backend.gpu.im2col_geometry(CE, HE, WE, KE, Y0E, Y1E)
+    prog.launch("im2col<float>", grid_e, block_e, (xe, cols_e, *sizes), order="reverse")
+    dx_e = np.zeros_like(xe)
+    grid_c, block_c = minunet.backend.gpu.col2im_geometry(CE, HE, WE, KE, Y0E, Y1E)
+    prog.launch("col2im<float>", grid_c, block_c, (cols_e, dx_e, *sizes), order="reverse")
+    same_cols = np.array_equal(cols_e, backend.im2col(xe, KE, Y0E, Y1E, np.empty_like(cols_e)))
+    same_dx = np.array_equal(dx_e, backend.col2im(cols_e, KE, Y0E, Y1E, np.zeros_like(xe)))
+    print(f"im2col kernel, grid {grid_e} x block {block_e}: the CPU twin's bits: {same_cols}")
+    print(f"col2im kernel, grid {grid_c} x block {block_c}: the CPU twin's bits: {same_dx}")
+    assert same_cols and same_dx
+
+# %% [markdown]
 # ### Numbers recorded on a GPU
 #
 # The project has **not recorded any GPU numbers yet**: no run of these kernels on a GPU has been
