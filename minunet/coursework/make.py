@@ -378,7 +378,15 @@ def write_copy(root: Path, p: Plan, outdir: Path) -> Summary:
             dest = tmp / rel
             if rel.startswith("minunet/ops/") and rel.endswith(".py"):
                 mine = [r for r in regions if Path(r.path).resolve() == src.resolve()]
-                text = render(src.read_text(), mine, stub_ids)
+                text = src.read_text()
+                shows = "" if mine else tutorials.reveals(text, secret_lines, tokens,
+                                                          secret_code)
+                if shows:  # a family op that generalises a handed-out part (conv_general's
+                    # im2col, pool_general's windows): the U-Net does not need it
+                    summary.left_out[rel] = (f"an op of the U-Net family that holds {shows} "
+                                             "handed out here")
+                    continue
+                text = render(text, mine, stub_ids)
                 rendered[rel] = text
             elif rel in ("minunet/model.py", "minunet/train.py"):
                 text = _default_plain(src.read_text(), rel)
