@@ -23,6 +23,7 @@
 // Test: tests/backend/test_gpu.py: test_im2col_64bit_offsets
 // Test: tests/backend/test_gpu.py: test_op_cpu_gpu_agree, test_op_gradcheck_on_gpu
 // Test: tests/backend/test_cpu_twins.py: test_im2col, test_col2im_accumulates
+// Test: tests/emulation/test_kernels.py: test_im2col, test_col2im, test_im2col_col2im_64bit_offsets
 
 template <typename T>
 __global__ void im2col(const T* __restrict__ x, T* __restrict__ out,

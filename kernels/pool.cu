@@ -21,6 +21,7 @@
 // Test: tests/backend/test_gpu.py: test_op_cpu_gpu_agree, test_op_gradcheck_on_gpu
 // Test: tests/backend/test_cpu_twins.py: test_maxpool_forward_backward
 // Test: tests/backend/test_cpu_twins.py: test_maxpool_tie_rule_first_maximum_in_window_order
+// Test: tests/emulation/test_kernels.py: test_maxpool
 
 template <typename T>
 __global__ void maxpool2x2_forward(const T* __restrict__ x, T* __restrict__ out,

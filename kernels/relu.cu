@@ -23,6 +23,7 @@
 // Test: tests/backend/test_gpu.py: test_op_cpu_gpu_agree, test_op_gradcheck_on_gpu
 // Test: tests/backend/test_cpu_twins.py: test_bias_relu_forward, test_relu_backward
 // Test: tests/backend/test_cpu_twins.py: test_relu_backward_conv_chunk_into_workspace
+// Test: tests/emulation/test_kernels.py: test_bias_relu_forward, test_relu_backward
 
 template <typename T>
 __global__ void bias_relu_forward(T* __restrict__ x, const T* __restrict__ b,

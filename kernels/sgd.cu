@@ -16,6 +16,7 @@
 // Test: tests/backend/test_gpu.py: test_sgd_update_matches_cpu
 // Test: tests/backend/test_gpu.py: test_sgd_update_many_matches_cpu
 // Test: tests/backend/test_cpu_twins.py: test_sgd_update
+// Test: tests/emulation/test_kernels.py: test_sgd_update, test_sgd_update_many
 
 template <typename T>
 __global__ void sgd_update(T* __restrict__ w, T* __restrict__ v, const T* __restrict__ g,

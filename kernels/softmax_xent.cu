@@ -35,6 +35,7 @@
 // Test: tests/backend/test_gpu.py: test_softmax_xent_bad_label_gives_nan_not_garbage
 // Test: tests/backend/test_gpu.py: test_op_cpu_gpu_agree, test_op_gradcheck_on_gpu
 // Test: tests/backend/test_cpu_twins.py: test_softmax_xent_forward_backward
+// Test: tests/emulation/test_kernels.py: test_softmax_xent, test_softmax_xent_bad_label_gives_nan
 
 constexpr int kBlock = 256;
 

@@ -20,6 +20,7 @@
 // Test: tests/backend/test_gpu.py: test_upconv_gather_matches_numpy
 // Test: tests/backend/test_gpu.py: test_op_cpu_gpu_agree, test_op_gradcheck_on_gpu
 // Test: tests/backend/test_cpu_twins.py: test_upconv_scatter_gather
+// Test: tests/emulation/test_kernels.py: test_upconv
 
 template <typename T>
 __global__ void upconv_scatter(const T* __restrict__ cols, const T* __restrict__ b,
