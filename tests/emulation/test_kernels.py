@@ -13,6 +13,13 @@ backward and the SGD update (the same IEEE operations in the same order, no FMA 
 With a tolerance: softmax_xent (the kernel's one-pass online max/sum against the twin's two
 passes in double; glibc's expf/logf), relative to the largest value: float32 4e-7 for
 probabilities (a few ulp of 1), 1e-6 for the loss; float64 1e-15 and 1e-13.
+
+64-bit offsets are run for im2col and col2im only (test_im2col_col2im_64bit_offsets): they
+touch a band of rows, so a 4 GiB array of untouched zero pages suffices. Every other kernel
+reads and writes every element, so its 64-bit path needs > 2**31 elements in each of two or
+three arrays (>= 8.6 GiB each in float32) and minutes of emulated threads: beyond this
+machine's memory and the two-minute budget. Their 64-bit arithmetic is covered by UBSan
+(signed overflow aborts) on the shapes above, and by the GPU tests (tests/backend/test_gpu.py).
 """
 
 from __future__ import annotations
