@@ -18,8 +18,8 @@ probabilities (a few ulp of 1), 1e-6 for the loss; float64 1e-15 and 1e-13.
 touch a band of rows, so a 4 GiB array of untouched zero pages suffices. Every other kernel
 reads and writes every element, so its 64-bit path needs > 2**31 elements in each of two or
 three arrays (>= 8.6 GiB each in float32) and minutes of emulated threads: beyond this
-machine's memory and the two-minute budget. Their 64-bit arithmetic is covered by UBSan
-(signed overflow aborts) on the shapes above, and by the GPU tests (tests/backend/test_gpu.py).
+machine's memory and the two-minute budget. For them the 64-bit path stays with the GPU
+tests (tests/backend/test_gpu.py, e.g. test_bias_relu_forward_64bit_offsets).
 """
 
 from __future__ import annotations
