@@ -1,0 +1,604 @@
+"""The self-checks of the tutorials' exercises: each judges a learner's answer.
+
+Every exercise cell of tutorials/ ends with
+
+    report(check_relu_backward(relu_backward_mine))
+
+A check returns a `Verdict`: "not attempted yet" while the learner's stub still raises
+NotImplementedError (or the answer is still None), "right", or "wrong" with a message that
+names the concept. `report` prints it and raises AssertionError for a wrong answer, so a
+notebook run in CI with the stubs unfilled goes through, and a wrong answer stops the cell.
+
+A code exercise (a backward, a level of the U-Net, a momentum step) is judged twice: by the
+project's gradient checker (`minunet.gradcheck.check_op`: the learner's backward against
+central differences of the forward) and against the op itself. When it is wrong, the hint
+comes from the coursework's catalogue of typical mistakes (`minunet.coursework.mistakes`):
+the learner's result is compared with what each known wrong version of the same region
+computes on the same inputs, as the grader does; when none matches, the value probes
+(sign, a constant factor, right values in the wrong places: `minunet.coursework.probes`)
+speak. `python -m minunet.coursework` is the graded version of the same work.
+
+A typed answer (a number, a shape, a list) is compared at the precision the exercise asks
+for (`check_number(answer, truth, decimals=6)`: a right answer typed to six decimals passes).
+
+tests/test_tutorial_checks.py feeds every check a right answer and typical wrong ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import ops as reference
+from .coursework import mistakes as catalogue
+from .coursework import probes
+from .gradcheck import THRESHOLD_FLOAT64, check_op, rel_error
+
+RIGHT, WRONG, NOT_ATTEMPTED = "right", "wrong", "not attempted yet"
+SAME_AS_OP = 1e-9  # relative error below which a result equals the op's (float64 rounding)
+GRADED = "the graded version: python -m minunet.coursework"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a self-check says about one answer."""
+
+    exercise: str  # e.g. "02, exercise 1 (ReLU backward)"
+    status: str  # RIGHT, WRONG or NOT_ATTEMPTED
+    message: str = ""  # what was checked, or (wrong) what is wrong and the hint
+
+    @property
+    def ok(self) -> bool:
+        return self.status == RIGHT
+
+    def __str__(self) -> str:
+        return f"{self.exercise}: {self.status}" + (f". {self.message}" if self.message else "")
+
+
+def report(verdict: Verdict) -> Verdict:
+    """Print the verdict; a wrong answer raises AssertionError with the same message."""
+    print(verdict)
+    if verdict.status == WRONG:
+        raise AssertionError(str(verdict))
+    return verdict
+
+
+class _NotAttempted(Exception):
+    pass
+
+
+class _Raised(Exception):
+    pass
+
+
+def _call(fn, *args):
+    """fn(*args); _NotAttempted while fn is None or raises NotImplementedError; _Raised for any
+    other error (with its type and message)."""
+    if fn is None:
+        raise _NotAttempted
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise _NotAttempted from None
+    except Exception as e:  # the learner's code failed: say how, do not crash the check
+        raise _Raised(f"your code raised {type(e).__name__}: {e}") from None
+
+
+def _attempt(exercise: str, judge: Callable[[], Verdict]) -> Verdict:
+    try:
+        return judge()
+    except _NotAttempted:
+        return Verdict(exercise, NOT_ATTEMPTED, f"write the code and rerun the cell; {GRADED}")
+    except _Raised as e:
+        return Verdict(exercise, WRONG, str(e))
+
+
+def _same(a, b, rtol: float = SAME_AS_OP) -> bool:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return a.shape == b.shape and bool(np.all(np.isfinite(a))) and rel_error(a, b) <= rtol
+
+
+def _value_hint(mine, ref) -> str:
+    """The probes' hint for a result of the right shape: a sign, a constant factor, or right
+    values in the wrong places ('' when none fits)."""
+    a, r = np.asarray(mine, np.float64), np.asarray(ref, np.float64)
+    if a.shape != r.shape or not np.all(np.isfinite(a)):
+        return ""
+    rr = float(np.vdot(r, r))
+    if rr > 0:
+        c = float(np.vdot(a, r)) / rr
+        if np.linalg.norm(a - c * r) <= 1e-9 * max(float(np.linalg.norm(a)), 1e-30):
+            if abs(c + 1) < 1e-6:
+                return catalogue.PROBES["sign"]
+            if abs(c - 1) > 1e-6:
+                return f"{catalogue.PROBES['constant_ratio']} (yours = {c:.4g} x the op's)"
+    placed = probes.classify(a, r, 1e-9)
+    return catalogue.PROBES[placed] if placed else ""
+
+
+def catalogue_hint(region: str, mine, run_wrong: Callable) -> str:
+    """The hint of the first catalogue mistake of `region` whose wrong version gives `mine`.
+
+    run_wrong(ns) computes the result with the ops namespace ns (the reference ops with one
+    mistake's functions swapped in). In a student copy the wrong versions are not there, and
+    this returns ''.
+    """
+    mine = mine if isinstance(mine, tuple | list) else (mine,)
+    for m in catalogue.for_region(region):
+        if m.wrong is None or m.probe == "nondeterministic":
+            continue
+        with np.errstate(all="ignore"):
+            wrong = run_wrong(catalogue.wrong_namespace(reference, m))
+        wrong = wrong if isinstance(wrong, tuple | list) else (wrong,)
+        if len(wrong) == len(mine) and all(
+                w is not None and y is not None and np.shape(w) == np.shape(y)
+                and _same(y, w, 1e-6) for w, y in zip(wrong, mine, strict=True)):
+            return m.hint
+    return ""
+
+
+def _reference(fn, *args):
+    """The op's result, or None where the op is not written (a student copy's stub)."""
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        return None
+
+
+def check_backward(exercise: str, region: str, forward: Callable, backward: Callable,
+                   mine: Callable | None, inputs: dict, wrt: tuple, names: dict | None = None,
+                   seed: int = 0, at_kinks: dict | None = None) -> Verdict:
+    """Judge a learner's backward `mine(dout, cache)` of the op pair (forward, backward).
+
+    The gradient check (central differences of `forward`, minunet.gradcheck.check_op) and the
+    op's own backward must both agree with it. `region` is the catalogue's region for hints
+    ("relu.backward"); names maps forward/backward to their names in minunet.ops (for the
+    catalogue's wrong versions, which may replace either). at_kinks: other inputs, on
+    which the result is compared with the op only (central differences are wrong at a kink,
+    e.g. a ReLU input of exactly 0).
+    """
+    names = names or {"forward": forward.__name__, "backward": backward.__name__}
+
+    def judge() -> Verdict:
+        rng = np.random.default_rng(seed)
+        given = at_kinks or inputs
+        out, cache = forward(*(np.copy(v) if isinstance(v, np.ndarray) else v
+                               for v in given.values()))
+        dout = (float(rng.standard_normal()) if np.ndim(out) == 0
+                else rng.standard_normal(np.shape(out)))
+        got = _call(mine, dout, cache)
+        got_t = tuple(got) if isinstance(got, tuple | list) else (got,)
+        if len(got_t) != len(wrt):
+            return Verdict(exercise, WRONG, f"return {len(wrt)} gradient(s), "
+                           f"d{', d'.join(wrt)}, in the order of the forward's inputs; "
+                           f"yours returned {len(got_t)}")
+        for name, g in zip(wrt, got_t, strict=True):
+            if g is None or np.shape(g) != np.shape(given[name]):
+                return Verdict(exercise, WRONG, f"d{name} must have the shape of {name}, "
+                               f"{np.shape(given[name])}; yours has {np.shape(g)}: "
+                               f"{catalogue.PROBES['shape']}")
+        results = check_op(exercise, forward, lambda d, c: _call(mine, d, c), inputs, wrt,
+                           np.random.default_rng(seed + 1))
+        ref = _reference(backward, dout, cache)
+        ref_t = tuple(ref) if isinstance(ref, tuple | list) else (ref,)
+        worst = max(r.max_rel_error for r in results)
+        if all(r.passed for r in results) and (ref is None or all(
+                _same(g, r) for g, r in zip(got_t, ref_t, strict=True))):
+            against = "" if ref is None else f" and equals minunet.ops.{names['backward']}"
+            return Verdict(exercise, RIGHT, f"gradient check: max relative error {worst:.1e} "
+                           f"(threshold {THRESHOLD_FLOAT64:g}){against}; {GRADED}")
+        failed = [r for r in results if not r.passed] or results
+        bad = failed[0]
+        index = [int(i) for i in bad.worst_index]
+        where = (f"d{bad.input} fails the gradient check (max relative error "
+                 f"{bad.max_rel_error:.2g}; worst element {bad.input}{index}: "
+                 f"yours {bad.analytic:.4g}, central differences {bad.numeric:.4g})")
+        if all(r.passed for r in results):
+            k = next(i for i, (g, r) in enumerate(zip(got_t, ref_t, strict=True))
+                     if not _same(g, r))
+            where = (f"passes the gradient check but d{wrt[k]} differs from the op's by up "
+                     f"to {rel_error(got_t[k], ref_t[k]):.2g} (relative) on inputs with kinks")
+
+        def run_wrong(ns):
+            _, wcache = getattr(ns, names["forward"])(*given.values())
+            return getattr(ns, names["backward"])(dout, wcache)
+
+        hint = catalogue_hint(region, got_t if len(got_t) > 1 else got_t[0], run_wrong)
+        if not hint and ref is not None:
+            k = wrt.index(bad.input)
+            hint = _value_hint(got_t[k], ref_t[k])
+        return Verdict(exercise, WRONG, where + (f". Hint: {hint}" if hint else ""))
+
+    return _attempt(exercise, judge)
+
+
+# --- the code exercises ----------------------------------------------------------------------
+
+
+def _image(rng, shape, away_from_zero=False):
+    x = rng.standard_normal(shape)
+    if away_from_zero:  # ReLU: no input within 0.1 of its kink
+        x = np.sign(x) * (0.1 + np.abs(x))
+    return x
+
+
+def check_relu_backward(mine, seed: int = 0) -> Verdict:
+    """02: relu_backward_mine(dout, cache) -> dx, with cache.out the forward's output."""
+    x = _image(np.random.default_rng(seed), (2, 3, 4, 5), away_from_zero=True)
+    zeros = x.copy()
+    zeros[0, 0, 0, :3] = 0.0  # exact zeros: the derivative there is taken as 0
+    return check_backward("ReLU backward", "relu.backward", reference.relu_forward,
+                          reference.relu_backward, mine, {"x": x}, ("x",), seed=seed,
+                          at_kinks={"x": zeros})
+
+
+def check_maxpool_backward(mine, seed: int = 0) -> Verdict:
+    """02: maxpool_backward_mine(dout, cache) -> dx, with cache.arg = 2i + j per window."""
+    rng = np.random.default_rng(seed)
+    x = (rng.permutation(2 * 3 * 6 * 8) * 0.1).reshape(2, 3, 6, 8)  # distinct: no ties
+    return check_backward("max-pool backward", "maxpool2x2.backward",
+                          reference.maxpool2x2_forward, reference.maxpool2x2_backward, mine,
+                          {"x": x}, ("x",), seed=seed)
+
+
+def check_conv_backward(mine, seed: int = 0) -> Verdict:
+    """01: conv_backward_mine(dout, cache) -> (dx, dw, db) for conv2d_forward(x, w, b)."""
+    rng = np.random.default_rng(seed)
+    inputs = {"x": rng.standard_normal((2, 3, 6, 7)), "w": rng.standard_normal((4, 3, 3, 3)),
+              "b": rng.standard_normal(4)}
+    return check_backward("convolution backward", "conv2d.backward", reference.conv2d_forward,
+                          reference.conv2d_backward, mine, inputs, ("x", "w", "b"), seed=seed)
+
+
+def check_softmax_backward(mine, seed: int = 0) -> Verdict:
+    """03: softmax_backward_mine(dloss, cache) -> dlogits for softmax_cross_entropy_forward."""
+    rng = np.random.default_rng(seed)
+    inputs = {"logits": rng.standard_normal((2, 3, 4, 5)),
+              "labels": rng.integers(0, 3, (2, 4, 5)),
+              "weights": rng.uniform(0.5, 3.0, (2, 4, 5))}
+    return check_backward("softmax cross-entropy backward", "softmax_cross_entropy.backward",
+                          reference.softmax_cross_entropy_forward,
+                          reference.softmax_cross_entropy_backward, mine, inputs, ("logits",),
+                          seed=seed)
+
+
+def check_dropout_backward(mine, seed: int = 0) -> Verdict:
+    """00: dropout_backward_mine(dout, cache) -> dx, with cache.scale_mask (0 or 1/(1-p))."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 3, 4, 4))
+    mask = reference.dropout_mask(x.shape, 0.5, rng, x.dtype)
+    return check_backward("dropout backward", "dropout.backward", reference.dropout_forward,
+                          reference.dropout_backward, mine, {"x": x, "scale_mask": mask}, ("x",),
+                          seed=seed)
+
+
+# 04: one level of the contracting path, forward and backward
+
+
+def level_reference_forward(x, w0, b0, w1, b1):
+    """The reference of 04's exercise: conv3x3+ReLU, conv3x3+ReLU -> skip; 2x2 max-pool ->
+    down. Returns (skip, down) and the three ops' caches."""
+    h, c0 = reference.conv2d_forward(x, w0, b0, relu=True)
+    skip, c1 = reference.conv2d_forward(h, w1, b1, relu=True)
+    down, cp = reference.maxpool2x2_forward(skip)
+    return (skip, down), (c0, c1, cp)
+
+
+def level_reference_backward(dskip, ddown, cache):
+    c0, c1, cp = cache
+    dfeat = dskip + reference.maxpool2x2_backward(ddown, cp)
+    dh, dw1, db1 = reference.conv2d_backward(dfeat, c1)
+    dx, dw0, db0 = reference.conv2d_backward(dh, c0)
+    return dx, dw0, db0, dw1, db1
+
+
+def _level_inputs(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"x": rng.standard_normal((1, 2, 12, 12)),
+            "w0": rng.standard_normal((3, 2, 3, 3)) * 0.5, "b0": rng.uniform(0.2, 0.5, 3),
+            "w1": rng.standard_normal((3, 3, 3, 3)) * 0.5, "b1": rng.uniform(0.2, 0.5, 3)}
+
+
+def check_unet_level(forward_mine, backward_mine, seed: int = 0) -> Verdict:
+    """04: level_forward(x, w0, b0, w1, b1) -> ((skip, down), cache) and
+    level_backward(dskip, ddown, cache) -> (dx, dw0, db0, dw1, db1)."""
+    exercise = "one level of the U-Net"
+    inputs = _level_inputs(seed)
+    wrt = tuple(inputs)
+
+    def judge() -> Verdict:
+        (skip, down), _ = level_reference_forward(*inputs.values())
+        got = _call(forward_mine, *(v.copy() for v in inputs.values()))
+        if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], tuple | list)
+                and len(got[0]) == 2):
+            return Verdict(exercise, WRONG, "level_forward returns ((skip, down), cache): "
+                           f"{catalogue.PROBES['structure']}")
+        (my_skip, my_down), my_cache = got
+        if np.shape(my_skip) != skip.shape or np.shape(my_down) != down.shape:
+            return Verdict(exercise, WRONG, f"skip must be {skip.shape} and down {down.shape}; "
+                           f"yours are {np.shape(my_skip)} and {np.shape(my_down)}")
+        if not (_same(my_skip, skip) and _same(my_down, down)):
+            (lin, _), _ = _level_variant_forward(inputs, relu=False)
+            hint = ("each 3x3 convolution of a level is followed by a ReLU (relu=True)"
+                    if _same(my_skip, lin) else "the skip is the second convolution's output, "
+                    "before the pool; down is its 2x2 max-pool")
+            return Verdict(exercise, WRONG, f"the forward differs from the reference. Hint: "
+                           f"{hint}")
+
+        def pair_forward(*args):  # the two outputs as one vector, for check_op
+            (s, d), c = level_reference_forward(*args)
+            return np.concatenate([s.ravel(), d.ravel()]), c
+
+        def pair_backward(dflat, cache):
+            ds = dflat[: skip.size].reshape(skip.shape)
+            dd = dflat[skip.size :].reshape(down.shape)
+            return level_reference_backward(ds, dd, cache)
+
+        def pair_mine(dflat, cache):  # the learner's backward, on the learner's cache
+            ds = dflat[: skip.size].reshape(skip.shape)
+            dd = dflat[skip.size :].reshape(down.shape)
+            (_, _), c = _call(forward_mine, *(v.copy() for v in inputs.values()))
+            del cache
+            return backward_mine(ds, dd, c)
+
+        verdict = check_backward(exercise, "", pair_forward, pair_backward, pair_mine, inputs,
+                                 wrt, names={"forward": "", "backward": "the reference level"},
+                                 seed=seed)
+        if verdict.status != WRONG:
+            return verdict
+        rng = np.random.default_rng(seed + 7)
+        ds, dd = rng.standard_normal(skip.shape), rng.standard_normal(down.shape)
+        (_, _), cache = level_reference_forward(*inputs.values())
+        mine_g = _call(backward_mine, ds, dd, my_cache)
+        _, _, cp = cache
+        for dfeat_wrong, hint in (
+                (reference.maxpool2x2_backward(dd, cp),
+                 "the level's output goes two ways, into the skip and into the pool: its "
+                 "gradient is the sum of both (the skip's gradient is missing)"),
+                (ds, "the level's output goes two ways, into the skip and into the pool: its "
+                     "gradient is the sum of both (the pool's gradient is missing)")):
+            wrong = _backward_from(dfeat_wrong, cache)
+            if isinstance(mine_g, tuple | list) and len(mine_g) == 5 and all(
+                    _same(a, b, 1e-6) for a, b in zip(mine_g, wrong, strict=True)):
+                return Verdict(exercise, WRONG, f"{verdict.message.split('. Hint')[0]}. "
+                               f"Hint: {hint}")
+        return verdict
+
+    return _attempt(exercise, judge)
+
+
+def _level_variant_forward(inputs, relu):
+    x, w0, b0, w1, b1 = inputs.values()
+    h, _ = reference.conv2d_forward(x, w0, b0, relu=relu)
+    skip, _ = reference.conv2d_forward(h, w1, b1, relu=relu)
+    return (skip, reference.maxpool2x2_forward(skip)[0]), None
+
+
+def _backward_from(dfeat, cache):
+    c0, c1, _ = cache
+    dh, dw1, db1 = reference.conv2d_backward(dfeat, c1)
+    dx, dw0, db0 = reference.conv2d_backward(dh, c0)
+    return dx, dw0, db0, dw1, db1
+
+
+# 05: one step of momentum SGD, Caffe's convention
+
+
+def check_momentum_step(mine, seed: int = 0) -> Verdict:
+    """05: momentum_step(w, v, g, lr, m) -> (w, v), Caffe's v <- m v - lr g; w <- w + v,
+    judged over 5 steps against minunet.optim.MomentumSGD."""
+    from .optim import MomentumSGD, SGDConfig
+
+    exercise = "momentum SGD step"
+    lr, m = 0.05, 0.9
+    rng = np.random.default_rng(seed)
+    grads = [rng.standard_normal((3, 4)) for _ in range(5)]
+    w0 = rng.standard_normal((3, 4))
+
+    def run(step):
+        w, v, ws, vs = w0.copy(), np.zeros_like(w0), [], []
+        for g in grads:
+            w, v = step(w.copy(), v.copy(), g.copy(), lr, m)
+            ws.append(np.asarray(w, np.float64))
+            vs.append(np.asarray(v, np.float64))
+        return ws, vs
+
+    def judge() -> Verdict:
+        params = {"w": w0.copy()}
+        opt = MomentumSGD(params, SGDConfig(lr=lr, momentum=m, warmup=0))
+        ref_w, ref_v = [], []
+        for it, g in enumerate(grads):
+            opt.step({"w": g.copy()}, it)
+            ref_w.append(params["w"].copy())
+            ref_v.append(opt.velocity["w"].copy())
+        def step_mine(w, v, g, lr_, m_):
+            got = _call(mine, w, v, g, lr_, m_)
+            if not (isinstance(got, tuple | list) and len(got) == 2
+                    and all(np.shape(a) == w.shape for a in got)):
+                raise _Raised(f"momentum_step returns (w, v), two arrays shaped like w, "
+                              f"{w.shape}; yours returned {type(got).__name__}")
+            return got
+
+        ws, vs = run(step_mine)
+        if all(_same(a, b) for a, b in zip(ws, ref_w, strict=True)) and all(
+                _same(a, b) for a, b in zip(vs, ref_v, strict=True)):
+            return Verdict(exercise, RIGHT, "5 steps equal minunet.optim.MomentumSGD's weights "
+                           f"and velocities; {GRADED}")
+        wrong_steps = {
+            "the weights step along the new velocity: update v first, then add it to w":
+                lambda w, v, g, lr_, m_: (w + v, m_ * v - lr_ * g),
+            "momentum: the velocity keeps m times its old value (v <- m v - lr g)":
+                lambda w, v, g, lr_, m_: (w - lr_ * g, -lr_ * g),
+            "the direction: a step goes against the gradient (v <- m v - lr g)":
+                lambda w, v, g, lr_, m_: (w + m_ * v + lr_ * g, m_ * v + lr_ * g),
+            "Caffe's convention: the velocity holds the step itself, learning rate and sign "
+            "included (v <- m v - lr g; w <- w + v), not the running sum of gradients":
+                lambda w, v, g, lr_, m_: (w - lr_ * (m_ * v + g), m_ * v + g),
+        }
+        first = next(k for k in range(len(grads)) if not (_same(ws[k], ref_w[k])
+                                                          and _same(vs[k], ref_v[k])))
+        where = f"step {first + 1} of 5 differs from MomentumSGD"
+        for hint, step in wrong_steps.items():
+            wws, wvs = run(step)
+            if all(_same(a, b, 1e-6) for a, b in zip(ws + vs, wws + wvs, strict=True)):
+                return Verdict(exercise, WRONG, f"{where}. Hint: {hint}")
+        hint = _value_hint(vs[first], ref_v[first])
+        return Verdict(exercise, WRONG, where + (f". Hint: {hint}" if hint else ""))
+
+    return _attempt(exercise, judge)
+
+
+# --- typed answers ---------------------------------------------------------------------------
+
+
+def check_number(exercise: str, answer, truth: float, decimals: int | None = None,
+                 rel: float | None = None, concept: str = "") -> Verdict:
+    """A number the learner typed: right when it equals truth to `decimals` decimals (half a
+    unit of the last one), or to the relative precision `rel`. concept: what a wrong answer
+    misses, named in the message."""
+    if answer is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "write your answer and rerun the cell")
+    try:
+        values = np.asarray(answer, dtype=np.float64)
+    except (TypeError, ValueError):
+        return Verdict(exercise, WRONG, f"{answer!r} is not a number")
+    truth_a = np.asarray(truth, dtype=np.float64)
+    if values.shape != truth_a.shape:
+        return Verdict(exercise, WRONG, f"the answer has {values.size} number(s), the exercise "
+                       f"asks for {truth_a.size}")
+    tol = 0.5 * 10.0 ** -decimals if decimals is not None else 0.0
+    if rel is not None:
+        tol = np.maximum(tol, rel * np.abs(truth_a))
+    tol = tol + 1e-12 * np.abs(truth_a)  # the rounding of the truth itself
+    if np.all(np.abs(values - truth_a) <= tol):
+        precision = (f"to {decimals} decimals" if decimals is not None
+                     else f"to a relative {rel:g}")
+        return Verdict(exercise, RIGHT, f"equals the computed value {precision}")
+    return Verdict(exercise, WRONG, "not the computed value" + (f". Hint: {concept}"
+                                                                 if concept else ""))
+
+
+def check_tanh_step_prediction(predicted, measured: float) -> Verdict:
+    """00, exercise 1: the predicted error of the central difference of tanh at the step the
+    learner chose; right within a factor of 3 of the measured error (an order of magnitude
+    is what the error model predicts)."""
+    exercise = "00, exercise 1 (the error at another step)"
+    if predicted is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "write your prediction and rerun the cell")
+    p = float(predicted)
+    if p > 0 and measured / 3 <= p <= 3 * measured:
+        return Verdict(exercise, RIGHT, f"within a factor of 3 of the measured {measured:.2e}")
+    hint = ("truncation error scales as h^2: ten times smaller h, a hundred times smaller error, "
+            "until the rounding error eps/h takes over") if p > 0 else "an error is > 0"
+    return Verdict(exercise, WRONG, f"{p:.2e} is more than a factor of 3 from the measured "
+                   f"{measured:.2e}. Hint: {hint}")
+
+
+def check_all_four_maxpool(mine, seed: int = 0) -> Verdict:
+    """00, exercise 2: a deliberately broken max-pool backward that gives each window's whole
+    gradient to all four of its pixels; right when it is exactly that (and the gradient check
+    then fails, with a numerical slope of 0 at the worst element)."""
+    exercise = "00, exercise 2 (a broken max-pool backward)"
+
+    def judge() -> Verdict:
+        rng = np.random.default_rng(seed)
+        x = (rng.permutation(2 * 4 * 4) * 0.1).reshape(1, 2, 4, 4)  # distinct values: no ties
+        out, cache = reference.maxpool2x2_forward(x)
+        dout = rng.standard_normal(out.shape)
+        got = np.asarray(_call(mine, dout, cache))
+        want = np.repeat(np.repeat(dout, 2, axis=2), 2, axis=3)
+        if got.shape != x.shape:
+            return Verdict(exercise, WRONG, f"dx must have the input's shape {x.shape}")
+        if _same(got, want):
+            res = check_op("maxpool (all four)", reference.maxpool2x2_forward, mine, {"x": x},
+                           ("x",), rng)[0]
+            assert not res.passed and res.numeric == 0.0  # what the exercise teaches
+            return Verdict(exercise, RIGHT, f"broken as asked: the gradient check fails "
+                           f"(relative error {res.max_rel_error:.2f}) and the numerical slope "
+                           f"at the worst element is {res.numeric:g}")
+        if _same(got, reference.maxpool2x2_backward(dout, cache)):
+            return Verdict(exercise, WRONG, "this is the correct backward; the exercise asks "
+                           "for the broken one that gives the gradient to all four pixels")
+        if _same(got, want / 4):
+            return Verdict(exercise, WRONG, "that spreads a quarter to each pixel (average "
+                           "pooling); the exercise asks for the whole gradient at each of the "
+                           "four")
+        hint = _value_hint(got, want)
+        return Verdict(exercise, WRONG, "not the window's gradient at all four of its pixels"
+                       + (f". Hint: {hint}" if hint else ""))
+
+    return _attempt(exercise, judge)
+
+
+def check_shared_ties(mine, seed: int = 0) -> Verdict:
+    """02, exercise 2: maxpool_backward_shared(dout, x) splits each window's gradient equally
+    among all pixels equal to the window's maximum."""
+    exercise = "02, exercise 2 (share the gradient among ties)"
+
+    def judge() -> Verdict:
+        rng = np.random.default_rng(seed)
+        x = rng.integers(0, 3, (2, 3, 6, 6)).astype(np.float64)  # many ties
+        x[0, 0, :2, :2] = 2.0  # a window of four equal maxima
+        dout = rng.standard_normal((2, 3, 3, 3))
+        win = x.reshape(2, 3, 3, 2, 3, 2)  # (N, C, Ho, i, Wo, j)
+        is_max = win == win.max(axis=(3, 5), keepdims=True)
+        count = is_max.sum(axis=(3, 5), keepdims=True)
+        want = (is_max * (dout[:, :, :, None, :, None] / count)).reshape(x.shape)
+        got = np.asarray(_call(mine, dout.copy(), x.copy()))
+        if got.shape != x.shape:
+            return Verdict(exercise, WRONG, f"dx must have x's shape {x.shape}; yours "
+                           f"{got.shape}")
+        if _same(got, want):
+            return Verdict(exercise, RIGHT, "every tied maximum gets an equal share, the "
+                           "others 0, on an input full of ties")
+        full = (is_max * dout[:, :, :, None, :, None]).reshape(x.shape)
+        if _same(got, full):
+            return Verdict(exercise, WRONG, "every tied maximum gets the window's whole "
+                           "gradient: the shares must add up to it (divide by the number of "
+                           "tied maxima)")
+        sums_right = _same(got.reshape(win.shape).sum(axis=(3, 5)), dout)
+        if sums_right:
+            return Verdict(exercise, WRONG, "each window's total is right, but the gradient is "
+                           "not split equally among all its tied maxima (one winner, the first "
+                           "or the last, is the op's tie rule, not a share)")
+        return Verdict(exercise, WRONG, "the windows' totals are not the upstream gradient: "
+                       "a max-pool's backward routes each window's gradient, all of it, to its "
+                       "maxima")
+
+    return _attempt(exercise, judge)
+
+
+def check_loss_by_weight_sum(mine, seed: int = 0) -> Verdict:
+    """03, exercise 3: loss_by_weight_sum(logits, labels, weights), the weighted cross-entropy
+    divided by the sum of the weights instead of the number of pixels, judged on several
+    random inputs of different sizes (not only the tutorial's)."""
+    exercise = "03, exercise 3 (the wrong normalisation)"
+
+    def judge() -> Verdict:
+        rng = np.random.default_rng(seed)
+        for shape in ((1, 2, 3, 4), (2, 3, 5, 5), (3, 2, 2, 7)):
+            n, k, h, w = shape
+            logits = rng.standard_normal(shape) * 3
+            labels = rng.integers(0, k, (n, h, w))
+            weights = rng.uniform(0.0, 5.0, (n, h, w))
+            loss = float(reference.softmax_cross_entropy_forward(logits, labels, weights)[0])
+            want = loss * weights.size / weights.sum()
+            got = float(_call(mine, logits.copy(), labels.copy(), weights.copy()))
+            if abs(got - want) > 1e-9 * abs(want):
+                if abs(got - loss) <= 1e-9 * abs(loss):
+                    hint = "that is minunet's loss (a mean over pixels): divide by sum w instead"
+                elif abs(got - want * weights.sum()) <= 1e-9 * abs(want * weights.sum()):
+                    hint = ("the normaliser: the sum over pixels of w * (-log p) must be "
+                            "divided by sum w")
+                else:
+                    hint = ("the loss is -sum_x w(x) log p_l(x)(x) over every pixel of every "
+                            "image, divided by sum_x w(x); the softmax runs over the classes, "
+                            "axis 1")
+                return Verdict(exercise, WRONG, f"on inputs of shape {shape}: yours "
+                               f"{got:.6g}, expected {want:.6g}. Hint: {hint}")
+        return Verdict(exercise, RIGHT, "equals minunet's loss x N*H*W / sum w on three random "
+                       "inputs of different shapes")
+
+    return _attempt(exercise, judge)

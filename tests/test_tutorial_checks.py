@@ -1,0 +1,309 @@
+"""Every self-check of the tutorials tells right from wrong (minunet/tutorial_checks.py).
+
+Each check gets a right answer (written here, never printed in a tutorial), at least two
+typical wrong ones, and the unfilled stub; the right one must pass, each wrong one must fail
+with a message that names the concept, the stub must say "not attempted yet".
+
+The right answers are written differently from the lesson's ops where that is short (loops,
+masks by multiplication), and the fast door's backward (minunet.fast), an independent
+implementation, passes too. This file holds answers: a student copy leaves it out
+(coursework/make.py leaves out the tests that use the fast ops).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minunet.fast
+from minunet import ops
+from minunet import tutorial_checks as tc
+from minunet.coursework import mistakes
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+def _right(v):
+    assert v.status == tc.RIGHT, str(v)
+
+
+def _wrong(v, *words):
+    assert v.status == tc.WRONG, str(v)
+    text = str(v).lower()
+    for w in words:
+        assert w.lower() in text, f"{w!r} not in: {v}"
+    with pytest.raises(AssertionError):
+        tc.report(v)
+
+
+def _not_attempted(v):
+    assert v.status == tc.NOT_ATTEMPTED, str(v)
+    assert "not attempted yet" in str(v)
+    tc.report(v)  # prints, does not raise
+
+
+def _wrong_version(mistake_id):
+    return next(iter(mistakes.by_id(mistake_id).wrong.values()))
+
+
+# --- ReLU (02) -------------------------------------------------------------------------------
+
+
+def relu_right(dout, cache):
+    return dout * (cache.out > 0)
+
+
+def test_relu_backward():
+    _right(tc.check_relu_backward(relu_right))
+    _right(tc.check_relu_backward(minunet.fast.relu_backward))
+    _not_attempted(tc.check_relu_backward(stub))
+    _wrong(tc.check_relu_backward(lambda d, c: d), "gradient check", "mask")
+    _wrong(tc.check_relu_backward(lambda d, c: d * c.out), "derivative is 0 or 1")
+    _wrong(tc.check_relu_backward(lambda d, c: np.where(d > 0, d, 0.0)), "upstream gradient")
+    _wrong(tc.check_relu_backward(lambda d, c: d * (c.out >= 0)), "exactly 0")
+
+
+# --- max-pool (02) ---------------------------------------------------------------------------
+
+
+def maxpool_right(dout, cache):
+    N, C, Ho, Wo = dout.shape
+    dx = np.zeros((N, C, 2 * Ho, 2 * Wo))
+    for n, c, y, x in np.ndindex(N, C, Ho, Wo):
+        a = int(cache.arg[n, c, y, x])
+        dx[n, c, 2 * y + a // 2, 2 * x + a % 2] = dout[n, c, y, x]
+    return dx
+
+
+def test_maxpool_backward():
+    _right(tc.check_maxpool_backward(maxpool_right))
+    _not_attempted(tc.check_maxpool_backward(stub))
+    _wrong(tc.check_maxpool_backward(_wrong_version("maxpool2x2.even_spread")), "average")
+    _wrong(tc.check_maxpool_backward(_wrong_version("maxpool2x2.col_row")), "row i is a // 2")
+    _wrong(tc.check_maxpool_backward(_wrong_version("maxpool2x2.layout_not_restored")),
+           "layout")
+
+
+# --- convolution (01) ------------------------------------------------------------------------
+
+
+def conv_right(dout, cache):
+    x, w, _ = cache
+    k = w.shape[2]
+    Ho, Wo = dout.shape[2:]
+    dx, dw = np.zeros_like(x), np.zeros_like(w)
+    for i in range(k):
+        for j in range(k):
+            patch = x[:, :, i : i + Ho, j : j + Wo]  # (N, Cin, Ho, Wo)
+            dw[:, :, i, j] = np.einsum("nohw,nchw->oc", dout, patch)
+            dx[:, :, i : i + Ho, j : j + Wo] += np.einsum("nohw,oc->nchw", dout, w[:, :, i, j])
+    return dx, dw, dout.sum(axis=(0, 2, 3))
+
+
+def test_conv_backward():
+    _right(tc.check_conv_backward(conv_right))
+    _right(tc.check_conv_backward(
+        lambda d, c: minunet.fast.conv2d_backward(d, c)))
+    _not_attempted(tc.check_conv_backward(stub))
+    _wrong(tc.check_conv_backward(_wrong_version("conv2d.dw_transposed")), "layout")
+    _wrong(tc.check_conv_backward(_wrong_version("conv2d.db_first_image")), "every image")
+
+    def no_add(dout, cache):  # col2im with '=': overlapping windows overwrite each other
+        dx, dw, db = conv_right(dout, cache)
+        x, w, _ = cache
+        Ho, Wo = dout.shape[2:]
+        dx = np.zeros_like(x)
+        for i in range(3):
+            for j in range(3):
+                dx[:, :, i : i + Ho, j : j + Wo] = np.einsum("nohw,oc->nchw", dout, w[:, :, i, j])
+        return dx, dw, db
+
+    _wrong(tc.check_conv_backward(no_add), "dx fails the gradient check")
+    _wrong(tc.check_conv_backward(lambda d, c: conv_right(d, c)[:2]), "3 gradient")
+
+
+# --- softmax cross-entropy (03) --------------------------------------------------------------
+
+
+def softmax_right(dloss, cache):
+    probs, labels, weights, scale = cache
+    grad = probs.copy()
+    for k in range(probs.shape[1]):
+        grad[:, k] -= labels == k
+    return dloss * scale * weights[:, None] * grad
+
+
+def test_softmax_backward():
+    _right(tc.check_softmax_backward(softmax_right))
+    _not_attempted(tc.check_softmax_backward(stub))
+    _wrong(tc.check_softmax_backward(_wrong_version("softmax_cross_entropy.backward_sign")),
+           "raising the true class")
+    _wrong(tc.check_softmax_backward(_wrong_version("softmax_cross_entropy.backward_no_scale")),
+           "normaliser")
+    _wrong(tc.check_softmax_backward(
+        _wrong_version("softmax_cross_entropy.backward_weights_left_out")), "weight map")
+
+
+# --- dropout (00) ----------------------------------------------------------------------------
+
+
+def test_dropout_backward():
+    _right(tc.check_dropout_backward(lambda d, c: np.multiply(c.scale_mask, d)))
+    _not_attempted(tc.check_dropout_backward(stub))
+    _wrong(tc.check_dropout_backward(lambda d, c: d * (c.scale_mask != 0)), "1/(1-p)")
+    _wrong(tc.check_dropout_backward(lambda d, c: d), "dx fails the gradient check")
+
+
+# --- one level of the U-Net (04) -------------------------------------------------------------
+
+
+def level_forward_right(x, w0, b0, w1, b1):
+    h, c0 = ops.conv2d_forward(x, w0, b0, relu=True)
+    s, c1 = ops.conv2d_forward(h, w1, b1, relu=True)
+    d, cp = ops.maxpool2x2_forward(s)
+    return (s, d), (c0, c1, cp)
+
+
+def level_backward_right(dskip, ddown, cache):
+    c0, c1, cp = cache
+    g = ops.maxpool2x2_backward(ddown, cp)
+    g = g + dskip
+    dh, dw1, db1 = ops.conv2d_backward(g, c1)
+    dx, dw0, db0 = ops.conv2d_backward(dh, c0)
+    return dx, dw0, db0, dw1, db1
+
+
+def test_unet_level():
+    _right(tc.check_unet_level(level_forward_right, level_backward_right))
+    _not_attempted(tc.check_unet_level(stub, stub))
+    _not_attempted(tc.check_unet_level(level_forward_right, stub))
+
+    def no_skip(dskip, ddown, cache):
+        return level_backward_right(np.zeros_like(dskip), ddown, cache)
+
+    def no_pool(dskip, ddown, cache):
+        return level_backward_right(dskip, np.zeros_like(ddown), cache)
+
+    def linear_forward(x, w0, b0, w1, b1):
+        h, c0 = ops.conv2d_forward(x, w0, b0)
+        s, c1 = ops.conv2d_forward(h, w1, b1)
+        d, cp = ops.maxpool2x2_forward(s)
+        return (s, d), (c0, c1, cp)
+
+    _wrong(tc.check_unet_level(level_forward_right, no_skip), "skip's gradient is missing")
+    _wrong(tc.check_unet_level(level_forward_right, no_pool), "pool's gradient is missing")
+    _wrong(tc.check_unet_level(linear_forward, level_backward_right), "relu")
+
+
+# --- momentum SGD (05) -----------------------------------------------------------------------
+
+
+def momentum_right(w, v, g, lr, m):
+    v = m * v - lr * g
+    return w + v, v
+
+
+def test_momentum_step():
+    _right(tc.check_momentum_step(momentum_right))
+    _not_attempted(tc.check_momentum_step(stub))
+    _wrong(tc.check_momentum_step(lambda w, v, g, lr, m: (w - lr * (m * v + g), m * v + g)),
+           "caffe's convention")
+    _wrong(tc.check_momentum_step(lambda w, v, g, lr, m: (w - lr * g, -lr * g)), "momentum")
+    _wrong(tc.check_momentum_step(lambda w, v, g, lr, m: (w + v, m * v - lr * g)),
+           "update v first")
+    _wrong(tc.check_momentum_step(lambda w, v, g, lr, m: w), "returns (w, v)")
+
+
+# --- typed answers and the other exercises ---------------------------------------------------
+
+
+def test_check_number_compares_at_the_precision_asked():
+    truth = [-4 / 3, 2 / 3, 2 / 3]  # 03's exercise 1: 2 * (1/3 - 1, 1/3, 1/3)
+    _right(tc.check_number("x", [round(t, 6) for t in truth], truth, decimals=6))
+    _right(tc.check_number("x", truth, truth, decimals=6))
+    _wrong(tc.check_number("x", [round(t, 4) for t in truth], truth, decimals=6,
+                           concept="the weight"), "the weight")
+    _wrong(tc.check_number("x", [1, 2], truth, decimals=6), "asks for 3")
+    _wrong(tc.check_number("x", "abc", 1.0, decimals=2), "not a number")
+    assert tc.check_number("x", None, 1.0).status == tc.NOT_ATTEMPTED
+    _right(tc.check_number("x", 3.03, 3.0349, decimals=2))
+    _wrong(tc.check_number("x", 3.03, 3.0361, decimals=2))
+
+
+def test_tanh_step_prediction():
+    _right(tc.check_tanh_step_prediction(2e-7, 2.5e-7))
+    _wrong(tc.check_tanh_step_prediction(2.5e-5, 2.5e-7), "h^2")  # the old step's error
+    _wrong(tc.check_tanh_step_prediction(2.5e-6, 2.5e-7), "h^2")  # a factor 10, not 100
+    _wrong(tc.check_tanh_step_prediction(-1, 2.5e-7), "> 0")
+    assert tc.check_tanh_step_prediction(None, 1.0).status == tc.NOT_ATTEMPTED
+
+
+def test_all_four_maxpool():
+    _right(tc.check_all_four_maxpool(
+        lambda d, c: np.repeat(np.repeat(d, 2, axis=2), 2, axis=3)))
+    _not_attempted(tc.check_all_four_maxpool(stub))
+    _wrong(tc.check_all_four_maxpool(ops.maxpool2x2_backward), "correct backward")
+    _wrong(tc.check_all_four_maxpool(_wrong_version("maxpool2x2.even_spread")), "average")
+
+
+def _shared_right(dout, x):
+    N, C, H, W = x.shape
+    dx = np.zeros_like(x)
+    for n, c, y, xx in np.ndindex(N, C, H // 2, W // 2):
+        win = x[n, c, 2 * y : 2 * y + 2, 2 * xx : 2 * xx + 2]
+        top = win == win.max()
+        dx[n, c, 2 * y : 2 * y + 2, 2 * xx : 2 * xx + 2] = top * dout[n, c, y, xx] / top.sum()
+    return dx
+
+
+def _last_tie(dout, x):  # the whole gradient to the LAST tied maximum: the old check took it
+    N, C, H, W = x.shape
+    dx = np.zeros_like(x)
+    for n, c, y, xx in np.ndindex(N, C, H // 2, W // 2):
+        win = x[n, c, 2 * y : 2 * y + 2, 2 * xx : 2 * xx + 2].ravel()
+        a = 3 - int(np.argmax(win[::-1]))
+        dx[n, c, 2 * y + a // 2, 2 * xx + a % 2] = dout[n, c, y, xx]
+    return dx
+
+
+def test_shared_ties():
+    _right(tc.check_shared_ties(_shared_right))
+    _not_attempted(tc.check_shared_ties(stub))
+    _wrong(tc.check_shared_ties(_last_tie), "split equally")
+    _wrong(tc.check_shared_ties(lambda d, x: ops.maxpool2x2_backward(
+        d, ops.maxpool2x2_forward(x)[1])), "split equally")
+    def every_tie(d, x):  # each tied maximum gets the whole gradient
+        return (_shared_right(np.ones_like(d), x) > 0) * np.repeat(np.repeat(d, 2, 2), 2, 3)
+
+    _wrong(tc.check_shared_ties(every_tie), "whole gradient")
+
+
+def _weight_sum_right(logits, labels, weights):
+    z = logits - logits.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    picked = np.take_along_axis(logp, labels[:, None], axis=1)[:, 0]
+    return -(weights * picked).sum() / weights.sum()
+
+
+def test_loss_by_weight_sum():
+    _right(tc.check_loss_by_weight_sum(_weight_sum_right))
+    _not_attempted(tc.check_loss_by_weight_sum(stub))
+    _wrong(tc.check_loss_by_weight_sum(
+        lambda a, y, w: ops.softmax_cross_entropy_forward(a, y, w)[0]), "mean over pixels")
+
+    def only_first_image(logits, labels, weights):
+        return _weight_sum_right(logits[:1], labels[:1], weights[:1])
+
+    _wrong(tc.check_loss_by_weight_sum(only_first_image), "every image")
+    _wrong(tc.check_loss_by_weight_sum(
+        lambda a, y, w: _weight_sum_right(a, y, w) * w.sum()), "normaliser")  # no division
+
+
+def test_report_prints_and_raises_only_for_a_wrong_answer(capsys):
+    tc.report(tc.Verdict("e", tc.RIGHT, "fine"))
+    tc.report(tc.Verdict("e", tc.NOT_ATTEMPTED))
+    with pytest.raises(AssertionError, match="hint"):
+        tc.report(tc.Verdict("e", tc.WRONG, "hint"))
+    assert capsys.readouterr().out.count("e: ") == 3
