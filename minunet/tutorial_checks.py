@@ -90,7 +90,7 @@ def _attempt(exercise: str, judge: Callable[[], Verdict]) -> Verdict:
     try:
         return judge()
     except _NotAttempted:
-        return Verdict(exercise, NOT_ATTEMPTED, f"write the code and rerun the cell; {GRADED}")
+        return Verdict(exercise, NOT_ATTEMPTED, f"Write the code and rerun the cell; {GRADED}")
     except _Raised as e:
         return Verdict(exercise, WRONG, str(e))
 
@@ -459,7 +459,7 @@ def check_number(exercise: str, answer, truth: float, decimals: int | None = Non
     unit of the last one), or to the relative precision `rel`. concept: what a wrong answer
     misses, named in the message."""
     if answer is None:
-        return Verdict(exercise, NOT_ATTEMPTED, "write your answer and rerun the cell")
+        return Verdict(exercise, NOT_ATTEMPTED, "Write your answer and rerun the cell")
     try:
         values = np.asarray(answer, dtype=np.float64)
     except (TypeError, ValueError):
@@ -486,7 +486,7 @@ def check_tanh_step_prediction(predicted, measured: float) -> Verdict:
     is what the error model predicts)."""
     exercise = "00, exercise 1 (the error at another step)"
     if predicted is None:
-        return Verdict(exercise, NOT_ATTEMPTED, "write your prediction and rerun the cell")
+        return Verdict(exercise, NOT_ATTEMPTED, "Write your prediction and rerun the cell")
     p = float(predicted)
     if p > 0 and measured / 3 <= p <= 3 * measured:
         return Verdict(exercise, RIGHT, f"within a factor of 3 of the measured {measured:.2e}")
@@ -600,5 +600,36 @@ def check_loss_by_weight_sum(mine, seed: int = 0) -> Verdict:
                                f"{got:.6g}, expected {want:.6g}. Hint: {hint}")
         return Verdict(exercise, RIGHT, "equals minunet's loss x N*H*W / sum w on three random "
                        "inputs of different shapes")
+
+    return _attempt(exercise, judge)
+
+
+def check_col2im_overwrite(mine, seed: int = 0) -> Verdict:
+    """01, exercise 2: col2im_overwrite(cols, x_shape, k), col2im with '=' in place of '+='.
+    Right when every pixel keeps exactly one copy (a column matrix of ones gives an image of
+    ones) and, so, the dot-product test against im2col fails."""
+    exercise = "01, exercise 2 (overwrite instead of add)"
+
+    def judge() -> Verdict:
+        rng = np.random.default_rng(seed)
+        shape, k = (2, 3, 6, 5), 3
+        n_cols = shape[0] * (shape[2] - k + 1) * (shape[3] - k + 1)
+        ones = np.asarray(_call(mine, np.ones((shape[1] * k * k, n_cols)), shape, k))
+        if ones.shape != shape:
+            return Verdict(exercise, WRONG, f"the result must have x_shape {shape}")
+        x, c = rng.standard_normal(shape), rng.standard_normal((shape[1] * k * k, n_cols))
+        lhs = float(np.sum(reference.im2col(x, k) * c))
+        gap = abs(lhs - float(np.sum(x * np.asarray(_call(mine, c, shape, k))))) / abs(lhs)
+        if np.all(ones == 1) and gap > 1e-3:
+            return Verdict(exercise, RIGHT, f"each pixel keeps one copy, and the dot-product "
+                           f"test fails as it must (relative difference {gap:.2e})")
+        if gap <= 1e-9:
+            return Verdict(exercise, WRONG, "this is the adding col2im (it passes the "
+                           "dot-product test); the exercise asks for '=' in place of '+='")
+        if np.any(ones == 0):
+            return Verdict(exercise, WRONG, "some pixels get nothing at all: "
+                           + catalogue.PROBES["border"] + " (every offset (i, j) writes)")
+        return Verdict(exercise, WRONG, "with '=' every pixel keeps exactly one copy: a "
+                       "column matrix of ones must give an image of ones")
 
     return _attempt(exercise, judge)

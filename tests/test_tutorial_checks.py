@@ -307,3 +307,22 @@ def test_report_prints_and_raises_only_for_a_wrong_answer(capsys):
     with pytest.raises(AssertionError, match="hint"):
         tc.report(tc.Verdict("e", tc.WRONG, "hint"))
     assert capsys.readouterr().out.count("e: ") == 3
+
+
+def _col2im_loops(cols, x_shape, k, add):
+    N, C, H, W = x_shape
+    Ho, Wo = H - k + 1, W - k + 1
+    dx = np.zeros(x_shape)
+    for n, c, i, j, y, x in np.ndindex(N, C, k, k, Ho, Wo):
+        v = cols[(c * k + i) * k + j, (n * Ho + y) * Wo + x]
+        dx[n, c, y + i, x + j] = dx[n, c, y + i, x + j] + v if add else v
+    return dx
+
+
+def test_col2im_overwrite():
+    _right(tc.check_col2im_overwrite(lambda c, s, k: _col2im_loops(c, s, k, add=False)))
+    _not_attempted(tc.check_col2im_overwrite(stub))
+    _wrong(tc.check_col2im_overwrite(ops.col2im), "adding col2im")
+    _wrong(tc.check_col2im_overwrite(lambda c, s, k: _col2im_loops(c, s, k, add=True)),
+           "adding col2im")
+    _wrong(tc.check_col2im_overwrite(_wrong_version("col2im.missing_offset")), "offset")

@@ -77,8 +77,13 @@ def fast_times(request):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("source", SOURCES, ids=_ids(SOURCES))
-def test_runs_fast(source, fast_times):
-    env = dict(os.environ, MINUNET_FAST="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+def test_runs_fast(source, fast_times, tmp_path):
+    tmp = tmp_path / "tmp"  # the run's temporary directory: it must be left empty
+    tmp.mkdir()
+    figures = sorted((p.name, p.stat().st_mtime_ns) for p in (TUTORIALS / "figures").glob("*"))
+    env = dict(os.environ, MINUNET_FAST="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1",
+               TMPDIR=str(tmp))
+    env.pop("MINUNET_WRITE_FIGURES", None)
     start = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, str(source.relative_to(ROOT))], cwd=ROOT,
@@ -98,6 +103,11 @@ def test_runs_fast(source, fast_times):
     assert first.startswith("minunet ") and "mode: fast" in first, (
         f"{source.name}: the first output must be setup()'s banner announcing fast mode; "
         f"got {first!r}")
+    left = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*"))
+    assert not left, f"{source.name} left files in the temporary directory: {left[:5]}"
+    assert figures == sorted((p.name, p.stat().st_mtime_ns)
+                             for p in (TUTORIALS / "figures").glob("*")), (
+        f"{source.name} changed tutorials/figures/ (only make_notebooks.py may)")
 
 
 # --- (b) and (c): the notebooks --------------------------------------------------------------
@@ -173,6 +183,31 @@ def test_notebook_hygiene(source):
             assert not bad, f"{path.name} cell {k}: machine-specific text {bad[:3]}"
     size = path.stat().st_size
     assert size < MAX_BYTES, f"{path.name} is {size / 2**20:.2f} MB (cap {MAX_BYTES / 2**20} MB)"
+
+
+# The coursework's solution markers (minunet/ops): T.getsource leaves them out of the lesson.
+_MARKERS = re.compile(r"# (BEGIN SOLUTION|END SOLUTION|canary:)")
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=_ids(SOURCES))
+def test_no_solution_markers_in_the_outputs(source):
+    nb, path = _notebook(source)
+    for k, cell in enumerate(nb.cells):
+        for text in list(_texts(cell))[1:]:  # the outputs, not the cell's own source
+            found = _MARKERS.search(text)
+            assert not found, (f"{path.name} cell {k} prints a solution marker "
+                               f"{found.group(0)!r}: print sources with T.getsource")
+
+
+def test_the_source_printer_drops_the_markers_the_coursework_needs():
+    import minunet.ops
+    from minunet.tutorial import Tutorial
+
+    raw = inspect.getsource(minunet.ops.relu_backward)
+    shown = Tutorial.getsource(minunet.ops.relu_backward)
+    assert len(_MARKERS.findall(raw)) == 3  # the coursework still finds them in the package
+    assert not _MARKERS.search(shown)
+    assert shown.splitlines() == [ln for ln in raw.splitlines() if not _MARKERS.search(ln)]
 
 
 # --- (d) every minunet name a tutorial uses exists and is public -----------------------------

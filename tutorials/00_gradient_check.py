@@ -16,7 +16,6 @@
 # 20 minutes to read.
 
 # %%
-import inspect
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -25,6 +24,12 @@ import minunet.gradcheck
 import minunet.ops
 from minunet.gradcheck import check_op, format_table, numerical_gradient, rel_error, run_checks
 from minunet.tutorial import setup
+from minunet.tutorial_checks import (
+    check_all_four_maxpool,
+    check_dropout_backward,
+    check_tanh_step_prediction,
+    report,
+)
 
 T = setup("00_gradient_check")
 rng = np.random.default_rng(T.seed)
@@ -61,7 +66,7 @@ rng = np.random.default_rng(T.seed)
 # exactly, and it divides by the step that was really taken:
 
 # %%
-print(inspect.getsource(minunet.gradcheck.numerical_gradient))
+print(T.getsource(minunet.gradcheck.numerical_gradient))
 
 # %% [markdown]
 # **Check.** For $f = \tanh$ applied element-wise, the exact gradient is
@@ -90,7 +95,7 @@ assert err < minunet.gradcheck.THRESHOLD_FLOAT64
 # $$\mathrm{rel}(a, n) = \max_i \frac{|a_i - n_i|}{\max(|a_i| + |n_i|,\ 10^{-8})}$$
 
 # %%
-print(inspect.getsource(minunet.gradcheck.rel_error))
+print(T.getsource(minunet.gradcheck.rel_error))
 
 # %% [markdown]
 # **Check.** Two entries that are both exactly 0 give 0 (the floor, not a division by zero);
@@ -200,7 +205,7 @@ for name, best, dtype in (("float64", best64, np.float64), ("float32", best32, n
 # $\frac{(x+h) - 0}{2h} = \frac12 + \frac{x}{2h}$ instead of 1.
 
 # %%
-print(inspect.getsource(minunet.ops.relu_backward))
+print(T.getsource(minunet.ops.relu_backward))
 
 # %% [markdown]
 # **Check.** With $h = 10^{-4}$, ReLU inputs $x = \pm 3\cdot10^{-5}$ (closer to 0 than $h$) give a
@@ -234,7 +239,7 @@ assert near > 0.1 and far < 1e-7
 # computes the numerical gradient of every input in `wrt`, and returns one result per input.
 
 # %%
-print(inspect.getsource(minunet.gradcheck.check_op))
+print(T.getsource(minunet.gradcheck.check_op))
 
 # %% [markdown]
 # **Check.** The plain convolution (3 input channels, 4 output channels, a 3x3 kernel) must pass
@@ -247,6 +252,64 @@ results = check_op("conv2d (k=3)", minunet.ops.conv2d_forward, minunet.ops.conv2
                    conv_inputs, ("x", "w", "b"), rng)
 print(format_table(results))
 assert all(r.passed and r.max_rel_error < 1e-7 for r in results)
+
+# %% [markdown]
+# ## Dropout: a mask, scaled
+#
+# The table below has a row for dropout, which the U-Net uses at the end of its contracting
+# path (the paper: "Drop-out layers at the end of the contracting path perform further
+# implicit data augmentation"), so here is what it computes. During training each unit is
+# kept with probability $1 - p$ ($p = 0.5$ in the paper) and set to 0 otherwise. The kept
+# units are multiplied by $1/(1 - p)$ (*inverted* dropout): then the expected output equals
+# the input, $\mathbb E[\mathrm{out}] = (1-p) \cdot rac{x}{1-p} = x$, and at inference the
+# layer is simply left out, with nothing to rescale. minunet draws the mask once,
+# $m_i \in \{0, rac{1}{1-p}\}$, and the forward is an element-wise product with it:
+#
+# $$\mathrm{out}_i = m_i\, x_i, \qquad ar x_i = rac{\partial}{\partial x_i} \sum_j
+#   ar y_j\, m_j x_j = m_i\, ar y_i .$$
+#
+# The mask is an input of the op, not drawn inside it: the forward and the backward must use
+# the same mask, and a gradient check needs a function that gives the same output twice.
+
+# %%
+print(T.getsource(minunet.ops.dropout_forward))
+print(T.getsource(minunet.ops.dropout_backward))
+
+# %% [markdown]
+# **Check.** Over a million units with $p = 0.5$, the mask holds only 0 and $2$, keeps a
+# fraction within 0.005 of one half, and the mean of the output of an all-ones input is within
+# 0.01 of 1 (inverted scaling). The gradient check passes below $10^{-7}$ (dropout is linear in
+# $x$).
+
+# %%
+mask = minunet.ops.dropout_mask((1000, 1000), 0.5, rng, np.float64)
+kept = float((mask != 0).mean())
+mean_out = float(minunet.ops.dropout_forward(np.ones((1000, 1000)), mask)[0].mean())
+xd = rng.standard_normal((2, 3, 4, 4))
+drop = check_op("dropout", minunet.ops.dropout_forward, minunet.ops.dropout_backward,
+                {"x": xd, "scale_mask": minunet.ops.dropout_mask(xd.shape, 0.5, rng, xd.dtype)},
+                ("x",), rng)
+print(f"mask values {sorted(set(np.unique(mask).tolist()))}, kept {kept:.4f}, "
+      f"mean output {mean_out:.4f}")
+print(format_table(drop))
+assert set(np.unique(mask).tolist()) == {0.0, 2.0} and abs(kept - 0.5) < 0.005
+assert abs(mean_out - 1) < 0.01 and drop[0].passed
+
+# %% [markdown]
+# **Your turn: the dropout backward.** Write the body of `dropout_backward_mine` below (it gets
+# the upstream gradient and the forward's cache, whose `scale_mask` is the mask $m$). The cell
+# checks it with the gradient checker and against `minunet.ops.dropout_backward`, and when it
+# is wrong names the mistake from the coursework's catalogue. Until you write it, the cell says
+# "not attempted yet". The graded version of this and every later "your turn":
+# `python -m minunet.coursework` (tutorial README).
+
+# %%
+def dropout_backward_mine(dout, cache):
+    """dout: the output's shape; cache.scale_mask: 0 or 1/(1-p) per unit. Returns dx."""
+    raise NotImplementedError("your turn: write the dropout backward here")
+
+
+report(check_dropout_backward(dropout_backward_mine))
 
 # %% [markdown]
 # ## The whole table: `run_checks` and `python -m minunet.gradcheck`
@@ -348,36 +411,36 @@ assert not r.passed and r.max_rel_error == 1.0 and xr[r.worst_index] < 0 and r.n
 # ## Exercises
 #
 # **1. Predict before you run.** For $\tanh$ in float64 at $h = 10^{-2}$ the error is
-# dominated by truncation, $\approx h^2 |g'''| / 6$. With $|g'''| \le 2$ for $\tanh$, the
-# relative error must be below $h^2/3 \approx 3\cdot 10^{-5}$ and above $10^{-7}$. Change `h`
-# below to $10^{-3}$ and predict the new error (a factor of 100 smaller).
+# dominated by truncation, $\approx h^2 |g'''| / 6$; with $|g'''| \le 2$ for $\tanh$ it stays
+# below $h^2/3$. The first line the cell prints measures it. Predict the error at
+# $h = 10^{-3}$ from the error model (no new measurement), write it into `my_error` and rerun.
+# Self-check: your prediction is within a factor of 3 of the measured error at $10^{-3}$ (the
+# cell measures it only to judge). Then try `h_mine = 1e-4` or smaller: where does the
+# prediction stop working, and why?
 
 # %%
-h = 1e-2
-err_h = tanh_error(h, np.float64)
-print(f"h = {h:g}: relative error {err_h:.2e}; truncation bound h^2/3 = {h**2 / 3:.1e}")
-assert 1e-7 < err_h < h**2 / 3, "the error should lie between 1e-7 and the truncation bound h^2/3"
+my_error = None  # your predicted relative error at h_mine
+h_mine = 1e-3
+
+err_2 = tanh_error(1e-2, np.float64)
+print(f"h = 0.01: relative error {err_2:.2e}; truncation bound h^2/3 = {1e-2**2 / 3:.1e}")
+assert err_2 < 1e-2**2 / 3
+report(check_tanh_step_prediction(my_error, tanh_error(h_mine, np.float64)))
 
 # %% [markdown]
-# **2. Break max-pool.** Write a max-pool backward that gives each window's gradient to all four
-# of its pixels (another classic mistake), assign it to `maxpool_backward_mine`, and check it.
-# The check must FAIL for the broken version, and the numerical slope at the worst element
-# must be 0 (the input was not the window's maximum). Then set `maxpool_backward_mine =
-# minunet.ops.maxpool2x2_backward` and see it pass.
+# **2. Break max-pool.** Write a max-pool backward that gives each window's whole gradient to
+# all four of its pixels (another classic mistake) in `maxpool_backward_broken`. Self-check:
+# the cell confirms that it is exactly that broken version, that the gradient checker then
+# FAILS it, and that the numerical slope at the worst element is 0 (that input was not its
+# window's maximum: the output does not depend on it). Tutorial 02 has you write the right one.
 
 # %%
-maxpool_backward_mine = None  # your backward: (dout, cache) -> dx
+def maxpool_backward_broken(dout, cache):
+    """dout: (N, C, H/2, W/2). Returns dx (N, C, H, W): each window's gradient at all 4."""
+    raise NotImplementedError("your turn: the deliberately broken backward")
 
-if maxpool_backward_mine is None:
-    print("exercise 2: not attempted yet (assign maxpool_backward_mine and rerun this cell)")
-else:
-    xp_ = (rng.permutation(2 * 4 * 4) * 0.1).reshape(1, 2, 4, 4)  # distinct values: no ties
-    res = check_op("maxpool2x2 (mine)", minunet.ops.maxpool2x2_forward, maxpool_backward_mine,
-                   {"x": xp_}, ("x",), rng)
-    print(format_table(res))
-    print("PASS: a correct backward" if res[0].passed else
-          f"FAIL as expected for the broken version; numeric slope at the worst element: "
-          f"{res[0].numeric}")
+
+report(check_all_four_maxpool(maxpool_backward_broken))
 
 # %% [markdown]
 # **3. Check your own op.** The sigmoid $s(x) = 1/(1 + e^{-x})$ has $s' = s(1 - s)$. Write

@@ -27,6 +27,12 @@ import minunet.ops
 import minunet.ops.conv
 from minunet.gradcheck import check_op, format_table
 from minunet.tutorial import setup
+from minunet.tutorial_checks import (
+    check_col2im_overwrite,
+    check_conv_backward,
+    check_number,
+    report,
+)
 
 T = setup("01_convolution")
 rng = np.random.default_rng(T.seed)
@@ -60,7 +66,7 @@ rng = np.random.default_rng(T.seed)
 # pixel:
 
 # %%
-print(inspect.getsource(minunet.ops.conv.im2col))
+print(T.getsource(minunet.ops.conv.im2col))
 
 # %% [markdown]
 # Let us do it on a tiny image, one channel of $4 \times 5$ pixels numbered 0 to 19, with a
@@ -147,10 +153,39 @@ assert diff_cols < 1e-12 and diff_out < 1e-12
 # $\mathrm{cols} = M x$ for a matrix $M$ of zeros and ones. Its adjoint $M^T$ sends every column
 # entry back to the pixel it was copied from, and **adds** the entries that came from the same
 # pixel: $\bar x = M^T \bar{\mathrm{cols}} = \mathrm{col2im}(\bar{\mathrm{cols}})$.
+#
+# ### The same, index by index
+#
+# If matrix differentials are new to you, the chain rule on single entries gives the same
+# three results. The forward, written out for one output entry, is
+#
+# $$\mathrm{out}[n, o, y, x] = b_o + \sum_{c, i, j} w[o, c, i, j]\; x[n, c, y + i, x + j] .$$
+#
+# The loss depends on a weight $w[o, c, i, j]$ through every output entry of channel $o$
+# (every image $n$, every position $(y, x)$), each with the slope $x[n, c, y + i, x + j]$, so
+#
+# $$\frac{\partial L}{\partial w[o, c, i, j]} = \sum_{n, y, x}
+#   \bar{\mathrm{out}}[n, o, y, x]\; x[n, c, y + i, x + j],
+# \qquad
+# \frac{\partial L}{\partial b_o} = \sum_{n, y, x} \bar{\mathrm{out}}[n, o, y, x] .$$
+#
+# In the matrix form, row $o$ of $D$ and row $(c, i, j)$ of cols both run over the columns
+# $(n, y, x)$, so their dot product, entry $(o, (c, i, j))$ of $D\,\mathrm{cols}^T$, is
+# exactly this sum. For an input pixel $x[n, c, p, q]$, the outputs that read it are those
+# with $y + i = p$ and $x + j = q$: one per kernel offset $(i, j)$ whose window covers the
+# pixel, at $(y, x) = (p - i, q - j)$ when that lies inside the $H_o \times W_o$ output:
+#
+# $$\frac{\partial L}{\partial x[n, c, p, q]} = \sum_{o} \sum_{\substack{i, j:\ 0 \le p - i < H_o
+#   \\ 0 \le q - j < W_o}} \bar{\mathrm{out}}[n, o, p - i, q - j]\; w[o, c, i, j] .$$
+#
+# The inner sum has as many terms as windows cover the pixel (9 inside, 1 in a corner for a
+# 3x3 kernel): the coverage map below, and the reason col2im adds. Entry $((c, i, j), (n, y,
+# x))$ of $W_2^T D$ is one term, $\sum_o w[o, c, i, j]\, \bar{\mathrm{out}}[n, o, y, x]$; col2im
+# adds it into pixel $(y + i, x + j)$.
 
 # %%
-print(inspect.getsource(minunet.ops.conv.col2im))
-print(inspect.getsource(minunet.ops.conv.conv2d_backward))
+print(T.getsource(minunet.ops.conv.col2im))
+print(T.getsource(minunet.ops.conv.conv2d_backward))
 
 # %% [markdown]
 # **Check 1: col2im is the adjoint of im2col.** For any image $x$ and any column matrix $C$,
@@ -228,16 +263,24 @@ assert cover[0, 0] == cover[0, -1] == cover[-1, 0] == cover[-1, -1] == 1
 # faulted in the first time.
 #
 # The fast door, `minunet/fast/conv.py`, computes the same numbers in **row chunks**: the
-# columns of a few output rows at a time, sized to stay in the CPU cache (4 MB) between im2col
-# and the product, in reused workspaces, with one chunk per CPU core at a time (Numba loops for
-# im2col and col2im). Same function names, same signature, same cache:
+# columns of a few output rows at a time, in reused workspaces, with one chunk per CPU core at
+# a time (Numba loops for im2col and col2im). How big is a chunk? On the CPU at most
+# `backend.CPU_CHUNK_BYTES`, 4 MiB, so that a chunk's columns are still in the CPU cache
+# when the product reads them; on a GPU at most `backend.WORKSPACE_BYTES`, 64 MiB, which
+# bounds the workspace's memory (tutorial 04's layer table shows this bound for each layer).
+# Same function names, same signature, same cache:
 
 # %%
+import minunet.backend
 import minunet.fast
 
 print(minunet.fast.conv2d_forward.__module__, inspect.signature(minunet.fast.conv2d_forward))
 print(minunet.ops.conv2d_forward.__module__, inspect.signature(minunet.ops.conv2d_forward))
-print(f"column matrix of the 568x568 layer: {64 * 9 * 568 * 568 * 4 / 1e6:.0f} MB")
+print(f"column matrix of the 568x568 layer: {64 * 9 * 568 * 568 * 4 / 1e6:.0f} MB; chunks at "
+      f"most {minunet.backend.CPU_CHUNK_BYTES / 2**20:.0f} MiB on the CPU, "
+      f"{minunet.backend.WORKSPACE_BYTES / 2**20:.0f} MiB on a GPU")
+assert (minunet.backend.CPU_CHUNK_BYTES, minunet.backend.WORKSPACE_BYTES) == (4 * 2**20,
+                                                                              64 * 2**20)
 
 # %% [markdown]
 # Now time both doors on one layer, forward and backward with the fused ReLU, in float32, and
@@ -320,36 +363,50 @@ assert agree < 1e-5 and m_fast < m_plain / 2
 my_shape = None  # your prediction, e.g. (rows, columns)
 
 real_shape = minunet.ops.im2col(np.zeros((2, 3, 10, 9)), 3).shape
-if my_shape is None:
-    print("exercise 1: not attempted yet (write your prediction into my_shape)")
-else:
-    print(f"your shape {my_shape}, real shape {real_shape}")
-    assert tuple(my_shape) == real_shape
+report(check_number("01, exercise 1 (the shape of the column matrix)", my_shape, real_shape,
+                    decimals=0, concept="one row per (input channel, kernel row, kernel "
+                                        "column), one column per output pixel of every image"))
 
 # %% [markdown]
-# **2. Overwrite instead of add.** Write `col2im_overwrite(cols, x_shape, k)`, a copy of
-# `minunet.ops.col2im` with `=` in place of `+=`, and run the dot-product test on it.
-# Self-check: the test must fail (relative difference above $10^{-3}$), while the real col2im
-# passes below $10^{-12}$.
+# **2. Overwrite instead of add.** Write `col2im_overwrite(cols, x_shape, k)`, a col2im with `=`
+# in place of `+=` (the code printed above shows where). Self-check: with `=`, every pixel keeps
+# exactly one copy (a column matrix of ones gives an image of ones), and so the dot-product
+# test against im2col fails.
 
 # %%
 col2im_overwrite = None  # your function (cols, x_shape, k) -> dx
 
-if col2im_overwrite is None:
-    print("exercise 2: not attempted yet (write col2im_overwrite)")
-else:
-    bad = abs(lhs - np.sum(x * col2im_overwrite(C, x.shape, 3))) / abs(lhs)
-    print(f"dot-product test with '=': relative difference {bad:.2e}")
-    assert bad > 1e-3
+report(check_col2im_overwrite(col2im_overwrite))
 
 # %% [markdown]
-# **3. Coverage of a 5x5 kernel.** Predict the coverage of an inner pixel, of a corner and the
-# sum over a $10 \times 10$ input for $k = 5$, then compute the map with `col2im` as above.
-# Self-check: the cell below prints the three numbers; compare them with your predictions
-# ($k^2$, 1, and (number of windows) $\cdot\, k^2$).
+# **3. Coverage of a 5x5 kernel.** Predict the coverage of an inner pixel (row 5, column 5),
+# of a corner, and the sum of the map over a $10 \times 10$ input for $k = 5$; write the three
+# numbers into `my_coverage`. Self-check: compared with the map that `col2im` computes (the
+# cell prints only whether you are right, not the numbers).
 
 # %%
+my_coverage = None  # [inner, corner, sum]
+
 k5 = 5
 cover5 = minunet.ops.col2im(np.ones((k5 * k5, (10 - k5 + 1) ** 2)), (1, 1, 10, 10), k5)[0, 0]
-print(f"inner {cover5[5, 5]:.0f}, corner {cover5[0, 0]:.0f}, sum {cover5.sum():.0f}")
-assert cover5[5, 5] == k5**2 and cover5[0, 0] == 1 and cover5.sum() == (10 - k5 + 1) ** 2 * k5**2
+report(check_number("01, exercise 3 (coverage of a 5x5 kernel)", my_coverage,
+                    [cover5[5, 5], cover5[0, 0], cover5.sum()], decimals=0,
+                    concept="count the windows that hold the pixel; the sum counts every "
+                            "window's k*k pixels once"))
+
+# %% [markdown]
+# **4. Your turn: the backward.** Write `conv_backward_mine(dout, cache)`, the gradients of
+# `conv2d_forward(x, w, b)` (without the ReLU), from the index-level or the matrix derivation
+# above: `cache` holds `x` and `w` (and `out`, None here); return `(dx, dw, db)`. You may use
+# `minunet.ops.im2col` and `minunet.ops.col2im`. The cell checks it with the gradient checker
+# and against `minunet.ops.conv2d_backward`; a wrong answer gets a hint from the coursework's
+# catalogue of typical mistakes. Graded version: `python -m minunet.coursework`.
+
+# %%
+def conv_backward_mine(dout, cache):
+    """dout: (N, Cout, Ho, Wo). Returns dx (N, Cin, H, W), dw (Cout, Cin, k, k), db (Cout,)."""
+    x, w, _ = cache
+    raise NotImplementedError("your turn: write the convolution's backward here")
+
+
+report(check_conv_backward(conv_backward_mine))

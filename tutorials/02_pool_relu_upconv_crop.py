@@ -16,7 +16,6 @@
 # 25 minutes to read.
 
 # %%
-import inspect
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -46,8 +45,8 @@ rng = np.random.default_rng(T.seed)
 # window's gradient there:
 
 # %%
-print(inspect.getsource(minunet.ops.maxpool2x2_forward))
-print(inspect.getsource(minunet.ops.maxpool2x2_backward))
+print(T.getsource(minunet.ops.maxpool2x2_forward))
+print(T.getsource(minunet.ops.maxpool2x2_backward))
 
 # %% [markdown]
 # On a 4x4 example, the winners (circled) receive the gradients of their windows; every other
@@ -148,8 +147,8 @@ assert res[0].passed and res[0].max_rel_error < 1e-7
 # $$\bar x = \bar{\mathrm{out}} \odot [\mathrm{out} > 0]$$
 
 # %%
-print(inspect.getsource(minunet.ops.relu_forward))
-print(inspect.getsource(minunet.ops.relu_backward))
+print(T.getsource(minunet.ops.relu_forward))
+print(T.getsource(minunet.ops.relu_backward))
 
 # %% [markdown]
 # **Check.** The mask from the output equals the mask from the input on random inputs (no value
@@ -182,7 +181,7 @@ assert same and res[0].passed and res[0].max_rel_error < 1e-7
 # pixel, and a rearrangement puts tap $(i, j)$ of pixel $(y, x)$ at $(2y + i, 2x + j)$:
 
 # %%
-print(inspect.getsource(minunet.ops.upconv2x2_forward))
+print(T.getsource(minunet.ops.upconv2x2_forward))
 
 # %%
 w_stamp = np.array([[1.0, 2.0], [3.0, 4.0]]).reshape(1, 1, 2, 2)
@@ -228,7 +227,7 @@ plt.show()
 # rearranged $\bar{\mathrm{out}}$, $(4 C_{out}, N H W)$.
 
 # %%
-print(inspect.getsource(minunet.ops.upconv2x2_backward))
+print(T.getsource(minunet.ops.upconv2x2_backward))
 
 # %% [markdown]
 # **Check.** (1) The dot-product test of the adjoint: $\langle \mathrm{up}(x), z\rangle =
@@ -268,9 +267,9 @@ assert all(r.passed and r.max_rel_error < 1e-7 for r in res)
 # concat stacks two arrays, so its backward **splits** the gradient at the same channel.
 
 # %%
-print(inspect.getsource(minunet.ops.center_crop_forward))
-print(inspect.getsource(minunet.ops.center_crop_backward))
-print(inspect.getsource(minunet.ops.concat_backward))
+print(T.getsource(minunet.ops.center_crop_forward))
+print(T.getsource(minunet.ops.center_crop_backward))
+print(T.getsource(minunet.ops.concat_backward))
 
 # %% [markdown]
 # **Check.** The crop's backward is zero outside the kept window and equal to

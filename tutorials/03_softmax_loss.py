@@ -17,7 +17,6 @@
 # 25 minutes to read.
 
 # %%
-import inspect
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -55,8 +54,8 @@ rng = np.random.default_rng(T.seed)
 #   \frac{\partial L}{\partial a_k(x)} = \frac{w(x)\,\bigl(p_k(x) - y_k(x)\bigr)}{N H_o W_o}.$$
 
 # %%
-print(inspect.getsource(minunet.ops.softmax_cross_entropy_forward))
-print(inspect.getsource(minunet.ops.softmax_cross_entropy_backward))
+print(T.getsource(minunet.ops.softmax_cross_entropy_forward))
+print(T.getsource(minunet.ops.softmax_cross_entropy_backward))
 
 # %% [markdown]
 # **Check.** On one pixel with 3 classes and weight 1, the backward equals $p - y$ to $10^{-15}$;
@@ -159,7 +158,7 @@ assert abs(float(one) - float(two)) < 1e-15 and abs(half_loss - full_loss / 2) <
 # to background in the class map, as in the paper.
 
 # %%
-print(inspect.getsource(minunet.data.weightmap.separation_borders))
+print(T.getsource(minunet.data.weightmap.separation_borders))
 
 cells_data = touching_cells(192, seed=T.seed)
 instances = cells_data.instances
@@ -175,7 +174,7 @@ print(f"{n_cells} cells, {int(cells_data.borders.sum())} separation-border pixel
 # $k$, $K$ classes present), so each class has the same total weight and the weights average to 1:
 
 # %%
-print(inspect.getsource(minunet.data.weightmap.class_balance))
+print(T.getsource(minunet.data.weightmap.class_balance))
 wc = class_balance(classes)
 
 # %% [markdown]
@@ -206,7 +205,7 @@ d1, d2 = distances[0], distances[1]
 w0, sigma = minunet.data.weightmap.W0, minunet.data.weightmap.SIGMA
 border = np.where(cells == 0, w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2)), 0.0)
 print(f"w0 = {w0}, sigma = {sigma}")
-print(inspect.getsource(minunet.data.weightmap.weight_map))
+print(T.getsource(minunet.data.weightmap.weight_map))
 
 # %% [markdown]
 # ### Step 4: the final map

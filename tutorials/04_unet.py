@@ -16,7 +16,6 @@
 # 2-core CPU; 30 minutes to read.
 
 # %%
-import inspect
 import time
 
 import matplotlib.pyplot as plt
@@ -56,8 +55,8 @@ rng = np.random.default_rng(T.seed)
 # this lives in `minunet/sizes.py`:
 
 # %%
-print(inspect.getsource(minunet.sizes.output_size))
-print(inspect.getsource(minunet.sizes.valid_sizes))
+print(T.getsource(minunet.sizes.output_size))
+print(T.getsource(minunet.sizes.valid_sizes))
 
 # %% [markdown]
 # **Check.** `output_size(572)` is 388; the valid sizes from 100 to 600 are exactly
@@ -85,8 +84,8 @@ assert all(minunet.sizes.output_size(s) == s - 184 for s in valid)
 # image: read them side by side.
 
 # %%
-print(inspect.getsource(minunet.model.UNet.forward))
-print(inspect.getsource(minunet.model.UNet.backward))
+print(T.getsource(minunet.model.UNet.forward))
+print(T.getsource(minunet.model.UNet.backward))
 
 # %% [markdown]
 # `describe` prints one row per layer for a given input size: output shape, parameters,
@@ -192,7 +191,7 @@ for col, lo, hi, width in widths:
 # and `receptive_field` is the widest window over one period of 16.
 
 # %%
-print(inspect.getsource(minunet.sizes.receptive_field))
+print(T.getsource(minunet.sizes.receptive_field))
 
 # %% [markdown]
 # **Check.** Every measured extent is at least the margin's 185 pixels and at most the
@@ -259,7 +258,7 @@ plt.show()
 # network's many ReLU and max-pool kinks.
 
 # %%
-print(inspect.getsource(directional_check))
+print(T.getsource(directional_check))
 
 # %% [markdown]
 # **Check.** Along each of 5 random directions the relative error is below $10^{-6}$

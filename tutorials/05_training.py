@@ -19,7 +19,6 @@
 # %%
 import contextlib
 import csv
-import inspect
 import io
 import json
 import tempfile
@@ -59,8 +58,8 @@ T = setup("05_training")
 # times smaller than without momentum.
 
 # %%
-print(inspect.getsource(minunet.optim.MomentumSGD.step))
-print(inspect.getsource(minunet.optim.MomentumSGD.lr_at))
+print(T.getsource(minunet.optim.MomentumSGD.step))
+print(T.getsource(minunet.optim.MomentumSGD.lr_at))
 
 # %% [markdown]
 # (`backend.sgd_update_many` applies $v \leftarrow m v - \eta (g + \lambda w)$,
@@ -108,7 +107,7 @@ assert np.allclose(rates, [1e-5, 5e-4, 1e-3, 1e-3], rtol=1e-12, atol=0)
 # dropout, in `minunet.train`:
 
 # %%
-print(inspect.getsource(minunet.train.train_step))
+print(T.getsource(minunet.train.train_step))
 
 # %% [markdown]
 # Around it, the trainer draws a new tile for every step: a random crop of a training image with

@@ -28,7 +28,6 @@
 # minutes to read.
 
 # %%
-import inspect
 import re
 import time
 
@@ -72,8 +71,8 @@ print(f"{len(MISTAKES)} wrong versions in the catalogue; checks on {S} x {S} ima
 # grader does.
 
 # %%
-print(inspect.getsource(minunet.coursework.mistakes.Mistake))
-print(inspect.getsource(wrong_namespace))
+print(T.getsource(minunet.coursework.mistakes.Mistake))
+print(T.getsource(wrong_namespace))
 
 # %% [markdown]
 # For every mistake the cell below (`examine`) does what tutorial 00 did by hand, on the
@@ -154,9 +153,9 @@ def show(mistake_id):
     """The hint and the wrong code, as the catalogue holds them."""
     mistake = by_id(mistake_id)
     print(f"{mistake.id} (region {mistake.region})\nhint: {mistake.hint}\n")
-    module = inspect.getsource(minunet.coursework.mistakes)
+    module = T.getsource(minunet.coursework.mistakes)
     for fn in mistake.wrong.values():
-        src = inspect.getsource(fn)
+        src = T.getsource(fn)
         print(src)
         for helper in sorted(set(re.findall(r"\b(_[a-z][a-z0-9_]*)\(", src)) - {"_ops"}):
             start = module.index(f"def {helper}(")

@@ -8,7 +8,8 @@ The percent-format .py file is the source of truth. For each one this script
 1. reads it with jupytext (the cells of the notebook are exactly the cells of the file),
 2. executes it top to bottom in a fresh Python kernel with nbclient, at full size
    (MINUNET_FAST is removed from the kernel's environment), with tutorials/ as the
-   working directory, so that T.figure writes into tutorials/figures/,
+   working directory and MINUNET_WRITE_FIGURES=1, so that T.figure writes into
+   tutorials/figures/ (no other run writes there),
 3. removes what belongs to this machine from the outputs (the repository's, the home
    and the temporary folder's absolute paths; the user name) and the per-cell timing,
 4. checks the result (outputs present, no error, nothing machine-specific left,
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.pop("MINUNET_FAST", None)  # the published notebooks run at full size
     os.environ.pop("MPLBACKEND", None)  # let the kernel use its inline backend (figures)
+    os.environ["MINUNET_WRITE_FIGURES"] = "1"  # regeneration writes tutorials/figures/
     failed = []
     times = {}
     for source in sources:
