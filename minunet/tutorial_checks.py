@@ -633,3 +633,99 @@ def check_col2im_overwrite(mine, seed: int = 0) -> Verdict:
                        "column matrix of ones must give an image of ones")
 
     return _attempt(exercise, judge)
+
+
+# --- the typed answers of each tutorial: the truth is computed here, never in the cell ---------
+
+
+def check_im2col_shape(answer) -> Verdict:
+    """01, exercise 1: the shape of im2col(x, 3) for x of shape (2, 3, 10, 9)."""
+    truth = reference.im2col(np.zeros((2, 3, 10, 9)), 3).shape
+    return check_number("01, exercise 1 (the shape of the column matrix)", answer, truth,
+                        decimals=0, concept="one row per (input channel, kernel row, kernel "
+                                            "column), one column per output pixel of every image")
+
+
+def check_coverage_5x5(answer) -> Verdict:
+    """01, exercise 3: [inner, corner, sum] of the coverage map of a 5x5 kernel on 10x10."""
+    k = 5
+    cover = reference.col2im(np.ones((k * k, (10 - k + 1) ** 2)), (1, 1, 10, 10), k)[0, 0]
+    return check_number("01, exercise 3 (coverage of a 5x5 kernel)", answer,
+                        [cover[5, 5], cover[0, 0], cover.sum()], decimals=0,
+                        concept="count the windows that hold the pixel; the sum counts each "
+                                "window's k*k pixels once")
+
+
+def check_tie_rule(answer) -> Verdict:
+    """02, exercise 1: the arg-max (2i + j) of [[2, 5], [5, 1]] and of [[7, 7], [7, 9]]."""
+    two = np.array([[[2, 5], [5, 1]], [[7, 7], [7, 9]]], float).reshape(1, 2, 2, 2)
+    truth = reference.maxpool2x2_forward(two)[1].arg.ravel().tolist()
+    return check_number("02, exercise 1 (the tie rule)", answer, truth, decimals=0,
+                        concept="the FIRST maximum in the order (0,0), (0,1), (1,0), (1,1) wins; "
+                                "the position is 2i + j")
+
+
+def check_stamp(rows, cols) -> Verdict:
+    """02, exercise 3: the non-zero output rows and columns of a 2x2 up-convolution of a 4x4
+    input whose only non-zero pixel is at row 3, column 1."""
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 3, 1] = 1.0
+    up = reference.upconv2x2_forward(x, np.ones((1, 1, 2, 2)), np.zeros(1))[0][0, 0]
+    truth = [sorted(set(a.tolist())) for a in np.nonzero(up)]
+    answer = None if rows is None else [list(rows), list(cols)]
+    return check_number("02, exercise 3 (where a pixel stamps)", answer, truth, decimals=0,
+                        concept="input pixel (y, x) paints the 2x2 block whose top-left corner "
+                                "is (2y, 2x)")
+
+
+def check_one_pixel_gradient(answer) -> Verdict:
+    """03, exercise 1: dL/da for logits (1, 1, 1), label 0, weight 2 on one pixel; six decimals."""
+    _, cache = reference.softmax_cross_entropy_forward(np.ones((1, 3, 1, 1)),
+                                                       np.array([[[0]]]), np.full((1, 1, 1), 2.0))
+    truth = reference.softmax_cross_entropy_backward(1.0, cache).ravel()
+    return check_number("03, exercise 1 (the gradient of one pixel)", answer, truth,
+                        decimals=6, concept="w(x) (p - y) / (N H W): p = 1/3 for every class, y "
+                                            "the one-hot label, the weight 2, one pixel")
+
+
+def check_border_gap(answer, sigma: float = 5.0) -> Verdict:
+    """03, exercise 2: the gap d1 + d2 at which exp(-g^2 / 2 sigma^2) = 0.01; two decimals."""
+    truth = sigma * np.sqrt(2 * np.log(100))
+    return check_number("03, exercise 2 (the reach of the border term)", answer, truth,
+                        decimals=2, concept="take the logarithm: g^2 / (2 sigma^2) = ln 100")
+
+
+def check_depth3_sizes(smallest, margin) -> Verdict:
+    """04, exercise 1: the smallest valid input side and the margin of a U-Net of depth 3."""
+    from . import sizes
+
+    truth = [sizes.valid_sizes(1, 200, depth=3)[0], sizes.size_margin(depth=3)]
+    return check_number("04, exercise 1 (valid sizes at depth 3)",
+                        None if smallest is None else [smallest, margin], truth, decimals=0,
+                        concept="each level loses 4 pixels per side on the way down and 4 on the "
+                                "way up, each 2x2 pool needs an even size")
+
+
+def check_level_parameters(down0, upconv0) -> Verdict:
+    """04, exercise 2: the parameters of the paper's down0 (1 -> 64 -> 64, 3x3) and up0.upconv
+    (128 -> 64, 2x2), biases included."""
+    truth = [(1 * 9 + 1) * 64 + (64 * 9 + 1) * 64, 128 * 64 * 4 + 64]
+    return check_number("04, exercise 2 (parameters by hand)",
+                        None if down0 is None else [down0, upconv0], truth, decimals=0,
+                        concept="a conv has Cout * Cin * k * k weights and Cout biases")
+
+
+def check_steady_step(answer) -> Verdict:
+    """05, exercise 1: the steady step of momentum SGD, lr 1e-3, m = 0.9, gradient 1; the
+    cell's measurement after 1000 steps is lr / (1 - m) to 1e-12, so 6 decimals."""
+    from .optim import MomentumSGD, SGDConfig
+
+    theta = {"w": np.zeros(1)}
+    opt = MomentumSGD(theta, SGDConfig(lr=1e-3, momentum=0.9, warmup=0))
+    for it in range(1000):
+        before = theta["w"].copy()
+        opt.step({"w": np.ones(1)}, it)
+    truth = float(before[0] - theta["w"][0])
+    return check_number("05, exercise 1 (momentum 0.9)", answer, truth, decimals=6,
+                        concept="for a steady gradient the velocity settles where "
+                                "v = m v - lr g")

@@ -326,3 +326,27 @@ def test_col2im_overwrite():
     _wrong(tc.check_col2im_overwrite(lambda c, s, k: _col2im_loops(c, s, k, add=True)),
            "adding col2im")
     _wrong(tc.check_col2im_overwrite(_wrong_version("col2im.missing_offset")), "offset")
+
+
+TYPED = [  # (check, right answer, [typical wrong answers], a word of the concept)
+    (tc.check_im2col_shape, ((27, 112),), [((27, 90),), ((9, 112),)], "one row per"),
+    (tc.check_coverage_5x5, ([25, 1, 900],), [([9, 1, 900],), ([25, 1, 2500],)], "windows"),
+    (tc.check_tie_rule, ([1, 3],), [([2, 3],), ([1, 0],)], "first maximum"),
+    (tc.check_stamp, ([6, 7], [2, 3]), [([3, 4], [1, 2]), ([6, 7], [3, 4])], "(2y, 2x)"),
+    (tc.check_one_pixel_gradient, ([-1.333333, 0.666667, 0.666667],),
+     [([-2 / 3, 1 / 3, 1 / 3],), ([1.333333, -0.666667, -0.666667],),
+      ([-1.3333, 0.6667, 0.6667],)], "weight 2"),
+    (tc.check_border_gap, (15.17,), [(15.0,), (10.73,)], "logarithm"),
+    (tc.check_depth3_sizes, (92, 88), [(76, 88), (92, 92)], "even size"),
+    (tc.check_level_parameters, (37568, 32832), [(37440, 32768), (37568, 32768)], "cin"),
+    (tc.check_steady_step, (0.01,), [(0.1,), (0.001,)], "velocity settles"),
+]
+
+
+@pytest.mark.parametrize("check, right, wrongs, concept", TYPED,
+                         ids=[c[0].__name__ for c in TYPED])
+def test_typed_answers(check, right, wrongs, concept):
+    _right(check(*right))
+    for wrong in wrongs:
+        _wrong(check(*wrong), concept)
+    _not_attempted(check(*[None] * len(right)))

@@ -23,6 +23,14 @@ import numpy as np
 import minunet.ops
 from minunet.gradcheck import check_op, format_table
 from minunet.tutorial import setup
+from minunet.tutorial_checks import (
+    check_maxpool_backward,
+    check_relu_backward,
+    check_shared_ties,
+    check_stamp,
+    check_tie_rule,
+    report,
+)
 
 T = setup("02_pool_relu_upconv_crop")
 rng = np.random.default_rng(T.seed)
@@ -136,6 +144,21 @@ print(format_table(res))
 assert res[0].passed and res[0].max_rel_error < 1e-7
 
 # %% [markdown]
+# **Your turn: the max-pool backward.** Write `maxpool_backward_mine(dout, cache)`: `cache.arg`
+# holds each window's winner as $a = 2i + j$; put each window's gradient there and 0 at the
+# other three pixels. The cell checks it with the gradient checker and against
+# `minunet.ops.maxpool2x2_backward`, and names the mistake (from the coursework's catalogue)
+# when it is wrong. Graded version: `python -m minunet.coursework`.
+
+# %%
+def maxpool_backward_mine(dout, cache):
+    """dout: (N, C, H/2, W/2); cache.arg: (N, C, H/2, W/2) uint8. Returns dx (N, C, H, W)."""
+    raise NotImplementedError("your turn: write the max-pool backward here")
+
+
+report(check_maxpool_backward(maxpool_backward_mine))
+
+# %% [markdown]
 # ## ReLU: the mask from the output
 #
 # $\mathrm{relu}(x) = \max(x, 0)$ has derivative 1 where $x > 0$ and 0 where $x < 0$ (at exactly
@@ -164,6 +187,19 @@ res = check_op("relu", minunet.ops.relu_forward, minunet.ops.relu_backward, {"x"
 print(f"mask from output == mask from input: {same}")
 print(format_table(res))
 assert same and res[0].passed and res[0].max_rel_error < 1e-7
+
+# %% [markdown]
+# **Your turn: the ReLU backward.** Write `relu_backward_mine(dout, cache)` from the formula
+# above (`cache.out` is the forward's output). The check also feeds it inputs of exactly 0,
+# where the derivative is taken as 0. Graded version: `python -m minunet.coursework`.
+
+# %%
+def relu_backward_mine(dout, cache):
+    """dout: the output's shape; cache.out: the forward's output. Returns dx."""
+    raise NotImplementedError("your turn: write the ReLU backward here")
+
+
+report(check_relu_backward(relu_backward_mine))
 
 # %% [markdown]
 # ## The 2x2 up-convolution
@@ -319,35 +355,23 @@ assert all(r.passed and r.max_rel_error < 1e-7 for r in res)
 # %%
 my_args = None  # e.g. [a, b]
 
-two_windows = np.array([[[2, 5], [5, 1]], [[7, 7], [7, 9]]], float).reshape(1, 2, 2, 2)
-real_args = minunet.ops.maxpool2x2_forward(two_windows)[1].arg.ravel().tolist()
-if my_args is None:
-    print("exercise 1: not attempted yet (write your two positions into my_args)")
-else:
-    print(f"yours {list(my_args)}, the op's {real_args}")
-    assert list(my_args) == real_args
+report(check_tie_rule(my_args))
 
 # %% [markdown]
 # **2. Share the gradient among ties.** Write `maxpool_backward_shared(dout, x)` that splits each
-# window's gradient equally among all pixels that equal the window's maximum. It is another
-# valid subgradient. Self-check: on `x_many` above (full of ties) it must give the same total
-# as minunet's backward (the gradient is conserved, to $10^{-12}$) but differ
-# element-wise; on distinct inputs it must equal minunet's exactly.
+# window's gradient equally among all pixels that equal the window's maximum (a window with
+# two tied maxima gives each half). It is another valid subgradient. Self-check: on an input
+# full of ties, every tied maximum gets its equal share and every other pixel 0 (the check
+# computes the shares itself; giving the whole gradient to the first or the last maximum is
+# the op's tie rule, not a share, and fails).
 
 # %%
-maxpool_backward_shared = None  # your function (dout, x) -> dx
+def maxpool_backward_shared(dout, x):
+    """dout: (N, C, H/2, W/2); x: (N, C, H, W), the forward's input. Returns dx (N, C, H, W)."""
+    raise NotImplementedError("your turn: share each window's gradient among its maxima")
 
-if maxpool_backward_shared is None:
-    print("exercise 2: not attempted yet (write maxpool_backward_shared)")
-else:
-    mine = maxpool_backward_shared(d, x_many)
-    print(f"sum: yours {mine.sum():.4f}, minunet's {dx.sum():.4f}; "
-          f"largest element-wise difference {np.abs(mine - dx).max():.3f}")
-    assert abs(mine.sum() - dx.sum()) < 1e-12 and np.abs(mine - dx).max() > 0
-    xd = x_distinct[:, :, :4, :4]
-    dd = rng.standard_normal((2, 3, 2, 2))
-    ref = minunet.ops.maxpool2x2_backward(dd, minunet.ops.maxpool2x2_forward(xd)[1])
-    assert np.array_equal(maxpool_backward_shared(dd, xd), ref)
+
+report(check_shared_ties(maxpool_backward_shared))
 
 # %% [markdown]
 # **3. Where does a pixel stamp?** An up-convolution input of $4 \times 4$ pixels has exactly one
@@ -357,12 +381,4 @@ else:
 # %%
 my_rows = my_cols = None  # e.g. [r0, r1], [c0, c1]
 
-x_one = np.zeros((1, 1, 4, 4))
-x_one[0, 0, 3, 1] = 1.0
-up_one = minunet.ops.upconv2x2_forward(x_one, w_stamp, np.zeros(1))[0][0, 0]
-rows, cols_ = (sorted(set(a.tolist())) for a in np.nonzero(up_one))
-if my_rows is None:
-    print("exercise 3: not attempted yet (write my_rows and my_cols)")
-else:
-    print(f"yours rows {my_rows} cols {my_cols}; the op's rows {rows} cols {cols_}")
-    assert list(my_rows) == rows and list(my_cols) == cols_
+report(check_stamp(my_rows, my_cols))

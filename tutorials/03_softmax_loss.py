@@ -28,6 +28,13 @@ from minunet.data import class_balance, synthetic_em, touching_cells, weight_map
 from minunet.gradcheck import check_op, format_table
 from minunet.model import UNetConfig, build_model, standardize
 from minunet.tutorial import setup
+from minunet.tutorial_checks import (
+    check_border_gap,
+    check_loss_by_weight_sum,
+    check_one_pixel_gradient,
+    check_softmax_backward,
+    report,
+)
 
 T = setup("03_softmax_loss")
 rng = np.random.default_rng(T.seed)
@@ -80,6 +87,23 @@ res = check_op("softmax_cross_entropy", minunet.ops.softmax_cross_entropy_forwar
 print(format_table(res))
 assert np.abs(grad1 - (p - [0, 0, 1])).max() < 1e-15
 assert res[0].passed and res[0].max_rel_error < 1e-7
+
+# %% [markdown]
+# **Your turn: the fused gradient.** Write `softmax_backward_mine(dloss, cache)`, the gradient
+# of the loss with respect to the logits, from the derivation above: `cache` holds `probs`
+# $(N, K, H, W)$, `labels` $(N, H, W)$, `weights` $(N, H, W)$ and `scale` $= 1/(N H W)$;
+# `dloss` is the upstream gradient, a number. The cell checks it with the gradient checker and
+# against `minunet.ops.softmax_cross_entropy_backward`, with hints from the coursework's
+# catalogue of mistakes when it is wrong. Graded version: `python -m minunet.coursework`.
+
+# %%
+def softmax_backward_mine(dloss, cache):
+    """dloss: a number. Returns dlogits (N, K, H, W)."""
+    probs, labels, weights, scale = cache
+    raise NotImplementedError("your turn: write the softmax cross-entropy gradient here")
+
+
+report(check_softmax_backward(softmax_backward_mine))
 
 # %% [markdown]
 # ## Large logits: the naive softmax overflows
@@ -308,48 +332,37 @@ assert abs(unweighted0 - np.log(2)) < 1e-6 and abs(weighted0 - w_tile.mean() * n
 #
 # **1. The gradient of one pixel.** For logits $(1, 1, 1)$, label 0 and weight 2 on a single
 # pixel, predict the gradient $\partial L/\partial a$ as a list of three numbers, write it into
-# `my_grad` and run the cell. Self-check: compared with the op's backward to $10^{-12}$.
+# `my_grad` (six decimals are enough) and run the cell. Self-check: compared with the op's
+# backward to six decimals.
 
 # %%
 my_grad = None  # e.g. [g0, g1, g2]
 
-real = minunet.ops.softmax_cross_entropy_backward(1.0, minunet.ops.softmax_cross_entropy_forward(
-    np.ones((1, 3, 1, 1)), np.array([[[0]]]), np.full((1, 1, 1), 2.0))[1]).ravel()
-if my_grad is None:
-    print("exercise 1: not attempted yet (write your prediction into my_grad)")
-else:
-    print(f"yours {np.round(my_grad, 6)}, the op's {np.round(real, 6)}")
-    assert np.abs(np.asarray(my_grad) - real).max() < 1e-12
+report(check_one_pixel_gradient(my_grad))
 
 # %% [markdown]
 # **2. $\sigma$ and the reach of the border term.** At what gap $d_1 + d_2$ does the border term
 # fall to 1 % of $w_0$? Solve $\exp(-g^2 / 2\sigma^2) = 0.01$ for $g$ with $\sigma = 5$, write it
-# into `my_gap` and run the cell. Self-check: within 0.01 of the solution the cell computes.
+# into `my_gap` and run the cell. Self-check: compared with the solution to two decimals (the
+# check computes it; the cell does not print it).
 
 # %%
 my_gap = None  # your g in pixels
 
-gap = sigma * np.sqrt(2 * np.log(100))
-if my_gap is None:
-    print("exercise 2: not attempted yet (write your gap into my_gap)")
-else:
-    print(f"yours {my_gap:.3f} px, solution {gap:.3f} px")
-    assert abs(my_gap - gap) < 0.01
+report(check_border_gap(my_gap, sigma))
 
 # %% [markdown]
 # **3. The wrong normalisation.** Some implementations divide by $\sum_x w(x)$ instead of by the
-# number of pixels. Write `loss_by_weight_sum(logits, labels, weights)` that does so, and find a
-# pair of inputs where the two disagree. Self-check: your loss equals minunet's times
-# $N H_o W_o / \sum w$ (to $10^{-12}$), and so the two agree only when the weights average to 1.
+# number of pixels. Write `loss_by_weight_sum(logits, labels, weights)` that does so, then find
+# inputs of your own where it and minunet's loss disagree, and inputs where they agree.
+# Self-check: on three random inputs of different shapes (not only the tutorial's), your loss
+# equals minunet's times $N H_o W_o / \sum w$, so the two agree only when the weights average
+# to 1.
 
 # %%
-loss_by_weight_sum = None  # your function (logits, labels, weights) -> loss
+def loss_by_weight_sum(logits, labels, weights):
+    """logits (N, K, H, W), labels (N, H, W), weights (N, H, W). Returns the loss, a number."""
+    raise NotImplementedError("your turn: the loss divided by the sum of the weights")
 
-if loss_by_weight_sum is None:
-    print("exercise 3: not attempted yet (write loss_by_weight_sum)")
-else:
-    ours = float(minunet.ops.softmax_cross_entropy_forward(logits, labels, weights)[0])
-    yours = float(loss_by_weight_sum(logits, labels, weights))
-    print(f"minunet {ours:.6f}, by weight sum {yours:.6f}, ratio {yours / ours:.4f}, "
-          f"N*H*W / sum w = {weights.size / weights.sum():.4f}")
-    assert abs(yours - ours * weights.size / weights.sum()) < 1e-12
+
+report(check_loss_by_weight_sum(loss_by_weight_sum))
