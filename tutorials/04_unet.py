@@ -29,6 +29,12 @@ from minunet.gradcheck import directional_check
 from minunet.model import UNetConfig, build_model, describe, standardize
 from minunet.optim import MomentumSGD, SGDConfig
 from minunet.tutorial import setup
+from minunet.tutorial_checks import (
+    check_depth3_sizes,
+    check_level_parameters,
+    check_unet_level,
+    report,
+)
 
 T = setup("04_unet")
 rng = np.random.default_rng(T.seed)
@@ -89,9 +95,11 @@ print(T.getsource(minunet.model.UNet.backward))
 
 # %% [markdown]
 # `describe` prints one row per layer for a given input size: output shape, parameters,
-# forward GFLOP (2 per multiply-add), the output's memory and the fast door's im2col workspace
-# (bounded at 64 MB; tutorial 01). A training step costs about three forward passes (the
-# backward computes two products per layer where the forward computes one).
+# forward GFLOP (2 per multiply-add), the output's memory and the layer's im2col workspace: its
+# whole column matrix, capped at `backend.WORKSPACE_BYTES` = 64 MiB, the largest chunk the fast
+# door cuts on a GPU (on the CPU its chunks are at most 4 MiB; tutorial 01). A training step
+# costs about three forward passes (the backward computes two products per layer where the
+# forward computes one).
 #
 # **Check.** For the paper's network (1 input channel, 2 classes, base 64, input 572) the
 # table's parameters add up to the paper's 31,030,658, equal to those of the model that
@@ -162,14 +170,21 @@ g = input_gradient(centre, centre)
 (r0, r1), (c0, c1) = extent(g, 1), extent(g, 0)
 print(f"input {size}, output {out_side}; output pixel ({centre}, {centre}) depends on input rows "
       f"{r0}..{r1} ({r1 - r0 + 1} px) and columns {c0}..{c1} ({c1 - c0 + 1} px)")
-print(f"the centred window of the margin: {centre}..{centre + 184} (185 px)")
+print(f"output pixel ({centre}, {centre}) sits over input pixel ({centre + 92}, {centre + 92}); "
+      f"the margin's window centred there: {centre}..{centre + 184} (185 px)")
 
 # %% [markdown]
-# The window starts exactly at the output pixel's position and spans 188 pixels, three more
-# than the margin's 185. The max-pools are to blame: a 2x2 pool groups the pixels in fixed
-# pairs, so an output pixel sees whole pooling windows, and how much extra that adds depends on
-# where the pixel lies relative to the pools' grid. Let us measure the extent along one row for
-# 16 neighbouring output pixels, one period of the grid of $2^4 = 16$ pixels.
+# Coordinates first. The output is 184 pixels smaller than the input, 92 on each side, so
+# output pixel $(y, x)$ sits over input pixel $(y + 92, x + 92)$: that is where it lies in the
+# image. A window of the margin's 185 pixels centred there runs from $y$ to $y + 184$ (92 on
+# either side of $y + 92$); that is the "centred window" printed above, and why an input row
+# index equal to the output pixel's own $y$ marks the window's start, not its centre.
+#
+# The measured window starts exactly there, at input row and column $y$, and spans 188 pixels,
+# three more than the margin's 185. The max-pools are to blame: a 2x2 pool groups the pixels
+# in fixed pairs, so an output pixel sees whole pooling windows, and how much extra that adds
+# depends on where the pixel lies relative to the pools' grid. Let us measure the extent along
+# one row for 16 neighbouring output pixels, one period of the grid of $2^4 = 16$ pixels.
 
 # %%
 widths = []
@@ -227,7 +242,7 @@ fig.colorbar(im, ax=axes[0], fraction=0.046)
 cols_ = [c - centre for c, *_ in widths]
 axes[1].bar(cols_, [hi - lo + 1 for _, lo, hi, _ in widths], color="C0")
 axes[1].axhline(185, color="k", ls="--", lw=1, label="margin + 1 = 185")
-axes[1].set_ylim(150, 210)
+axes[1].set_ylim(0, 215)  # from 0: the bars' heights compare as numbers
 axes[1].set_xlabel("output column, relative to a multiple of 16")
 axes[1].set_ylabel("input pixels it depends on")
 axes[1].set_title("extent per output pixel: a period of 16", fontsize=10)
@@ -375,30 +390,18 @@ assert history[-1] < T.pick(0.02, 0.30) * history[0] and accuracy >= T.pick(0.99
 # %%
 my_smallest = my_margin = None  # your answers
 
-smallest3 = minunet.sizes.valid_sizes(1, 200, depth=3)[0]
-margin3 = minunet.sizes.size_margin(depth=3)
-if my_smallest is None:
-    print("exercise 1: not attempted yet (write my_smallest and my_margin)")
-else:
-    print(f"yours: {my_smallest}, {my_margin}; minunet.sizes: {smallest3}, {margin3}")
-    assert (my_smallest, my_margin) == (smallest3, margin3)
+report(check_depth3_sizes(my_smallest, my_margin))
 
 # %% [markdown]
 # **2. Parameters by hand.** Count the parameters of the paper's first level, `down0` (two 3x3
 # convolutions, 1 -> 64 -> 64 channels, with biases), and of the up-convolution `up0.upconv`
 # (128 -> 64 channels, 2x2, with bias). Write them into `my_down0, my_upconv0`. Self-check:
-# compared with the table above.
+# compared with the counts of the layer table above.
 
 # %%
 my_down0 = my_upconv0 = None  # your counts
 
-table = {r["layer"]: r["params"] for r in rows}
-if my_down0 is None:
-    print("exercise 2: not attempted yet (write my_down0 and my_upconv0)")
-else:
-    real = (table["down0.conv0"] + table["down0.conv1"], table["up0.upconv"])
-    print(f"yours: {my_down0}, {my_upconv0}; the table: {real}")
-    assert (my_down0, my_upconv0) == real
+report(check_level_parameters(my_down0, my_upconv0))
 
 # %% [markdown]
 # **3. A broken gradient in a big network.** Scale one parameter's gradient by 1.01 (a 1 % bug
@@ -418,3 +421,28 @@ else:
                             rng=np.random.default_rng(T.seed))
     print([f"{c.rel_error:.1e}" for c in bad])
     assert not all(c.passed for c in bad)
+
+# %% [markdown]
+# **4. Your turn: one level of the U-Net.** Write one level of the contracting path as an op
+# pair from the lesson's ops: `level_forward(x, w0, b0, w1, b1)` runs a 3x3 convolution with
+# ReLU, another, and a 2x2 max-pool, and returns `((skip, down), cache)`: `skip` is the second
+# convolution's output (what the skip connection crops and concatenates), `down` its pool
+# (what the next level gets). `level_backward(dskip, ddown, cache)` returns
+# `(dx, dw0, db0, dw1, db1)`. Use `minunet.ops.conv2d_forward(..., relu=True)`,
+# `maxpool2x2_forward` and their backwards; mind that `skip` is used twice. The check runs the
+# gradient checker on your pair and compares it with the network's own ops; a wrong answer
+# gets a hint. Graded version: `python -m minunet.coursework`.
+
+# %%
+def level_forward(x, w0, b0, w1, b1):
+    """x: (N, Cin, H, W); w0: (C, Cin, 3, 3); w1: (C, C, 3, 3). Returns ((skip, down), cache),
+    skip (N, C, H-4, W-4), down (N, C, (H-4)/2, (W-4)/2)."""
+    raise NotImplementedError("your turn: the level's forward")
+
+
+def level_backward(dskip, ddown, cache):
+    """dskip: skip's shape; ddown: down's shape. Returns (dx, dw0, db0, dw1, db1)."""
+    raise NotImplementedError("your turn: the level's backward")
+
+
+report(check_unet_level(level_forward, level_backward))
