@@ -729,3 +729,16 @@ def check_steady_step(answer) -> Verdict:
     return check_number("05, exercise 1 (momentum 0.9)", answer, truth, decimals=6,
                         concept="for a steady gradient the velocity settles where "
                                 "v = m v - lr g")
+
+
+def check_effect_size(answer, records: list[dict], key: str = "f1") -> Verdict:
+    """05, exercise 3: how many pooled standard deviations (over the seeds, ddof = 1) separate
+    the mean `key` of the runs with the weight map from those without; one decimal."""
+    a = np.array([r[key] for r in records if r["weight_map"]], np.float64)
+    b = np.array([r[key] for r in records if not r["weight_map"]], np.float64)
+    pooled = np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2)
+    truth = (a.mean() - b.mean()) / pooled
+    return check_number("05, exercise 3 (the difference against the spread)", answer, truth,
+                        decimals=1, concept="the difference of the two means divided by the "
+                                            "pooled standard deviation sqrt((s1^2 + s2^2) / 2) "
+                                            "of the seeds (ddof = 1)")

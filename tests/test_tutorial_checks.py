@@ -350,3 +350,13 @@ def test_typed_answers(check, right, wrongs, concept):
     for wrong in wrongs:
         _wrong(check(*wrong), concept)
     _not_attempted(check(*[None] * len(right)))
+
+
+def test_effect_size():
+    records = [{"weight_map": True, "f1": v} for v in (0.70, 0.72, 0.74)] + [
+        {"weight_map": False, "f1": v} for v in (0.50, 0.55, 0.60)]
+    # means 0.72 and 0.55; sample std 0.02 and 0.05; pooled sqrt((0.0004 + 0.0025) / 2)
+    _right(tc.check_effect_size(4.5, records))
+    _wrong(tc.check_effect_size(0.2, records), "pooled standard deviation")  # not divided
+    _wrong(tc.check_effect_size(3.4, records), "pooled")  # divided by the larger std only
+    _not_attempted(tc.check_effect_size(None, records))

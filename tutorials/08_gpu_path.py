@@ -391,8 +391,9 @@ for name, fn, nbytes, flop in rows:
     print(f"  {name:28s} {s * 1e3:8.2f} ms   {rate}")
 speedup = cpu_times["col2im, plain op"] / cpu_times["col2im, CPU twin (gather)"]
 share = cpu_times["im2col, CPU twin"] / cpu_times["GEMM W2 @ cols (BLAS)"]
-print(f"col2im: the gather twin is {speedup:.1f}x the plain slices; im2col takes "
-      f"{share:.0%} of the GEMM's time")
+print(f"col2im: the gather twin runs {speedup:.1f}x as fast as the plain op's nine slice += "
+      f"(the plain op's time divided by the twin's); im2col takes {share:.0%} of the GEMM's "
+      f"time")
 
 # %% [markdown]
 # On the CPUs this was written on, the gather twin is several times faster than the nine slice

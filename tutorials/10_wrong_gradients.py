@@ -515,10 +515,12 @@ assert any(caught)
 
 # %% [markdown]
 # **2. Your own mistake.** Write a wrong ReLU backward of your own in `my_relu_backward` (say,
-# a mask `>= 0` on the input instead of `> 0` on the output, or a mask from the input of the
-# previous layer), decide whether the gradient check on the usual ReLU inputs (|x| >= 0.1) will
+# a mask `cache.out >= 0` instead of `> 0`: the cache holds only the output, which is never
+# negative, so that mask passes everything; or a mask from the sign of `dout`), decide
+# whether the gradient check on the usual ReLU inputs (|x| >= 0.1) will
 # catch it, and set `EXPECT_PASS`. The self-check runs `check_op` and asserts that the verdict
-# is the one you expected. (As given, the function is the correct one.)
+# is the one you expected. (As given, the function is the correct one.) Tutorials 00-05 have
+# you write the right backwards; `python -m minunet.coursework` grades them.
 
 # %%
 EXPECT_PASS = True
