@@ -314,10 +314,13 @@ class OpCheck:
     wrt: tuple  # the differentiable inputs, in the order the backward returns them
     threshold_float64: float = THRESHOLD_FLOAT64
     threshold_float32: float = THRESHOLD_FLOAT32
+    floor_float64: float = 0.0  # rel_error floor in float64 as a fraction of max |n| (curved ops)
+    float32: bool = True  # False: no float32 row (a step of STEP_FLOAT32 is too coarse for it)
 
 
-def op_checks(kind: str = "plain") -> list[OpCheck]:
-    """The gradient check of every U-Net op: small float shapes, N = 2, odd and even sizes.
+def op_checks(kind: str = "plain", family: bool = False) -> list[OpCheck]:
+    """The gradient check of every U-Net op: small float shapes, N = 2, odd and even sizes;
+    with family=True also those of the U-Net family's ops and losses (gradcheck_family.py).
 
     kind: "plain" checks the lesson's ops (minunet/ops), "fast" the fast ones (minunet/fast).
     """
@@ -389,6 +392,10 @@ def op_checks(kind: str = "plain") -> list[OpCheck]:
                 "scale_mask": ops.dropout_mask(shape, 0.5, rng, dtype)}  # a fixed mask
 
     exact = THRESHOLD_FLOAT32_EXACT
+    if family:
+        from minunet.gradcheck_family import family_checks
+
+        return op_checks(kind) + family_checks(kind)
     return [
         OpCheck("conv2d (k=3)", "conv2d", ops.conv2d_forward, ops.conv2d_backward,
                 conv_inputs(3, 4, 3, 7, 6), ("x", "w", "b")),
@@ -414,15 +421,18 @@ def op_checks(kind: str = "plain") -> list[OpCheck]:
     ]
 
 
-def op_names() -> list[str]:
-    """The names --op accepts, in table order."""
-    return list(dict.fromkeys(c.op for c in op_checks()))
+def op_names(family: bool = False) -> list[str]:
+    """The names --op accepts, in table order (with family=True, the family's too)."""
+    return list(dict.fromkeys(c.op for c in op_checks(family=family)))
 
 
 def run_checks(ops: Sequence[str] | None = None, dtype: str = "float64",
-               device: str = "cpu", seed: int = 0, kind: str = "plain") -> list[GradCheckResult]:
+               device: str = "cpu", seed: int = 0, kind: str = "plain",
+               family: bool = False) -> list[GradCheckResult]:
     """Run the named checks of `ops` (all when None) in `dtype` on `device` ('cpu'/'cuda'),
-    on the plain ops (kind="plain", minunet/ops) or the fast ones (kind="fast", minunet/fast).
+    on the plain ops (kind="plain", minunet/ops) or the fast ones (kind="fast", minunet/fast);
+    family=True adds the U-Net family's ops and losses. A check without a float32 row
+    (OpCheck.float32 False) is left out of a float32 run.
 
     Every check draws from its own generator, seeded by (seed, its position in the
     list), so checking one op gives the same numbers as checking all of them.
@@ -430,17 +440,17 @@ def run_checks(ops: Sequence[str] | None = None, dtype: str = "float64",
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
-    checks = op_checks(kind)
+    checks = op_checks(kind, family)
     if ops is not None:
         unknown = sorted(set(ops) - {c.op for c in checks})
         if unknown:
             raise ValueError(f"unknown op(s) {', '.join(unknown)}; valid ops: "
-                             f"{', '.join(op_names())}")
+                             f"{', '.join(op_names(family))}")
     h = STEP_FLOAT64 if dtype == np.float64 else STEP_FLOAT32
     floor_fraction = 0.0 if dtype == np.float64 else FLOOR_FRACTION_FLOAT32
     results = []
     for position, c in enumerate(checks):
-        if ops is not None and c.op not in ops:
+        if (ops is not None and c.op not in ops) or (dtype == np.float32 and not c.float32):
             continue
         rng = np.random.default_rng([seed, position])
         inputs = c.make_inputs(rng, dtype)
@@ -448,8 +458,9 @@ def run_checks(ops: Sequence[str] | None = None, dtype: str = "float64",
             inputs = {k: (backend.to_device(v) if _is_array(v) else v)
                       for k, v in inputs.items()}
         threshold = c.threshold_float64 if dtype == np.float64 else c.threshold_float32
+        floor = c.floor_float64 if dtype == np.float64 else floor_fraction
         results += check_op(c.name, c.forward, c.backward, inputs, c.wrt, rng,
-                            threshold=threshold, h=h, floor_fraction=floor_fraction)
+                            threshold=threshold, h=h, floor_fraction=floor)
     return results
 
 
@@ -486,11 +497,12 @@ def summary_line(results: Sequence[GradCheckResult]) -> str:
     return f"summary: {len(failed)} of {n} gradients FAIL ({names}); {worst_text}"
 
 
-def _parse_ops(values: list[str] | None, parser: argparse.ArgumentParser) -> list[str] | None:
+def _parse_ops(values: list[str] | None, parser: argparse.ArgumentParser,
+               family: bool) -> list[str] | None:
     if not values:
         return None
     names = [s.strip() for v in values for s in v.split(",") if s.strip()]
-    valid = op_names()
+    valid = op_names(family)
     unknown = [s for s in names if s not in valid]
     if unknown:
         parser.error(f"unknown op {', '.join(repr(s) for s in unknown)}; "
@@ -500,13 +512,17 @@ def _parse_ops(values: list[str] | None, parser: argparse.ArgumentParser) -> lis
 
 def main(argv: Sequence[str] | None = None) -> int:
     """python -m minunet.gradcheck: check every op's backward; exit 1 if any fails."""
+    family = _family_available()
     parser = argparse.ArgumentParser(
         prog="python -m minunet.gradcheck",
-        description="Check every U-Net op's hand-written backward against central "
-                    "differences (one row per op and input).")
+        description="Check every hand-written backward against central differences (one "
+                    "row per op and input): the U-Net's ops, then the U-Net family's ops and "
+                    "losses.")
     parser.add_argument("--op", action="append", metavar="NAME",
                         help="check only this op (repeat, or a comma list); "
-                             "default: all. Valid: " + ", ".join(op_names()))
+                             "default: all. Valid: " + ", ".join(op_names(family)))
+    parser.add_argument("--unet-only", action="store_true",
+                        help="only the 2015 U-Net's ops, not the family's")
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                         help="float64 (default; the real check) or float32 (looser)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -518,7 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "network runs by default")
     args = parser.parse_args(argv)
 
-    selected = _parse_ops(args.op, parser)
+    family = family and not args.unet_only
+    selected = _parse_ops(args.op, parser, family)
     try:
         device = backend.resolve_device(args.device)
     except RuntimeError as e:
@@ -541,11 +558,27 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"gradient right")
     print()
 
-    results = run_checks(selected, args.dtype, device, args.seed, args.ops)
+    if not family and not args.unet_only:
+        print("(the U-Net family's ops are not in this copy: checking the U-Net's)")
+    if args.dtype == "float32":
+        skipped = [c.name for c in op_checks(args.ops, family) if not c.float32
+                   and (selected is None or c.op in selected)]
+        if skipped:
+            print(f"no float32 row for {', '.join(skipped)}: see minunet/gradcheck_family.py")
+    results = run_checks(selected, args.dtype, device, args.seed, args.ops, family)
     print(format_table(results))
     print()
     print(summary_line(results))
     return 0 if all(r.passed for r in results) else 1
+
+
+def _family_available() -> bool:
+    """Whether the family's ops are here (a coursework copy leaves some out)."""
+    try:
+        op_checks(family=True)
+    except ImportError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

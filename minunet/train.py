@@ -51,9 +51,10 @@ def train_step(model, opt, x, labels, weights, it: int, key: int):
     (1/(B*out*out)) * sum_x w(x) * -log p_label(x)(x) (docs/DESIGN.md, "Loss"), computed by
     the same op module (plain or fast) as the model's layers.
 
-    The gradient norm sqrt(sum_k |g_k|^2) is the divergence guard's second number: NaN weights
-    can leave the loss finite (ReLU maps NaN to 0, since NaN > 0 is false), but not every
-    gradient. It stays on the device; the loop reads it with the loss.
+    The gradient norm sqrt(sum_k |g_k|^2) is the divergence guard's second number: a finite
+    loss does not prove a finite step (a NaN can be masked out on its way to the loss, e.g. by
+    a ReLU mask `out > 0`, which is false for NaN, and an update can overflow). It stays on the
+    device; the loop reads it with the loss.
     """
     xent = op_module(model.config.ops)
     logits = model.forward(x, dropout_key=key)  # (B, K, out, out)

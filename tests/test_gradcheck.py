@@ -41,9 +41,9 @@ def test_cli_runs_every_op_and_exits_zero():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = [ln for ln in proc.stdout.splitlines() if ln.endswith("PASS")]
-    n = sum(len(c.wrt) for c in gradcheck.op_checks())  # one row per op and input
-    assert n >= 19 and len(rows) == n
-    for op in gradcheck.op_names():
+    n = sum(len(c.wrt) for c in gradcheck.op_checks(family=True))  # a row per op and input
+    assert n >= 19 + 44 and len(rows) == n  # the U-Net's, then the family's
+    for op in gradcheck.op_names(family=True):
         assert any(ln.startswith(op) for ln in rows), op
     assert f"summary: all {n} gradients PASS" in proc.stdout
 
@@ -129,7 +129,7 @@ def test_directional_check_passes_and_fails(rng):
 
 @pytest.mark.parametrize("kind", ["plain", "fast"])
 def test_cli_checks_either_door(capsys, kind):
-    assert gradcheck.main(["--ops", kind, "--device", "cpu"]) == 0
+    assert gradcheck.main(["--ops", kind, "--device", "cpu", "--unet-only"]) == 0
     out = capsys.readouterr().out
     assert f"{kind} ops (minunet/{'ops' if kind == 'plain' else 'fast'})" in out
     assert "all 19 gradients PASS" in out
