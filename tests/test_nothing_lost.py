@@ -396,3 +396,28 @@ def test_stale_temporary_files_are_removed_when_a_run_goes_on(tmp_path):
 def test_check_writable_accepts_a_new_nested_folder(tmp_path):
     check_writable(tmp_path / "a" / "b" / "c", "--out")
     assert not (tmp_path / "a").exists()
+
+
+def test_predict_and_export_refuse_a_checkpoint_with_nan_weights(tmp_path, capsys):
+    """A checkpoint made NaN by hand (saving refuses one) is refused by predict and export with
+    one line naming the parameter, instead of predicting a constant."""
+    from minunet import predict as predict_module
+
+    assert main([*TINY_ARGS, "--out", str(tmp_path / "run")]) == 0
+    good = tmp_path / "run" / "last.npz"
+    with np.load(good) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["final.weight"] = np.full_like(arrays["final.weight"], np.nan)
+    bad = tmp_path / "nan.npz"
+    np.savez(bad, **arrays)
+    Image.fromarray(np.full((200, 200), 128, np.uint8)).save(tmp_path / "img.png")
+    for command in (
+            lambda: predict_module.main(["--checkpoint", str(bad), str(tmp_path / "img.png"),
+                                         "--out", str(tmp_path / "pred")]),
+            lambda: export_module.main(["--checkpoint", str(bad), "--to", "onnx",
+                                        "--out", str(tmp_path / "m.onnx")])):
+        with pytest.raises(SystemExit) as e:
+            command()
+        assert "final.weight holds 4 NaN or infinite value(s) of 4" in str(e.value)
+        assert str(e.value).startswith("error: ") and "\n" not in str(e.value)
+    assert not (tmp_path / "pred").exists() and not (tmp_path / "m.onnx").exists()
