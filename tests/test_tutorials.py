@@ -103,7 +103,9 @@ def test_runs_fast(source, fast_times, tmp_path):
     assert first.startswith("minunet ") and "mode: fast" in first, (
         f"{source.name}: the first output must be setup()'s banner announcing fast mode; "
         f"got {first!r}")
-    left = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*"))
+    # the one thing allowed to stay: the CUDA emulator's build cache (backend/emulate.py), kept
+    # on purpose between runs and keyed by its sources' hash, like a compiler cache
+    left = sorted(p.name for p in tmp.iterdir() if not p.name.startswith("minunet-emu-"))
     assert not left, f"{source.name} left files in the temporary directory: {left[:5]}"
     assert figures == sorted((p.name, p.stat().st_mtime_ns)
                              for p in (TUTORIALS / "figures").glob("*")), (
