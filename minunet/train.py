@@ -521,7 +521,8 @@ class Trainer:
                    and getattr(cfg, k) != saved[k]]
         if refused:
             raise ValueError(f"--resume continues the saved run, and {'; '.join(refused)} "
-                             "would change it: drop them, or start a new run with --out")
+                             f"would change it: drop {'it' if len(refused) == 1 else 'them'}, "
+                             "or start a new run with --out")
         take = [k for k in (*Trainer.RESUMABLE_QUIETLY, *Trainer.RESUMABLE_SAID)
                 if k in named or k == "device"]
         resumed = TrainConfig(**{**saved, **{k: getattr(cfg, k) for k in take},
