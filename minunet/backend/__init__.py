@@ -52,6 +52,10 @@ from .device import (
 from .device import _cupy as _cupy  # private: bench.py reaches for cupy through it
 from .twins import (
     bias_relu_forward,
+    bn_backward_dx,
+    bn_grad_partials,
+    bn_normalize,
+    bn_stats_partials,
     col2im,
     im2col,
     maxpool2x2_backward,
@@ -76,4 +80,5 @@ __all__ = [
     "im2col", "col2im", "maxpool2x2_forward", "maxpool2x2_backward", "softmax_xent_forward",
     "softmax_xent_backward", "sgd_update", "sgd_update_many", "bias_relu_forward",
     "relu_backward", "upconv_scatter", "upconv_gather",
+    "bn_stats_partials", "bn_grad_partials", "bn_normalize", "bn_backward_dx",
 ]

