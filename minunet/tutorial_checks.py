@@ -742,3 +742,38 @@ def check_effect_size(answer, records: list[dict], key: str = "f1") -> Verdict:
                         decimals=1, concept="the difference of the two means divided by the "
                                             "pooled standard deviation sqrt((s1^2 + s2^2) / 2) "
                                             "of the seeds (ddof = 1)")
+
+
+def check_sigmoid(forward_mine, backward_mine, seed: int = 0) -> Verdict:
+    """00, exercise 3: sigmoid_forward(x) -> (out, cache) and sigmoid_backward(dout, cache)
+    -> dx, the learner's own op pair, judged by the gradient checker on the pair itself."""
+    exercise = "00, exercise 3 (the sigmoid)"
+
+    def judge() -> Verdict:
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((2, 3, 4, 4))
+        s = 1.0 / (1.0 + np.exp(-x))
+        got = _call(forward_mine, x.copy())
+        if not (isinstance(got, tuple) and len(got) == 2):
+            return Verdict(exercise, WRONG, "sigmoid_forward returns (out, cache)")
+        if not _same(got[0], s):
+            return Verdict(exercise, WRONG, "the forward is not 1 / (1 + exp(-x))")
+        dout = rng.standard_normal(x.shape)
+        dx = np.asarray(_call(backward_mine, dout, got[1]))
+        res = check_op("sigmoid", lambda v: _call(forward_mine, v),
+                       lambda d, c: _call(backward_mine, d, c), {"x": x}, ("x",),
+                       np.random.default_rng(seed + 1))[0]
+        if res.passed:
+            return Verdict(exercise, RIGHT, f"gradient check: max relative error "
+                           f"{res.max_rel_error:.1e} (threshold {THRESHOLD_FLOAT64:g})")
+        hint = ""
+        if _same(dx, dout * s, 1e-6):
+            hint = "the derivative is s (1 - s), not s itself"
+        elif _same(dx, dout * x * (1 - x), 1e-6):
+            hint = "the derivative s (1 - s) is taken at the output s, not at the input x"
+        elif _same(dx, s * (1 - s), 1e-6):
+            hint = "the chain rule: the upstream gradient dout multiplies the derivative"
+        return Verdict(exercise, WRONG, f"the gradient check fails (max relative error "
+                       f"{res.max_rel_error:.2g})" + (f". Hint: {hint}" if hint else ""))
+
+    return _attempt(exercise, judge)

@@ -360,3 +360,19 @@ def test_effect_size():
     _wrong(tc.check_effect_size(0.2, records), "pooled standard deviation")  # not divided
     _wrong(tc.check_effect_size(3.4, records), "pooled")  # divided by the larger std only
     _not_attempted(tc.check_effect_size(None, records))
+
+
+def _sigmoid_forward(x):
+    s = np.exp(-np.logaddexp(0.0, -x))
+    return s, s
+
+
+def test_sigmoid():
+    _right(tc.check_sigmoid(_sigmoid_forward, lambda d, s: d * s * (1 - s)))
+    _not_attempted(tc.check_sigmoid(stub, stub))
+    _not_attempted(tc.check_sigmoid(_sigmoid_forward, stub))
+    _wrong(tc.check_sigmoid(_sigmoid_forward, lambda d, s: d * s), "not s itself")
+    _wrong(tc.check_sigmoid(lambda x: (1 / (1 + np.exp(-x)), x),
+                            lambda d, x: d * x * (1 - x)), "not at the input")
+    _wrong(tc.check_sigmoid(_sigmoid_forward, lambda d, s: s * (1 - s)), "chain rule")
+    _wrong(tc.check_sigmoid(lambda x: (np.tanh(x), x), lambda d, x: d), "forward")

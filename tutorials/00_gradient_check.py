@@ -27,6 +27,7 @@ from minunet.tutorial import setup
 from minunet.tutorial_checks import (
     check_all_four_maxpool,
     check_dropout_backward,
+    check_sigmoid,
     check_tanh_step_prediction,
     report,
 )
@@ -444,16 +445,19 @@ report(check_all_four_maxpool(maxpool_backward_broken))
 
 # %% [markdown]
 # **3. Check your own op.** The sigmoid $s(x) = 1/(1 + e^{-x})$ has $s' = s(1 - s)$. Write
-# `sigmoid_forward(x) -> (out, cache)` and `sigmoid_backward(dout, cache) -> dx`, and check them
-# with `check_op`. Self-check: the row passes with a relative error below $10^{-7}$.
+# `sigmoid_forward(x) -> (out, cache)` and `sigmoid_backward(dout, cache) -> dx` (what should
+# the cache keep?). Self-check: the forward equals $1/(1 + e^{-x})$, and `check_op` passes your
+# pair with a relative error below $10^{-7}$; a wrong backward gets a hint.
 
 # %%
-sigmoid_forward = sigmoid_backward = None  # your op pair
+def sigmoid_forward(x):
+    """x: any shape. Returns out = 1 / (1 + exp(-x)) and a cache of your choice."""
+    raise NotImplementedError("your turn: the sigmoid's forward")
 
-if sigmoid_forward is None:
-    print("exercise 3: not attempted yet (write sigmoid_forward and sigmoid_backward)")
-else:
-    res = check_op("sigmoid", sigmoid_forward, sigmoid_backward,
-                   {"x": rng.standard_normal((2, 3, 4, 4))}, ("x",), rng)
-    print(format_table(res))
-    assert res[0].passed and res[0].max_rel_error < 1e-7
+
+def sigmoid_backward(dout, cache):
+    """dout: the output's shape. Returns dx."""
+    raise NotImplementedError("your turn: the sigmoid's backward")
+
+
+report(check_sigmoid(sigmoid_forward, sigmoid_backward))
