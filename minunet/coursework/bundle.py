@@ -34,7 +34,16 @@ import numpy as np
 from minunet import gradcheck
 
 from . import mistakes as catalogue
-from .checks import FORWARD_TOL, KINDS, Check, call_backward, call_forward, floor_fraction, step
+from .checks import (
+    FORWARD_TOL,
+    KINDS,
+    Check,
+    call_backward,
+    call_forward,
+    floor_fraction,
+    function,
+    step,
+)
 
 FORMAT = 2  # bumped when the layout below changes
 
@@ -155,7 +164,7 @@ def build(checks: list[Check], seed: int, hidden: bool = False, reference=None,
         timed = getattr(c, "time_factor", 0.0)
         d = CheckData(
             name=c.name, kind=c.kind, dtype=c.dtype, mode=c.mode, threshold=c.threshold,
-            step=step(c.kind, c.dtype, c.h), floor_fraction=floor_fraction(c.dtype),
+            step=step(c.kind, c.dtype, c.h), floor_fraction=floor_fraction(c.dtype, c.floor64),
             forward_tol=FORWARD_TOL[c.dtype], wrt=tuple(c.wrt), strided=tuple(c.strided),
             points=c.points, hidden=hidden, order=tuple(inputs), arrays=arrays, params=params,
             dout=dout, expected_out=_as_array(out),
@@ -166,11 +175,8 @@ def build(checks: list[Check], seed: int, hidden: bool = False, reference=None,
             d.expected_grads = {n: np.asarray(g) for n, g in zip(c.wrt, grads, strict=True)}
         else:
             d.expected_grads = _numerical(reference, d)
-        if c.kind == "conv2d" and not timed:  # (a timed check's map would be megabytes)
-            x = d.arrays["x"]
-            ids = np.arange(x.size, dtype=np.float64).reshape(x.shape)
-            d.im2col_idx = np.asarray(reference.im2col(ids, x.shape[2] - out.shape[2] + 1),
-                                      dtype=np.int64)
+        if kind.stand_ins and not timed:  # (a timed check's map would be megabytes)
+            d.im2col_idx = _index_map(reference, c.kind, d.arrays["x"], out, inputs)
         used = {kind.forward_fn, kind.backward_fn}
         for m in catalogue.MISTAKES:
             if (m.wrong is None or not used & set(m.wrong) or m.probe == "nondeterministic"
@@ -181,6 +187,19 @@ def build(checks: list[Check], seed: int, hidden: bool = False, reference=None,
                 d.fingerprints[m.id] = fp
         datas.append(d)
     return Bundle("hidden" if hidden else "public", seed, datas, assignment)
+
+
+def _index_map(reference, kind: str, x, out, inputs: dict) -> np.ndarray:
+    """The reference im2col of the entries' indices: cols = x.ravel()[map]; -1 where a
+    column entry is padding (worker.reference_im2col reads a zero there)."""
+    ids = np.arange(1, x.size + 1, dtype=np.float64).reshape(x.shape)  # 0 is the padding
+    if kind == "conv2d_general":
+        k = inputs["w"].shape[-1]
+        p = k // 2 if inputs["padding"] == "same" else inputs["padding"]
+        cols = function(reference, "im2col_general")(ids, k, inputs["stride"], p)
+    else:
+        cols = function(reference, "im2col")(ids, x.shape[2] - out.shape[2] + 1)
+    return np.asarray(cols, dtype=np.int64) - 1
 
 
 def _numerical(reference, d: CheckData) -> dict:

@@ -18,6 +18,7 @@ grading never draws random numbers, so the same grade twice gives the same score
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,6 +40,8 @@ class Kind:
     backward_region: str
     forward_needs: tuple = ()  # regions the forward calls (a failure there is named first)
     backward_needs: tuple = ()
+    stand_ins: tuple = ()  # the (im2col, col2im) functions that the reference's index map
+    # stands in for (worker.py) when the student's fail their own check
 
 
 KINDS: dict[str, Kind] = {  # im2col/col2im are graded as a pair of their own, in the conv2d op
@@ -60,27 +63,106 @@ KINDS: dict[str, Kind] = {  # im2col/col2im are graded as a pair of their own, i
                                   "softmax_cross_entropy.backward"),
     "dropout": Kind("dropout", "dropout_forward", "dropout_backward", "dropout.forward",
                     "dropout.backward"),
+    # the U-Net family's ops (issue 25): handed out only when --ops names them
+    "im2col_general": Kind("conv2d_general", "im2col_general", "col2im_general",
+                           "conv2d_general.im2col", "conv2d_general.col2im"),
+    "conv2d_general": Kind("conv2d_general", "conv2d_general_forward",
+                           "conv2d_general_backward", "conv2d_general.forward",
+                           "conv2d_general.backward", ("conv2d_general.im2col",),
+                           ("conv2d_general.im2col", "conv2d_general.col2im"),
+                           ("im2col_general", "col2im_general")),
+    "batchnorm2d": Kind("batchnorm2d", "batchnorm2d_forward", "batchnorm2d_backward",
+                        "batchnorm2d.forward", "batchnorm2d.backward"),
+    # the running statistics after one training batch: a forward-only check whose output
+    # is running_mean, running_var and num_batches in one vector (2C + 1,)
+    "batchnorm2d_running": Kind("batchnorm2d", "batchnorm2d_forward", "batchnorm2d_backward",
+                                "batchnorm2d.forward", "batchnorm2d.backward"),
 }
+KINDS["conv2d"] = Kind(*[getattr(KINDS["conv2d"], f) for f in (
+    "op", "forward_fn", "backward_fn", "forward_region", "backward_region", "forward_needs",
+    "backward_needs")], stand_ins=("im2col", "col2im"))
 
 OPS = tuple(dict.fromkeys(k.op for k in KINDS.values()))  # the ops, in grading order
+FAMILY_OPS = ("conv2d_general", "batchnorm2d")  # the family's exercises (ops/conv_general.py,
+# ops/norm.py): `make` hands them out only when --ops names them
+UNET_OPS = tuple(o for o in OPS if o not in FAMILY_OPS)  # the 2015 U-Net's: make's default
+IM2COL_KINDS = ("im2col", "im2col_general")  # graded first: the convs need their result
+
+
+FAMILY_MODULES = ("conv_general", "norm")  # the files of the family's exercises in minunet/ops
+
+
+def function(ns, name: str):
+    """An ops function from a namespace: a student's module (the worker), a namespace of
+    wrong versions, or a package of ops (minunet.ops, the teacher's solutions), whose
+    __init__ exports the U-Net's ops and whose FAMILY_MODULES hold the family's."""
+    fn = getattr(ns, name, None)
+    if fn is None and hasattr(ns, "__path__"):
+        for mod in FAMILY_MODULES:
+            fn = getattr(importlib.import_module(f"{ns.__name__}.{mod}"), name, None)
+            if fn is not None:
+                break
+    if fn is None:
+        raise AttributeError(f"the ops have no function {name}")
+    return fn
+
+
+def ops_functions(reference) -> dict:
+    """Every function the checks call, by name, from a package or namespace of ops."""
+    names = {n: getattr(reference, n) for n in getattr(reference, "__all__", ())}
+    for k in KINDS.values():
+        for n in (k.forward_fn, k.backward_fn, *k.stand_ins):
+            if n not in names:
+                names[n] = function(reference, n)
+    return names
 
 
 def call_forward(ns, kind: str, inputs: dict):
     """(out, cache) of the kind's forward on a namespace of ops; inputs in argument order."""
     k = KINDS[kind]
-    fn = getattr(ns, k.forward_fn)
+    fn = function(ns, k.forward_fn)
     if kind == "im2col":
         x = inputs["x"]
         return fn(x, inputs["k"]), (tuple(x.shape), inputs["k"])
+    if kind == "im2col_general":
+        x, rest = inputs["x"], (inputs["k"], inputs["stride"], inputs["padding"])
+        return fn(x, *rest), (tuple(x.shape), *rest)
+    if kind == "conv2d_general":  # the backward returns db only when there is a bias
+        out, cache = fn(*inputs.values())
+        return out, (cache, inputs["b"] is not None)
+    if kind in ("batchnorm2d", "batchnorm2d_running"):
+        # the forward updates its buffers in place: it gets copies, so that its inputs stay
+        # as they were (the grader checks that), and the running check reads the copies
+        args = dict(inputs)
+        buffers = ("running_mean", "running_var", "num_batches")
+        for name in buffers:
+            args[name] = np.array(args[name])
+        out, cache = fn(*args.values())
+        if kind == "batchnorm2d_running":
+            dtype = inputs["x"].dtype
+            stats = [np.asarray(args[n]).reshape(-1).astype(dtype) for n in buffers]
+            return np.concatenate(stats), None  # (2C + 1,)
+        return out, cache
     return fn(*inputs.values())
 
 
 def call_backward(ns, kind: str, dout, cache):
     """The kind's backward: one gradient, or a tuple in the order of the check's wrt."""
-    fn = getattr(ns, KINDS[kind].backward_fn)
+    if kind == "batchnorm2d_running":
+        return ()  # a forward-only check
+    fn = function(ns, KINDS[kind].backward_fn)
     if kind == "im2col":
         shape, k = cache
         return fn(dout, shape, k)
+    if kind == "im2col_general":
+        return fn(dout, *cache)
+    if kind == "conv2d_general":
+        cache, has_bias = cache
+        grads = fn(dout, cache)
+        if (not has_bias and isinstance(grads, tuple | list) and len(grads) == 3
+                and grads[2] is None):
+            return tuple(grads[:2])  # (dx, dw): no bias, no db
+        return grads
     return fn(dout, cache)
 
 
@@ -104,6 +186,8 @@ class Check:
     strided: tuple = ()  # inputs handed over as non-contiguous views
     h: float | None = None  # the float64 central-difference step (default: by kind, STEPS)
     points: float = 1.0  # per test
+    floor64: float = 0.0  # float64: the relative error's floor as a fraction of the largest
+    # gradient entry (0: gradcheck's plain floor); see FLOOR_BATCHNORM
 
     @property
     def op(self) -> str:
@@ -124,7 +208,16 @@ STEP_LINEAR = 1.0  # conv (no ReLU), up-conv, im2col, crop, concat, dropout: exa
 STEP_KINKED = 0.04  # relu (|x| >= 0.1) and maxpool (values 0.1 apart): no kink within 0.1
 STEP_CONV_RELU = 0.01  # conv2d with relu: inputs redrawn until no step reaches the kink
 STEPS = {"softmax_cross_entropy": gradcheck.STEP_FLOAT64, "relu": STEP_KINKED,
-         "maxpool2x2": STEP_KINKED}
+         "maxpool2x2": STEP_KINKED, "batchnorm2d": gradcheck.STEP_FLOAT64}
+# BatchNorm is smooth but not linear in x (mu and var depend on it): it takes gradcheck's
+# small step. Some entries of its dx (the gradient minus two projections that nearly cancel
+# it) come out 1e-5 of the largest or less, and next to them the central difference's own
+# error (h^2 times the third derivative, the rounding over h) is not small. As in
+# gradcheck_family's BatchNorm rows (their measurement over 40 seeds is written there), the
+# training-mode checks compare at the gradient's own scale: a floor of 1e-3 of the largest
+# entry. A backward without the paths through the mean or the variance is off by far more
+# (tests/coursework/test_mistakes.py).
+FLOOR_BATCHNORM = 1e-3
 
 
 def step(kind: str, dtype: str, h: float | None = None) -> float:
@@ -134,8 +227,8 @@ def step(kind: str, dtype: str, h: float | None = None) -> float:
     return h if h is not None else STEPS.get(kind, STEP_LINEAR)
 
 
-def floor_fraction(dtype: str) -> float:
-    return 0.0 if dtype == "float64" else gradcheck.FLOOR_FRACTION_FLOAT32
+def floor_fraction(dtype: str, floor64: float = 0.0) -> float:
+    return floor64 if dtype == "float64" else gradcheck.FLOOR_FRACTION_FLOAT32
 
 
 # --- input makers ---------------------------------------------------------------------------
@@ -241,6 +334,37 @@ def dropout_inputs(shape, p=0.5):
     return make
 
 
+def im2col_general_inputs(shape, k, stride=1, padding=0):
+    def make(rng, dtype):
+        return {"x": normal(rng, shape, dtype), "k": k, "stride": stride, "padding": padding}
+    return make
+
+
+def conv_general_inputs(n, cin, cout, h, w, k, stride=1, padding=0, groups=1, bias=True):
+    """x, w (Cout, Cin/groups, k, k), b (or None), stride, padding, groups."""
+    def make(rng, dtype):
+        return {"x": normal(rng, (n, cin, h, w), dtype),
+                "w": normal(rng, (cout, cin // groups, k, k), dtype),
+                "b": normal(rng, (cout,), dtype) if bias else None,
+                "stride": stride, "padding": padding, "groups": groups}
+    return make
+
+
+def batchnorm_inputs(shape, training=True, num_batches=3):
+    """x (not centred, not of unit spread: the normalisation must show), gamma in [0.5, 1.5],
+    beta, running statistics away from 0 and 1 (so that eval mode differs from training mode
+    and from no normalisation), num_batches (eval mode needs one or more)."""
+    def make(rng, dtype):
+        C = shape[1]
+        return {"x": (normal(rng, shape, dtype) * 2 + 0.5).astype(dtype),
+                "gamma": rng.uniform(0.5, 1.5, C).astype(dtype),
+                "beta": normal(rng, (C,), dtype),
+                "running_mean": (rng.standard_normal(C) * 0.5).astype(dtype),
+                "running_var": rng.uniform(0.5, 2.0, C).astype(dtype),
+                "num_batches": np.array([num_batches], np.int64), "training": training}
+    return make
+
+
 # --- the public checks ----------------------------------------------------------------------
 
 EXACT32 = gradcheck.THRESHOLD_FLOAT32_EXACT  # float32 thresholds of ops that only copy or select
@@ -291,4 +415,46 @@ def public_checks() -> list[Check]:
         C("dropout (float32)", "dropout", dropout_inputs((2, 2, 3, 4)), ("x",), "float32",
           threshold=EXACT32),
     ]
-    return f64 + f32
+    return f64 + f32 + family_public_checks()
+
+
+def family_public_checks() -> list[Check]:
+    """The public checks of the family's exercises (conv2d_general, batchnorm2d)."""
+    C = Check
+    xwb, xgb = ("x", "w", "b"), ("x", "gamma", "beta")
+    bn = FLOOR_BATCHNORM
+    return [
+        C("im2col_general (k=3, p=1, s=2)", "im2col_general",
+          im2col_general_inputs((2, 3, 7, 6), 3, 2, 1), ("x",)),
+        C("im2col_general (k=3, p=1)", "im2col_general",
+          im2col_general_inputs((2, 2, 5, 4), 3, 1, 1), ("x",)),
+        C("im2col_general (k=2, s=2)", "im2col_general",
+          im2col_general_inputs((2, 3, 6, 5), 2, 2, 0), ("x",)),
+        C("conv2d_general (k=3, same)", "conv2d_general",
+          conv_general_inputs(2, 3, 4, 7, 6, 3, 1, "same"), xwb),
+        C("conv2d_general (k=3, s=2, p=1)", "conv2d_general",
+          conv_general_inputs(2, 2, 3, 8, 7, 3, 2, 1), xwb),
+        C("conv2d_general (depthwise k=3, p=1, no bias)", "conv2d_general",
+          conv_general_inputs(2, 4, 4, 7, 9, 3, 1, 1, groups=4, bias=False), ("x", "w")),
+        C("batchnorm2d (training)", "batchnorm2d", batchnorm_inputs((2, 3, 4, 5)), xgb,
+          floor64=bn),
+        C("batchnorm2d (training, N=1)", "batchnorm2d", batchnorm_inputs((1, 2, 3, 4)), xgb,
+          floor64=bn),
+        C("batchnorm2d (eval)", "batchnorm2d", batchnorm_inputs((2, 3, 4, 5), False), xgb),
+        C("batchnorm2d (running statistics)", "batchnorm2d_running",
+          batchnorm_inputs((2, 3, 4, 5), num_batches=0), ()),
+        C("im2col_general (k=3, p=1, s=2, float32)", "im2col_general",
+          im2col_general_inputs((2, 2, 5, 6), 3, 2, 1), ("x",), "float32", threshold=ARITH32),
+        C("conv2d_general (k=3, s=2, p=1, float32)", "conv2d_general",
+          conv_general_inputs(2, 2, 3, 6, 5, 3, 2, 1), xwb, "float32", threshold=ARITH32),
+        C("batchnorm2d (training, float32)", "batchnorm2d", batchnorm_inputs((2, 2, 3, 4)),
+          xgb, "float32", threshold=ARITH32),
+    ]
+
+
+def for_ops(checks: list[Check], ops) -> list[Check]:
+    """The checks of an assignment's ops: all of the U-Net's when one of its ops is handed
+    out (as before the family came: a conv check then still shows the ReLU's result), the
+    family's only when handed out."""
+    unet = any(o in UNET_OPS for o in ops)
+    return [c for c in checks if c.op in ops or (unet and c.op in UNET_OPS)]

@@ -18,9 +18,10 @@ def _ops_list(values: list[str] | None) -> list[str] | None:
 
 def _plan_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ops", action="append", metavar="LIST",
-                   help="the ops to hand out, a comma list (repeatable); default: all "
-                        "(conv2d, upconv2x2, maxpool2x2, relu, center_crop, concat, "
-                        "softmax_cross_entropy, dropout)")
+                   help="the ops to hand out, a comma list (repeatable); default: the "
+                        "U-Net's (conv2d, upconv2x2, maxpool2x2, relu, center_crop, concat, "
+                        "softmax_cross_entropy, dropout); the family's exercises, "
+                        "batchnorm2d and conv2d_general, only when named")
     p.add_argument("--part", choices=("forward", "backward", "both"), default="both",
                    help="hand out the forward parts (and im2col), the backward parts (and "
                         "col2im) or both (default)")
@@ -101,6 +102,8 @@ def _make(a) -> int:
               f"{s.tutorial_cells} tutorial cells left out)")
         for path, why in sorted(s.left_out.items()):
             print(f"  left out {path}: {why}")
+        for rid, shows in sorted(s.withheld.items()):
+            print(f"  also stubbed, not graded: {rid} (its code shows {', '.join(shows)})")
         print("  no canary token in the copy")
     if a.teacher is not None:
         files = make.write_teacher(root, p, a.teacher)

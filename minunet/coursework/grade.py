@@ -142,7 +142,8 @@ def _assignment(hidden: Bundle | None, root: Path | None) -> tuple[list[str], st
 
 MODULES = {"conv2d": "conv", "upconv2x2": "upconv", "maxpool2x2": "pool", "relu": "relu",
            "center_crop": "crop", "concat": "crop", "softmax_cross_entropy": "softmax",
-           "dropout": "dropout"}  # the one file of the ops folder each op's worker imports
+           "dropout": "dropout", "conv2d_general": "conv_general", "batchnorm2d": "norm"}
+# (the one file of the ops folder each op's worker imports)
 OUTPUT_KEEP = 4096  # bytes of the student's printed output kept per op (the rest is counted)
 MEMORY_MB = 3072  # the worker's address space
 FILE_MB = 64  # the largest file the worker may write (its results are a few MB at most)
@@ -447,7 +448,8 @@ def run(path: Path | None = None, hidden: Path | None = None, ops: list[str] | N
         public = load(bundle_file)
         graded, assignment_note = _assignment(hidden_bundle, root)
         notes = [note, assignment_note, _unprivileged()[1]]
-        chosen = [op for op in OPS if not ops or op in ops]
+        present = set(public.ops()) | set(hidden_bundle.ops() if hidden_bundle else ())
+        chosen = [op for op in OPS if (not ops or op in ops) and op in present]
         contexts = {op: _Context(set(graded)) for op in chosen}
         phases = [(public, 1)]
         if hidden_bundle is not None:

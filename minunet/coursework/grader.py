@@ -40,12 +40,13 @@ from minunet import gradcheck
 from . import mistakes as catalogue
 from . import probes
 from .bundle import Bundle, CheckData, quiet
-from .checks import KINDS
+from .checks import IM2COL_KINDS, KINDS
 from .worker import run_call
 
 FINGERPRINT_RTOL = 1e-6  # a result matches a wrong version within this relative (norm) error
 RATIO_RTOL = 1e-6  # a result is a constant times the reference within this residual
-PER_IMAGE = {"conv2d", "upconv2x2", "maxpool2x2", "relu", "center_crop", "concat", "dropout"}
+PER_IMAGE = {"conv2d", "upconv2x2", "maxpool2x2", "relu", "center_crop", "concat", "dropout",
+             "conv2d_general"}
 
 
 @dataclass
@@ -428,7 +429,7 @@ def _tests(run, d: CheckData, ctx: _Context, index: int, ref: bool) -> list[Test
     kind = KINDS[d.kind]
     fwd = _forward_test(run, d, ctx, f"{index}.1", ref)
     out = [fwd]
-    if kind.backward_region in ctx.graded:
+    if kind.backward_region in ctx.graded and d.wrt:  # (a forward-only check has no wrt)
         out += _backward_tests(run, d, ctx, fwd.passed, 2, ref)
         for r in out[1:]:
             r.number = f"{index}.{r.number}"
@@ -483,7 +484,7 @@ def grade_checks(ns, bundles: list[Bundle], graded: set, ops: list[str] | None =
                 todo.append((index, d))
             index += 1
     results = {}
-    for index, d in sorted(todo, key=lambda t: (t[1].kind != "im2col", t[0])):
+    for index, d in sorted(todo, key=lambda t: (t[1].kind not in IM2COL_KINDS, t[0])):
         results[index] = grade_check(run, d, ctx, index)
     return [r for i in sorted(results) for r in results[i]]
 

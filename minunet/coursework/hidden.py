@@ -20,13 +20,17 @@ import numpy as np
 from .checks import (
     ARITH32,
     EXACT32,
+    FLOOR_BATCHNORM,
     STEP_CONV_RELU,
     Check,
+    batchnorm_inputs,
     concat_inputs,
+    conv_general_inputs,
     conv_inputs,
     crop_inputs,
     distinct_inputs,
     dropout_inputs,
+    im2col_general_inputs,
     im2col_inputs,
     relu_inputs,
     softmax_inputs,
@@ -108,4 +112,41 @@ def hidden_checks() -> list[Check]:
           ("x",), strided=("x",)),
         C("dropout (float32)", "dropout", dropout_inputs((2, 2, 3, 3)), ("x",), "float32",
           threshold=EXACT32),
+    ] + family_hidden_checks()
+
+
+def family_hidden_checks() -> list[Check]:
+    """The family's hidden checks: k = 5 and k = 1, stride 2 with rows the last window does
+    not reach, padding 2, depthwise with a bias, N = 1 and N = 3, C = 1, eval mode, the
+    running statistics after a batch of one, strided inputs, float32."""
+    C = Check
+    xwb, xgb = ("x", "w", "b"), ("x", "gamma", "beta")
+    bn = FLOOR_BATCHNORM
+    return [
+        C("im2col_general (k=5, p=2, s=2, N=1)", "im2col_general",
+          im2col_general_inputs((1, 2, 8, 9), 5, 2, 2), ("x",)),
+        C("im2col_general (k=1, s=2, strided)", "im2col_general",
+          im2col_general_inputs((3, 2, 5, 4), 1, 2, 0), ("x",), strided=("x",)),
+        C("im2col_general (k=3, p=2, s=3, N=3)", "im2col_general",
+          im2col_general_inputs((3, 1, 7, 8), 3, 3, 2), ("x",)),
+        C("conv2d_general (depthwise k=5, p=2, s=2)", "conv2d_general",
+          conv_general_inputs(1, 3, 3, 9, 8, 5, 2, 2, groups=3), xwb),
+        C("conv2d_general (k=1, s=2, N=3, no bias)", "conv2d_general",
+          conv_general_inputs(3, 4, 2, 5, 6, 1, 2, 0, bias=False), ("x", "w")),
+        C("conv2d_general (k=3, same, groups=2, strided)", "conv2d_general",
+          conv_general_inputs(2, 4, 6, 5, 7, 3, 1, "same", groups=2), xwb,
+          strided=("x", "w")),
+        C("conv2d_general (k=3, p=1, s=2, float32)", "conv2d_general",
+          conv_general_inputs(3, 3, 2, 7, 6, 3, 2, 1), xwb, "float32", threshold=ARITH32),
+        C("batchnorm2d (training, N=3)", "batchnorm2d", batchnorm_inputs((3, 4, 3, 2)), xgb,
+          floor64=bn),
+        C("batchnorm2d (training, N=1, C=1, strided)", "batchnorm2d",
+          batchnorm_inputs((1, 1, 4, 5)), xgb, strided=("x",), floor64=bn),
+        C("batchnorm2d (eval, N=1)", "batchnorm2d", batchnorm_inputs((1, 3, 4, 3), False), xgb),
+        C("batchnorm2d (running statistics, N=1)", "batchnorm2d_running",
+          batchnorm_inputs((1, 2, 3, 5), num_batches=7), ()),
+        C("batchnorm2d (eval, float32)", "batchnorm2d", batchnorm_inputs((2, 2, 3, 3), False),
+          xgb, "float32", threshold=ARITH32),
+        C("batchnorm2d (training, float32)", "batchnorm2d", batchnorm_inputs((3, 2, 2, 3)),
+          xgb, "float32", threshold=ARITH32),
     ]

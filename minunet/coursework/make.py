@@ -42,7 +42,7 @@ from pathlib import Path
 from . import mistakes as catalogue
 from . import project, tutorials
 from .bundle import build, save
-from .checks import OPS, public_checks
+from .checks import FAMILY_OPS, OPS, UNET_OPS, for_ops, public_checks
 from .regions import Region, parse_dir, region_code, render, solution_lines
 
 PARTS = ("forward", "backward", "both")
@@ -108,6 +108,7 @@ class Summary:
     written: int = 0
     stubbed: list[str] = field(default_factory=list)
     left_out: dict = field(default_factory=dict)  # path -> reason
+    withheld: dict = field(default_factory=dict)  # region id -> the handed-out ids it shows
     tutorial_cells: int = 0
 
 
@@ -138,7 +139,7 @@ def plan(root: Path, ops: list[str] | None, part: str, seed: int, hidden_seed: i
         raise MakeError(f"--part must be one of {', '.join(PARTS)}, got {part!r}")
     regions = parse_dir(root / "minunet" / "ops")
     known = list(dict.fromkeys(r.op for r in regions))
-    chosen = known if not ops else ops
+    chosen = [o for o in known if o in UNET_OPS] if not ops else ops  # the default: the U-Net
     unknown = [o for o in chosen if o not in known]
     if unknown:
         raise MakeError(f"unknown op(s) {', '.join(unknown)}; the ops with exercises are "
@@ -290,13 +291,18 @@ def _pyproject(text: str) -> str:
     return new
 
 
-def _assignment_md(p: Plan, rendered: dict[str, str]) -> str:
+def _assignment_md(p: Plan, rendered: dict[str, str], withheld: dict | None = None) -> str:
     rows = []
     for r in p.regions:
         rel = "minunet/ops/" + Path(r.path).name
         line = next(n for n, s in enumerate(rendered[rel].splitlines(), 1)
                     if f"TODO({r.id})" in s)
         rows.append(f"| `{r.id}` | `{rel}:{line}` |")
+    extra = ""
+    if withheld:
+        extra = ("\nAlso stubbed, not graded (their written code would show a part above): "
+                 + ", ".join(f"`{w}`" for w in sorted(withheld)) + ". Write them too if "
+                 "you need them (the U-Net needs conv2d's parts to train).\n")
     return f"""# Assignment: the forward and backward passes of a U-Net
 
 Write the parts of the U-Net's operations listed below, in `minunet/ops/`. Each is
@@ -307,7 +313,7 @@ module docstring gives the math.
 | part | where |
 |---|---|
 {chr(10).join(rows)}
-
+{extra}
 Check your work as you go:
 
     python -m minunet.gradcheck                 # every op's backward against central differences
@@ -349,6 +355,26 @@ def _finish(tmp: Path, outdir: Path) -> None:
     tmp.rename(outdir)
 
 
+def withheld_regions(regions: list[Region], stub_ids: set[str],
+                     code: dict[str, str]) -> dict[str, list[str]]:
+    """The regions, not handed out, whose code shows a handed-out one of the other group
+    (the U-Net's ops and the family's): conv_general's im2col when conv2d.im2col is handed
+    out, and the other way round. They are stubbed too, so that the copy keeps no written
+    twin of an exercise (tutorials.reproduces: the same code up to the names of sizes).
+    Within a group the exercises were chosen not to show each other."""
+    out = {}
+    for r in regions:
+        if r.id in stub_ids:
+            continue
+        family = r.op in FAMILY_OPS
+        others = {i: code[i] for i in sorted(stub_ids)
+                  if (i.split(".")[0] in FAMILY_OPS) != family}
+        shown = tutorials.reproduces(code[r.id], others)
+        if shown:
+            out[r.id] = shown
+    return out
+
+
 def write_copy(root: Path, p: Plan, outdir: Path) -> Summary:
     """Write the student copy of checkout `root` for plan `p` to outdir."""
     outdir = Path(outdir).resolve()
@@ -364,7 +390,11 @@ def write_copy(root: Path, p: Plan, outdir: Path) -> Summary:
         text = Path(path).read_text()
         secret_lines |= solution_lines(text, rs)
         secret_code |= region_code(text, rs)
-    summary = Summary(stubbed=sorted(stub_ids))
+    all_code = {}
+    for path in {r.path for r in regions}:
+        all_code |= region_code(Path(path).read_text(), [r for r in regions if r.path == path])
+    withheld = withheld_regions(regions, stub_ids, all_code)
+    summary = Summary(stubbed=sorted(stub_ids), withheld=withheld)
     tmp = _fresh(outdir)
     try:
         rendered: dict[str, str] = {}
@@ -386,7 +416,7 @@ def write_copy(root: Path, p: Plan, outdir: Path) -> Summary:
                     summary.left_out[rel] = (f"an op of the U-Net family that holds {shows} "
                                              "handed out here")
                     continue
-                text = render(text, mine, stub_ids)
+                text = render(text, mine, stub_ids, withheld)
                 rendered[rel] = text
             elif rel in ("minunet/model.py", "minunet/train.py"):
                 text = _default_plain(src.read_text(), rel)
@@ -415,13 +445,13 @@ def write_copy(root: Path, p: Plan, outdir: Path) -> Summary:
             "minunet/backend/gpu.py": STUDENT_CPU,
             "minunet/coursework/mistakes.py": _student_mistakes(root),
             "minunet/coursework/data/assignment.json": json.dumps(p.assignment(), indent=2),
-            "ASSIGNMENT.md": _assignment_md(p, rendered),
+            "ASSIGNMENT.md": _assignment_md(p, rendered, withheld),
         }
         for rel, text in extra.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_text(text)
             summary.written += 1
-        save(build(public_checks(), p.seed, assignment=p.assignment()),
+        save(build(for_ops(public_checks(), p.ops), p.seed, assignment=p.assignment()),
              tmp / project.DATA / "public.npz")
         summary.written += 1
         hits = _canary_hits(tmp, tokens)
@@ -448,9 +478,10 @@ def write_teacher(root: Path, p: Plan, outdir: Path) -> list[str]:
         for f in sorted((root / "minunet" / "ops").glob("*.py")):
             mine = [r for r in regions if Path(r.path).resolve() == f.resolve()]
             (sol / f.name).write_text(render(f.read_text(), mine, set()))
-        save(build(hidden_checks(), p.hidden_seed, hidden=True, assignment=p.assignment()),
-             tmp / "hidden.npz")
-        save(build(public_checks(), p.seed, assignment=p.assignment()), tmp / "public.npz")
+        save(build(for_ops(hidden_checks(), p.ops), p.hidden_seed, hidden=True,
+                   assignment=p.assignment()), tmp / "hidden.npz")
+        save(build(for_ops(public_checks(), p.ops), p.seed, assignment=p.assignment()),
+             tmp / "public.npz")
         (tmp / "assignment.json").write_text(json.dumps(p.assignment(), indent=2))
         (tmp / "README.md").write_text(TEACHER_README)
         files = sorted(q.relative_to(tmp).as_posix() for q in tmp.rglob("*") if q.is_file())

@@ -459,6 +459,115 @@ def dropout_backward_mask_redrawn(dout, cache):
     return dout * _ops().dropout_mask(dout.shape, 0.5, np.random.default_rng(), dout.dtype)
 
 
+# --- conv2d_general: the padded, strided im2col and col2im ------------------------------------
+
+
+def _general_sizes(shape, k, stride, padding):
+    N, C, H, W = shape
+    return N, C, H, W, (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
+
+
+def im2col_general_padding_offset(x, k, stride=1, padding=0):
+    N, C, H, W, Ho, Wo = _general_sizes(x.shape, k, stride, padding)
+    p, s = padding, stride
+    xpad = np.zeros((N, C, H + 2 * p, W + 2 * p), dtype=x.dtype)
+    xpad[:, :, :H, :W] = x  # the image copied to the corner: the frame all on one side
+    cols = np.empty((C, k, k, N, Ho, Wo), dtype=x.dtype)
+    for i in range(k):
+        for j in range(k):
+            win = xpad[:, :, i : i + s * (Ho - 1) + 1 : s, j : j + s * (Wo - 1) + 1 : s]
+            cols[:, i, j] = win.transpose(1, 0, 2, 3)
+    return cols.reshape(C * k * k, N * Ho * Wo)
+
+
+def _col2im_general(cols, x_shape, k, stride, padding, step=None, crop_at=None):
+    N, C, H, W, Ho, Wo = _general_sizes(x_shape, k, stride, padding)
+    p, s = padding, stride if step is None else step
+    c6 = cols.reshape(C, k, k, N, Ho, Wo)
+    dpad = np.zeros((C, N, H + 2 * p, W + 2 * p), dtype=cols.dtype)
+    for i in range(k):
+        for j in range(k):
+            dpad[:, :, i : i + s * (Ho - 1) + 1 : s, j : j + s * (Wo - 1) + 1 : s] += c6[:, i, j]
+    top = p if crop_at is None else crop_at
+    return np.ascontiguousarray(dpad[:, :, top : top + H, top : top + W].transpose(1, 0, 2, 3))
+
+
+def col2im_general_stride_ignored(cols, x_shape, k, stride=1, padding=0):
+    return _col2im_general(cols, x_shape, k, stride, padding, step=1)  # windows side by side
+
+
+def col2im_general_crop_offset(cols, x_shape, k, stride=1, padding=0):
+    return _col2im_general(cols, x_shape, k, stride, padding, crop_at=0)  # the corner kept
+
+
+# --- batchnorm2d -----------------------------------------------------------------------------
+
+
+def _norm():
+    from minunet.ops import norm  # the reference (imported late: see the module docstring)
+
+    return norm
+
+
+def _bn_forward(x, gamma, beta, running_mean, running_var, num_batches, training=True,
+                momentum=0.1, eps=1e-5, ddof=0, running_ddof=1, batch_in_eval=False):
+    N, C, H, W = x.shape
+    axes = (0, 2, 3)
+    if training or batch_in_eval:
+        mu, var = x.mean(axis=axes), x.var(axis=axes, ddof=ddof)
+    else:
+        mu, var = running_mean, running_var
+    if training:
+        running_mean *= 1 - momentum
+        running_mean += momentum * mu
+        running_var *= 1 - momentum
+        running_var += momentum * x.var(axis=axes, ddof=running_ddof)
+        num_batches += 1
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
+    xhat = (x - mu[:, None, None]) * inv_std[:, None, None]
+    out = gamma[:, None, None] * xhat + beta[:, None, None]
+    return out, _norm().BatchNorm2dCache(xhat, gamma, inv_std, training)
+
+
+def batchnorm2d_unbiased_variance(x, gamma, beta, running_mean, running_var, num_batches,
+                                  training=True, momentum=0.1, eps=1e-5):
+    return _bn_forward(x, gamma, beta, running_mean, running_var, num_batches, training,
+                       momentum, eps, ddof=1)  # var = sum (x - mu)^2 / (M - 1)
+
+
+def batchnorm2d_batch_stats_in_eval(x, gamma, beta, running_mean, running_var, num_batches,
+                                    training=True, momentum=0.1, eps=1e-5):
+    return _bn_forward(x, gamma, beta, running_mean, running_var, num_batches, training,
+                       momentum, eps, batch_in_eval=True)
+
+
+def batchnorm2d_running_var_biased(x, gamma, beta, running_mean, running_var, num_batches,
+                                   training=True, momentum=0.1, eps=1e-5):
+    return _bn_forward(x, gamma, beta, running_mean, running_var, num_batches, training,
+                       momentum, eps, running_ddof=0)
+
+
+def _bn_backward(dout, cache, paths=("mean", "var")):
+    axes = (0, 2, 3)
+    xhat, inv_std = cache.xhat, cache.inv_std[:, None, None]
+    dgamma, dbeta = (dout * xhat).sum(axis=axes), dout.sum(axis=axes)
+    g = cache.gamma[:, None, None] * dout
+    dx = g
+    if cache.training and "mean" in paths:
+        dx = dx - g.mean(axis=axes, keepdims=True)
+    if cache.training and "var" in paths:
+        dx = dx - xhat * (g * xhat).mean(axis=axes, keepdims=True)
+    return dx * inv_std, dgamma, dbeta
+
+
+def batchnorm2d_backward_no_stat_paths(dout, cache):
+    return _bn_backward(dout, cache, paths=())  # as if mu and var were constants
+
+
+def batchnorm2d_backward_no_var_path(dout, cache):
+    return _bn_backward(dout, cache, paths=("mean",))
+
+
 # --- the catalogue ---------------------------------------------------------------------------
 
 M = Mistake
@@ -611,6 +720,38 @@ MISTAKES: list[Mistake] = [
     M("softmax_cross_entropy.backward_weights_left_out", "softmax_cross_entropy.backward",
       "the weight map: each pixel's gradient is scaled by its weight w(x)",
       {"softmax_cross_entropy_backward": softmax_backward_weights_left_out}),
+    M("conv2d_general.im2col_padding_offset", "conv2d_general.im2col",
+      "the padding frame lies on every side: the image sits p pixels in from the padded "
+      "array's top-left corner, so window (y, x) of the output starts at (s*y - p, s*x - p) "
+      "of the image", {"im2col_general": im2col_general_padding_offset}),
+    M("conv2d_general.col2im_stride", "conv2d_general.col2im",
+      "col2im must put each column entry back where im2col took it from: with stride s the "
+      "windows of one offset start s pixels apart", {"col2im_general":
+                                                     col2im_general_stride_ignored}),
+    M("conv2d_general.col2im_crop_offset", "conv2d_general.col2im",
+      "the padding frame lies on every side: the image's gradient is the padded gradient "
+      "without p rows and columns at each edge (the top and left ones too)",
+      {"col2im_general": col2im_general_crop_offset}),
+    M("batchnorm2d.unbiased_variance", "batchnorm2d.forward",
+      "the normalisation divides by the batch's own (biased) spread: the mean of the squared "
+      "deviations over the M values; the unbiased M - 1 belongs to the running variance only",
+      {"batchnorm2d_forward": batchnorm2d_unbiased_variance}),
+    M("batchnorm2d.batch_stats_in_eval", "batchnorm2d.forward",
+      "eval mode: the statistics are the running ones learnt in training, so that an image's "
+      "output does not depend on the rest of its batch",
+      {"batchnorm2d_forward": batchnorm2d_batch_stats_in_eval}),
+    M("batchnorm2d.running_var_biased", "batchnorm2d.forward",
+      "the running variance estimates the variance of the data: it is updated with the "
+      "unbiased variance, M / (M - 1) times the batch's (PyTorch's convention)",
+      {"batchnorm2d_forward": batchnorm2d_running_var_biased}),
+    M("batchnorm2d.backward_no_stat_paths", "batchnorm2d.backward",
+      "in training mode every output of a channel depends on every input of it through the "
+      "batch mean and variance: the gradient flows along those paths too (eval mode alone "
+      "has constant statistics)", {"batchnorm2d_backward": batchnorm2d_backward_no_stat_paths}),
+    M("batchnorm2d.backward_no_var_path", "batchnorm2d.backward",
+      "the batch variance depends on the inputs too: its path adds a term along xhat (the "
+      "path through the mean alone is not the whole gradient)",
+      {"batchnorm2d_backward": batchnorm2d_backward_no_var_path}),
     M("dropout.scale_forgotten", "dropout.forward",
       "inverted dropout: the kept units are scaled by 1/(1-p), as the mask already holds",
       {"dropout_forward": dropout_scale_forgotten}),
@@ -693,5 +834,6 @@ def wrong_namespace(reference, mistake: Mistake) -> SimpleNamespace:
     """The reference ops (a module) as a namespace with the mistake's functions swapped in."""
     if mistake.wrong is None:
         raise ValueError(f"{mistake.id}: the wrong versions are not part of a student copy")
-    names = {n: getattr(reference, n) for n in reference.__all__}
-    return SimpleNamespace(**{**names, **mistake.wrong})
+    from .checks import ops_functions  # (the family's ops live beside the package's exports)
+
+    return SimpleNamespace(**{**ops_functions(reference), **mistake.wrong})

@@ -278,9 +278,25 @@ def stub_lines(text: str, region: Region) -> list[str]:
     return out
 
 
-def render(text: str, regions: list[Region], stub_ids: set[str]) -> str:
-    """The file with the regions in stub_ids stubbed, and every other region's marker
-    and canary lines removed (their code kept). `regions` are this file's regions."""
+def withheld_lines(text: str, region: Region, shows: list[str]) -> list[str]:
+    """The stub of a region that is not handed out but whose code would show one that is."""
+    ind = region.indent
+    msg = (f"{region.id} is not part of this assignment, but its code would show "
+           f"{', '.join(shows)}, handed out here: write it too if you need it; "
+           + stub_message(text, region).split(": ", 1)[1])
+    width = max(40, 96 - len(ind) - 6)
+    pieces = textwrap.wrap(msg, width=width, drop_whitespace=False) or [msg]
+    return ([f"{ind}# TODO({region.id}): withheld, not graded (see the message)\n",
+             f"{ind}raise NotImplementedError(\n"]
+            + [f"{ind}    {p!r}\n" for p in pieces] + [f"{ind})\n"])
+
+
+def render(text: str, regions: list[Region], stub_ids: set[str],
+           withheld: dict[str, list[str]] | None = None) -> str:
+    """The file with the regions in stub_ids stubbed, the regions in `withheld` (id -> the
+    handed-out regions their code shows) stubbed as withheld, and every other region's
+    marker and canary lines removed (their code kept). `regions`: this file's regions."""
+    withheld = withheld or {}
     lines = text.splitlines(keepends=True)
     out: list[str] = []
     by_begin = {r.begin: r for r in regions}
@@ -293,6 +309,8 @@ def render(text: str, regions: list[Region], stub_ids: set[str]) -> str:
             continue
         if r.id in stub_ids:
             out += stub_lines(text, r)
+        elif r.id in withheld:
+            out += withheld_lines(text, r, withheld[r.id])
         else:
             out += [ln for ln in lines[r.begin: r.end - 1] if _marker(ln) is None]
         n = r.end + 1
@@ -307,9 +325,14 @@ def solution_lines(text: str, regions: list[Region], min_len: int = 20) -> set[s
     for r in regions:
         for ln in lines[r.begin: r.end - 1]:
             s = ln.split("  #")[0].strip()
-            if len(s) >= min_len and not s.startswith("#"):
+            if len(s) >= min_len and not s.startswith("#") and not SHAPE_UNPACK.match(s):
                 found.add(s)
     return found
+
+
+# `N, C, H, W = x.shape`: a line every op of an NCHW tensor opens with, not a solution (it
+# would leave out of a copy every family op that reads its input's shape)
+SHAPE_UNPACK = re.compile(r"^[A-Za-z_][\w, ]*= [\w.]+\.shape$")
 
 
 def region_code(text: str, regions: list[Region]) -> dict[str, str]:

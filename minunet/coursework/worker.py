@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import call_backward, call_forward
+from .checks import KINDS, call_backward, call_forward, function
 
 # Modules the student's ops may not import while being graded, and why.
 REFUSED = {
@@ -130,18 +130,22 @@ def inputs(meta: dict, arrays: dict) -> dict:
 
 
 def reference_im2col(idx: np.ndarray, x_shape: tuple):
-    """im2col and col2im from the reference's index map for inputs of shape x_shape."""
+    """im2col and col2im from the reference's index map for inputs of shape x_shape (an
+    index -1 is a zero of the padding: it reads the zero appended to x, and its gradient is
+    dropped). They take the arguments of im2col or of im2col_general alike."""
     size = int(np.prod(x_shape))
 
-    def im2col(x, k):
+    def im2col(x, *_):
         if tuple(x.shape) != x_shape:
             raise ValueError(f"the reference im2col is given for x of shape {x_shape} only")
-        return np.ascontiguousarray(x).reshape(-1)[idx]
+        flat = np.concatenate([np.ascontiguousarray(x).reshape(-1), np.zeros(1, x.dtype)])
+        return flat[idx]
 
-    def col2im(cols, shape, k):
+    def col2im(cols, shape, *_):
         if tuple(shape) != x_shape:
             raise ValueError(f"the reference col2im is given for x of shape {x_shape} only")
-        dx = np.bincount(idx.reshape(-1), weights=np.asarray(cols).reshape(-1), minlength=size)
+        dx = np.bincount(idx.reshape(-1) % (size + 1), weights=np.asarray(cols).reshape(-1),
+                         minlength=size + 1)[:size]
         return dx.reshape(x_shape).astype(np.asarray(cols).dtype)
 
     return im2col, col2im
@@ -216,10 +220,11 @@ def run_call(ns, meta: dict, arrays: dict) -> tuple[dict, dict]:
     args = inputs(meta, arrays)
     where, saved = {}, {}
     if "ref.idx" in arrays:  # the reference im2col/col2im stand in for the student's
-        where = ns.conv2d_forward.__globals__
-        saved = {n: where.get(n, _MISSING) for n in ("im2col", "col2im")}
-        where["im2col"], where["col2im"] = reference_im2col(
-            np.asarray(arrays["ref.idx"]), tuple(np.shape(args["x"])))
+        k = KINDS[kind]
+        where = function(ns, k.forward_fn).__globals__
+        saved = {n: where.get(n, _MISSING) for n in k.stand_ins}
+        names = reference_im2col(np.asarray(arrays["ref.idx"]), tuple(np.shape(args["x"])))
+        where.update(zip(k.stand_ins, names, strict=True))
     try:
         with np.errstate(all="ignore"):
             value = call_forward(ns, kind, args)

@@ -70,6 +70,8 @@ def resolve_padding(padding, k: int) -> int:
 def im2col_general(x, k: int, stride: int = 1, padding: int = 0):
     """x: (N, C, H, W). Returns cols (C*k*k, N*Ho*Wo) of the zero-padded input, with the
     layout of ops/conv.py's im2col: one strided slice copy per kernel offset (i, j)."""
+    # BEGIN SOLUTION conv2d_general.im2col
+    # canary: mu13-301b1ec1e2c9
     xp = xp_of(x)
     N, C, H, W = x.shape
     Ho, Wo = conv_output_size(H, k, stride, padding), conv_output_size(W, k, stride, padding)
@@ -81,12 +83,15 @@ def im2col_general(x, k: int, stride: int = 1, padding: int = 0):
             window = xpad[:, :, i : i + s * (Ho - 1) + 1 : s, j : j + s * (Wo - 1) + 1 : s]
             cols[:, i, j] = window.transpose(1, 0, 2, 3)  # (C, N, Ho, Wo)
     return cols.reshape(C * k * k, N * Ho * Wo)  # (C*k*k, N*Ho*Wo)
+    # END SOLUTION
 
 
 def col2im_general(cols, x_shape, k: int, stride: int = 1, padding: int = 0):
     """The adjoint of im2col_general. cols: (C*k*k, N*Ho*Wo); x_shape: (N, C, H, W).
     Returns dx (N, C, H, W): each pixel sums the entries copied from it; the padding's
     frame, which copied zeros rather than pixels, is cropped off."""
+    # BEGIN SOLUTION conv2d_general.col2im
+    # canary: mu13-efae0d9dcccb
     xp = xp_of(cols)
     N, C, H, W = x_shape
     Ho, Wo = conv_output_size(H, k, stride, padding), conv_output_size(W, k, stride, padding)
@@ -98,6 +103,7 @@ def col2im_general(cols, x_shape, k: int, stride: int = 1, padding: int = 0):
             dpad[:, :, i : i + s * (Ho - 1) + 1 : s, j : j + s * (Wo - 1) + 1 : s] += c6[:, i, j]
     dx = dpad[:, :, p : p + H, p : p + W]  # (C, N, H, W) without the frame
     return xp.ascontiguousarray(dx.transpose(1, 0, 2, 3))  # (N, C, H, W)
+    # END SOLUTION
 
 
 def conv2d_general_forward(x, w, b=None, stride: int = 1, padding=0, groups: int = 1):
@@ -106,6 +112,8 @@ def conv2d_general_forward(x, w, b=None, stride: int = 1, padding=0, groups: int
     (N, Cout, Ho, Wo), Ho = (H + 2p - k) // stride + 1, and a ConvGeneralCache."""
     p = resolve_padding(padding, w.shape[-1] if getattr(w, "ndim", 0) == 4 else 1)
     check_conv2d_general(x, w, b, stride, p, groups)
+    # BEGIN SOLUTION conv2d_general.forward
+    # canary: mu13-49c799a3fdd8
     N, Cin, H, W = x.shape
     Cout, Cg, k, _ = w.shape
     g = groups
@@ -120,12 +128,15 @@ def conv2d_general_forward(x, w, b=None, stride: int = 1, padding=0, groups: int
     return (xp.ascontiguousarray(out),
             ConvGeneralCache(cols, w, tuple(x.shape), (N, Cout, Ho, Wo), stride, p, g,
                              b is not None))
+    # END SOLUTION
 
 
 def conv2d_general_backward(dout, cache):
     """dout: (N, Cout, Ho, Wo). Returns (dx (N, Cin, H, W), dw (Cout, Cin/groups, k, k),
     db (Cout,) or None when the forward had no bias)."""
     check_dout("conv2d_general", dout, cache.out_shape)
+    # BEGIN SOLUTION conv2d_general.backward
+    # canary: mu13-26302175004d
     cols, w, g = cache.cols, cache.w, cache.groups
     N, _, Ho, Wo = cache.out_shape
     Cout, Cg, k, _ = w.shape
@@ -136,6 +147,7 @@ def conv2d_general_backward(dout, cache):
     dcols = (wg.transpose(0, 2, 1) @ D).reshape(g * Cg * k * k, N * Ho * Wo)  # (Cin*k*k, NHoWo)
     dx = col2im_general(dcols, cache.x_shape, k, cache.stride, cache.padding)
     return dx, dw, db
+    # END SOLUTION
 
 
 def check_conv2d_general(x, w, b, stride, padding: int, groups) -> None:

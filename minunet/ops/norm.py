@@ -63,6 +63,8 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, num_batches,
     training batch (they would still be their initial 0 and 1).
     """
     check_batchnorm2d(x, gamma, beta, running_mean, running_var, momentum, eps)
+    # BEGIN SOLUTION batchnorm2d.forward
+    # canary: mu13-c988d20e3a6e
     xp = xp_of(x)
     N, C, H, W = x.shape
     M = N * H * W
@@ -88,12 +90,15 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, num_batches,
     xhat = (x - mu[:, None, None]) * inv_std[:, None, None]  # (N, C, H, W)
     out = gamma[:, None, None] * xhat + beta[:, None, None]  # (N, C, H, W)
     return out, BatchNorm2dCache(xhat, gamma, inv_std.astype(x.dtype, copy=False), training)
+    # END SOLUTION
 
 
 def batchnorm2d_backward(dout, cache):
     """dout: (N, C, H, W). Returns (dx (N, C, H, W), dgamma (C,), dbeta (C,)): the compact
     form of the module docstring in training mode, gamma * dout / s in eval mode."""
     check_dout("batchnorm2d", dout, cache.xhat.shape)
+    # BEGIN SOLUTION batchnorm2d.backward
+    # canary: mu13-7ececd102da4
     axes = (0, 2, 3)
     xhat, inv_std = cache.xhat, cache.inv_std[:, None, None]  # (N, C, H, W), (C, 1, 1)
     dgamma = (dout * xhat).sum(axis=axes)  # (C,)
@@ -105,6 +110,7 @@ def batchnorm2d_backward(dout, cache):
     proj = (g * xhat).mean(axis=axes, keepdims=True)  # (1, C, 1, 1) the path through var
     dx = inv_std * (g - g_mean - xhat * proj)  # (N, C, H, W)
     return dx, dgamma, dbeta
+    # END SOLUTION
 
 
 def check_batchnorm2d(x, gamma, beta, running_mean, running_var, momentum, eps) -> None:

@@ -10,7 +10,8 @@ from minunet.coursework import make
 ROOT = Path(__file__).resolve().parents[2]
 OPS_FILE = {"conv2d": "conv.py", "upconv2x2": "upconv.py", "maxpool2x2": "pool.py",
             "relu": "relu.py", "center_crop": "crop.py", "concat": "crop.py",
-            "softmax_cross_entropy": "softmax.py", "dropout": "dropout.py"}
+            "softmax_cross_entropy": "softmax.py", "dropout": "dropout.py",
+            "conv2d_general": "conv_general.py", "batchnorm2d": "norm.py"}
 
 
 def make_copy(dest: Path, ops=None, part="both", teacher: Path | None = None):
