@@ -52,6 +52,8 @@ from .device import (
 from .device import _cupy as _cupy  # private: bench.py reaches for cupy through it
 from .twins import (
     bias_relu_forward,
+    bilinear_adjoint,
+    bilinear_forward,
     bn_backward_dx,
     bn_grad_partials,
     bn_normalize,
@@ -81,4 +83,5 @@ __all__ = [
     "softmax_xent_backward", "sgd_update", "sgd_update_many", "bias_relu_forward",
     "relu_backward", "upconv_scatter", "upconv_gather",
     "bn_stats_partials", "bn_grad_partials", "bn_normalize", "bn_backward_dx",
+    "bilinear_forward", "bilinear_adjoint",
 ]

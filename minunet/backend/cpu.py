@@ -471,3 +471,104 @@ def bn_backward_dx(dout, xhat, k, m1, m2):
     par = [np.ascontiguousarray(a, dtype=dout.dtype) for a in (k, m1, m2)]
     _by_planes(N * C, lambda p0, p1: _bn_backward_dx(d2, h2, *par, p0, p1, dx))
     return dx.reshape(dout.shape)
+
+
+# --- bilinear up-sampling and its adjoint (kernels/resample.cu) -----------------------------
+# The taps are computed in float64 as the kernel and the plain op's interpolation matrix do;
+# the sums run in the kernel's order: the twins agree bit for bit.
+
+
+@njit(cache=True, nogil=True)
+def _bilinear_taps(S, f, align, dtype_one):
+    """Per output index o of an axis: i0, i1 (int64) and the weights w0, w1 (of x's dtype)."""
+    So = S * f
+    i0 = np.empty(So, dtype=np.int64)
+    i1 = np.empty(So, dtype=np.int64)
+    w0 = np.empty(So, dtype=dtype_one.dtype)
+    w1 = np.empty(So, dtype=dtype_one.dtype)
+    for o in range(So):
+        if align:
+            t = o * ((S - 1) / (So - 1)) if So > 1 else 0.0
+        else:
+            t = max((o + 0.5) / f - 0.5, 0.0)
+        i = min(int(t), S - 1)
+        lam = t - i
+        i0[o], i1[o] = i, min(i + 1, S - 1)
+        w0[o], w1[o] = 1.0 - lam, lam
+    return i0, i1, w0, w1
+
+
+@njit(parallel=PARALLEL, cache=True, nogil=True)
+def _bilinear_forward(x3, f, align, p0, p1, out):
+    _, H, W = x3.shape
+    one = np.ones(1, dtype=x3.dtype)
+    y0, y1, w0y, w1y = _bilinear_taps(H, f, align, one)
+    x0, x1, w0x, w1x = _bilinear_taps(W, f, align, one)
+    for p in prange(p0, p1):
+        src, dst = x3[p], out[p]
+        for Y in range(H * f):
+            ra, rb = src[y0[Y]], src[y1[Y]]
+            a, b = w0y[Y], w1y[Y]
+            orow = dst[Y]
+            for X in range(W * f):
+                r0 = w0x[X] * ra[x0[X]] + w1x[X] * ra[x1[X]]
+                r1 = w0x[X] * rb[x0[X]] + w1x[X] * rb[x1[X]]
+                orow[X] = a * r0 + b * r1
+
+
+def bilinear_forward(x, factor, align_corners):
+    """See minunet.backend.twins.bilinear_forward. x (N, C, H, W) -> (N, C, f*H, f*W)."""
+    N, C, H, W = x.shape
+    f = int(factor)
+    x3 = np.ascontiguousarray(x).reshape(N * C, H, W)  # (planes, H, W)
+    out = np.empty((N * C, f * H, f * W), dtype=x.dtype)
+    _by_planes(N * C, lambda p0, p1: _bilinear_forward(x3, f, bool(align_corners), p0, p1, out))
+    return out.reshape(N, C, f * H, f * W)
+
+
+@njit(cache=True, nogil=True)
+def _band(i, S, So):
+    """The outputs o (lo <= o < hi) whose taps can include input index i (resample.cu)."""
+    if S == 1:
+        return 0, So
+    f = So // S
+    lo_b = (i - 1) * (So - 1) // (S - 1) if i >= 1 else 0
+    hi_b = (i + 1) * (So - 1) // (S - 1) + 2
+    lo = max(0, min(f * (i - 1), lo_b) - 1)
+    hi = min(So, max(f * (i + 2), hi_b))
+    return lo, hi
+
+
+@njit(parallel=PARALLEL, cache=True, nogil=True)
+def _bilinear_adjoint(src, at, p0, p1, dst):
+    # at = a.T (S, So), contiguous: the weights of one input index lie in one row
+    _, So, Q = src.shape
+    S = dst.shape[1]
+    for p in prange(p0, p1):
+        for i in range(S):
+            lo, hi = _band(i, S, So)
+            wrow = at[i]
+            if Q == 1:  # along W: a dot product over the band
+                acc = dst.dtype.type(0)
+                for o in range(lo, hi):
+                    acc += wrow[o] * src[p, o, 0]
+                dst[p, i, 0] = acc
+                continue
+            drow = dst[p, i]  # along H: whole rows of Q values at a time
+            drow[:] = 0
+            for o in range(lo, hi):
+                w = wrow[o]
+                srow = src[p, o]
+                for q in range(Q):
+                    drow[q] += w * srow[q]
+
+
+def bilinear_adjoint(src, a):
+    """See minunet.backend.twins.bilinear_adjoint. src (P, So, Q), a (So, S) -> (P, S, Q)."""
+    P, So, Q = src.shape
+    S = a.shape[1]
+    src = np.ascontiguousarray(src)
+    at = np.ascontiguousarray(a.T, dtype=src.dtype)  # (S, So)
+    dst = np.empty((P, S, Q), dtype=src.dtype)
+    _by_planes(P, lambda p0, p1: _bilinear_adjoint(src, at, p0, p1, dst))
+    return dst

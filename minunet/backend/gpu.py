@@ -46,7 +46,7 @@ __all__ = [
     "sum_partials_geometry", "softmax_xent_backward_geometry", "bias_relu_geometry",
     "elementwise_geometry", "upconv_geometry",
     "bn_stats_partials", "bn_grad_partials", "bn_normalize", "bn_backward_dx",
-    "bn_partials_geometry", "plane_geometry",
+    "bn_partials_geometry", "plane_geometry", "bilinear_forward", "bilinear_adjoint",
 ]
 
 # Every kernel file and the templates it defines (templated on the element type T).
@@ -57,6 +57,7 @@ KERNEL_FILES: dict[str, tuple[str, ...]] = {
     "softmax_xent.cu": ("softmax_xent_forward", "softmax_xent_backward", "sum_partials"),
     "upconv.cu": ("upconv_scatter", "upconv_gather"),
     "sgd.cu": ("sgd_update", "sgd_update_many"),
+    "resample.cu": ("bilinear_forward", "bilinear_adjoint"),
     "batchnorm.cu": ("bn_stats_partials", "bn_grad_partials", "bn_normalize", "bn_backward_dx"),
 }
 # Templates with a second parameter, the label type L.
@@ -644,3 +645,42 @@ def bn_backward_dx(dout, xhat, k, m1, m2):
         *plane_geometry(N * C, H * W),
         (dout, xhat, *par, dx, np.int64(N * C), np.int32(C), np.int64(H * W)))
     return dx
+
+
+# ---------------------------------------------------------------------------
+# Bilinear up-sampling and its adjoint (kernels/resample.cu); geometry: plane_geometry
+# ---------------------------------------------------------------------------
+
+
+def bilinear_forward(x, factor, align_corners):
+    """See minunet.backend.twins.bilinear_forward. x (N, C, H, W) -> (N, C, f*H, f*W)."""
+    cp = _cupy()
+    dt = _float_dtype("bilinear_forward x", x)
+    x = cp.ascontiguousarray(x)
+    N, C, H, W = x.shape
+    f = int(factor)
+    _below_2_31("bilinear output plane", H * W * f * f)
+    out = cp.empty((N, C, f * H, f * W), dtype=dt)
+    kernel("resample.cu", "bilinear_forward", dt)(
+        *plane_geometry(N * C, H * W * f * f),
+        (x, out, np.int64(N * C), np.int32(H), np.int32(W), np.int32(f),
+         np.int32(bool(align_corners))))
+    return out
+
+
+def bilinear_adjoint(src, a):
+    """See minunet.backend.twins.bilinear_adjoint. src (P, So, Q), a (So, S) -> (P, S, Q)."""
+    cp = _cupy()
+    dt = _float_dtype("bilinear_adjoint src", src)
+    src = cp.ascontiguousarray(src)
+    a = cp.ascontiguousarray(a, dtype=dt)
+    P, So, Q = src.shape
+    S = a.shape[1]
+    if a.shape[0] != So or So % S:
+        raise ValueError(f"bilinear_adjoint: a {a.shape} does not fit src {src.shape}")
+    _below_2_31("bilinear_adjoint plane", So * Q)
+    dst = cp.empty((P, S, Q), dtype=dt)
+    kernel("resample.cu", "bilinear_adjoint", dt)(
+        *plane_geometry(P, S * Q),
+        (src, a, dst, np.int64(P), np.int32(S), np.int32(So), np.int32(Q)))
+    return dst

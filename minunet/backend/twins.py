@@ -25,6 +25,7 @@ __all__ = [
     "softmax_xent_backward", "sgd_update", "sgd_update_many", "bias_relu_forward",
     "relu_backward", "upconv_scatter", "upconv_gather",
     "bn_stats_partials", "bn_grad_partials", "bn_normalize", "bn_backward_dx",
+    "bilinear_forward", "bilinear_adjoint",
 ]
 
 
@@ -172,3 +173,19 @@ def bn_normalize(x, mean, inv_std, gamma, beta):
 def bn_backward_dx(dout, xhat, k, m1, m2):
     """dout, xhat (N, C, H, W), k, m1, m2 (C,) -> dx = k * ((dout - m1) - xhat * m2)."""
     return _twin(dout).bn_backward_dx(dout, xhat, k, m1, m2)
+
+
+# --- bilinear up-sampling by an integer factor, and its adjoint (kernels/resample.cu) ------
+
+
+def bilinear_forward(x, factor: int, align_corners: bool):
+    """x (N, C, H, W) -> out (N, C, f*H, f*W), bilinear, both corner modes: the taps of
+    minunet/ops/resample.py's interpolation_matrix, columns first then rows."""
+    return _twin(x).bilinear_forward(x, factor, align_corners)
+
+
+def bilinear_adjoint(src, a):
+    """The adjoint along one axis as a gather: src (P, So, Q), a (So, S) the axis' interpolation
+    matrix -> dst (P, S, Q), dst[p, i, q] = sum_o a[o, i] * src[p, o, q] over the band of o
+    that can reach i, o ascending (deterministic, no atomics)."""
+    return _twin(src).bilinear_adjoint(src, a)

@@ -7,6 +7,8 @@ share no code with the twins or the ops.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -63,3 +65,56 @@ def test_bn_normalize_and_dx(rng, dtype):
         want_dx = float(k[c]) * (float(d[n, c, y, xx]) - float(m1[c])
                                  - float(h[n, c, y, xx]) * float(m2[c]))
         np.testing.assert_allclose(dx[n, c, y, xx], want_dx, **TOL[dtype])
+
+
+# --- bilinear up-sampling -------------------------------------------------------------------
+
+
+def source(o, S, f, align):
+    """(i0, i1, l) of output index o along an axis of input size S: PyTorch's formulas."""
+    So = S * f
+    if align:
+        t = o * (S - 1) / (So - 1) if So > 1 else 0.0
+    else:
+        t = max((o + 0.5) / f - 0.5, 0.0)
+    i0 = min(int(math.floor(t)), S - 1)
+    return i0, min(i0 + 1, S - 1), t - i0
+
+
+def bilinear_loops(x, f, align):
+    N, C, H, W = x.shape
+    out = np.zeros((N, C, H * f, W * f))
+    for n, c, Y, X in np.ndindex(*out.shape):
+        y0, y1, ly = source(Y, H, f, align)
+        x0, x1, lx = source(X, W, f, align)
+        v = x[n, c].astype(np.float64)
+        out[n, c, Y, X] = ((1 - ly) * ((1 - lx) * v[y0, x0] + lx * v[y0, x1])
+                           + ly * ((1 - lx) * v[y1, x0] + lx * v[y1, x1]))
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("f, align", [(2, False), (4, True), (8, False), (3, True), (16, True)])
+def test_bilinear_forward(rng, dtype, f, align):
+    x = rng.standard_normal((2, 2, 3, 5)).astype(dtype)
+    np.testing.assert_allclose(cpu.bilinear_forward(x, f, align), bilinear_loops(x, f, align),
+                               **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("S, f, Q", [(5, 2, 1), (3, 4, 3), (1, 8, 2), (2, 16, 1), (7, 3, 4)])
+def test_bilinear_adjoint(rng, dtype, S, f, Q):
+    """dst[p, i, q] = sum over EVERY o of a[o, i] * src[p, o, q] (the band is an optimisation:
+    a random dense a would expose one that is too narrow, so a is random on the true band)."""
+    So = S * f
+    for align in (False, True):
+        a = np.zeros((So, S))
+        for o in range(So):  # the pattern of an interpolation matrix, random weights
+            i0, i1, _ = source(o, S, f, align)
+            a[o, i0], a[o, i1] = rng.random(), rng.random()
+        a = a.astype(dtype)
+        src = rng.standard_normal((2, So, Q)).astype(dtype)
+        want = np.zeros((2, S, Q))
+        for p, i, q in np.ndindex(*want.shape):
+            want[p, i, q] = sum(float(a[o, i]) * float(src[p, o, q]) for o in range(So))
+        np.testing.assert_allclose(cpu.bilinear_adjoint(src, a), want, **TOL[dtype])

@@ -51,3 +51,17 @@ def test_batchnorm_kernels_match_cpu(rng, dtype):
         assert_close(got, ref, dtype, "bn_normalize")
     assert_close(gpu.bn_backward_dx(gd, gh, *map(cp.asarray, par[:3])),
                  cpu.bn_backward_dx(d, h, *par[:3]), dtype, "bn_backward_dx")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("factor, align", [(2, False), (4, True), (16, False)])
+def test_bilinear_kernels_match_cpu(rng, dtype, factor, align):
+    from minunet.ops.resample import interpolation_matrix
+
+    x = rng.standard_normal((2, 3, 5, 7)).astype(dtype)
+    assert_close(gpu.bilinear_forward(cp.asarray(x), factor, align),
+                 cpu.bilinear_forward(x, factor, align), dtype, "bilinear forward")
+    a = interpolation_matrix(7, factor, align, dtype)  # (7*f, 7)
+    src = rng.standard_normal((4, 7 * factor, 3)).astype(dtype)
+    assert_close(gpu.bilinear_adjoint(cp.asarray(src), cp.asarray(a)),
+                 cpu.bilinear_adjoint(src, a), dtype, "bilinear adjoint")

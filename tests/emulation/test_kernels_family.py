@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from emu_helpers import bits_equal, run_variants, skip_without_compiler
+from emu_helpers import bits_equal, i32, run_variants, skip_without_compiler
 
 from minunet.backend import cpu, gpu
 
@@ -27,6 +27,7 @@ DTYPES = [np.float32, np.float64]
 TESTED = {  # template -> the test below that runs every instance of it
     "bn_stats_partials": "test_bn_partials", "bn_grad_partials": "test_bn_partials",
     "bn_normalize": "test_bn_epilogues", "bn_backward_dx": "test_bn_epilogues",
+    "bilinear_forward": "test_bilinear", "bilinear_adjoint": "test_bilinear",
 }
 
 
@@ -110,3 +111,63 @@ def test_bn_epilogues(programs, dtype, shape, rng):
     (dx,) = run_variants(prog, *geometry, make_dx)
     bits_equal(dx, cpu.bn_backward_dx(d, h, k, m1, m2), "bn_backward_dx vs CPU twin")
     bits_equal(dx, k[c] * ((d - m1[c]) - h * m2[c]), "bn_backward_dx vs the formula")
+
+
+# --- bilinear up-sampling --------------------------------------------------------------------
+
+BILINEAR_CASES = [  # (P, H, W, factor, align_corners): odd sizes, 1-pixel axes, every factor
+    (2, 3, 5, 2, 0), (1, 4, 3, 4, 1), (3, 1, 2, 8, 0), (1, 2, 1, 16, 1), (2, 5, 7, 3, 1),
+    (1, 1, 1, 2, 1), (2, 6, 5, 2, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", BILINEAR_CASES)
+def test_bilinear(programs, dtype, case, rng):
+    """Forward against the twin (bits) and the plain op; the adjoint along W then H against
+    the twin (bits) and the plain backward."""
+    from minunet.ops import resample
+
+    P, H, W, f, align = case
+    x = rng.standard_normal((1, P, H, W)).astype(dtype)
+    prog = programs["resample.cu"]
+    expr = f"bilinear_forward<{ctype(dtype)}>"
+
+    def make_fwd(grid, block, order, seed):
+        out = np.full((1, P, f * H, f * W), np.nan, dtype)
+        args = (x, out, np.int64(P), *i32(H, W, f, align))
+        return [(expr, grid, block, args, order, seed)], (out,)
+
+    (out,) = run_variants(prog, *gpu.plane_geometry(P, H * W * f * f), make_fwd)
+    bits_equal(out, cpu.bilinear_forward(x, f, bool(align)), "bilinear forward vs CPU twin")
+    plain, cache = resample.bilinear_upsample_forward(x, f, bool(align))
+    np.testing.assert_allclose(out, plain, rtol=0, atol=TOL_PLAIN[np.dtype(dtype)])
+
+    dout = rng.standard_normal((P, f * H, f * W)).astype(dtype)
+    a_w, a_h = cache.a_w, cache.a_h  # (Wo, W), (Ho, H): the plain op's matrices
+    adj = f"bilinear_adjoint<{ctype(dtype)}>"
+
+    d3 = dout.reshape(P * f * H, f * W, 1)  # (rows, Wo, 1): along W first
+
+    def make_w(grid, block, order, seed):
+        t = np.full((P * f * H, W, 1), np.nan, dtype)
+        args = (d3, a_w, t, np.int64(P * f * H), *i32(W, f * W, 1))
+        return [(adj, grid, block, args, order, seed)], (t,)
+
+    (t,) = run_variants(prog, *gpu.plane_geometry(P * f * H, W), make_w)
+    t3 = t.reshape(P, f * H, W)  # then along H
+
+    def make_h(grid, block, order, seed):
+        dx = np.full((P, H, W), np.nan, dtype)
+        args = (t3, a_h, dx, np.int64(P), *i32(H, f * H, W))
+        return [(adj, grid, block, args, order, seed)], (dx,)
+
+    (dx,) = run_variants(prog, *gpu.plane_geometry(P, H * W), make_h)
+    twin = cpu.bilinear_adjoint(cpu.bilinear_adjoint(dout.reshape(P * f * H, f * W, 1), a_w)
+                                .reshape(P, f * H, W), a_h)
+    bits_equal(dx, twin, "bilinear adjoint vs CPU twin")
+    np.testing.assert_allclose(dx, resample.bilinear_upsample_backward(dout[None], cache)[0],
+                               rtol=0, atol=TOL_PLAIN[np.dtype(dtype)] * 4 * f * f)
+
+
+TOL_PLAIN = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-14}  # vs the plain op's BLAS

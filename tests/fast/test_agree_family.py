@@ -13,7 +13,9 @@ from test_agree import agree
 
 from minunet.backend import chunks, threads
 from minunet.fast import norm as fast_norm
+from minunet.fast import resample as fast_resample
 from minunet.ops import norm as plain_norm
+from minunet.ops import resample as plain_resample
 
 DTYPES = ["float64", "float32"]
 
@@ -87,3 +89,22 @@ def test_batchnorm2d_fast_errors_as_plain(rng):
     with pytest.raises(ValueError, match="eval mode before any training"):
         fast_norm.batchnorm2d_forward(x, one, zero, zero.copy(), one.copy(),
                                       np.array([0], np.int64), training=False)
+
+
+# --- up-sampling ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("factor", [2, 4, 8, 16])
+@pytest.mark.parametrize("shape", [(1, 2, 3, 5), (3, 1, 1, 4), (2, 3, 7, 6)])
+def test_bilinear_upsample(xp, rng, cpu_setup, dtype, factor, align_corners, shape):
+    x = normal(xp, rng, dtype, *shape)
+    compare(xp, rng, dtype, plain_resample, fast_resample, "bilinear_upsample", lambda: (x,),
+            dict(factor=factor, align_corners=align_corners), 1)
+
+
+def test_nearest_upsample_is_shared():
+    """Nearest by 2 is one copy and one reshaped sum: the plain pair serves both doors."""
+    assert fast_resample.nearest_upsample2_forward is plain_resample.nearest_upsample2_forward
+    assert fast_resample.nearest_upsample2_backward is plain_resample.nearest_upsample2_backward
