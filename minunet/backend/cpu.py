@@ -572,3 +572,180 @@ def bilinear_adjoint(src, a):
     dst = np.empty((P, S, Q), dtype=src.dtype)
     _by_planes(P, lambda p0, p1: _bilinear_adjoint(src, at, p0, p1, dst))
     return dst
+
+
+# --- depthwise convolution, padded and strided (kernels/depthwise.cu) ------------------------
+# Loops along rows: for each tap (i, j) the output columns whose input column lies inside the
+# image form one range [xa, xb), so the inner loop has no test. The forward and dx add each
+# pixel's terms in the kernel's (i, j) order: bit for bit. dw/db sum along rows in float64.
+
+
+@njit(cache=True, nogil=True)
+def _valid(j, s, p, W, Wo):
+    """The output columns xx with 0 <= s*xx + j - p < W: the range [xa, xb)."""
+    xa = max(0, -((j - p) // s))  # ceil((p - j) / s), at least 0
+    xb = min(Wo, (W - 1 - j + p) // s + 1) if W - 1 - j + p >= 0 else 0
+    return xa, max(xa, xb)
+
+
+@njit(parallel=PARALLEL, cache=True, nogil=True)
+def _depthwise_forward(x, w, b, s, p, q0, q1, out):
+    N, C, H, W = x.shape
+    _, Co, Ho, Wo = out.shape
+    m, k = Co // C, w.shape[2]
+    for pl in prange(q0, q1):  # plane (n, o)
+        n, o = pl // Co, pl % Co
+        src, dst, wo = x[n, o // m], out[n, o], w[o, 0]
+        for y in range(Ho):
+            orow = dst[y]
+            orow[:] = 0
+            for i in range(k):
+                iy = s * y + i - p
+                if iy < 0 or iy >= H:
+                    continue
+                xrow = src[iy]
+                for j in range(k):
+                    xa, xb = _valid(j, s, p, W, Wo)
+                    wij = wo[i, j]
+                    for xx in range(xa, xb):
+                        orow[xx] += wij * xrow[s * xx + j - p]
+            for xx in range(Wo):
+                orow[xx] += b[o]
+
+
+def depthwise_forward(x, w, b, stride, padding):
+    """See minunet.backend.twins.depthwise_forward. x (N, C, H, W), w (Co, 1, k, k), b (Co,)."""
+    N, C, H, W = x.shape
+    Co, _, k, _ = w.shape
+    Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
+    x = np.ascontiguousarray(x)
+    w = np.ascontiguousarray(w, dtype=x.dtype)
+    b = np.ascontiguousarray(b, dtype=x.dtype)
+    out = np.empty((N, Co, Ho, Wo), dtype=x.dtype)
+    _by_planes(N * Co, lambda q0, q1: _depthwise_forward(x, w, b, stride, padding, q0, q1, out))
+    return out
+
+
+@njit(parallel=PARALLEL, cache=True, nogil=True)
+def _depthwise_backward_dx(dout, w, s, p, q0, q1, dx):
+    N, C, H, W = dx.shape
+    _, Co, Ho, Wo = dout.shape
+    m, k = Co // C, w.shape[2]
+    for pl in prange(q0, q1):  # plane (n, c)
+        n, c = pl // C, pl % C
+        for Y in range(H):
+            drow = dx[n, c, Y]
+            drow[:] = 0
+            for r in range(m):
+                o = c * m + r
+                for i in range(k):
+                    ry = Y + p - i
+                    if ry < 0 or ry % s != 0 or ry // s >= Ho:
+                        continue
+                    dorow = dout[n, o, ry // s]
+                    for j in range(k):
+                        xa, xb = _valid(j, s, p, W, Wo)
+                        wij = w[o, 0, i, j]
+                        for xx in range(xa, xb):
+                            drow[s * xx + j - p] += wij * dorow[xx]
+
+
+def depthwise_backward_dx(dout, w, x_shape, stride, padding):
+    """See minunet.backend.twins.depthwise_backward_dx. Returns dx of x_shape (N, C, H, W)."""
+    N, C, H, W = x_shape
+    dout = np.ascontiguousarray(dout)
+    w = np.ascontiguousarray(w, dtype=dout.dtype)
+    dx = np.empty((N, C, H, W), dtype=dout.dtype)
+    _by_planes(N * C, lambda q0, q1: _depthwise_backward_dx(dout, w, stride, padding, q0, q1, dx))
+    return dx
+
+
+@njit(parallel=PARALLEL, cache=True, nogil=True)
+def _depthwise_dw(dout, x, k, s, p, q0, q1, part):
+    N, C, H, W = x.shape
+    _, Co, Ho, Wo = dout.shape
+    m = Co // C
+    for pl in prange(q0, q1):  # plane (n, o)
+        n, o = pl // Co, pl % Co
+        src, d = x[n, o // m], dout[n, o]
+        for i in range(k):
+            for j in range(k):
+                xa, xb = _valid(j, s, p, W, Wo)
+                acc = 0.0
+                for y in range(Ho):
+                    iy = s * y + i - p
+                    if iy < 0 or iy >= H:
+                        continue
+                    for xx in range(xa, xb):
+                        acc += np.float64(d[y, xx]) * np.float64(src[iy, s * xx + j - p])
+                part[n, o, i * k + j] = acc
+        acc = 0.0
+        for y in range(Ho):
+            for xx in range(Wo):
+                acc += np.float64(d[y, xx])
+        part[n, o, k * k] = acc
+
+
+def depthwise_dw_partials(dout, x, k, stride, padding):
+    """See minunet.backend.twins.depthwise_dw_partials. -> (N, Co, k*k + 1) float64."""
+    N, Co = dout.shape[:2]
+    dout, x = np.ascontiguousarray(dout), np.ascontiguousarray(x)
+    part = np.empty((N, Co, k * k + 1))
+    _by_planes(N * Co, lambda q0, q1: _depthwise_dw(dout, x, k, stride, padding, q0, q1, part))
+    return part
+
+
+# --- im2col / col2im with zero padding and stride (kernels/im2col.cu) ------------------------
+# As im2col above: one strided slice copy per kernel offset (i, j), over the output rows and
+# columns whose input pixel lies inside the image; the padding's entries are zero stripes.
+# col2im gathers as _col2im does, in (i, j) order per pixel: bit for bit with the kernel.
+
+
+def _inside(i, s, p, y0, y1, H):
+    """The output rows y in [y0, y1) with 0 <= s*y + i - p < H: the range [ya, yb)."""
+    ya = max(y0, -((i - p) // s))
+    yb = min(y1, (H - 1 - i + p) // s + 1) if H - 1 - i + p >= 0 else y0
+    return ya, max(ya, yb)
+
+
+def im2col_padded(x, k, stride, padding, y0, y1, out):
+    """See minunet.backend.twins.im2col_padded. x (C, H, W); out (C*k*k, (y1-y0)*Wo)."""
+    C, H, W = x.shape
+    s, p = stride, padding
+    Wo = (W + 2 * p - k) // s + 1
+    o5 = out.reshape(C, k, k, y1 - y0, Wo)  # (C, k, k, rows, Wo) view of out
+    for i in range(k):
+        ya, yb = _inside(i, s, p, y0, y1, H)
+        for j in range(k):
+            xa, xb = _inside(j, s, p, 0, Wo, W)
+            o = o5[:, i, j]  # (C, rows, Wo)
+            o[:, : ya - y0], o[:, yb - y0 :], o[:, :, :xa], o[:, :, xb:] = 0, 0, 0, 0
+            if ya < yb and xa < xb:
+                o[:, ya - y0 : yb - y0, xa:xb] = x[:, s * ya + i - p : s * (yb - 1) + i - p + 1 : s,
+                                                   s * xa + j - p : s * (xb - 1) + j - p + 1 : s]
+    return out
+
+
+@njit(parallel=PARALLEL, cache=True, nogil=True)
+def _col2im_padded(cols, k, s, p, y0, y1, dx):
+    C, H, W = dx.shape
+    Wo = (W + 2 * p - k) // s + 1
+    for c in prange(C):
+        for Y in range(max(0, s * y0 - p), min(H, s * (y1 - 1) - p + k)):  # the chunk's band
+            drow = dx[c, Y]
+            for i in range(k):  # kernel rows in order: the kernel's order of additions
+                r = Y + p - i
+                if r < 0 or r % s != 0 or r // s < y0 or r // s >= y1:
+                    continue
+                y = r // s - y0  # the chunk's output row that read input row Y at offset i
+                for j in range(k):
+                    xa, xb = _valid(j, s, p, W, Wo)
+                    src = cols[(c * k + i) * k + j, y * Wo : (y + 1) * Wo]
+                    for xx in range(xa, xb):
+                        drow[s * xx + j - p] += src[xx]
+
+
+def col2im_padded(cols, k, stride, padding, y0, y1, dx):
+    """See minunet.backend.twins.col2im_padded. dx (C, H, W) += the gather of cols."""
+    _col2im_padded(cols, k, stride, padding, y0, y1, dx)
+    return dx

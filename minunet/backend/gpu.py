@@ -47,6 +47,9 @@ __all__ = [
     "elementwise_geometry", "upconv_geometry",
     "bn_stats_partials", "bn_grad_partials", "bn_normalize", "bn_backward_dx",
     "bn_partials_geometry", "plane_geometry", "bilinear_forward", "bilinear_adjoint",
+    "depthwise_forward", "depthwise_backward_dx", "depthwise_dw_partials",
+    "depthwise_dw_geometry", "im2col_padded", "col2im_padded", "im2col_padded_geometry",
+    "col2im_padded_geometry",
 ]
 
 # Every kernel file and the templates it defines (templated on the element type T).
@@ -57,6 +60,8 @@ KERNEL_FILES: dict[str, tuple[str, ...]] = {
     "softmax_xent.cu": ("softmax_xent_forward", "softmax_xent_backward", "sum_partials"),
     "upconv.cu": ("upconv_scatter", "upconv_gather"),
     "sgd.cu": ("sgd_update", "sgd_update_many"),
+    "im2col_padded.cu": ("im2col_padded", "col2im_padded"),
+    "depthwise.cu": ("depthwise_forward", "depthwise_backward_dx", "depthwise_dw_partials"),
     "resample.cu": ("bilinear_forward", "bilinear_adjoint"),
     "batchnorm.cu": ("bn_stats_partials", "bn_grad_partials", "bn_normalize", "bn_backward_dx"),
 }
@@ -684,3 +689,123 @@ def bilinear_adjoint(src, a):
         *plane_geometry(P, S * Q),
         (src, a, dst, np.int64(P), np.int32(S), np.int32(So), np.int32(Q)))
     return dst
+
+
+# ---------------------------------------------------------------------------
+# Depthwise convolution (kernels/depthwise.cu); forward and dx geometry: plane_geometry
+# ---------------------------------------------------------------------------
+
+DW_CHUNK = 2048  # output pixels per work item of the dw partial sums (depthwise.cu: kDwChunk)
+
+
+def depthwise_dw_geometry(planes: int, npix: int):
+    """(grid, block) of depthwise_dw_partials: one 256-thread block per work item of DW_CHUNK
+    output pixels, grid-stride over the planes * ceil(npix / DW_CHUNK) items."""
+    items = planes * -(-npix // DW_CHUNK)
+    return (int(max(1, min(items, _MAX_BLOCKS))),), (_BLOCK,)
+
+
+def _dw_sizes(x_shape, w_shape, stride, padding):
+    N, C, H, W = x_shape
+    Co, _, k, _ = w_shape
+    Ho, Wo = (H + 2 * padding - k) // stride + 1, (W + 2 * padding - k) // stride + 1
+    _below_2_31("depthwise plane", max(H * W, Ho * Wo))
+    ints = tuple(np.int32(v) for v in (C, Co // C, H, W, k, stride, padding, Ho, Wo))
+    return N, C, Co, k, Ho, Wo, ints
+
+
+def depthwise_forward(x, w, b, stride, padding):
+    """See minunet.backend.twins.depthwise_forward. -> out (N, Co, Ho, Wo)."""
+    cp = _cupy()
+    dt = _float_dtype("depthwise_forward x", x)
+    x, w, b = (cp.ascontiguousarray(a, dtype=dt) for a in (x, w, b))
+    N, C, Co, k, Ho, Wo, ints = _dw_sizes(x.shape, w.shape, stride, padding)
+    out = cp.empty((N, Co, Ho, Wo), dtype=dt)
+    kernel("depthwise.cu", "depthwise_forward", dt)(
+        *plane_geometry(N * Co, Ho * Wo), (x, w, b, out, np.int64(N * Co), *ints))
+    return out
+
+
+def depthwise_backward_dx(dout, w, x_shape, stride, padding):
+    """See minunet.backend.twins.depthwise_backward_dx. -> dx (N, C, H, W)."""
+    cp = _cupy()
+    dt = _float_dtype("depthwise_backward_dx dout", dout)
+    dout, w = (cp.ascontiguousarray(a, dtype=dt) for a in (dout, w))
+    N, C, Co, k, Ho, Wo, ints = _dw_sizes(x_shape, w.shape, stride, padding)
+    dx = cp.empty(tuple(x_shape), dtype=dt)
+    H, W = x_shape[2:]
+    kernel("depthwise.cu", "depthwise_backward_dx", dt)(
+        *plane_geometry(N * C, H * W), (dout, w, dx, np.int64(N * C), *ints))
+    return dx
+
+
+def depthwise_dw_partials(dout, x, k, stride, padding):
+    """See minunet.backend.twins.depthwise_dw_partials. -> (N, Co, k*k + 1) float64 (the
+    kernel's partials of each work item, summed over the items of a plane here)."""
+    cp = _cupy()
+    dt = _float_dtype("depthwise_dw_partials dout", dout)
+    dout, x = (cp.ascontiguousarray(a, dtype=dt) for a in (dout, x))
+    Co = dout.shape[1]
+    N, C, Co, k, Ho, Wo, ints = _dw_sizes(x.shape, (Co, 1, k, k), stride, padding)
+    nq = -(-(Ho * Wo) // DW_CHUNK)
+    part = cp.empty((N, Co, nq, k * k + 1), dtype=cp.float64)
+    kernel("depthwise.cu", "depthwise_dw_partials", dt)(
+        *depthwise_dw_geometry(N * Co, Ho * Wo),
+        (dout, x, part, np.int64(N * Co), *ints, np.int32(nq)))
+    return part.sum(axis=2)
+
+
+# ---------------------------------------------------------------------------
+# im2col / col2im with zero padding and stride (kernels/im2col_padded.cu)
+# ---------------------------------------------------------------------------
+
+
+def _out_width(W, k, s, p):
+    return (W + 2 * p - k) // s + 1
+
+
+def im2col_padded_geometry(C, H, W, k, s, p, y0, y1):
+    """(grid, block) of im2col_padded: grid.x over the (y1-y0)*Wo columns, grid.y the C*k*k rows."""
+    return (_blocks((y1 - y0) * _out_width(W, k, s, p)), min(C * k * k, _MAX_BLOCKS)), (_BLOCK,)
+
+
+def col2im_padded_geometry(C, H, W, k, s, p, y0, y1):
+    """(grid, block) of col2im_padded: grid.x over the band's pixels, grid.y over C."""
+    band = max(0, min(H, s * (y1 - 1) - p + k) - max(0, s * y0 - p)) * W
+    return (_blocks(band), min(C, _MAX_BLOCKS)), (_BLOCK,)
+
+
+def im2col_padded(x, k, stride, padding, y0, y1, out):
+    """See minunet.backend.twins.im2col_padded. x (C, H, W); out (C*k*k, (y1-y0)*Wo)."""
+    cp = _cupy()
+    dt = _float_dtype("im2col_padded input x", x)
+    x = cp.ascontiguousarray(x)
+    C, H, W = x.shape
+    geo = tuple(int(v) for v in (k, stride, padding, y0, y1))
+    L = (geo[4] - geo[3]) * _out_width(W, *geo[:3])
+    _contiguous_out("im2col_padded out", out, (C * geo[0] ** 2, L), dt)
+    _below_2_31("im2col_padded columns per row", L)
+    _below_2_31("im2col_padded image plane H*W", H * W)
+    kernel("im2col_padded.cu", "im2col_padded", dt)(
+        *im2col_padded_geometry(C, H, W, *geo),
+        (x, out, np.int32(C), np.int32(H), np.int32(W), *(np.int32(v) for v in geo)))
+    return out
+
+
+def col2im_padded(cols, k, stride, padding, y0, y1, dx):
+    """See minunet.backend.twins.col2im_padded. dx (C, H, W) += the gather of cols."""
+    cp = _cupy()
+    dt = _float_dtype("col2im_padded cols", cols)
+    cols = cp.ascontiguousarray(cols)
+    C, H, W = dx.shape
+    geo = tuple(int(v) for v in (k, stride, padding, y0, y1))
+    L = (geo[4] - geo[3]) * _out_width(W, *geo[:3])
+    _contiguous_out("col2im_padded dx", dx, (C, H, W), dt)
+    if tuple(cols.shape) != (C * geo[0] ** 2, L):
+        raise ValueError(f"col2im_padded cols {tuple(cols.shape)} do not match dx {(C, H, W)} "
+                         f"with k, stride, padding, rows = {geo}: expected {(C * geo[0]**2, L)}")
+    _below_2_31("col2im_padded image plane H*W", H * W)
+    kernel("im2col_padded.cu", "col2im_padded", dt)(
+        *col2im_padded_geometry(C, H, W, *geo),
+        (cols, dx, np.int32(C), np.int32(H), np.int32(W), *(np.int32(v) for v in geo)))
+    return dx

@@ -26,6 +26,8 @@ __all__ = [
     "relu_backward", "upconv_scatter", "upconv_gather",
     "bn_stats_partials", "bn_grad_partials", "bn_normalize", "bn_backward_dx",
     "bilinear_forward", "bilinear_adjoint",
+    "depthwise_forward", "depthwise_backward_dx", "depthwise_dw_partials",
+    "im2col_padded", "col2im_padded",
 ]
 
 
@@ -189,3 +191,41 @@ def bilinear_adjoint(src, a):
     matrix -> dst (P, S, Q), dst[p, i, q] = sum_o a[o, i] * src[p, o, q] over the band of o
     that can reach i, o ascending (deterministic, no atomics)."""
     return _twin(src).bilinear_adjoint(src, a)
+
+
+# --- depthwise convolution, padded and strided (kernels/depthwise.cu) ------------------------
+
+
+def depthwise_forward(x, w, b, stride: int, padding: int):
+    """x (N, C, H, W), w (Co, 1, k, k) with Co = m*C, b (Co,) -> out (N, Co, Ho, Wo):
+    out[n, o, y, x] = sum_{i,j} w[o, 0, i, j] * xpad[n, o // m, s*y + i, s*x + j] + b[o]
+    (xpad: x with `padding` zeros around), each pixel's taps added in (i, j) order."""
+    return _twin(x).depthwise_forward(x, w, b, stride, padding)
+
+
+def depthwise_backward_dx(dout, w, x_shape, stride: int, padding: int):
+    """The adjoint of depthwise_forward in x, as a gather (each input pixel sums the terms of
+    the output pixels that read it, in (r, i, j) order): dout (N, Co, Ho, Wo) -> dx x_shape."""
+    return _twin(dout).depthwise_backward_dx(dout, w, x_shape, stride, padding)
+
+
+def depthwise_dw_partials(dout, x, k: int, stride: int, padding: int):
+    """dout (N, Co, Ho, Wo), x (N, C, H, W) -> (N, Co, k*k + 1) float64: per image and output
+    channel, sum over pixels of dout * x at each tap (i*k + j), then sum dout (the bias);
+    summed over n: dw and db."""
+    return _twin(dout).depthwise_dw_partials(dout, x, k, stride, padding)
+
+
+def im2col_padded(x, k: int, stride: int, padding: int, y0: int, y1: int, out):
+    """Columns of a k x k convolution with zero padding and stride, output rows y0..y1-1 of one
+    image. x: (C, H, W) contiguous; out: (C*k*k, (y1-y0)*Wo), Wo = (W + 2p - k)//s + 1, filled
+    as out[(c*k + i)*k + j, (y-y0)*Wo + xx] = x[c, s*y + i - p, s*xx + j - p], 0 outside x.
+    With stride 1 and padding 0 it is im2col. Returns out."""
+    return _twin(x).im2col_padded(x, k, stride, padding, y0, y1, out)
+
+
+def col2im_padded(cols, k: int, stride: int, padding: int, y0: int, y1: int, dx):
+    """Adjoint of im2col_padded: add the column gradients back into dx (C, H, W) in place, as a
+    gather (each pixel sums its own entries in (i, j) order; the padding's entries had no
+    pixel). Touches only the input rows s*y0 - p .. s*(y1-1) - p + k - 1. Returns dx."""
+    return _twin(cols).col2im_padded(cols, k, stride, padding, y0, y1, dx)

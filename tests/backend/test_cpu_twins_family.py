@@ -118,3 +118,83 @@ def test_bilinear_adjoint(rng, dtype, S, f, Q):
         for p, i, q in np.ndindex(*want.shape):
             want[p, i, q] = sum(float(a[o, i]) * float(src[p, o, q]) for o in range(So))
         np.testing.assert_allclose(cpu.bilinear_adjoint(src, a), want, **TOL[dtype])
+
+
+# --- depthwise convolution and the padded, strided im2col --------------------------------------
+
+
+def padded(x, c, y, xx):
+    """x[c, y, xx], or 0 outside the image (the zero padding)."""
+    C, H, W = x.shape
+    return float(x[c, y, xx]) if 0 <= y < H and 0 <= xx < W else 0.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("C, m, H, W, k, s, p", [(2, 1, 6, 7, 3, 1, 1), (1, 2, 7, 5, 5, 2, 2),
+                                                 (2, 1, 5, 6, 3, 2, 0)])
+def test_depthwise(rng, dtype, C, m, H, W, k, s, p):
+    """out, dx and dw/db against loops over every index (dx and dw by the chain rule of out)."""
+    N, Co = 2, C * m
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((Co, 1, k, k)).astype(dtype)
+    b = rng.standard_normal(Co).astype(dtype)
+    d = rng.standard_normal((N, Co, Ho, Wo)).astype(dtype)
+    out = np.zeros((N, Co, Ho, Wo))
+    dx = np.zeros((N, C, H, W))
+    dw = np.zeros((N, Co, k * k + 1))
+    for n, o, y, xx in np.ndindex(N, Co, Ho, Wo):
+        c = o // m
+        out[n, o, y, xx] = float(b[o])
+        dw[n, o, k * k] += float(d[n, o, y, xx])
+        for i, j in np.ndindex(k, k):
+            Y, X = s * y + i - p, s * xx + j - p
+            out[n, o, y, xx] += float(w[o, 0, i, j]) * padded(x[n], c, Y, X)
+            dw[n, o, i * k + j] += float(d[n, o, y, xx]) * padded(x[n], c, Y, X)
+            if 0 <= Y < H and 0 <= X < W:
+                dx[n, c, Y, X] += float(w[o, 0, i, j]) * float(d[n, o, y, xx])
+    np.testing.assert_allclose(cpu.depthwise_forward(x, w, b, s, p), out, **TOL[dtype])
+    np.testing.assert_allclose(cpu.depthwise_backward_dx(d, w, x.shape, s, p), dx, **TOL[dtype])
+    np.testing.assert_allclose(cpu.depthwise_dw_partials(d, x, k, s, p), dw, rtol=1e-12,
+                               atol=1e-12)
+
+
+PADDED = [(2, 6, 7, 3, 1, 1, 0, 6), (1, 7, 5, 5, 2, 2, 1, 3), (2, 5, 6, 3, 2, 0, 0, 2),
+          (1, 5, 5, 1, 2, 0, 1, 3), (2, 8, 7, 4, 3, 1, 0, 3)]  # (C, H, W, k, s, p, y0, y1)
+
+
+def im2col_padded_loops(x, k, s, p, y0, y1):
+    C, H, W = x.shape
+    Wo = (W + 2 * p - k) // s + 1
+    out = np.zeros((C * k * k, (y1 - y0) * Wo))
+    for c, i, j, y, xx in np.ndindex(C, k, k, y1 - y0, Wo):
+        out[(c * k + i) * k + j, y * Wo + xx] = padded(x, c, s * (y0 + y) + i - p, s * xx + j - p)
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", PADDED)
+def test_im2col_padded(rng, dtype, case):
+    C, H, W, k, s, p, y0, y1 = case
+    x = rng.standard_normal((C, H, W)).astype(dtype)
+    want = im2col_padded_loops(x, k, s, p, y0, y1)
+    out = np.full(want.shape, np.nan, dtype=dtype)  # every entry must be written
+    assert cpu.im2col_padded(x, k, s, p, y0, y1, out) is out
+    np.testing.assert_array_equal(out, want.astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", PADDED)
+def test_col2im_padded(rng, dtype, case):
+    """Every column entry added to the pixel it was copied from; entries of the padding dropped."""
+    C, H, W, k, s, p, y0, y1 = case
+    Wo = (W + 2 * p - k) // s + 1
+    cols = rng.standard_normal((C * k * k, (y1 - y0) * Wo)).astype(dtype)
+    dx0 = rng.standard_normal((C, H, W)).astype(dtype)
+    want = dx0.astype(np.float64)
+    for c, i, j, y, xx in np.ndindex(C, k, k, y1 - y0, Wo):
+        Y, X = s * (y0 + y) + i - p, s * xx + j - p
+        if 0 <= Y < H and 0 <= X < W:
+            want[c, Y, X] += float(cols[(c * k + i) * k + j, y * Wo + xx])
+    np.testing.assert_allclose(cpu.col2im_padded(cols, k, s, p, y0, y1, dx0.copy()), want,
+                               **TOL[dtype])

@@ -65,3 +65,35 @@ def test_bilinear_kernels_match_cpu(rng, dtype, factor, align):
     src = rng.standard_normal((4, 7 * factor, 3)).astype(dtype)
     assert_close(gpu.bilinear_adjoint(cp.asarray(src), cp.asarray(a)),
                  cpu.bilinear_adjoint(src, a), dtype, "bilinear adjoint")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, k, s, p", [(1, 3, 1, 1), (1, 5, 2, 2), (2, 3, 2, 0)])
+def test_depthwise_kernels_match_cpu(rng, dtype, m, k, s, p):
+    N, C, H, W = 2, 3, 40, 37
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((C * m, 1, k, k)).astype(dtype)
+    b = rng.standard_normal(C * m).astype(dtype)
+    out = cpu.depthwise_forward(x, w, b, s, p)
+    d = rng.standard_normal(out.shape).astype(dtype)
+    gx, gw, gd = cp.asarray(x), cp.asarray(w), cp.asarray(d)
+    assert_close(gpu.depthwise_forward(gx, gw, cp.asarray(b), s, p), out, dtype, "forward")
+    assert_close(gpu.depthwise_backward_dx(gd, gw, x.shape, s, p),
+                 cpu.depthwise_backward_dx(d, w, x.shape, s, p), dtype, "dx")
+    assert_close(gpu.depthwise_dw_partials(gd, gx, k, s, p),
+                 cpu.depthwise_dw_partials(d, x, k, s, p), np.float64, "dw, db")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k, s, p, y0, y1", [(3, 1, 1, 0, 9), (5, 2, 2, 2, 6), (4, 3, 1, 1, 3)])
+def test_im2col_padded_kernels_match_cpu(rng, dtype, k, s, p, y0, y1):
+    C, H, W = 3, 17, 19
+    Wo = (W + 2 * p - k) // s + 1
+    x = rng.standard_normal((C, H, W)).astype(dtype)
+    out = cp.empty((C * k * k, (y1 - y0) * Wo), dtype=dtype)
+    ref = cpu.im2col_padded(x, k, s, p, y0, y1, np.empty(out.shape, dtype))
+    assert (backend.to_host(gpu.im2col_padded(cp.asarray(x), k, s, p, y0, y1, out)) == ref).all()
+    cols = rng.standard_normal(out.shape).astype(dtype)
+    dx0 = rng.standard_normal((C, H, W)).astype(dtype)
+    got = gpu.col2im_padded(cp.asarray(cols), k, s, p, y0, y1, cp.asarray(dx0))
+    assert (backend.to_host(got) == cpu.col2im_padded(cols, k, s, p, y0, y1, dx0.copy())).all()

@@ -28,6 +28,9 @@ TESTED = {  # template -> the test below that runs every instance of it
     "bn_stats_partials": "test_bn_partials", "bn_grad_partials": "test_bn_partials",
     "bn_normalize": "test_bn_epilogues", "bn_backward_dx": "test_bn_epilogues",
     "bilinear_forward": "test_bilinear", "bilinear_adjoint": "test_bilinear",
+    "depthwise_forward": "test_depthwise", "depthwise_backward_dx": "test_depthwise",
+    "depthwise_dw_partials": "test_depthwise",
+    "im2col_padded": "test_im2col_padded", "col2im_padded": "test_col2im_padded",
 }
 
 
@@ -171,3 +174,106 @@ def test_bilinear(programs, dtype, case, rng):
 
 
 TOL_PLAIN = {np.dtype(np.float32): 2e-6, np.dtype(np.float64): 1e-14}  # vs the plain op's BLAS
+
+
+# --- depthwise convolution -------------------------------------------------------------------
+
+DEPTHWISE_CASES = [  # (N, C, m, H, W, k, stride, padding)
+    (1, 2, 1, 7, 9, 3, 1, 1), (2, 3, 1, 9, 8, 5, 2, 2), (1, 2, 2, 6, 5, 3, 2, 0),
+    (1, 1, 1, 50, 47, 3, 1, 1),  # more than one 2048-pixel work item
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DEPTHWISE_CASES)
+def test_depthwise(programs, dtype, case, rng):
+    from minunet.ops import conv_general
+
+    N, C, m, H, W, k, s, p = case
+    Co = C * m
+    Ho, Wo = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((Co, 1, k, k)).astype(dtype)
+    b = rng.standard_normal(Co).astype(dtype)
+    dout = rng.standard_normal((N, Co, Ho, Wo)).astype(dtype)
+    prog, t = programs["depthwise.cu"], ctype(dtype)
+    sizes = i32(C, m, H, W, k, s, p, Ho, Wo)
+
+    def make_fwd(grid, block, order, seed):
+        out = np.full((N, Co, Ho, Wo), np.nan, dtype)
+        args = (x, w, b, out, np.int64(N * Co), *sizes)
+        return [(f"depthwise_forward<{t}>", grid, block, args, order, seed)], (out,)
+
+    (out,) = run_variants(prog, *gpu.plane_geometry(N * Co, Ho * Wo), make_fwd)
+    bits_equal(out, cpu.depthwise_forward(x, w, b, s, p), "depthwise forward vs CPU twin")
+    plain, cache = conv_general.conv2d_general_forward(x, w, b, stride=s, padding=p, groups=C)
+    np.testing.assert_allclose(out, plain, rtol=0, atol=TOL_PLAIN[np.dtype(dtype)] * k * k * 4)
+
+    def make_dx(grid, block, order, seed):
+        dx = np.full((N, C, H, W), np.nan, dtype)
+        args = (dout, w, dx, np.int64(N * C), *sizes)
+        return [(f"depthwise_backward_dx<{t}>", grid, block, args, order, seed)], (dx,)
+
+    (dx,) = run_variants(prog, *gpu.plane_geometry(N * C, H * W), make_dx)
+    bits_equal(dx, cpu.depthwise_backward_dx(dout, w, x.shape, s, p), "depthwise dx vs twin")
+    pdx, pdw, pdb = conv_general.conv2d_general_backward(dout, cache)
+    np.testing.assert_allclose(dx, pdx, rtol=0, atol=TOL_PLAIN[np.dtype(dtype)] * k * k * 4 * m)
+
+    nq = -(-(Ho * Wo) // gpu.DW_CHUNK)
+
+    def make_dw(grid, block, order, seed):
+        part = np.full((N, Co, nq, k * k + 1), np.nan)
+        args = (dout, x, part, np.int64(N * Co), *sizes, np.int32(nq))
+        return [(f"depthwise_dw_partials<{t}>", grid, block, args, order, seed)], (part,)
+
+    (part,) = run_variants(prog, *gpu.depthwise_dw_geometry(N * Co, Ho * Wo), make_dw)
+    np.testing.assert_allclose(part.sum(axis=2), cpu.depthwise_dw_partials(dout, x, k, s, p),
+                               rtol=1e-12, atol=1e-12 * Ho * Wo)  # float64 sums, other orders
+    sums = part.sum(axis=(0, 2))
+    np.testing.assert_allclose(sums[:, : k * k].reshape(pdw.shape), pdw, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sums[:, k * k], pdb, rtol=1e-5, atol=1e-5)
+
+
+# --- im2col / col2im with padding and stride ---------------------------------------------------
+
+PADDED_CASES = [  # (C, H, W, k, stride, padding, y0, y1): chunks inside the output rows
+    (2, 7, 9, 3, 1, 1, 0, 7), (3, 9, 8, 5, 2, 2, 1, 4), (2, 6, 5, 3, 2, 0, 0, 2),
+    (1, 5, 5, 1, 2, 0, 1, 3), (2, 8, 7, 4, 3, 1, 0, 3), (1, 1, 1, 3, 1, 1, 0, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", PADDED_CASES)
+def test_im2col_padded(programs, dtype, case, rng):
+    from minunet.ops import conv_general
+
+    C, H, W, k, s, p, y0, y1 = case
+    Wo = (W + 2 * p - k) // s + 1
+    x = rng.standard_normal((C, H, W)).astype(dtype)
+    expr = f"im2col_padded<{ctype(dtype)}>"
+
+    def make(grid, block, order, seed):
+        out = np.full((C * k * k, (y1 - y0) * Wo), np.nan, dtype)
+        return [(expr, grid, block, (x, out, *i32(C, H, W, k, s, p, y0, y1)), order, seed)], (out,)
+
+    (out,) = run_variants(programs["im2col_padded.cu"], *gpu.im2col_padded_geometry(*case), make)
+    bits_equal(out, cpu.im2col_padded(x, k, s, p, y0, y1, np.empty_like(out)), "vs CPU twin")
+    plain = conv_general.im2col_general(x[None], k, s, p)  # (C*k*k, Ho*Wo)
+    bits_equal(out, plain[:, y0 * Wo : y1 * Wo], "im2col_padded vs plain op")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", PADDED_CASES)
+def test_col2im_padded(programs, dtype, case, rng):
+    C, H, W, k, s, p, y0, y1 = case
+    Wo = (W + 2 * p - k) // s + 1
+    cols = rng.standard_normal((C * k * k, (y1 - y0) * Wo)).astype(dtype)
+    dx0 = rng.standard_normal((C, H, W)).astype(dtype)  # col2im ADDS into dx
+    expr = f"col2im_padded<{ctype(dtype)}>"
+
+    def make(grid, block, order, seed):
+        dx = dx0.copy()
+        return [(expr, grid, block, (cols, dx, *i32(C, H, W, k, s, p, y0, y1)), order, seed)], (dx,)
+
+    (dx,) = run_variants(programs["im2col_padded.cu"], *gpu.col2im_padded_geometry(*case), make)
+    bits_equal(dx, cpu.col2im_padded(cols, k, s, p, y0, y1, dx0.copy()), "col2im_padded vs twin")

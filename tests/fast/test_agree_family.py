@@ -12,8 +12,10 @@ import pytest
 from test_agree import agree
 
 from minunet.backend import chunks, threads
+from minunet.fast import conv_general as fast_conv
 from minunet.fast import norm as fast_norm
 from minunet.fast import resample as fast_resample
+from minunet.ops import conv_general as plain_conv
 from minunet.ops import norm as plain_norm
 from minunet.ops import resample as plain_resample
 
@@ -108,3 +110,28 @@ def test_nearest_upsample_is_shared():
     """Nearest by 2 is one copy and one reshaped sum: the plain pair serves both doors."""
     assert fast_resample.nearest_upsample2_forward is plain_resample.nearest_upsample2_forward
     assert fast_resample.nearest_upsample2_backward is plain_resample.nearest_upsample2_backward
+
+
+# --- convolution with padding, stride and groups ----------------------------------------------
+
+CONV_CASES = [  # (N, Cin, Cout, H, W, k, stride, padding, groups, bias)
+    (1, 3, 4, 9, 7, 3, 1, "same", 1, True), (3, 2, 5, 11, 13, 3, 2, 1, 1, True),
+    (1, 4, 3, 8, 9, 5, 2, 2, 1, False), (2, 3, 2, 7, 7, 1, 1, 0, 1, True),
+    (1, 2, 3, 9, 6, 1, 2, 0, 1, False), (1, 3, 2, 10, 9, 4, 3, 1, 1, True),
+    (1, 5, 5, 9, 11, 3, 1, 1, 5, True), (3, 4, 4, 8, 7, 3, 2, 1, 4, False),
+    (1, 3, 3, 13, 9, 5, 1, 2, 3, True), (2, 2, 2, 9, 9, 5, 2, 2, 2, True),
+    (1, 2, 4, 7, 6, 3, 1, 1, 2, True),  # depthwise with 2 filters per channel
+    (1, 4, 6, 7, 6, 3, 1, 1, 2, True),  # grouped (2 groups of 2): the plain op on both doors
+    (1, 2, 3, 1, 1, 3, 1, 1, 1, True),  # a 1x1 image, all padding
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CONV_CASES)
+def test_conv2d_general(xp, rng, cpu_setup, dtype, case):
+    N, Cin, Cout, H, W, k, stride, padding, groups, bias = case
+    x = normal(xp, rng, dtype, N, Cin, H, W)
+    w = normal(xp, rng, dtype, Cout, Cin // groups, k, k)
+    b = normal(xp, rng, dtype, Cout) if bias else None
+    compare(xp, rng, dtype, plain_conv, fast_conv, "conv2d_general", lambda: (x, w, b),
+            dict(stride=stride, padding=padding, groups=groups), 3)
