@@ -238,8 +238,10 @@ plt.show()
 # %% [markdown]
 # **Check.** col2im is the adjoint of im2col: for any $x$ and any column matrix $d$,
 # $\langle \mathrm{im2col}(x), d\rangle = \langle x, \mathrm{col2im}(d)\rangle$. The
-# dot-product test holds to rounding for the op, and fails for a col2im that forgets the
-# stride (its windows placed side by side).
+# dot-product test holds to rounding for the op, and fails for a col2im that puts every
+# entry back one row too low (an offset off by one, as when the padding's offset is
+# forgotten). Tutorial 01 shows col2im's loop; the coursework's `conv2d_general` exercise
+# asks for its padded, strided form.
 
 # %%
 def dot_test(im2col, col2im, shape, k, s, p):
@@ -251,25 +253,17 @@ def dot_test(im2col, col2im, shape, k, s, p):
     return abs(lhs - rhs) / max(abs(lhs), abs(rhs))
 
 
-def col2im_stride_forgotten(cols, x_shape, k, stride, padding):
-    """A wrong col2im: each offset's windows put back side by side, whatever the stride."""
-    N, C, H, W = x_shape
-    Ho = conv_general.conv_output_size(H, k, stride, padding)
-    Wo = conv_general.conv_output_size(W, k, stride, padding)
-    c6 = cols.reshape(C, k, k, N, Ho, Wo)
-    dpad = np.zeros((C, N, H + 2 * padding, W + 2 * padding))
-    for i in range(k):
-        for j in range(k):
-            dpad[:, :, i : i + Ho, j : j + Wo] += c6[:, i, j]
-    crop = dpad[:, :, padding : padding + H, padding : padding + W]
-    return crop.transpose(1, 0, 2, 3)
+def col2im_one_row_low(cols, x_shape, k, stride, padding):
+    """A wrong col2im: every entry put back one row too low (an offset off by one)."""
+    dx = conv_general.col2im_general(cols, x_shape, k, stride, padding)
+    return np.roll(dx, 1, axis=2)
 
 
 ok = dot_test(conv_general.im2col_general, conv_general.col2im_general, (2, 3, 7, 6), 3, 2, 1)
-bad = dot_test(conv_general.im2col_general, col2im_stride_forgotten, (2, 3, 7, 6), 3, 2, 1)
-print(f"the op's col2im: {ok:.1e}; stride forgotten: {bad:.2f}")
+bad = dot_test(conv_general.im2col_general, col2im_one_row_low, (2, 3, 7, 6), 3, 2, 1)
+print(f"the op's col2im: {ok:.1e}; one row too low: {bad:.2f}")
 judge("the op's col2im is the adjoint of its im2col (k=3, s=2, p=1)", ok < 1e-12, True)
-judge("a col2im that forgets the stride", bad < 1e-12, False)
+judge("a col2im that puts entries one row too low", bad < 1e-12, False)
 
 # %% [markdown]
 # ## The depthwise convolution's cost
