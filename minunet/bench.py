@@ -180,6 +180,69 @@ def bench_ops(xp, dtype, timer, repeat, warmup, size=572, base=64) -> list[tuple
     return out
 
 
+# --- 2b. the U-Net family's fast ops against their plain ops -------------------------------
+
+
+def family_cases(xp, dtype, size=572, base=64):
+    """(name, module name, op name, make inputs -> (args, kwargs)) of the family's hot loops,
+    at sizes of the padded networks' first level (a size x size tile, base channels)."""
+    rng = np.random.default_rng(0)
+    s = max(8, size - 2)
+
+    def arr(*shape, scale=1.0):
+        return xp.asarray((rng.standard_normal(shape) * scale).astype(dtype))
+
+    C = base
+    x, x2, x8 = arr(1, C, s, s), arr(1, C, s // 2, s // 2), arr(1, C, s // 8, s // 8)
+    w3, wd3, wd5 = arr(C, C, 3, 3, scale=0.1), arr(C, 1, 3, 3), arr(C, 1, 5, 5)
+    b = arr(C)
+    bufs = (xp.zeros(C, dtype), xp.ones(C, dtype), xp.asarray(np.array([1], np.int64)))
+    return [
+        ("batchnorm2d (training)", "norm", "batchnorm2d", (x, arr(C), b, *bufs), {}),
+        ("bilinear x2", "resample", "bilinear_upsample", (x2,), dict(factor=2)),
+        ("bilinear x8 (align)", "resample", "bilinear_upsample", (x8,),
+         dict(factor=8, align_corners=True)),
+        ("depthwise 3x3 same", "conv_general", "conv2d_general", (x, wd3, b),
+         dict(padding=1, groups=C)),
+        ("depthwise 5x5 s2", "conv_general", "conv2d_general", (x, wd5, b),
+         dict(stride=2, padding=2, groups=C)),
+        ("conv 3x3 same", "conv_general", "conv2d_general", (x2, w3, b), dict(padding=1)),
+        ("conv 3x3 s2 p1", "conv_general", "conv2d_general", (x2, w3, b),
+         dict(stride=2, padding=1)),
+    ]
+
+
+def bench_family(xp, dtype, timer, repeat, warmup, size=572, base=64):
+    """(name, max relative difference fast vs plain, fast s, plain s) per family op, forward +
+    backward; the difference is checked first (the caller refuses to time a mismatch)."""
+    import importlib
+
+    rows = []
+    rng = np.random.default_rng(1)
+    for name, mod, op, args, kw in family_cases(xp, dtype, size, base):
+        fns = {door: (getattr(m, op + "_forward"), getattr(m, op + "_backward"))
+               for door, m in (("fast", importlib.import_module(f"minunet.fast.{mod}")),
+                               ("plain", importlib.import_module(f"minunet.ops.{mod}")))}
+        results, dout = {}, None
+        for door, (fwd, bwd) in fns.items():
+            out, cache = fwd(*args, **kw)
+            if dout is None:  # a random upstream gradient (dout = out would cancel in BN's dx)
+                dout = xp.asarray(rng.standard_normal(out.shape).astype(dtype))
+            grads = bwd(dout, cache)
+            results[door] = [out, *(g for g in (grads if isinstance(grads, tuple) else (grads,))
+                                   if g is not None)]
+        err = max(_maxdiff(a, b) / max(_maxdiff(b, 0 * b), 1e-30)
+                  for a, b in zip(results["fast"], results["plain"], strict=True))
+
+        def step(fwd, bwd, args=args, kw=kw, dout=dout):
+            _, cache = fwd(*args, **kw)
+            bwd(dout, cache)
+
+        t = {door: median(timer(lambda f=f: step(*f), repeat, warmup)) for door, f in fns.items()}
+        rows.append((name, err, t["fast"], t["plain"]))
+    return rows
+
+
 # --- 3. the network ---------------------------------------------------------------------
 
 
@@ -503,6 +566,17 @@ def main(argv=None) -> int:
         for name, t, nbytes in ops:
             print(f"   {name:<30}{t * 1e3:9.2f}{nbytes / t / 1e9:9.1f}"
                   f"{nbytes / t / copy_rate:9.0%}")
+
+        print(f"\n2b. the U-Net family's ops, forward + backward, fast vs plain (a {a.size - 2}"
+              f" tile, {a.base} channels; checked first: max difference / max |plain|)")
+        print(f"   {'op':<26}{'diff':>10}{'fast ms':>10}{'plain ms':>10}{'plain/fast':>12}")
+        tol = 1e-4 if a.dtype == "float32" else 1e-10
+        for name, err, tf, tp in bench_family(xp, np.dtype(a.dtype), timer, a.repeat, a.warmup,
+                                              a.size, a.base):
+            if err > tol:
+                print(f"   {name:<26}{err:10.2e}  MISMATCH: not timing the rest")
+                return 1
+            print(f"   {name:<26}{err:10.1e}{tf * 1e3:10.2f}{tp * 1e3:10.2f}{tp / tf:11.1f}x")
 
     flops = sum(r["gflop"] for r in layer_table(cfg, a.size, a.batch))
     print(f"\n3. U-Net {a.size}/{a.base}: forward {flops:.1f} GFLOP, training step "

@@ -15,6 +15,23 @@ says which tricks it uses and what each buys, and points to its plain op:
 Crop, concat and dropout have nothing to speed up (a view, one copy, one
 multiply), so the plain ops serve both doors. tests/fast/test_agree.py proves
 the two doors agree, op by op and for the whole U-Net.
+
+The U-Net family's ops (issue 25), imported by module (minunet.fast.<name>, the
+plain op's module name, as gradcheck_family picks them):
+
+    conv_general.py  padded/strided dense conv on conv.py's row chunks (padded im2col
+                     and gather col2im twins); depthwise conv without im2col (direct
+                     loop, dx gather, float64 dw/db); other groups: the plain op
+    norm.py          BatchNorm: one-pass float64 per-channel sums (fixed order), fused
+                     normalise/affine and dx epilogues
+    resample.py      bilinear: 4-tap gather forward, banded adjoint gather backward;
+                     nearest x2 is the plain pair
+
+The family's other ops stay plain on both doors, because a fast pair would not buy
+much: the wider max-pools and global pools (k > 2; one reshaped max or mean, run on
+small maps after the encoder), the activations (sigmoid, ReLU6, SiLU: one elementwise
+pass each), the residual add and the channel scale (one pass), and the losses (run once
+per step on the output map, a few elementwise passes).
 """
 
 from ..ops.crop import (
