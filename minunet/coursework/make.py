@@ -75,6 +75,12 @@ LEFT_OUT = {
                                        "from the solutions)",
     "tutorials/10_wrong_gradients.ipynb": "runs the catalogue's wrong versions (one character "
                                           "from the solutions)",
+    # 11 walks through the BatchNorm backward and the padded im2col: a near-solution of the
+    # family's exercises where they are handed out, and stubbed ops where they are withheld
+    "tutorials/11_normalisation_padding_stride.py": "walks through the family's exercises "
+                                                    "(BatchNorm's backward, padded im2col)",
+    "tutorials/11_normalisation_padding_stride.ipynb": "walks through the family's exercises "
+                                                       "(BatchNorm's backward, padded im2col)",
 }
 JUNK_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", ".ipynb_checkpoints",
              ".venv", "venv", "build", "dist", "runs", ".device_data", ".mypy_cache"}

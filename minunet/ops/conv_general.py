@@ -40,7 +40,9 @@ from ._check import check_dout, check_float, check_ndim, check_same_dtype
 
 
 class ConvGeneralCache(NamedTuple):
-    cols: object  # (g, Cg*k*k, N*Ho*Wo) the column matrix of the padded input, by group
+    cols: object  # (g, Cg*k*k, N*Ho*Wo) the column matrix of the padded input, by group;
+    # the fast door (minunet/fast/conv_general.py), which never holds the whole matrix, keeps
+    # the input x (N, Cin, H, W) here instead: a cache belongs to the door that made it
     w: object  # (Cout, Cg, k, k) the weight
     x_shape: tuple  # (N, Cin, H, W)
     out_shape: tuple  # (N, Cout, Ho, Wo)
