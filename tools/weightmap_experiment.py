@@ -85,6 +85,7 @@ def main() -> None:
             print(json.dumps(rec), flush=True)
             Path(args.out).write_text(json.dumps(records, indent=1) + "\n")
             shutil.rmtree(run)
+    work.rmdir()  # every run folder was removed after scoring
     for key in ("f1", "seg", "border_as_cell", "pixel_error"):
         for wm in (True, False):
             v = np.array([r[key] for r in records if r["weight_map"] == wm])

@@ -13,8 +13,8 @@
 #
 # **Know first:** tutorial 04 (the network and one training step).
 # **Takes:** about 2 minutes to run in full (most of it training; 98 s measured), 2 more with
-# the ISBI 2012 cells, 15 s in fast mode (`MINUNET_FAST=1`), on a 2-core CPU without a GPU; up to twice as
-# long when the machine is busy with other work; 20 minutes to read.
+# the ISBI 2012 cells, 15 s in fast mode (`MINUNET_FAST=1`), on a 2-core CPU without a GPU; up
+# to twice as long when the machine is busy with other work; 20 minutes to read.
 
 # %%
 import contextlib
