@@ -12,7 +12,7 @@
 // Launcher: minunet/backend/gpu.py: sgd_update, sgd_update_many
 // CPU twin: minunet/backend/cpu.py: sgd_update, sgd_update_many
 // Plain op: none -- an optimiser step, not a layer op; the formula under What: is all of it
-// Used by: minunet/optim.py: MomentumSGD.step
+// Used by: minunet/nn/optim.py: MomentumSGD.step
 // Test: tests/backend/test_gpu.py: test_sgd_update_matches_cpu
 // Test: tests/backend/test_gpu.py: test_sgd_update_many_matches_cpu
 // Test: tests/backend/test_cpu_twins.py: test_sgd_update

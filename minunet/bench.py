@@ -16,8 +16,8 @@ For one configuration (input size, base, batch, dtype, device) it
 On the GPU, times come from CUDA events and no host copy happens inside a step.
 
 `--predict` times prediction instead (section 6): megapixels per second of the in-memory
-overlap-tile prediction (minunet/infer.py) and of chunked prediction into zarr
-(minunet/chunked.py) of the same generated --image, with the same tile (--size), after
+overlap-tile prediction (minunet/inference/tiles.py) and of chunked prediction into zarr
+(minunet/inference/chunked.py) of the same generated --image, with the same tile (--size), after
 checking that the two agree bit for bit; optionally (--cluster N) chunked on a LocalCluster
 of N worker processes; and (--big N) the peak memory (max RSS) of a fresh process that
 predicts a lazily generated N x N image chunk by chunk (nothing of the image is held).
@@ -33,11 +33,11 @@ import time
 
 import numpy as np
 
-from . import backend
-from .layers import op_module
-from .model import UNetConfig, build_model, layer_table
-from .optim import MomentumSGD, SGDConfig
-from .sizes import output_size
+from minunet import backend
+from minunet.models.sizes import output_size
+from minunet.models.unet import UNetConfig, build_model, layer_table
+from minunet.nn.layers import op_module
+from minunet.nn.optim import MomentumSGD, SGDConfig
 
 
 class Timer:
@@ -77,9 +77,9 @@ def median(ts):
 def check_fast_paths(xp, dtype) -> list[tuple[str, float]]:
     """Max abs difference of each twin (Numba on the CPU, CUDA on the GPU) from the plain
     op of minunet/ops that it speeds up, on small random inputs."""
-    from . import ops
-    from .ops.pool import MaxPool2x2Cache
-    from .ops.softmax import SoftmaxXentCache
+    from minunet import ops
+    from minunet.ops.pool import MaxPool2x2Cache
+    from minunet.ops.softmax import SoftmaxXentCache
 
     rng = np.random.default_rng(0)
 
@@ -113,7 +113,7 @@ def check_fast_paths(xp, dtype) -> list[tuple[str, float]]:
     wt, v, g = arr(1000), arr(1000), arr(1000)
     w_ref, v_ref = wt.copy(), v.copy()
     backend.sgd_update(wt, v, g, 0.01, 0.99, 1e-4)
-    v_ref = 0.99 * v_ref - 0.01 * (g + 1e-4 * w_ref)  # minunet/optim.py, Caffe convention
+    v_ref = 0.99 * v_ref - 0.01 * (g + 1e-4 * w_ref)  # minunet/nn/optim.py, Caffe convention
     res.append(("sgd update", max(_maxdiff(wt, w_ref + v_ref), _maxdiff(v, v_ref))))
     return res
 
@@ -337,7 +337,7 @@ def _worker(which: str, a, device: str) -> int:
     import json
 
     if which == "torch":
-        from . import torch_ref
+        from minunet.exporters import torch_mirror as torch_ref
 
         cfg = UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype)
         res = torch_ref.bench(cfg, a.size, a.batch, device, a.repeat, a.warmup, a.tf32)
@@ -386,9 +386,9 @@ def bench_predict(a, device: str) -> int:
     import tempfile
     from pathlib import Path
 
-    from . import chunked
-    from .infer import predict
-    from .predict import to_channels
+    from minunet.inference import chunked
+    from minunet.inference.outputs import to_channels
+    from minunet.inference.tiles import predict
 
     cfg = UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype)
     model = build_model(cfg).eval().to(device)
@@ -473,7 +473,7 @@ def _predict_big(a, device: str) -> int:
     import resource
     import tempfile
 
-    from . import chunked
+    from minunet.inference import chunked
 
     model = build_model(UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype)).eval()
     model.to(device)
@@ -600,7 +600,7 @@ def main(argv=None) -> int:
         print("   (PyTorch not installed: no comparison)")
 
     if a.data:
-        from .data import tiles_per_second
+        from minunet.data import tiles_per_second
 
         tps = tiles_per_second(n_tiles=10, in_size=a.size, out_size=output_size(a.size))
         print(f"\n5. data pipeline: {tps:.1f} tiles/s at {a.size}x{a.size}, all augmentations, "

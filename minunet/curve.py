@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import metrics
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data.loaders import DataError, as_holdout, as_index_list, load_dataset
-from .files import atomic_write_text, save_figure
+from minunet.data.loaders import DataError, as_holdout, as_index_list, load_dataset
+from minunet.evaluation import metrics
+from minunet.files import atomic_write_text, save_figure
+from minunet.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 COLUMNS = ("iteration", "elapsed_s", "pixel_error", "rand_error", "v_rand", "v_info")
 
@@ -66,8 +66,8 @@ def score_run(run: Path, progress: bool = True) -> list[dict]:
     """One row (COLUMNS) per kept checkpoint of RUN, in iteration order."""
     from tqdm import tqdm
 
-    from .infer import predict
-    from .predict import to_uint8
+    from minunet.inference.outputs import to_uint8
+    from minunet.inference.tiles import predict
 
     files = sorted((require_run(run) / "checkpoints").glob("*.npz"))
     if not files:

@@ -11,7 +11,7 @@
                   architecture and the input normalisation as metadata.
     bioimageio    a bioimage.io model package (model description format 0.5): rdf.yaml, the
                   ONNX weights, with torch installed also `pytorch_state_dict` weights (the
-                  same parameters, loaded by the stand-alone module minunet/bioimageio_torch.py
+                  same parameters, loaded by the stand-alone module minunet/exporters/bioimageio_torch.py
                   that goes with them; the spec has no safetensors weights format, so the
                   safetensors file rides along as an attachment), a test input and its
                   expected output (.npy), a cover image and documentation (README.md). --out
@@ -23,11 +23,11 @@ The ONNX graph's contract (and the package's):
 
     input   "input"  float32 (N, C, H, W), the image in [0, 1] as minunet's training saw it
             (after the checkpoint's normalisation, TrainConfig.normalize); H and W valid sizes:
-            min + k * step (188 + 16k at depth 4, `minunet.sizes`)
+            min + k * step (188 + 16k at depth 4, `minunet.models.sizes`)
     output  "output" float32 (N, K, H - 184, W - 184), class probabilities (softmax over K),
             the centre of the input (92 px of context consumed on every side)
 
-The standardisation (x - 0.5) / 0.25 of `minunet.model.standardize` is INSIDE the graph (its
+The standardisation (x - 0.5) / 0.25 of `minunet.models.unet.standardize` is INSIDE the graph (its
 first two nodes, Sub and Mul), so the ONNX model takes images in [0, 1] as they are. The
 bioimage.io package's preprocessing brings the raw image to [0, 1] as training did: 8-bit
 images divided by 255 (scale_linear), 16-bit ones by their percentiles (scale_range, then clip
@@ -50,18 +50,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .data.loaders import (
+from minunet.data.loaders import (
     DataError,
     percentile_range,
     read_array,
     resolved_normalize,
     to_float_image,
 )
-from .files import atomic_write, atomic_write_text, check_writable, default_dir_mode
-from .model import INPUT_MEAN, INPUT_STD, UNetConfig, channels, standardize
-from .predict import save_tiff
-from .sizes import nearest_valid_sizes, size_margin, valid_sizes
+from minunet.files import atomic_write, atomic_write_text, check_writable, default_dir_mode
+from minunet.inference.outputs import save_tiff
+from minunet.models.sizes import nearest_valid_sizes, size_margin, valid_sizes
+from minunet.models.unet import INPUT_MEAN, INPUT_STD, UNetConfig, channels, standardize
+from minunet.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 TARGETS = ("onnx", "safetensors", "bioimageio")
 OPSET = 17  # ONNX operator set: Softmax over one axis (13+), Shape with start (15+)
@@ -224,8 +224,8 @@ def run_onnx(model, x: np.ndarray) -> np.ndarray:
 def minunet_probabilities(model, x01: np.ndarray) -> np.ndarray:
     """minunet's own forward pass on x01 (N, C, H, W) in [0, 1]: softmax of the logits,
     float32 (N, K, H - 184, W - 184)."""
-    from . import backend
-    from .infer import softmax
+    from minunet import backend
+    from minunet.inference.tiles import softmax
 
     cfg = model.config
     logits = model.forward(backend.to_device(standardize(x01.astype(cfg.dtype)), "cpu"))
@@ -273,8 +273,8 @@ def export_metadata(ckpt, config: UNetConfig) -> dict:
 def default_sample(ckpt) -> tuple[np.ndarray, str]:
     """(raw image as stored, where from) for the package's test input: the first training
     image of a folder or ISBI 2012 run, a synthetic image for synthetic data."""
-    from .data.loaders import files_by_stem
-    from .data.synthetic import synthetic_em, touching_cells
+    from minunet.data.loaders import files_by_stem
+    from minunet.data.synthetic import synthetic_em, touching_cells
 
     train = ckpt.config.get("train") if isinstance(ckpt.config.get("train"), dict) else {}
     spec = str(train.get("data", "synthetic"))
@@ -368,7 +368,7 @@ def describe_normalization(dtype, normalize: str) -> str:
 def cover_image(x01: np.ndarray, probs: np.ndarray, depth: int) -> np.ndarray:
     """RGB uint8 (h, 2w): the input's centre (the region the output covers) beside the
     prediction: P(class 1) in gray for two classes, the arg-max class in colours for more."""
-    from .predict import overlay
+    from minunet.inference.outputs import overlay
 
     m = size_margin(depth) // 2
     h, w = probs.shape[-2:]
@@ -552,14 +552,14 @@ def write_package(folder: Path, ckpt, model, sample: np.ndarray, sample_from: st
 
 def write_torch_weights(folder: Path, params: dict, cfg) -> dict | None:
     """weights.pt (a torch.save state dict: the parameters under minunet's names, PyTorch's
-    layouts) and the stand-alone module that loads it (minunet/bioimageio_torch.py, copied as
+    layouts) and the stand-alone module that loads it (minunet/exporters/bioimageio_torch.py, copied as
     unet_torch.py); their rdf.yaml entry. None when torch is not installed: the package then has
     the ONNX weights only (and the safetensors file as an attachment)."""
     try:
         import torch
     except ImportError:
         return None
-    from . import bioimageio_torch
+    from minunet.exporters import bioimageio_torch
 
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in params.items()}
     atomic_write(folder / "weights.pt", lambda f: torch.save(state, f))

@@ -3,7 +3,7 @@
 With no arguments it trains on the built-in synthetic EM data, on the GPU when
 CuPy sees one (the paper configuration) and otherwise on the CPU (a smaller
 preset that finishes in minutes on a laptop). Every run writes a folder
-(minunet/runfolder.py): config.json, metrics.csv, loss.png, val_predictions.png,
+(minunet/training/runfolder.py): config.json, metrics.csv, loss.png, val_predictions.png,
 and the checkpoints last.npz and best.npz; --resume continues exactly.
 
 The step (Ronneberger et al. 2015, Sec. 3): one large tile (batch 1), the
@@ -33,13 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend, checkpoint
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .layers import op_module
-from .model import UNetConfig, build_model, describe, standardize
-from .optim import MomentumSGD, SGDConfig
-from .runfolder import RunFolder, out_of_memory_hint
-from .sizes import invalid_size_message, is_valid_size, output_size
+from minunet import backend
+from minunet.models.sizes import invalid_size_message, is_valid_size, output_size
+from minunet.models.unet import UNetConfig, build_model, describe, standardize
+from minunet.nn.layers import op_module
+from minunet.nn.optim import MomentumSGD, SGDConfig
+from minunet.training import checkpoint
+from minunet.training.checkpoint import load_checkpoint, model_from_checkpoint
+from minunet.training.runfolder import RunFolder, out_of_memory_hint
 
 
 def train_step(model, opt, x, labels, weights, it: int, key: int):
@@ -127,7 +128,7 @@ class TrainConfig:
     lr: float = 0.01  # base learning rate, > 0
     momentum: float = 0.99  # SGD momentum in [0, 1) (paper 0.99)
     weight_decay: float = 0.0  # L2 weight decay, >= 0 (paper none)
-    schedule: str = "constant"  # learning-rate schedule after warm-up (see minunet/optim.py)
+    schedule: str = "constant"  # learning-rate schedule after warm-up (see minunet/nn/optim.py)
     warmup: int = 100  # iterations of linear learning-rate warm-up (0 = none, as the paper)
     dropout: float = 0.5  # drop probability at the end of the contracting path, in [0, 1)
     upconv_relu: bool = False  # a ReLU after each up-conv (the released model had one)
@@ -161,7 +162,7 @@ RULES = {  # option: (is the value valid?, what it must be)
 
 def check_config(cfg: TrainConfig) -> None:
     """ValueError naming the option and what it must be, for the first invalid setting."""
-    from .data.loaders import as_holdout, as_index_list, parse_normalize
+    from minunet.data.loaders import as_holdout, as_index_list, parse_normalize
 
     for name, (ok, want) in RULES.items():
         if not ok(getattr(cfg, name)):
@@ -358,8 +359,8 @@ class Trainer:
         RESUMABLE_* from `cfg` and refuses the others where they differ from the saved run
         (None: `cfg` is a whole config, and a resume takes RESUMABLE_* from it).
         overwrite: a new run may replace the run in cfg.out (removing its files)."""
-        from .data import AugmentConfig, TileSampler, load_dataset
-        from .data.loaders import as_holdout, as_index_list
+        from minunet.data import AugmentConfig, TileSampler, load_dataset
+        from minunet.data.loaders import as_holdout, as_index_list
 
         self.started = time.monotonic()  # the --time budget counts from here
         self.quiet = quiet
@@ -655,12 +656,12 @@ class Trainer:
 
     def validate(self) -> dict:
         """Whole validation images by overlap-tile inference, dropout off: val_xent (the
-        unweighted cross-entropy, see minunet/runfolder.py), pixel accuracy, and for two
+        unweighted cross-entropy, see minunet/training/runfolder.py), pixel accuracy, and for two
         classes the four ISBI 2012 scores of the validation images pooled, exactly as predict
         (8-bit probabilities) and evaluate compute them."""
-        from . import metrics
-        from .infer import predict
-        from .predict import to_uint8
+        from minunet.evaluation import metrics
+        from minunet.inference.outputs import to_uint8
+        from minunet.inference.tiles import predict
 
         if not self.data.val:
             return {}

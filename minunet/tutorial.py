@@ -36,7 +36,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__, backend
+from minunet import __version__, backend
 
 FAST_ENV = "MINUNET_FAST"  # "1": fast mode
 ISBI_ENV = "MINUNET_ISBI2012"  # a folder with images/NN.png and labels/NN.png

@@ -10,7 +10,7 @@ names the concept. `report` prints it and raises AssertionError for a wrong answ
 notebook run in CI with the stubs unfilled goes through, and a wrong answer stops the cell.
 
 A code exercise (a backward, a level of the U-Net, a momentum step) is judged twice: by the
-project's gradient checker (`minunet.gradcheck.check_op`: the learner's backward against
+project's gradient checker (`minunet.nn.gradcheck.check_op`: the learner's backward against
 central differences of the forward) and against the op itself. When it is wrong, the hint
 comes from the coursework's catalogue of typical mistakes (`minunet.coursework.mistakes`):
 the learner's result is compared with what each known wrong version of the same region
@@ -31,10 +31,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ops as reference
-from .coursework import mistakes as catalogue
-from .coursework import probes
-from .gradcheck import THRESHOLD_FLOAT64, check_op, rel_error
+from minunet import ops as reference
+from minunet.coursework import mistakes as catalogue
+from minunet.coursework import probes
+from minunet.nn.gradcheck import THRESHOLD_FLOAT64, check_op, rel_error
 
 RIGHT, WRONG, NOT_ATTEMPTED = "right", "wrong", "not attempted yet"
 SAME_AS_OP = 1e-9  # relative error below which a result equals the op's (float64 rounding)
@@ -152,7 +152,7 @@ def check_backward(exercise: str, region: str, forward: Callable, backward: Call
                    seed: int = 0, at_kinks: dict | None = None) -> Verdict:
     """Judge a learner's backward `mine(dout, cache)` of the op pair (forward, backward).
 
-    The gradient check (central differences of `forward`, minunet.gradcheck.check_op) and the
+    The gradient check (central differences of `forward`, minunet.nn.gradcheck.check_op) and the
     op's own backward must both agree with it. `region` is the catalogue's region for hints
     ("relu.backward"); names maps forward/backward to their names in minunet.ops (for the
     catalogue's wrong versions, which may replace either). at_kinks: other inputs, on
@@ -388,8 +388,8 @@ def _backward_from(dfeat, cache):
 
 def check_momentum_step(mine, seed: int = 0) -> Verdict:
     """05: momentum_step(w, v, g, lr, m) -> (w, v), Caffe's v <- m v - lr g; w <- w + v,
-    judged over 5 steps against minunet.optim.MomentumSGD."""
-    from .optim import MomentumSGD, SGDConfig
+    judged over 5 steps against minunet.nn.optim.MomentumSGD."""
+    from minunet.nn.optim import MomentumSGD, SGDConfig
 
     exercise = "momentum SGD step"
     lr, m = 0.05, 0.9
@@ -424,7 +424,7 @@ def check_momentum_step(mine, seed: int = 0) -> Verdict:
         ws, vs = run(step_mine)
         if all(_same(a, b) for a, b in zip(ws, ref_w, strict=True)) and all(
                 _same(a, b) for a, b in zip(vs, ref_v, strict=True)):
-            return Verdict(exercise, RIGHT, "5 steps equal minunet.optim.MomentumSGD's weights "
+            return Verdict(exercise, RIGHT, "5 steps equal minunet.nn.optim.MomentumSGD's weights "
                            f"and velocities; {GRADED}")
         wrong_steps = {
             "the weights step along the new velocity: update v first, then add it to w":
@@ -697,7 +697,7 @@ def check_border_gap(answer, sigma: float = 5.0) -> Verdict:
 
 def check_depth3_sizes(smallest, margin) -> Verdict:
     """04, exercise 1: the smallest valid input side and the margin of a U-Net of depth 3."""
-    from . import sizes
+    from minunet.models import sizes
 
     truth = [sizes.valid_sizes(1, 200, depth=3)[0], sizes.size_margin(depth=3)]
     return check_number("04, exercise 1 (valid sizes at depth 3)",
@@ -718,7 +718,7 @@ def check_level_parameters(down0, upconv0) -> Verdict:
 def check_steady_step(answer) -> Verdict:
     """05, exercise 1: the steady step of momentum SGD, lr 1e-3, m = 0.9, gradient 1; the
     cell's measurement after 1000 steps is lr / (1 - m) to 1e-12, so 6 decimals."""
-    from .optim import MomentumSGD, SGDConfig
+    from minunet.nn.optim import MomentumSGD, SGDConfig
 
     theta = {"w": np.zeros(1)}
     opt = MomentumSGD(theta, SGDConfig(lr=1e-3, momentum=0.9, warmup=0))

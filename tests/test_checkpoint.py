@@ -1,4 +1,4 @@
-"""Checkpoints (minunet/checkpoint.py): the format, old files, bad files, rebuilding the model."""
+"""Checkpoints (minunet/training/checkpoint.py): the format, old files, bad files, rebuilding the model."""
 
 import json
 import os
@@ -7,9 +7,9 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from minunet import model as model_module
-from minunet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from minunet.model import UNet, UNetConfig, build_model
+from minunet.models import unet as model_module
+from minunet.models.unet import UNet, UNetConfig, build_model
+from minunet.training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 
 def test_format_is_atomic_and_pickle_free(tmp_path):

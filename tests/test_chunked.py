@@ -1,4 +1,4 @@
-"""Chunked prediction into zarr (minunet/chunked.py): equal to the in-memory prediction bit for
+"""Chunked prediction into zarr (minunet/inference/chunked.py): equal to the in-memory prediction bit for
 bit, on threads and on a LocalCluster of two worker processes; resumable; misaligned chunks
 refused; stacks slice by slice; OME-Zarr in and out; TIFFs read lazily; percentile
 normalisation from the whole slice. Small networks (base 2) keep it quick; the 20000 x 20000
@@ -15,15 +15,15 @@ import pytest
 import tifffile
 import zarr
 
-from minunet import chunked
-from minunet.chunked import ChunkWarning, check_chunk, open_source, predict_zarr
-from minunet.infer import predict
-from minunet.model import UNetConfig, build_model
+from minunet.inference import chunked
+from minunet.inference.chunked import ChunkWarning, check_chunk, open_source, predict_zarr
+from minunet.inference.tiles import predict
+from minunet.models.unet import UNetConfig, build_model
 from minunet.predict import to_channels
 
 TILE = 572  # tile step 384: the default chunk is 3 steps, 1152
 # Small images need chunks below chunked.min_chunk (192) to have several; exact all the same.
-SMALL_CHUNKS = pytest.mark.filterwarnings("ignore::minunet.chunked.SmallChunkWarning")
+SMALL_CHUNKS = pytest.mark.filterwarnings("ignore::minunet.inference.chunked.SmallChunkWarning")
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +220,8 @@ def test_cli_predicts_into_zarr_and_resumes(tmp_path, capsys):
 
     from PIL import Image
 
-    from minunet.checkpoint import save_checkpoint
     from minunet.predict import main
+    from minunet.training.checkpoint import save_checkpoint
 
     m = build_model(UNetConfig(base=2), seed=7).eval()
     save_checkpoint(tmp_path / "m.npz", m.state_dict(), {}, 0,

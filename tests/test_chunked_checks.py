@@ -17,11 +17,11 @@ import pytest
 import tifffile
 import zarr
 
-from minunet import chunk_store
-from minunet.chunked import InputError, SmallChunkWarning, min_chunk, predict_zarr
 from minunet.data.loaders import DataError, read_array
-from minunet.infer import predict
-from minunet.model import UNetConfig, build_model
+from minunet.inference import chunk_store
+from minunet.inference.chunked import InputError, SmallChunkWarning, min_chunk, predict_zarr
+from minunet.inference.tiles import predict
+from minunet.models.unet import UNetConfig, build_model
 from minunet.predict import main, to_channels
 
 TILE, CHUNK = 252, 192  # tile step 64: a chunk is 3 whole steps
@@ -60,7 +60,7 @@ def ckpt(model, tmp_path_factory):
     """The model as a checkpoint, for the CLI."""
     from dataclasses import asdict
 
-    from minunet.checkpoint import save_checkpoint
+    from minunet.training.checkpoint import save_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "m.npz"
     save_checkpoint(path, model.state_dict(), {}, 0,

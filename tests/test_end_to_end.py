@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from minunet.checkpoint import load_checkpoint
 from minunet.data.synthetic import touching_cells
 from minunet.evaluate import main as evaluate
 from minunet.predict import main as predict
 from minunet.train import main as train
+from minunet.training.checkpoint import load_checkpoint
 
 
 def rows(path):

@@ -9,8 +9,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from minunet import metrics
 from minunet.evaluate import COLUMNS, main
+from minunet.evaluation import metrics
 
 
 def two_cells(h=24, w=25):
@@ -103,9 +103,9 @@ def test_end_to_end_with_predict(tmp_path):
     """predict writes prob/STEM.png; evaluate pairs that folder with the labels by stem."""
     from dataclasses import asdict
 
-    from minunet.checkpoint import save_checkpoint
-    from minunet.model import UNetConfig, build_model
+    from minunet.models.unet import UNetConfig, build_model
     from minunet.predict import main as predict_main
+    from minunet.training.checkpoint import save_checkpoint
 
     model = build_model(UNetConfig(base=2), seed=1)
     ckpt = tmp_path / "m.npz"

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from minunet.checkpoint import save_checkpoint
-from minunet.model import UNetConfig, build_model, standardize
+from minunet.models.unet import UNetConfig, build_model, standardize
+from minunet.training.checkpoint import save_checkpoint
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -97,7 +97,7 @@ def test_cli_onnx_then_three_lines_of_onnxruntime(tmp_path, ckpt, capsys):
 
 
 def torch_name(name: str) -> str:
-    """minunet's parameter name -> the module path in minunet/torch_ref.py's network
+    """minunet's parameter name -> the module path in minunet/exporters/torch_mirror.py's network
     (double conv blocks are Sequential(conv, relu, conv, relu): conv j sits at index 2j)."""
     layer, _, kind = name.rpartition(".")
     parts = layer.split(".")
@@ -131,7 +131,7 @@ def test_safetensors_round_trip_and_into_the_pytorch_reference(tmp_path, ckpt):
     assert meta["arch"] == "unet" and json.loads(meta["config"])["depth"] == 4
 
     torch = pytest.importorskip("torch")
-    from minunet import torch_ref
+    from minunet.exporters import torch_mirror as torch_ref
 
     net = torch_ref.build(model.config).eval()
     state = {torch_name(k): torch.from_numpy(v) for k, v in tensors.items()}

@@ -6,7 +6,7 @@ import stat
 import pytest
 
 from minunet.files import atomic_write, atomic_write_text
-from minunet.runfolder import RunFolder
+from minunet.training.runfolder import RunFolder
 
 
 @pytest.fixture

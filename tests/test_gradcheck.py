@@ -1,4 +1,4 @@
-"""minunet.gradcheck: the numerical machinery, the CLI, and proof that a wrong backward FAILs."""
+"""minunet.nn.gradcheck: the numerical machinery, the CLI, and proof that a wrong backward FAILs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from minunet import backend, gradcheck
+from minunet import backend
+from minunet import gradcheck as gradcheck_cli
+from minunet.nn import gradcheck
 from minunet.ops import relu_forward
 
 
@@ -49,28 +51,28 @@ def test_cli_runs_every_op_and_exits_zero():
 
 
 def test_cli_op_limits_rows(capsys):
-    assert gradcheck.main(["--op", "conv2d", "--device", "cpu"]) == 0
+    assert gradcheck_cli.main(["--op", "conv2d", "--device", "cpu"]) == 0
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.endswith("PASS")]
     n = sum(len(c.wrt) for c in gradcheck.op_checks() if c.op == "conv2d")  # k=3, k=1, relu
     assert n == 9 and len(rows) == n and all(ln.startswith("conv2d") for ln in rows)
 
 
 def test_cli_op_list_and_repeat(capsys):
-    assert gradcheck.main(["--op", "relu,concat", "--op", "dropout", "--device", "cpu"]) == 0
+    assert gradcheck_cli.main(["--op", "relu,concat", "--op", "dropout", "--device", "cpu"]) == 0
     rows = [ln.split()[0] for ln in capsys.readouterr().out.splitlines() if ln.endswith("PASS")]
     assert rows == ["relu", "concat", "concat", "dropout"]
 
 
 def test_cli_unknown_op_lists_valid_names(capsys):
     with pytest.raises(SystemExit) as e:
-        gradcheck.main(["--op", "conv3d"])
+        gradcheck_cli.main(["--op", "conv3d"])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "unknown op 'conv3d'" in err and "valid ops: conv2d, upconv2x2" in err
 
 
 def test_cli_float32_says_so(capsys):
-    assert gradcheck.main(["--dtype", "float32", "--op", "conv2d,softmax_cross_entropy",
+    assert gradcheck_cli.main(["--dtype", "float32", "--op", "conv2d,softmax_cross_entropy",
                            "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "float32 on cpu" in out and f"STEP_FLOAT32 = {gradcheck.STEP_FLOAT32:g}" in out
@@ -79,7 +81,7 @@ def test_cli_float32_says_so(capsys):
 @pytest.mark.skipif(backend.gpu_status().available, reason="this machine has a GPU")
 def test_cli_cuda_without_gpu_gives_the_reason(capsys):
     with pytest.raises(SystemExit) as e:
-        gradcheck.main(["--device", "cuda", "--op", "relu"])
+        gradcheck_cli.main(["--device", "cuda", "--op", "relu"])
     assert e.value.code == 2
     assert backend.gpu_status().reason in capsys.readouterr().err
 
@@ -129,7 +131,7 @@ def test_directional_check_passes_and_fails(rng):
 
 @pytest.mark.parametrize("kind", ["plain", "fast"])
 def test_cli_checks_either_door(capsys, kind):
-    assert gradcheck.main(["--ops", kind, "--device", "cpu", "--unet-only"]) == 0
+    assert gradcheck_cli.main(["--ops", kind, "--device", "cpu", "--unet-only"]) == 0
     out = capsys.readouterr().out
     assert f"{kind} ops (minunet/{'ops' if kind == 'plain' else 'fast'})" in out
     assert "all 19 gradients PASS" in out

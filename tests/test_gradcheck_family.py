@@ -1,4 +1,4 @@
-"""The gradient checks of the U-Net family's ops and losses (minunet/gradcheck_family.py): every
+"""The gradient checks of the U-Net family's ops and losses (minunet/nn/gradcheck_family.py): every
 row passes on both doors, in float64 and float32, over several seeds; a planted mistake in a
 family op fails its row; the CLI lists the family after the U-Net."""
 
@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minunet import gradcheck
-from minunet.gradcheck_family import family_checks
+from minunet import gradcheck as gradcheck_cli
+from minunet.nn import gradcheck
+from minunet.nn.gradcheck_family import family_checks
 from minunet.ops import norm
 
 
@@ -40,14 +41,14 @@ def test_a_batchnorm_backward_without_the_mean_and_variance_paths_fails(monkeypa
 
 
 def test_the_cli_checks_the_family_after_the_unet(capsys):
-    assert gradcheck.main(["--device", "cpu", "--op", "batchnorm2d,relu6,msssim"]) == 0
+    assert gradcheck_cli.main(["--device", "cpu", "--op", "batchnorm2d,relu6,msssim"]) == 0
     out = capsys.readouterr().out
     assert "batchnorm2d (training, N=1)" in out and "msssim (3 scales)" in out
     assert "summary: all 11 gradients PASS" in out  # 3 batchnorm rows x 3 inputs, 2 more
-    assert gradcheck.main(["--device", "cpu", "--op", "relu", "--unet-only"]) == 0
+    assert gradcheck_cli.main(["--device", "cpu", "--op", "relu", "--unet-only"]) == 0
     with pytest.raises(SystemExit):
-        gradcheck.main(["--device", "cpu", "--op", "batchnorm2d", "--unet-only"])
-    assert gradcheck.main(["--device", "cpu", "--dtype", "float32", "--op", "msssim"]) == 0
+        gradcheck_cli.main(["--device", "cpu", "--op", "batchnorm2d", "--unet-only"])
+    assert gradcheck_cli.main(["--device", "cpu", "--dtype", "float32", "--op", "msssim"]) == 0
     assert "no float32 row for msssim (3 scales)" in capsys.readouterr().out
 
 

@@ -1,4 +1,4 @@
-"""Overlap-tile inference (minunet/infer.py): exact stitching, any size, test-time augmentation.
+"""Overlap-tile inference (minunet/inference/tiles.py): exact stitching, any size, test-time augmentation.
 
 The reference for exactness is ONE forward pass over the whole image, mirror-padded with
 np.pad(mode='reflect') (independent of infer.mirror_pad) to the same valid size; float64,
@@ -10,10 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minunet import backend, infer, sizes
-from minunet.infer import mirror_pad, predict, softmax
-from minunet.model import UNet, UNetConfig, standardize
-from minunet.sizes import output_size, padded_size, tile_offsets
+from minunet import backend
+from minunet.inference import tiles as infer
+from minunet.inference.tiles import mirror_pad, predict, softmax
+from minunet.models import sizes
+from minunet.models.sizes import output_size, padded_size, tile_offsets
+from minunet.models.unet import UNet, UNetConfig, standardize
 
 TOL = 1e-12  # float64: tiled and single-pass results agree to rounding
 

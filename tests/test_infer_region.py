@@ -1,10 +1,10 @@
 """Regions, owners, streaming and out-of-memory retries of overlap-tile inference
-(minunet/infer.py: predict_region, axis_plan, _frame, the tile retry).
+(minunet/inference/tiles.py: predict_region, axis_plan, _frame, the tile retry).
 
 Exactness of the whole-image prediction against one forward pass is tests/test_infer.py's;
 here any rectangle of the output, computed from a window of the image, must equal the
 whole-image prediction BIT FOR BIT (it runs the same tiles on the same pixels), which is
-what chunked prediction (minunet/chunked.py) stands on.
+what chunked prediction (minunet/inference/chunked.py) stands on.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import warnings
 import numpy as np
 import pytest
 
-from minunet import infer
-from minunet.infer import (
+from minunet.inference import tiles as infer
+from minunet.inference.tiles import (
     TileRetryWarning,
     _frame,
     _transform,
@@ -25,8 +25,8 @@ from minunet.infer import (
     predict_region,
     region_window,
 )
-from minunet.model import UNetConfig, build_model, standardize
-from minunet.sizes import is_valid_size, output_size, tile_step
+from minunet.models.sizes import is_valid_size, output_size, tile_step
+from minunet.models.unet import UNetConfig, build_model, standardize
 
 
 @pytest.fixture(scope="module")

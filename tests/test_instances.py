@@ -1,4 +1,4 @@
-"""Cells from probabilities (minunet/instances.py): the seeded watershed on the distance
+"""Cells from probabilities (minunet/inference/instances.py): the seeded watershed on the distance
 transform, the neck rule, the separation borders given back (weightmap.fill_separation_borders),
 and the synthetic touching cells (synthetic.settle_cells)."""
 
@@ -10,8 +10,8 @@ from scipy import ndimage
 
 from minunet.data.synthetic import MIN_CORE, settle_cells, touching_cells
 from minunet.data.weightmap import fill_separation_borders, separation_borders
-from minunet.instances import colour_overlay, label_cells
-from minunet.objects import object_counts, object_scores
+from minunet.evaluation.objects import object_counts, object_scores
+from minunet.inference.instances import colour_overlay, label_cells
 
 
 def discs(shape, *circles):

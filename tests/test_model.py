@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from minunet import ops
-from minunet.model import (
+from minunet.models.sizes import output_size, receptive_field
+from minunet.models.unet import (
     ARCHITECTURES,
     UNet,
     UNetConfig,
@@ -14,7 +15,6 @@ from minunet.model import (
     layer_table,
     parameter_shapes,
 )
-from minunet.sizes import output_size, receptive_field
 
 
 def test_paper_network_numbers():

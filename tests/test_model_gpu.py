@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from minunet import backend, ops
-from minunet.model import UNet, UNetConfig, build_model
-from minunet.optim import MomentumSGD, SGDConfig
-from minunet.sizes import output_size
+from minunet.models.sizes import output_size
+from minunet.models.unet import UNet, UNetConfig, build_model
+from minunet.nn.optim import MomentumSGD, SGDConfig
 from minunet.train import TrainConfig, Trainer, step_key, train_step
 
 pytestmark = pytest.mark.gpu

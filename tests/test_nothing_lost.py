@@ -17,10 +17,10 @@ from PIL import Image
 
 from minunet import export as export_module
 from minunet import instances as instances_module
-from minunet.checkpoint import load_checkpoint, save_checkpoint
 from minunet.data.loaders import DataError, as_holdout, as_index_list, load_folder
 from minunet.files import check_writable
 from minunet.train import TrainConfig, Trainer, main, parse_duration
+from minunet.training.checkpoint import load_checkpoint, save_checkpoint
 
 TINY = dict(base=2, depth=4, tile=188, lr=0.01, val_every=4, prefetch=0, device="cpu",
             data="synthetic:n=3,size=200")
@@ -321,7 +321,7 @@ def test_unwritable_or_impossible_out_is_one_error_line(tmp_path, capsys, monkey
 def test_a_write_that_fails_during_training_is_one_error_line(tmp_path, capsys, monkeypatch):
     """A PermissionError (or a full disk) while saving: one line naming the file and what
     stays, never a traceback."""
-    from minunet import runfolder
+    from minunet.training import runfolder
 
     def refuse(path, *a, **kw):
         raise PermissionError(13, "Permission denied", str(path))

@@ -1,4 +1,4 @@
-"""Object scores (minunet/objects.py) on hand-made label images whose values are worked out here.
+"""Object scores (minunet/evaluation/objects.py) on hand-made label images whose values are worked out here.
 
 Every object is a rectangle, so its area and every overlap are counted by eye:
     T = true objects, P = predicted objects, IoU = |T & P| / |T | P|.
@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from minunet.objects import (
+from minunet.evaluation.objects import (
     IOU_THRESHOLDS,
     as_instances,
     match,

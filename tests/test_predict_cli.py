@@ -11,10 +11,11 @@ import pytest
 import tifffile
 from PIL import Image
 
-from minunet.checkpoint import save_checkpoint
-from minunet.infer import predict
-from minunet.model import UNetConfig, build_model
-from minunet.predict import atomic_write, main
+from minunet.files import atomic_write
+from minunet.inference.tiles import predict
+from minunet.models.unet import UNetConfig, build_model
+from minunet.predict import main
+from minunet.training.checkpoint import save_checkpoint
 
 
 def make_checkpoint(path, **config):
@@ -205,7 +206,7 @@ def test_instances_from_the_ground_truth_probability(tmp_path, ckpt, monkeypatch
     import minunet.predict as cli
     from minunet.data.synthetic import touching_cells
     from minunet.evaluate import main as evaluate
-    from minunet.instances import label_cells
+    from minunet.inference.instances import label_cells
 
     path, _ = ckpt
     cells = [touching_cells(256, seed=s) for s in range(2)]
@@ -250,7 +251,7 @@ def test_instances_of_a_stack_and_a_k_class_model(tmp_path):
     assert main(["--checkpoint", str(path), str(tmp_path / "vol.tif"), "--out", str(out),
                  "--instances", "--threshold", "0.4", "--min-size", "0", "--split-neck",
                  "0.3", "--fill-borders", "1"]) == 0
-    from minunet.instances import label_cells
+    from minunet.inference.instances import label_cells
 
     lab = tifffile.imread(out / "instances" / "vol.tif")
     assert lab.shape == (2, 30, 26) and lab.dtype == np.uint16

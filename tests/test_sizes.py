@@ -2,7 +2,7 @@
 
 import pytest
 
-from minunet.sizes import (
+from minunet.models.sizes import (
     choose_tile,
     grid_step,
     input_window,
@@ -73,7 +73,7 @@ def test_input_window_is_what_the_network_depends_on(depth):
     max-pool it enters, so a pixel changes the output exactly when a path connects them."""
     import numpy as np
 
-    from minunet.model import UNetConfig, build_model
+    from minunet.models.unet import UNetConfig, build_model
 
     m = build_model(UNetConfig(base=1, depth=depth, dtype="float64", dropout=0.0), seed=0).eval()
     for k in m.params:

@@ -9,8 +9,8 @@ import signal
 import numpy as np
 import pytest
 
-from minunet.checkpoint import load_checkpoint
 from minunet.train import TrainConfig, Trainer, main, parse_duration, resolve_config
+from minunet.training.checkpoint import load_checkpoint
 
 TINY = dict(base=2, depth=4, tile=188, lr=0.01, val_every=10, prefetch=0, device="cpu",
             data="synthetic:n=3,size=200", schedule="poly")

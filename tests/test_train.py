@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minunet import model as model_module
-from minunet.checkpoint import load_checkpoint, save_checkpoint
-from minunet.model import UNet
+from minunet.models import unet as model_module
+from minunet.models.unet import UNet
 from minunet.train import (
     PRESETS,
     TrainConfig,
@@ -26,6 +25,7 @@ from minunet.train import (
     main,
     resolve_config,
 )
+from minunet.training.checkpoint import load_checkpoint, save_checkpoint
 
 TINY = dict(base=2, depth=4, tile=188, lr=0.01, val_every=2, prefetch=0, device="cpu",
             data="synthetic:n=3,size=200")

@@ -3,7 +3,7 @@
     python3 tools/infer_timing.py [--device cuda] [--sizes 512,4096] [--repeat 10]
 
 For each size S it builds the paper U-Net (`build_model(UNetConfig())`: base 64, depth 4,
-float32), moves it to the device, runs `minunet.infer.predict(model, image)` on one S x S
+float32), moves it to the device, runs `minunet.inference.tiles.predict(model, image)` on one S x S
 image (tile=None: the tile is chosen from free memory, the whole padded image in one pass
 when it fits) once or twice as a warm-up (kernel compilation, cuBLAS, the memory pool),
 then times `repeat` calls, each ending with a device synchronisation, and prints the
@@ -37,8 +37,8 @@ def main(argv=None) -> int:
     import numpy as np
 
     from minunet import backend
-    from minunet.infer import predict
-    from minunet.model import UNetConfig, build_model
+    from minunet.inference.tiles import predict
+    from minunet.models.unet import UNetConfig, build_model
 
     if a.tf32:
         backend.set_tf32(True)  # before the first GPU computation (see set_tf32)

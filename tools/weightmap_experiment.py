@@ -8,8 +8,8 @@ with the paper's weight map (w0 = 10, sigma = 5 px) and once with `--no-weight-m
 same seed, data and iterations otherwise. Each model (last.npz: the poly schedule has decayed
 the learning rate to zero) predicts the held-out images whole (overlap-tile), and we score
 
-- instances: `minunet.instances.label_cells` turns P(cell) into cells, scored against the
-  true instances with `minunet.objects` (F1 at IoU >= 0.5, SEG: the mean Jaccard index of
+- instances: `minunet.inference.instances.label_cells` turns P(cell) into cells, scored against the
+  true instances with `minunet.evaluation.objects` (F1 at IoU >= 0.5, SEG: the mean Jaccard index of
   each true cell with the predicted cell that covers more than half of it);
 - the separation borders: of the pixels on the borders between touching cells
   (`separation_borders` of the true instances), the fraction predicted as cell (P > 0.5),
@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 
 import minunet.train
-from minunet.checkpoint import load_checkpoint, model_from_checkpoint
 from minunet.data import load_dataset, separation_borders
-from minunet.infer import predict
-from minunet.instances import label_cells
-from minunet.objects import object_counts, object_scores
+from minunet.evaluation.objects import object_counts, object_scores
+from minunet.inference.instances import label_cells
+from minunet.inference.tiles import predict
+from minunet.training.checkpoint import load_checkpoint, model_from_checkpoint
 
 DATA = "cells:n=16,size=384"
 HOLDOUT = "12-15"

@@ -20,9 +20,9 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-import minunet.gradcheck
+import minunet.nn.gradcheck
 import minunet.ops
-from minunet.gradcheck import check_op, format_table, numerical_gradient, rel_error, run_checks
+from minunet.nn.gradcheck import check_op, format_table, numerical_gradient, rel_error, run_checks
 from minunet.tutorial import setup
 from minunet.tutorial_checks import (
     check_all_four_maxpool,
@@ -62,12 +62,12 @@ rng = np.random.default_rng(T.seed)
 # The **truncation error** is about $h^2 |g'''| / 6$: it shrinks as $h^2$. (A one-sided
 # difference $(g(x+h) - g(x))/h$ keeps the $h g''/2$ term: far worse.)
 #
-# This is `minunet.gradcheck.numerical_gradient`. It subtracts the two output arrays before it
+# This is `minunet.nn.gradcheck.numerical_gradient`. It subtracts the two output arrays before it
 # sums them, so that the rounding of all the outputs that do not depend on $x_i$ cancels
 # exactly, and it divides by the step that was really taken:
 
 # %%
-print(T.getsource(minunet.gradcheck.numerical_gradient))
+print(T.getsource(minunet.nn.gradcheck.numerical_gradient))
 
 # %% [markdown]
 # **Check.** For $f = \tanh$ applied element-wise, the exact gradient is
@@ -80,10 +80,10 @@ print(T.getsource(minunet.gradcheck.numerical_gradient))
 x = rng.uniform(-1, 1, 20)  # float64
 dy = rng.standard_normal(20)
 exact = dy * (1 - np.tanh(x) ** 2)
-num = numerical_gradient(np.tanh, x.copy(), dy, h=minunet.gradcheck.STEP_FLOAT64)
+num = numerical_gradient(np.tanh, x.copy(), dy, h=minunet.nn.gradcheck.STEP_FLOAT64)
 err = rel_error(exact, num)
-print(f"h = {minunet.gradcheck.STEP_FLOAT64:g}: relative error {err:.2e}")
-assert err < minunet.gradcheck.THRESHOLD_FLOAT64
+print(f"h = {minunet.nn.gradcheck.STEP_FLOAT64:g}: relative error {err:.2e}")
+assert err < minunet.nn.gradcheck.THRESHOLD_FLOAT64
 
 # %% [markdown]
 # ## The relative error and its floor
@@ -96,7 +96,7 @@ assert err < minunet.gradcheck.THRESHOLD_FLOAT64
 # $$\mathrm{rel}(a, n) = \max_i \frac{|a_i - n_i|}{\max(|a_i| + |n_i|,\ 10^{-8})}$$
 
 # %%
-print(T.getsource(minunet.gradcheck.rel_error))
+print(T.getsource(minunet.nn.gradcheck.rel_error))
 
 # %% [markdown]
 # **Check.** Two entries that are both exactly 0 give 0 (the floor, not a division by zero);
@@ -165,7 +165,7 @@ ax.loglog(hs32, e32, "s-", ms=3, label="tanh, float32")
 ax.loglog(hs64, econv, "^-", ms=3, label="conv2d (linear), float64")
 ax.loglog(hs64, hs64**2 / 6, "k--", lw=0.8, label=r"truncation $h^2/6$")
 ax.loglog(hs64, np.finfo(np.float64).eps / hs64, "k:", lw=0.8, label=r"rounding $\varepsilon/h$")
-for h, style in ((minunet.gradcheck.STEP_FLOAT64, "C0"), (minunet.gradcheck.STEP_FLOAT32, "C1")):
+for h, style in ((minunet.nn.gradcheck.STEP_FLOAT64, "C0"), (minunet.nn.gradcheck.STEP_FLOAT32, "C1")):
     ax.axvline(h, color=style, lw=0.8, alpha=0.6)
 ax.set_ylim(1e-16, 1)
 ax.set_xlabel("step h")
@@ -211,7 +211,7 @@ print(T.getsource(minunet.ops.relu_backward))
 # %% [markdown]
 # **Check.** With $h = 10^{-4}$, ReLU inputs $x = \pm 3\cdot10^{-5}$ (closer to 0 than $h$) give a
 # relative error above 0.1 even though `relu_backward` is right; inputs with $|x| \ge 0.1$
-# (what `minunet.gradcheck` draws for the ReLU) give an error below $10^{-7}$.
+# (what `minunet.nn.gradcheck` draws for the ReLU) give an error below $10^{-7}$.
 
 # %%
 def relu_check_error(xr):
@@ -240,7 +240,7 @@ assert near > 0.1 and far < 1e-7
 # computes the numerical gradient of every input in `wrt`, and returns one result per input.
 
 # %%
-print(T.getsource(minunet.gradcheck.check_op))
+print(T.getsource(minunet.nn.gradcheck.check_op))
 
 # %% [markdown]
 # **Check.** The plain convolution (3 input channels, 4 output channels, a 3x3 kernel) must pass
@@ -327,12 +327,12 @@ report(check_dropout_backward(dropout_backward_mine))
 plain = run_checks(kind="plain")
 print(format_table(plain))
 print()
-print(minunet.gradcheck.summary_line(plain))
+print(minunet.nn.gradcheck.summary_line(plain))
 assert all(r.passed for r in plain)
 
 # %%
 fast = run_checks(kind="fast")
-print("fast ops:", minunet.gradcheck.summary_line(fast))
+print("fast ops:", minunet.nn.gradcheck.summary_line(fast))
 assert all(r.passed for r in fast)
 
 # %% [markdown]

@@ -25,7 +25,7 @@ import numpy as np
 
 import minunet.ops
 import minunet.ops.conv
-from minunet.gradcheck import check_op, format_table
+from minunet.nn.gradcheck import check_op, format_table
 from minunet.tutorial import setup
 from minunet.tutorial_checks import (
     check_col2im_overwrite,

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import minunet.ops
-from minunet.gradcheck import check_op, format_table
+from minunet.nn.gradcheck import check_op, format_table
 from minunet.tutorial import setup
 from minunet.tutorial_checks import (
     check_maxpool_backward,

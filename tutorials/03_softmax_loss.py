@@ -25,8 +25,8 @@ from scipy import ndimage
 import minunet.data.weightmap
 import minunet.ops
 from minunet.data import class_balance, synthetic_em, touching_cells, weight_map
-from minunet.gradcheck import check_op, format_table
-from minunet.model import UNetConfig, build_model, standardize
+from minunet.models.unet import UNetConfig, build_model, standardize
+from minunet.nn.gradcheck import check_op, format_table
 from minunet.tutorial import setup
 from minunet.tutorial_checks import (
     check_border_gap,

@@ -21,13 +21,13 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 
-import minunet.model
+import minunet.models.sizes
+import minunet.models.unet
 import minunet.ops
-import minunet.sizes
 from minunet.data import synthetic_em
-from minunet.gradcheck import directional_check
-from minunet.model import UNetConfig, build_model, describe, standardize
-from minunet.optim import MomentumSGD, SGDConfig
+from minunet.models.unet import UNetConfig, build_model, describe, standardize
+from minunet.nn.gradcheck import directional_check
+from minunet.nn.optim import MomentumSGD, SGDConfig
 from minunet.tutorial import setup
 from minunet.tutorial_checks import (
     check_depth3_sizes,
@@ -58,11 +58,11 @@ rng = np.random.default_rng(T.seed)
 # $16 b - 60 \ge 1$, so $b \ge 4$: the smallest valid input is 188 (output 4), and the paper's
 # 572 has $b = 28$ and output $572 - 184 = 388$. Every stage subtracts a constant at its own
 # scale, so the **margin** $s_0 - \text{output} = 184$ is the same for every valid size. All of
-# this lives in `minunet/sizes.py`:
+# this lives in `minunet/models/sizes.py`:
 
 # %%
-print(T.getsource(minunet.sizes.output_size))
-print(T.getsource(minunet.sizes.valid_sizes))
+print(T.getsource(minunet.models.sizes.output_size))
+print(T.getsource(minunet.models.sizes.valid_sizes))
 
 # %% [markdown]
 # **Check.** `output_size(572)` is 388; the valid sizes from 100 to 600 are exactly
@@ -70,16 +70,16 @@ print(T.getsource(minunet.sizes.valid_sizes))
 # is refused with the nearest valid ones.
 
 # %%
-valid = minunet.sizes.valid_sizes(100, 600)
-print("output_size(572) =", minunet.sizes.output_size(572), "; margin", minunet.sizes.size_margin())
+valid = minunet.models.sizes.valid_sizes(100, 600)
+print("output_size(572) =", minunet.models.sizes.output_size(572), "; margin", minunet.models.sizes.size_margin())
 print("valid sizes:", valid)
 try:
-    minunet.sizes.output_size(570)
+    minunet.models.sizes.output_size(570)
 except ValueError as e:
     print("output_size(570):", e)
-assert minunet.sizes.output_size(572) == 388
+assert minunet.models.sizes.output_size(572) == 388
 assert valid == [124 + 16 * b for b in range(4, 30)]
-assert all(minunet.sizes.output_size(s) == s - 184 for s in valid)
+assert all(minunet.models.sizes.output_size(s) == s - 184 for s in valid)
 
 # %% [markdown]
 # ## The network and its per-layer table
@@ -90,8 +90,8 @@ assert all(minunet.sizes.output_size(s) == s - 184 for s in valid)
 # image: read them side by side.
 
 # %%
-print(T.getsource(minunet.model.UNet.forward))
-print(T.getsource(minunet.model.UNet.backward))
+print(T.getsource(minunet.models.unet.UNet.forward))
+print(T.getsource(minunet.models.unet.UNet.backward))
 
 # %% [markdown]
 # `describe` prints one row per layer for a given input size: output shape, parameters,
@@ -109,7 +109,7 @@ print(T.getsource(minunet.model.UNet.backward))
 paper = UNetConfig()
 print(paper)
 print(describe(paper, 572))
-rows = minunet.model.layer_table(paper, 572)
+rows = minunet.models.unet.layer_table(paper, 572)
 n_table = sum(r["params"] for r in rows)
 n_model = build_model(paper).num_parameters()
 gflop = sum(r["gflop"] for r in rows)
@@ -148,7 +148,7 @@ size = T.pick(316, 252)
 net = build_model(UNetConfig(base=T.pick(16, 4), dtype="float64"), seed=0).eval()
 kept = with_input_gradient(net)
 x_erf = standardize(synthetic_em(size, seed=T.seed).image / 255.0)[None, None]  # (1, 1, S, S)
-out_side = minunet.sizes.output_size(size)
+out_side = minunet.models.sizes.output_size(size)
 
 
 def input_gradient(row, col):
@@ -198,15 +198,15 @@ for col, lo, hi, width in widths:
 # Depending on its position modulo 16, an output pixel depends on 188 or 204 input pixels per
 # side, from up to 15 pixels left of its own position to up to 199 right of it. The
 # overlap-tile inference of tutorial 07 is exact anyway because tiles are cut on that same
-# 16-pixel grid (`minunet/sizes.py`).
+# 16-pixel grid (`minunet/models/sizes.py`).
 #
-# The same numbers follow from the network's structure alone: `minunet.sizes.input_window`
+# The same numbers follow from the network's structure alone: `minunet.models.sizes.input_window`
 # walks the layers backward with intervals (a 3x3 conv widens $[a, b]$ to $[a, b+2]$, a pool
 # maps it to $[2a, 2b+1]$, an up-convolution halves it, a skip shifts it by its crop offset),
 # and `receptive_field` is the widest window over one period of 16.
 
 # %%
-print(T.getsource(minunet.sizes.receptive_field))
+print(T.getsource(minunet.models.sizes.receptive_field))
 
 # %% [markdown]
 # **Check.** Every measured extent is at least the margin's 185 pixels and at most the
@@ -216,11 +216,11 @@ print(T.getsource(minunet.sizes.receptive_field))
 # %%
 ws = [w for *_, w in widths]
 print(f"extents from {min(ws)} to {max(ws)} px; receptive_field() = "
-      f"{minunet.sizes.receptive_field()}")
+      f"{minunet.models.sizes.receptive_field()}")
 for col, lo, hi, _ in widths:  # input_window repeats with period 16, shifted by 16
-    p_lo, p_hi = minunet.sizes.input_window(col % 16)
+    p_lo, p_hi = minunet.models.sizes.input_window(col % 16)
     assert (lo, hi) == (p_lo - col % 16, p_hi - col % 16), col
-assert 185 <= min(ws) and max(ws) == minunet.sizes.receptive_field() == 204
+assert 185 <= min(ws) and max(ws) == minunet.models.sizes.receptive_field() == 204
 assert c0 == centre and r0 == centre
 
 a = np.abs(g)
@@ -385,7 +385,7 @@ assert history[-1] < T.pick(0.02, 0.30) * history[0] and accuracy >= T.pick(0.99
 #
 # **1. Valid sizes at another depth.** Derive the valid input sides and the margin of a U-Net of
 # depth 3 (three pools). Write the smallest valid size and the margin into `my_smallest,
-# my_margin`. Self-check: compared with `minunet.sizes` at `depth=3`.
+# my_margin`. Self-check: compared with `minunet.models.sizes` at `depth=3`.
 
 # %%
 my_smallest = my_margin = None  # your answers

@@ -29,13 +29,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-import minunet.optim
+import minunet.nn.optim
 import minunet.train
-from minunet import metrics as isbi_metrics
-from minunet.checkpoint import load_checkpoint, model_from_checkpoint
 from minunet.data import load_dataset
-from minunet.infer import predict
-from minunet.optim import MomentumSGD, SGDConfig
+from minunet.evaluation import metrics as isbi_metrics
+from minunet.inference.tiles import predict
+from minunet.nn.optim import MomentumSGD, SGDConfig
+from minunet.training.checkpoint import load_checkpoint, model_from_checkpoint
 from minunet.tutorial import setup
 from minunet.tutorial_checks import (
     check_effect_size,
@@ -65,8 +65,8 @@ T = setup("05_training")
 # times smaller than without momentum.
 
 # %%
-print(T.getsource(minunet.optim.MomentumSGD.step))
-print(T.getsource(minunet.optim.MomentumSGD.lr_at))
+print(T.getsource(minunet.nn.optim.MomentumSGD.step))
+print(T.getsource(minunet.nn.optim.MomentumSGD.lr_at))
 
 # %% [markdown]
 # (`backend.sgd_update_many` applies $v \leftarrow m v - \eta (g + \lambda w)$,
@@ -111,7 +111,7 @@ report(check_momentum_step(momentum_step))
 # (tutorial 03), so its first gradients are large, and momentum 0.99 piles about 100 of them
 # up before they decay. With a ramp, the first large gradients move the weights only a little;
 # without one, the project saw the first layers' ReLUs switch off for good ("die") in its CPU
-# runs (see the docstring of `minunet/optim.py`).
+# runs (see the docstring of `minunet/nn/optim.py`).
 #
 # **Check.** With `warmup=100` and a base rate of $10^{-3}$, the rate starts at
 # $10^{-3}/100 = 10^{-5}$, is $5 \cdot 10^{-4}$ halfway and reaches $10^{-3}$ at iteration 99.
@@ -384,8 +384,8 @@ else:
 # `--no-weight-map`, for each of three seeds, and scores the last checkpoint on the held-out
 # images by
 #
-# - **object F1**: cells found from P(cell) (`minunet.instances.label_cells`) matched to the
-#   true cells at IoU $\ge 0.5$ (`minunet.objects`; tutorial 09), and **SEG**, the mean IoU of
+# - **object F1**: cells found from P(cell) (`minunet.inference.instances.label_cells`) matched to the
+#   true cells at IoU $\ge 0.5$ (`minunet.evaluation.objects`; tutorial 09), and **SEG**, the mean IoU of
 #   each true cell with the predicted cell covering most of it;
 # - **border as cell**: of the pixels on the separation borders between touching cells, the
 #   fraction predicted as cell, where two cells would merge;

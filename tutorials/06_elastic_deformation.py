@@ -44,7 +44,7 @@ from minunet.data.augment import (
     warp,
 )
 from minunet.data.tiles import random_tile
-from minunet.sizes import output_size
+from minunet.models.sizes import output_size
 from minunet.tutorial import setup
 
 T = setup("06_elastic_deformation")

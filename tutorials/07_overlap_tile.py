@@ -10,7 +10,7 @@
 # This tutorial shows:
 #
 # 1. mirror padding, and how much of it is needed;
-# 2. where the tiles go (`minunet/sizes.py`: `padded_size`, `tile_offsets`, `choose_tile`);
+# 2. where the tiles go (`minunet/models/sizes.py`: `padded_size`, `tile_offsets`, `choose_tile`);
 # 3. why every tile must start at a multiple of 16 px, derived from the max-pools and checked;
 # 4. that the stitched tiles then equal one pass over the whole image, in float64 to the last
 #    bits (a heatmap of |tiled - single pass|), and what an offset off that grid does instead.
@@ -28,12 +28,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm
 
-import minunet.infer
+import minunet.inference.tiles
 from minunet.data import synthetic_em
-from minunet.infer import mirror_pad, predict, softmax
-from minunet.model import UNetConfig, build_model, standardize
-from minunet.ops import maxpool2x2_forward
-from minunet.sizes import (
+from minunet.inference.tiles import mirror_pad, predict, softmax
+from minunet.models.sizes import (
     choose_tile,
     grid_step,
     output_size,
@@ -43,6 +41,8 @@ from minunet.sizes import (
     tile_offsets,
     valid_sizes,
 )
+from minunet.models.unet import UNetConfig, build_model, standardize
+from minunet.ops import maxpool2x2_forward
 from minunet.tutorial import setup
 
 T = setup("07_overlap_tile")
@@ -190,8 +190,8 @@ assert gaps == 0 and off_grid == 0
 
 # %%
 print(inspect.getsource(grid_step))
-exactness = next(p for p in minunet.infer.__doc__.split("\n\n") if p.startswith("Exactness"))
-print(exactness)  # the paragraph of minunet/infer.py's docstring that states it
+exactness = next(p for p in minunet.inference.tiles.__doc__.split("\n\n") if p.startswith("Exactness"))
+print(exactness)  # the paragraph of minunet/inference/tiles.py's docstring that states it
 
 # %% [markdown]
 # A check of the derivation with the package's max-pool alone: pool a random image four times,

@@ -6,7 +6,7 @@
 # with the truth, not by how many pixels they get right, because one missing pixel in a
 # membrane merges two cells, and that error matters far more than a membrane drawn a little too
 # thick. This tutorial computes the challenge's scores as its evaluation code (Fiji's
-# `RandError` and `VariationOfInformation`) computes them, with `minunet/metrics.py`:
+# `RandError` and `VariationOfInformation`) computes them, with `minunet/evaluation/metrics.py`:
 #
 # * **pixel error**: 1 - the best F1 of the cell pixels;
 # * **Rand error**: 1 - the best foreground-restricted Rand F-score of the cells, no thinning
@@ -31,9 +31,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from scipy import ndimage
 
-import minunet.metrics
+import minunet.evaluation.metrics
 from minunet.data import read_array, synthetic_em
-from minunet.metrics import (
+from minunet.evaluation.metrics import (
     THRESHOLDS,
     info_scores,
     isbi_scores,
@@ -58,7 +58,7 @@ rng = np.random.default_rng(T.seed)
 # components of cell pixels (`segments`); the membrane pixels between them belong to no cell.
 
 # %%
-print(minunet.metrics.__doc__[: minunet.metrics.__doc__.index("Foreground-restricted scoring")])
+print(minunet.evaluation.metrics.__doc__[: minunet.evaluation.metrics.__doc__.index("Foreground-restricted scoring")])
 
 # %% [markdown]
 # ## 2. Six toy proposals, one error each
@@ -210,7 +210,7 @@ print("the claims about the table hold")
 # V_rand and V_info are $\max_t F$ after thinning. The package's code for these formulas:
 
 # %%
-source = inspect.getsource(minunet.metrics)
+source = inspect.getsource(minunet.evaluation.metrics)
 start = source.index("class Scores(NamedTuple)")
 print(source[start : source.index("# ---", start)])
 

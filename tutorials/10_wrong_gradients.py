@@ -13,7 +13,7 @@
 #   directions (which a gradient check cannot see);
 # * a crop whose backward puts the gradient back one pixel off.
 #
-# Each mistake comes with its row of the gradient check (`minunet.gradcheck.check_op`,
+# Each mistake comes with its row of the gradient check (`minunet.nn.gradcheck.check_op`,
 # `format_table`), a heatmap of *where* in the gradient the error lives, and a short derivation
 # of the pattern, checked by a cell.
 #
@@ -36,7 +36,7 @@ import numpy as np
 from matplotlib.colors import LogNorm
 
 import minunet.coursework.mistakes
-from minunet import gradcheck, ops
+from minunet import ops
 from minunet.coursework.checks import (
     KINDS,
     call_backward,
@@ -54,6 +54,7 @@ from minunet.coursework.checks import (
     upconv_inputs,
 )
 from minunet.coursework.mistakes import MISTAKES, by_id, wrong_namespace
+from minunet.nn import gradcheck
 from minunet.tutorial import setup
 
 T = setup("10_wrong_gradients")
@@ -270,7 +271,7 @@ assert (wrong == disagree).all()
 # moving either tied pixel up moves the output, moving it down does not. The central difference
 # averages the two one-sided slopes and gives each tied pixel half of the window's gradient.
 # So a gradient check at ties fails for *every* implementation, right or wrong, which is why
-# the gradient checks of `minunet.gradcheck` draw distinct values (no ties) and why the project
+# the gradient checks of `minunet.nn.gradcheck` draw distinct values (no ties) and why the project
 # fixes a rule instead (docs/DESIGN.md, "Max-pool ties"): the first maximum in the order
 # (0,0), (0,1), (1,0), (1,1) gets the whole gradient.
 #

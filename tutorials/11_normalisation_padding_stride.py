@@ -22,7 +22,7 @@
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minunet.gradcheck import check_op, format_table
+from minunet.nn.gradcheck import check_op, format_table
 from minunet.ops import conv_general, norm, resample
 from minunet.tutorial import setup
 
@@ -101,7 +101,7 @@ print(f"graph walk vs compact form: max |difference| = {np.abs(d_x - dx_op).max(
 # **Check.** The gradient checker compares the op's backward with central differences
 # (tutorial 00). Its rows for BatchNorm use a floor of 1e-3 of the largest entry (the
 # gradient minus two projections that nearly cancel it leaves entries 1e-5 of the largest,
-# where the difference quotient's own error is not small; `minunet/gradcheck_family.py`
+# where the difference quotient's own error is not small; `minunet/nn/gradcheck_family.py`
 # has the measurement). The same check run on a backward that treats $\mu$ and $\sigma^2$ as
 # constants, the most common mistake, must fail, and it does, by a wide margin.
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minunet import gradcheck
+from minunet.nn import gradcheck
 
 from . import mistakes as catalogue
 from .checks import (

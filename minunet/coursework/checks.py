@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minunet import gradcheck
+from minunet.nn import gradcheck
 
 # --- the kinds of op: how to call their forward and backward on a namespace of ops -------------
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from minunet import gradcheck
+from minunet.nn import gradcheck
 
 from . import mistakes as catalogue
 from . import probes

@@ -242,7 +242,7 @@ def _student_mistakes(root: Path) -> str:
 STUDENT_CPU = '''"""CPU twins: not part of the student copy.
 
 The fast ops' Numba twins compute the answers of the exercises, so this copy
-leaves them out. Only the momentum-SGD update that minunet/optim.py needs is
+leaves them out. Only the momentum-SGD update that minunet/nn/optim.py needs is
 here, in plain array code (NumPy here; the same code runs on CuPy in gpu.py).
 """
 
@@ -424,7 +424,7 @@ def write_copy(root: Path, p: Plan, outdir: Path) -> Summary:
                     continue
                 text = render(text, mine, stub_ids, withheld)
                 rendered[rel] = text
-            elif rel in ("minunet/model.py", "minunet/train.py"):
+            elif rel in ("minunet/models/unet.py", "minunet/train.py"):
                 text = _default_plain(src.read_text(), rel)
             elif rel == "pyproject.toml":
                 text = _pyproject(src.read_text())

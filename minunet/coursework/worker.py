@@ -47,7 +47,7 @@ REFUSED = {
     "minunet.fast": "the fast ops compute the same answers",
     "minunet.backend.cpu": "the CPU twins compute the same answers",
     "minunet.backend.gpu": "the GPU twins compute the same answers",
-    "minunet.torch_ref": "a PyTorch reference computes the answers",
+    "minunet.exporters.torch_mirror": "a PyTorch reference computes the answers",
     "torch": "autodiff computes the gradients the exercise asks for",
     "jax": "autodiff computes the gradients the exercise asks for",
     "autograd": "autodiff computes the gradients the exercise asks for",

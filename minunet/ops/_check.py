@@ -85,7 +85,7 @@ def check_maxpool2x2(x) -> None:
     if H % 2 or W % 2:
         raise ValueError(
             f"maxpool2x2 needs an even height and width, got x shape {x.shape}; the U-Net "
-            f"only pools even sizes, so choose a valid tile size (minunet.sizes.valid_sizes)"
+            f"only pools even sizes, so choose a valid tile size (minunet.models.sizes.valid_sizes)"
         )
 
 

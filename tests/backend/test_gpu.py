@@ -23,8 +23,8 @@ if not _status.available:
 
 import cupy as cp  # noqa: E402  (only after the skip: CuPy may be missing)
 
-from minunet import gradcheck  # noqa: E402
 from minunet.backend import gpu  # noqa: E402
+from minunet.nn import gradcheck  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 

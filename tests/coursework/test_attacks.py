@@ -133,7 +133,7 @@ def test_g4_g5_patching_the_checker_or_numpy_in_the_student_process_changes_noth
     relu = copy / "minunet" / "ops" / "relu.py"
     relu.write_text(relu.read_text() + textwrap.dedent("""
         import numpy as _np
-        import minunet.gradcheck as _gc
+        import minunet.nn.gradcheck as _gc
         _gc.numerical_gradient = lambda f, x, df, h=1e-4: _np.zeros_like(x)
         def relu_backward(dout, cache):
             return _np.zeros_like(dout)

@@ -73,7 +73,7 @@ def test_the_wheel_built_from_the_copy_holds_no_canary(made, tmp_path):
 
 def test_no_line_of_a_handed_out_solution_is_in_the_copy(made):
     """No distinctive line of a solution, except the few the project's given code shares
-    (minunet/infer.py's softmax starts like the loss's)."""
+    (minunet/inference/tiles.py's softmax starts like the loss's)."""
     student, _ = made
     handed = set(json.loads((student / "minunet" / "coursework" / "data" /
                              "assignment.json").read_text())["regions"])
@@ -123,7 +123,7 @@ def test_in_the_copy_the_fast_ops_and_twins_say_why_they_are_missing(made):
 import numpy as np
 from minunet import backend
 from minunet.coursework import mistakes
-from minunet.model import UNetConfig
+from minunet.models.unet import UNetConfig
 assert UNetConfig().ops == "plain"
 w, v, g = np.ones(3), np.zeros(3), np.ones(3)
 backend.sgd_update(w, v, g, 0.1, 0.9, 0.0)

@@ -15,7 +15,7 @@ import pytest
 
 from minunet import backend, fast, ops
 from minunet.backend import chunks, threads
-from minunet.model import UNetConfig, build_model
+from minunet.models.unet import UNetConfig, build_model
 
 TOL = {"float64": 1e-12, "float32": 1e-5}
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minunet import backend, gradcheck
+from minunet import backend
+from minunet.nn import gradcheck
 from minunet.ops import conv2d_backward, conv2d_forward, relu_backward, relu_forward
 
 DTYPES = [np.float32, np.float64]

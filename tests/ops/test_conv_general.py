@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minunet import backend, gradcheck
+from minunet import backend
+from minunet.nn import gradcheck
 from minunet.ops import conv2d_forward
 from minunet.ops.conv_general import (
     col2im_general,

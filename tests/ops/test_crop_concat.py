@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minunet import backend, gradcheck
+from minunet import backend
+from minunet.nn import gradcheck
 from minunet.ops import (
     center_crop_backward,
     center_crop_forward,

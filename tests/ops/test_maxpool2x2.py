@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minunet import backend, gradcheck
+from minunet import backend
+from minunet.nn import gradcheck
 from minunet.ops import maxpool2x2_backward, maxpool2x2_forward
 
 DTYPES = [np.float32, np.float64]

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minunet import backend, gradcheck
+from minunet import backend
+from minunet.nn import gradcheck
 from minunet.ops.pool_general import (
     global_avgpool_backward,
     global_avgpool_forward,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minunet import backend, gradcheck
+from minunet import backend
+from minunet.nn import gradcheck
 from minunet.ops import relu_backward, relu_forward
 
 DTYPES = [np.float32, np.float64]

@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from minunet import backend, gradcheck
+from minunet import backend
+from minunet.nn import gradcheck
 from minunet.ops.resample import (
     bilinear_upsample_backward,
     bilinear_upsample_forward,

@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pytest
 
-from minunet import gradcheck
+from minunet.nn import gradcheck
 from minunet.ops.loss import (
     LossTerm,
     bce_with_logits_forward,

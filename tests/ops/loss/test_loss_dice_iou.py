@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minunet import gradcheck
+from minunet.nn import gradcheck
 from minunet.ops.loss import (
     soft_dice_backward,
     soft_dice_forward,

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from minunet import backend, gradcheck
+from minunet import backend
+from minunet.nn import gradcheck
 from minunet.ops.loss import (
     bce_with_logits_forward,
     focal_backward,

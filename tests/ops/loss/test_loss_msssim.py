@@ -21,7 +21,8 @@ import math
 import numpy as np
 import pytest
 
-from minunet import backend, gradcheck
+from minunet import backend
+from minunet.nn import gradcheck
 from minunet.ops.loss import MSSSIM_WEIGHTS, gaussian_window, msssim_backward, msssim_forward
 from minunet.ops.loss import msssim as msssim_module
 

@@ -4,9 +4,9 @@
     metrics.csv           one row per validation, the columns of COLUMNS (elapsed_s: wall-clock
                           seconds since the run started, earlier processes of a resumed run
                           included)
-    loss.png              the training and validation losses (minunet/plots.py)
+    loss.png              the training and validation losses (minunet/training/plots.py)
     val_predictions.png   validation images, truth and prediction side by side
-    last.npz, best.npz    checkpoints (minunet/checkpoint.py); --resume continues exactly
+    last.npz, best.npz    checkpoints (minunet/training/checkpoint.py); --resume continues exactly
     checkpoints/N.npz     with --keep-checkpoints, the checkpoint of each validation
     curve.csv, curve.png  written by python -m minunet.curve: held-out scores of those
 
@@ -24,8 +24,8 @@ import json
 import shutil
 from pathlib import Path
 
-from .checkpoint import save_checkpoint
-from .files import atomic_write_text, check_writable
+from minunet.files import atomic_write_text, check_writable
+from minunet.training.checkpoint import save_checkpoint
 
 # The two losses are different quantities, and their names say which:
 #   train_loss_weighted  the loss SGD minimises, averaged over the iterations since the last
@@ -123,7 +123,7 @@ class RunFolder:
     def plot(self, train_losses: list[float], iteration: int, val_preds: list) -> None:
         """loss.png from the history and the per-iteration training losses ending at
         `iteration`; val_predictions.png from up to three (image, truth, probabilities)."""
-        from .plots import plot_loss, plot_predictions
+        from minunet.training.plots import plot_loss, plot_predictions
 
         plot_loss(self.history, train_losses, iteration, self.path / "loss.png")
         if val_preds:
@@ -133,7 +133,7 @@ class RunFolder:
 def out_of_memory_hint(config, tile: int, batch: int, free_bytes: int) -> str:
     """A --tile/--base that should fit in `free_bytes` of GPU memory (config: the model's
     UNetConfig), from the layer table's activation sizes; the largest that fits first."""
-    from .model import layer_table
+    from minunet.models.unet import layer_table
 
     for base in (config.base, 32, 16, 8):
         for t in (572, 508, 444, 380, 316, 252, 188):

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .files import atomic_write
+from minunet.files import atomic_write
 
 META_KEYS = ("config", "iteration", "rng")
 BUFFER, VELOCITY, LOG = "buffer.", "velocity.", "log."  # key prefixes
@@ -116,7 +116,7 @@ def model_from_checkpoint(ckpt: Checkpoint, path, seed: int = 0):
     """The model that wrote `ckpt` (read from `path`, named in errors): built by
     model.build_model from config["model"] (unet/fast where an old checkpoint lacks
     arch/ops), with its parameters and buffers loaded, on the host."""
-    from .model import UNetConfig, build_model
+    from minunet.models.unet import UNetConfig, build_model
 
     conf = ckpt.config.get("model")
     if not isinstance(conf, dict):

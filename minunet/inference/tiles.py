@@ -29,7 +29,7 @@ where outputs overlap they agree to float rounding and nothing is blended;
 each output pixel is taken from one tile, its owner (`axis_plan`): the tile
 starting at 384j owns rows [384j, 384j + 384) (tile 572), so every boundary
 between owners lies on the tile step, which is what lets chunked prediction
-(minunet/chunked.py) compute any chunk from whole tiles.
+(minunet/inference/chunked.py) compute any chunk from whole tiles.
 The stitched map equals `model.forward(padded image)` to float rounding
 (tested in float64 to 1e-12), so the tile size changes speed and memory only.
 
@@ -71,9 +71,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import backend
-from .model import UNet, layer_table, standardize
-from .sizes import (
+from minunet import backend
+from minunet.models.sizes import (
     choose_tile,
     grid_step,
     min_tile,
@@ -84,6 +83,7 @@ from .sizes import (
     tile_step,
     valid_sizes,
 )
+from minunet.models.unet import UNet, layer_table, standardize
 
 # Fraction of the free memory that one forward pass may plan to use, and the
 # factor on the layer outputs that covers what the layers keep for backward

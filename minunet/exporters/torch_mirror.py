@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-from .model import UNetConfig, channels
-from .sizes import output_size
+from minunet.models.sizes import output_size
+from minunet.models.unet import UNetConfig, channels
 
 
 def build(cfg: UNetConfig):

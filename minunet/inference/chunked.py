@@ -14,7 +14,7 @@ OUT.zarr holds
            all K classes (class axis 'c' first, after OME's 't') for more
     mask   (when asked) uint8: p > threshold -> 255 for two classes, the arg-max class for more
     done/  one JSON done-marker per complete chunk, with the size and CRC-32 of its prob (and
-           mask) chunk files as stored (minunet/chunk_store.py): what a rerun skips
+           mask) chunk files as stored (minunet/inference/chunk_store.py): what a rerun skips
 
 chunked in Y and X like the chunk grid (every chunk a file, all-background ones too), with the
 run's settings and a BLAKE2b digest of the input's bytes in the root attributes ("minunet")
@@ -27,7 +27,7 @@ equals the in-memory prediction bit for bit (float64 and float32 alike; same mac
 MINUNET_CPU_THREADS, since the row blocks of the fast ops round differently for other thread
 counts). Why the chunk grid is tied to 16 = 2^depth: a 2x2 pool pairs pixels (2i, 2i+1), so a
 tile computes the whole-image numbers only when it starts at a multiple of 2^depth of the padded
-frame (minunet/sizes.py), and every boundary between the tiles' owned outputs lies on that grid
+frame (minunet/models/sizes.py), and every boundary between the tiles' owned outputs lies on that grid
 (on multiples of the tile step: 384 for tile 572). A chunk edge off the 16-grid would cut through
 the middle of a tile's output wherever it is, so such chunk sizes are refused, naming the nearest
 multiples of 16; with the chunk a multiple of the tile step (the default, or the tile chosen to
@@ -95,9 +95,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend, chunk_store
-from .data.loaders import DataError, check_tiff_complete
-from .infer import (
+from minunet import backend
+from minunet.data.loaders import DataError, check_tiff_complete
+from minunet.inference import chunk_store
+from minunet.inference.tiles import (
     MEMORY_FRACTION,
     auto_tile,
     effective_tile,
@@ -105,8 +106,8 @@ from .infer import (
     predict_region,
     region_window,
 )
-from .model import UNetConfig, build_model, standardize
-from .sizes import choose_tile, grid_step, padded_size, size_margin, tile_step
+from minunet.models.sizes import choose_tile, grid_step, padded_size, size_margin, tile_step
+from minunet.models.unet import UNetConfig, build_model, standardize
 
 SCALE_EXTRA = 'pip install "minunet[scale]"'
 DEFAULT_CHUNK = 1024  # target chunk side; the default is the multiple of the tile step nearest it
@@ -391,7 +392,7 @@ def open_source(input, name: str | None = None) -> Source:
         if axes.count("c") > 1:
             axes = _guess_axes(shape, name)
         return Source("tiff", name, axes, shape, dtype, path=str(path))
-    from .data.loaders import read_array
+    from minunet.data.loaders import read_array
 
     a = read_array(path)
     return Source("array", name, _guess_axes(a.shape, name), a.shape, a.dtype, array=a)
@@ -483,8 +484,8 @@ def _chunk_keys(arrays: dict, job: tuple, lead_axes: str, classes: int) -> dict:
 
 def _run_chunk(job: tuple, ctx: _Context) -> int:
     """Compute, write and mark one chunk; returns its pixel count. job = (*leading, iy, ix)."""
-    from .data.loaders import stretch
-    from .predict import outputs, to_channels
+    from minunet.data.loaders import stretch
+    from minunet.inference.outputs import outputs, to_channels
 
     model, lock = _model(ctx.model)
     cfg = model.config
@@ -710,7 +711,7 @@ def _warn_if_tiles_run_twice(shape, chunk, tile, depth):
 
 def _check_first_pixels(src: Source, cfg, normalize: str):
     """Fail before writing anything if the input's channels do not fit the model."""
-    from .predict import to_channels
+    from minunet.inference.outputs import to_channels
 
     lead = (0,) * len(src.lead_axes)
     to_channels(src.read(lead, (0, 1, 0, 1)), cfg.in_channels, src.name, normalize)
@@ -744,7 +745,7 @@ def _gray_channels(raw: np.ndarray) -> list[np.ndarray]:
 def percentile_stats(src: Source, cfg, normalize: str) -> dict | None:
     """{leading index: [(p_lo, p_hi) per channel]} when `normalize` stretches the input's
     dtype between percentiles; None when it converts value by value."""
-    from .data.loaders import DataError, percentile_range, resolved_normalize
+    from minunet.data.loaders import DataError, percentile_range, resolved_normalize
 
     how = resolved_normalize(src.dtype, normalize)
     if not how.startswith("percentile"):
@@ -992,55 +993,3 @@ def _run_distributed(todo, ctx, scheduler, workers, device, tick):
     finally:
         if cluster is not None:
             cluster.close()
-
-
-# ----------------------------------------------------------------------------- the CLI
-
-
-def run_cli(args) -> int:
-    """`python -m minunet.predict ... --out OUT.zarr` (minunet/predict.py hands over here)."""
-    import sys
-
-    from .checkpoint import load_checkpoint
-    from .data.loaders import DataError
-    from .predict import checkpoint_normalize, load_model
-    from .sizes import invalid_size_message, is_valid_size
-
-    for module in ("zarr", "dask") + (("distributed",) if args.scheduler else ()):
-        try:
-            require(module)
-        except ImportError as e:
-            raise DataError(str(e)) from e
-    if len(args.inputs) != 1:
-        raise DataError(f"--out {args.out} takes one INPUT (got {len(args.inputs)}); run once "
-                        "per image, or use --out FOLDER for many small images")
-    if args.workers < 1:
-        raise DataError(f"--workers must be >= 1, got {args.workers}")
-    ckpt = load_checkpoint(args.checkpoint)
-    model = load_model(args.checkpoint, args.device, ckpt)
-    cfg = model.config
-    if args.tile is not None and not is_valid_size(args.tile, cfg.depth):
-        raise DataError(f"--tile: {invalid_size_message(args.tile, cfg.depth)}")
-    if args.chunk is not None:
-        try:
-            check_chunk(args.chunk, cfg.depth)
-        except ValueError as e:
-            raise DataError(f"--chunk: {e}") from e
-        if args.chunk < min_chunk(cfg.depth):  # refused whatever the image (module doc)
-            why = small_chunk_message((args.chunk,), (math.inf,), cfg.depth)
-            raise DataError(f"--chunk: {why}")
-    where = (f"a LocalCluster of {args.workers} worker process(es)"
-             if args.scheduler == "processes" else args.scheduler
-             or f"{args.workers} thread(s) here")
-    print(f"minunet.predict: {backend.device_info()}; chunks on {where}", file=sys.stderr)
-    summary = predict_zarr(
-        model, args.inputs[0], args.out, chunk=args.chunk, tile=args.tile, batch=args.batch,
-        tta=args.tta, threshold=args.threshold, mask=args.mask, scheduler=args.scheduler,
-        workers=args.workers, device=args.device, normalize=checkpoint_normalize(ckpt),
-        overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
-    arrays = "prob, mask" if args.mask else "prob"
-    print(f"wrote {summary.computed} chunk(s) ({summary.megapixels:.1f} MP) of {arrays} to "
-          f"{summary.out} in {summary.seconds:.1f} s: {summary.mp_per_s:.2f} MP/s"
-          + (f"; {summary.skipped} were complete already" if summary.skipped else ""),
-          file=sys.stderr)
-    return 0

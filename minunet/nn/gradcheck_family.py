@@ -2,7 +2,7 @@
 
 Each check says how to make its inputs (small shapes, away from every kink: distinct values
 for the max-pools, |x| away from ReLU6's 0 and 6) and which inputs are differentiable, as the
-U-Net's checks in minunet/gradcheck.py do. `python -m minunet.gradcheck` runs them after the
+U-Net's checks in minunet/nn/gradcheck.py do. `python -m minunet.gradcheck` runs them after the
 U-Net's; `--op NAME` picks one.
 
 The two doors: "plain" checks minunet/ops; "fast" checks the fast twin in minunet/fast where
@@ -36,7 +36,7 @@ def _module(name: str, kind: str):
 
 def family_checks(kind: str = "plain") -> list:
     """The OpCheck of every family op and loss, on the plain or the fast door."""
-    from .gradcheck import THRESHOLD_FLOAT32_EXACT, OpCheck
+    from minunet.nn.gradcheck import THRESHOLD_FLOAT32_EXACT, OpCheck
 
     norm, conv, resample, pool, act, elem, loss = (_module(m, kind) for m in FAMILY_MODULES)
     exact = THRESHOLD_FLOAT32_EXACT

@@ -19,7 +19,7 @@ A 2x2 stride-2 pool sees the windows (2i, 2i+1); a tile cut at offset t sees
 after the second pool only if t/2 is even too; after `depth` pools only if t
 is a multiple of 2^depth (16 for the paper's net). Convolutions, up-convolutions
 and the skips' centre crops are translation-equivariant, so tiles on that grid
-compute exactly the whole-image numbers (see minunet/infer.py).
+compute exactly the whole-image numbers (see minunet/inference/tiles.py).
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def grid_step(depth: int = 4) -> int:
     return 2**depth
 
 
-# --- overlap-tile geometry (used by minunet/infer.py) ------------------------------
+# --- overlap-tile geometry (used by minunet/inference/tiles.py) ------------------------------
 
 
 def padded_size(n: int, depth: int = 4) -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from . import backend
+from minunet import backend
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""What a store of chunked prediction (minunet/chunked.py) knows: the content of its input, and
+"""What a store of chunked prediction (minunet/inference/chunked.py) knows: the content of its input, and
 for each complete chunk the checksums of its files.
 
     OUT.zarr/done/<lead...>.<iy>.<ix>.json    one done-marker per complete chunk:
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_text
+from minunet.files import atomic_write_text
 
 BLOCK = 16 * 2**20  # bytes read at a time when hashing
 MARKERS = "done"  # the folder of done-markers inside OUT.zarr

@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import backend
-from .layers import Conv, Dropout, MaxPool, SkipConcat, UpConv, op_module
-from .sizes import invalid_size_message, is_valid_size, output_size, receptive_field
+from minunet import backend
+from minunet.models.sizes import invalid_size_message, is_valid_size, output_size, receptive_field
+from minunet.nn.layers import Conv, Dropout, MaxPool, SkipConcat, UpConv, op_module
 
 
 @dataclass
@@ -70,7 +70,7 @@ INPUT_MEAN, INPUT_STD = 0.5, 0.25  # images arrive in [0, 1]; EM gray values: me
 def standardize(image):
     """Map an image in [0, 1] to the network's input scale: (image - 0.5) / 0.25.
 
-    Training (minunet.train) and inference (minunet.infer) both call this, so a
+    Training (minunet.train) and inference (minunet.inference.tiles) both call this, so a
     model always sees inputs of one scale; centring keeps the first layer's
     pre-activations balanced around 0 (the paper does not say how it scaled inputs).
     """

@@ -64,7 +64,7 @@ class MinUNet(nn.Module):
         self.final = nn.Conv2d(base, n_classes, 1)
 
     def forward(self, x):
-        x = (x - 0.5) / 0.25  # minunet's standardisation (minunet/model.py, standardize)
+        x = (x - 0.5) / 0.25  # minunet's standardisation (minunet/models/unet.py, standardize)
         skips = []
         for i in range(self.depth):
             x = getattr(self, f"down{i}")(x)
