@@ -52,8 +52,8 @@ def rel(a, b):
 def test_onnx_equals_minunet_at_three_valid_sizes(config):
     model = build_model(UNetConfig(**config), seed=1).eval()
     params = export.float32_params(model)
-    probs = export.onnx_model(params, model.config)
-    logits = export.onnx_model(params, model.config, output="logits")
+    probs = export.onnx_model(model, params)
+    logits = export.onnx_model(model, params, output="logits")
     export.check_onnx(probs)
     rng = np.random.default_rng(0)
     for h, w in SIZES:  # one graph for every size: the crop offsets come from the shapes
@@ -70,7 +70,7 @@ def test_onnx_equals_minunet_at_three_valid_sizes(config):
 
 def test_onnx_graph_is_hand_built_with_dynamic_sizes(ckpt):
     path, model = ckpt
-    proto = export.onnx_model(export.float32_params(model), model.config)
+    proto = export.onnx_model(model, export.float32_params(model))
     onnx.checker.check_model(proto, full_check=True)
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 1, "height", "width"]

@@ -10,8 +10,8 @@ regions of minunet/ops replaced by stubs, and nothing that gives them away:
     replaced            minunet/fast (an ImportError that says why), backend/cpu.py and
                         gpu.py (the SGD update only, in plain array code), mistakes.py
                         (ids and hints only)
-    changed             the network runs on the plain ops by default (model.py,
-                        train.py), pyproject.toml ships no kernels; tutorial cells
+    changed             the network runs on the plain ops by default (the copy's own
+                        minunet/nn/door.py), pyproject.toml ships no kernels; tutorial cells
                         that show an exercise's code (or code like it) or run the
                         fast ops are replaced by a note (tutorials.py); tutorials
                         08 (the twins and kernels) and 10 (the wrong versions) are
@@ -89,7 +89,6 @@ JUNK_SUFFIXES = (".pyc", ".pyo", ".nbi", ".nbc", ".so", ".egg-info")
 TEST_NAMES_FAST = re.compile(r"minunet\.fast|from minunet import [^\n]*\bfast\b|[\"']fast[\"']"
                              r"|backend\.(cpu|gpu|twins)\b|from minunet\.backend import "
                              r"[^\n]*\b(cpu|gpu|twins)\b|\bkernels/")
-DEFAULT_OPS_LINE = re.compile(r'(?m)^(\s*ops: str = )"fast"')
 FORCE_INCLUDE = re.compile(r'\[tool\.hatch\.build\.targets\.wheel\.force-include\]\n'
                            r'"kernels" = "minunet/kernels"\n\n?')
 
@@ -269,6 +268,13 @@ def __getattr__(name):
                          f"the op in minunet/ops")
 '''
 
+STUDENT_DOOR = '''"""The door the network runs on by default: the student copy has only the plain ops
+(minunet/ops, yours), so "plain" (the teacher's copy runs on "fast").
+"""
+
+DEFAULT_OPS = "plain"
+'''
+
 STUDENT_FAST = '''"""The fast ops: left out of the student copy (they compute the answers)."""
 
 raise ImportError(
@@ -277,15 +283,6 @@ raise ImportError(
     "(UNetConfig(ops='plain'), `python -m minunet.train --ops plain`, the default here)"
 )
 '''
-
-
-def _default_plain(text: str, rel: str) -> str:
-    new, n = DEFAULT_OPS_LINE.subn(r'\1"plain"', text)
-    if n != 1:
-        raise MakeError(f"{rel}: expected one line `ops: str = \"fast\"` (the default op module) "
-                        f"to switch the copy to the plain ops, found {n}; update "
-                        f"minunet/coursework/make.py")
-    return new
 
 
 def _pyproject(text: str) -> str:
@@ -424,8 +421,6 @@ def write_copy(root: Path, p: Plan, outdir: Path) -> Summary:
                     continue
                 text = render(text, mine, stub_ids, withheld)
                 rendered[rel] = text
-            elif rel in ("minunet/models/unet.py", "minunet/train.py"):
-                text = _default_plain(src.read_text(), rel)
             elif rel == "pyproject.toml":
                 text = _pyproject(src.read_text())
             elif rel.startswith("tests/") and rel.endswith(".py") and TEST_NAMES_FAST.search(
@@ -447,6 +442,7 @@ def write_copy(root: Path, p: Plan, outdir: Path) -> Summary:
             summary.written += 1
         extra = {
             "minunet/fast/__init__.py": STUDENT_FAST,
+            "minunet/nn/door.py": STUDENT_DOOR,
             "minunet/backend/cpu.py": STUDENT_CPU,
             "minunet/backend/gpu.py": STUDENT_CPU,
             "minunet/coursework/mistakes.py": _student_mistakes(root),

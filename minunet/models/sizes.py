@@ -24,6 +24,10 @@ compute exactly the whole-image numbers (see minunet/inference/tiles.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from minunet.nn.geometry import Geometry
+
 
 def _size_trace(size: int, depth: int):
     """Spatial sizes after each stage [(stage name, size)], or None if some stage is invalid.
@@ -201,3 +205,48 @@ def choose_tile(padded: tuple[int, int], depth: int, max_tile: int) -> tuple[int
         raise ValueError(f"tile {max_tile} is smaller than the smallest valid tile ({above} for "
                          f"a depth-{depth} U-Net); use a tile >= {min_tile(depth)}")
     return tuple(p if p <= max_tile else max(below, min_tile(depth)) for p in padded)
+
+
+# --- the same as an object: the valid U-Net's geometry (minunet/nn/geometry.py) -------
+
+
+@dataclass(frozen=True)
+class ValidUNetGeometry(Geometry):
+    """The unpadded U-Net of `depth` poolings (Ronneberger et al. 2015, Sec. 2): the arithmetic
+    of the functions above, with their messages."""
+
+    depth: int = 4
+
+    @property
+    def name(self) -> str:
+        return f"a depth-{self.depth} U-Net"
+
+    @property
+    def margin(self) -> int:
+        return size_margin(self.depth)
+
+    @property
+    def grid(self) -> int:
+        return 2**self.depth
+
+    def _output(self, size: int) -> int | None:
+        return output_size(size, self.depth) if is_valid_size(size, self.depth) \
+            else None
+
+    def nearest_valid_sizes(self, size: int) -> tuple[int | None, int]:
+        return nearest_valid_sizes(size, self.depth)
+
+    def invalid_size_message(self, size: int) -> str:
+        return invalid_size_message(size, self.depth)
+
+
+def as_geometry(g) -> Geometry:
+    """A Geometry, a model (its .geometry), or an int d: the valid U-Net of depth d."""
+    if isinstance(g, Geometry):
+        return g
+    if isinstance(g, int):
+        return ValidUNetGeometry(g)
+    geometry = getattr(g, "geometry", None)
+    if isinstance(geometry, Geometry):
+        return geometry
+    raise TypeError(f"expected a Geometry, a model or a depth, got {type(g).__name__}")

@@ -12,8 +12,7 @@ tiles, export and the commands ask about sizes (instead of a `depth` threaded th
 Everything else (valid sizes near a size, the padded frame, tile steps and origins, the
 smallest tile that can be stepped) follows from those in the base class. An architecture
 gives its geometry as `model.geometry` (built from its config by `geometry(config)` in its
-models/ file); `ValidUNetGeometry(depth)` is the 2015 U-Net's (minunet/models/sizes.py holds
-its arithmetic), `PaddedGeometry(grid)` is a network whose output has its input's size.
+models/ file); `ValidUNetGeometry(depth)` (minunet/models/sizes.py) is the 2015 U-Net's, `PaddedGeometry(grid)` is a network whose output has its input's size.
 """
 
 from __future__ import annotations
@@ -107,44 +106,6 @@ class Geometry:
 
 
 @dataclass(frozen=True)
-class ValidUNetGeometry(Geometry):
-    """The unpadded U-Net of `depth` poolings (Ronneberger et al. 2015, Sec. 2): the arithmetic
-    of minunet/models/sizes.py, with its own messages."""
-
-    depth: int = 4
-
-    @property
-    def name(self) -> str:
-        return f"a depth-{self.depth} U-Net"
-
-    @property
-    def margin(self) -> int:
-        from minunet.models import sizes
-
-        return sizes.size_margin(self.depth)
-
-    @property
-    def grid(self) -> int:
-        return 2**self.depth
-
-    def _output(self, size: int) -> int | None:
-        from minunet.models import sizes
-
-        return sizes.output_size(size, self.depth) if sizes.is_valid_size(size, self.depth) \
-            else None
-
-    def nearest_valid_sizes(self, size: int) -> tuple[int | None, int]:
-        from minunet.models import sizes
-
-        return sizes.nearest_valid_sizes(size, self.depth)
-
-    def invalid_size_message(self, size: int) -> str:
-        from minunet.models import sizes
-
-        return sizes.invalid_size_message(size, self.depth)
-
-
-@dataclass(frozen=True)
 class PaddedGeometry(Geometry):
     """A network whose output has its input's size (padded convolutions), with `grid` = the
     product of its strides: valid sides are multiples of the grid, margin 0. (Tiles of such a
@@ -170,15 +131,3 @@ class PaddedGeometry(Geometry):
 
     def rule(self) -> str:
         return f"multiples of {self.grid}"
-
-
-def as_geometry(g) -> Geometry:
-    """A Geometry, a model (its .geometry), or an int d: the valid U-Net of depth d."""
-    if isinstance(g, Geometry):
-        return g
-    if isinstance(g, int):
-        return ValidUNetGeometry(g)
-    geometry = getattr(g, "geometry", None)
-    if isinstance(geometry, Geometry):
-        return geometry
-    raise TypeError(f"expected a Geometry, a model or a depth, got {type(g).__name__}")

@@ -113,21 +113,28 @@ def load_checkpoint(path) -> Checkpoint:
 
 
 def model_from_checkpoint(ckpt: Checkpoint, path, seed: int = 0):
-    """The model that wrote `ckpt` (read from `path`, named in errors): built by
-    model.build_model from config["model"] (unet/fast where an old checkpoint lacks
-    arch/ops), with its parameters and buffers loaded, on the host."""
-    from minunet.models.unet import UNetConfig, build_model
+    """The model that wrote `ckpt` (read from `path`, named in errors): built by the models/
+    registry from config["model"] and the architecture the checkpoint records (unet/fast where
+    an old checkpoint lacks arch/ops: minunet/training/legacy.py), with its parameters and
+    buffers loaded, on the host."""
+    from minunet.models import registry
+    from minunet.training.legacy import migrate_model_config
 
     conf = ckpt.config.get("model")
     if not isinstance(conf, dict):
         raise ValueError(f"{path} has no model config (config keys: {sorted(ckpt.config)}); "
                          "was it written by python -m minunet.train?")
-    try:
-        config = UNetConfig(**{"arch": ckpt.arch, **conf})
-    except TypeError as e:  # a key UNetConfig does not know
-        raise ValueError(f"{path}: its model config {conf} does not fit UNetConfig ({e})") from e
-    except ValueError as e:  # e.g. an unknown architecture: the message names the known ones
+    try:  # an unknown architecture: the message names the known ones
+        cls = registry.get(ckpt.arch).config_class
+    except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
-    model = build_model(config, seed=seed)
+    try:
+        config = cls(**migrate_model_config(conf, ckpt.arch))
+    except TypeError as e:  # a key the config class does not know
+        raise ValueError(f"{path}: its model config {conf} does not fit {cls.__name__} "
+                         f"({e})") from e
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    model = registry.build_model(config, seed=seed)
     model.load_state_dict(ckpt.state())  # refuses missing, unexpected or misshapen arrays
     return model

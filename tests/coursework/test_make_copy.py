@@ -106,8 +106,8 @@ def test_what_the_copy_leaves_out_and_replaces(made):
     assert "minunet/coursework/hidden.py" not in present
     assert {"ASSIGNMENT.md", "pyproject.toml", "README.md", "minunet/coursework/data/public.npz",
             "minunet/coursework/data/assignment.json", "tests/conftest.py"} <= present
-    assert 'ops: str = "plain"' in (student / "minunet" / "model.py").read_text()
-    assert 'ops: str = "plain"' in (student / "minunet" / "train.py").read_text()
+    assert 'DEFAULT_OPS = "plain"' in (student / "minunet" / "nn" / "door.py").read_text()
+    assert 'DEFAULT_OPS = "fast"' in (ROOT / "minunet" / "nn" / "door.py").read_text()
     assert "kernels" not in (student / "pyproject.toml").read_text().split("[tool.hatch.build"
                                                                              ".targets.sdist]")[0]
     mistakes = (student / "minunet" / "coursework" / "mistakes.py").read_text()

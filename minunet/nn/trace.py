@@ -1,0 +1,304 @@
+"""A network read off its own forward: run `forward` on a shape-only op namespace, which
+computes no numbers but records every op with its inputs, attributes, output shape, FLOPs and
+parameters. What describes a network then follows from that one record, never from a copy:
+
+    trace(cls, config, size)     the Trace: nodes in forward order (docs/DESIGN.md,
+                                 "Each architecture described once")
+    layer_table(cls, config, s)  one row per op: output shape, parameters, GFLOP, memory
+    describe(cls, config, size)  the table as text (train --describe, bench)
+    minunet/exporters/onnx.py    the ONNX graph, node by node from the trace
+
+Why a shape-only namespace rather than a tape recorded during a real forward: it costs no
+arithmetic (the paper's 572 x 572 U-Net at base 64 is traced in milliseconds, where a real
+forward is 300 GFLOP), needs no parameters (the model is not even initialised), and sees the
+network exactly as its forward is written, because the op module is already swappable
+(minunet/nn/layers.py): the layers call `ops.xxx_forward`, and here `ops` is `ShapeOps`.
+
+Values are named: the input "input", a parameter by its contract name ("down0.conv1.weight"),
+every op output "v<k>". A shape carries the name of the value it was read from, so a centre
+crop "to the size of up" records which value gave the size (the ONNX graph computes the crop
+from that value's runtime shape: H and W stay free).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minunet import backend
+
+
+class ShapeTuple(tuple):
+    """A shape that remembers which value it was read from (`of`) and from which axis
+    (`start`), so an op given `up.shape[2:]` knows it was given up's spatial size."""
+
+    of: str = ""
+    start: int = 0
+
+    def __getitem__(self, key):
+        out = tuple.__getitem__(self, key)
+        if isinstance(key, slice) and key.step in (None, 1):
+            out = ShapeTuple(out)
+            out.of, out.start = self.of, self.start + (key.start or 0)
+        return out
+
+
+class ShapeArray:
+    """An array with a shape, a dtype and a name, and no data."""
+
+    def __init__(self, shape, dtype, name: str):
+        self.shape = ShapeTuple(int(s) for s in shape)
+        self.shape.of = name
+        self.dtype = np.dtype(dtype)
+        self.name = name
+
+    ndim = property(lambda self: len(self.shape))
+    size = property(lambda self: math.prod(self.shape))
+
+    def __repr__(self):
+        return f"ShapeArray({self.name}, {tuple(self.shape)}, {self.dtype})"
+
+
+@dataclass
+class Node:
+    """One op of a traced forward: op name (without _forward), input value names, attributes,
+    its output value's name and shape, forward FLOPs (2 per multiply-add), parameter names."""
+
+    op: str
+    inputs: tuple
+    attrs: dict
+    out: str
+    shape: tuple
+    flops: int = 0
+    params: tuple = ()
+
+
+@dataclass
+class Trace:
+    input: tuple
+    nodes: list = field(default_factory=list)
+    output: str = ""
+    dtype: str = "float32"
+    param_shapes: dict = field(default_factory=dict)
+
+    def node(self, name: str) -> Node | None:
+        return next((n for n in self.nodes if n.out == name), None)
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _conv_out(n, k, s, p):
+    return (n + 2 * p - k) // s + 1
+
+
+class ShapeOps:
+    """The shape-only op namespace: the same `xxx_forward` names and signatures as minunet/ops
+    (and the family's ops), each returning (ShapeArray, None) and appending a Node."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+        self.nodes: list[Node] = []
+        self.__name__ = "minunet.nn.trace.ShapeOps"
+
+    def _add(self, op, inputs, shape, attrs=None, flops=0, params=()):
+        name = f"v{len(self.nodes)}"
+        self.nodes.append(Node(op, tuple(getattr(a, "name", None) for a in inputs),
+                               attrs or {}, name, tuple(shape), int(flops),
+                               tuple(p.name for p in params if p is not None)))
+        return ShapeArray(shape, self.dtype, name), None
+
+    def __getattr__(self, name):
+        if name.endswith("_forward"):
+            raise NotImplementedError(f"the shape-only op namespace has no rule for {name}: "
+                                      f"add one to minunet/nn/trace.py (ShapeOps)")
+        raise AttributeError(name)
+
+    # -- convolutions ------------------------------------------------------------------
+
+    def conv2d_forward(self, x, w, b, relu=False):
+        n, cin, h, wd = x.shape
+        cout, _, k, _ = w.shape
+        shape = (n, cout, h - k + 1, wd - k + 1)
+        return self._add("conv2d", (x, w, b), shape, {"kernel": k, "relu": bool(relu)},
+                         2 * math.prod(shape) * cin * k * k, (w, b))
+
+    def conv2d_general_forward(self, x, w, b=None, stride: int = 1, padding=0, groups: int = 1):
+        n, cin, h, wd = x.shape
+        cout, cin_g, kh, kw = w.shape
+        (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+        shape = (n, cout, _conv_out(h, kh, sh, ph), _conv_out(wd, kw, sw, pw))
+        return self._add("conv2d_general", (x, w, b), shape,
+                         {"kernel": (kh, kw), "stride": (sh, sw), "padding": (ph, pw),
+                          "groups": groups}, 2 * math.prod(shape) * cin_g * kh * kw, (w, b))
+
+    def upconv2x2_forward(self, x, w, b):
+        n, cin, h, wd = x.shape
+        shape = (n, w.shape[1], 2 * h, 2 * wd)
+        return self._add("upconv2x2", (x, w, b), shape, {}, 2 * math.prod(shape) * cin, (w, b))
+
+    # -- pools, resampling, shapes -------------------------------------------------------
+
+    def maxpool2x2_forward(self, x):
+        n, c, h, w = x.shape
+        return self._add("maxpool2x2", (x,), (n, c, h // 2, w // 2))
+
+    def maxpool_forward(self, x, k: int = 2, ceil_mode: bool = False):
+        n, c, h, w = x.shape
+        r = (lambda v: -(-v // k)) if ceil_mode else (lambda v: v // k)
+        return self._add("maxpool", (x,), (n, c, r(h), r(w)), {"k": k, "ceil_mode": ceil_mode})
+
+    def global_avgpool_forward(self, x):
+        return self._add("global_avgpool", (x,), (*x.shape[:2], 1, 1))
+
+    def global_maxpool_forward(self, x):
+        return self._add("global_maxpool", (x,), (*x.shape[:2], 1, 1))
+
+    def nearest_upsample2_forward(self, x):
+        n, c, h, w = x.shape
+        return self._add("nearest_upsample2", (x,), (n, c, 2 * h, 2 * w))
+
+    def bilinear_upsample_forward(self, x, factor: int, align_corners: bool = False):
+        n, c, h, w = x.shape
+        return self._add("bilinear_upsample", (x,), (n, c, factor * h, factor * w),
+                         {"factor": factor, "align_corners": align_corners})
+
+    def center_crop_forward(self, x, size):
+        of = getattr(size, "of", "") if getattr(size, "start", 0) == 2 else ""
+        return self._add("center_crop", (x,), (*x.shape[:2], *size), {"size": tuple(size),
+                                                                        "like": of})
+
+    def concat_forward(self, a, b):
+        return self._add("concat", (a, b), (a.shape[0], a.shape[1] + b.shape[1], *a.shape[2:]))
+
+    # -- elementwise ---------------------------------------------------------------------
+
+    def _same(self, op, x, *more, **attrs):
+        return self._add(op, (x, *more), x.shape, attrs)
+
+    def relu_forward(self, x):
+        return self._same("relu", x)
+
+    def sigmoid_forward(self, x):
+        return self._same("sigmoid", x)
+
+    def relu6_forward(self, x):
+        return self._same("relu6", x)
+
+    def silu_forward(self, x):
+        return self._same("silu", x)
+
+    def add_forward(self, a, b):
+        return self._same("add", a, b)
+
+    def channel_scale_forward(self, x, s):
+        return self._same("channel_scale", x, s)
+
+    def dropout_forward(self, x, scale_mask):
+        return self._same("dropout", x)
+
+    def batchnorm2d_forward(self, x, gamma, beta, running_mean, running_var, num_batches,
+                            *args, **kwargs):
+        return self._add("batchnorm2d", (x, gamma, beta, running_mean, running_var), x.shape,
+                         {}, 4 * math.prod(x.shape), (gamma, beta))
+
+    def dropout_mask_hashed(self, shape, p, key, dtype, like=None):
+        return ShapeArray(shape, dtype, "mask")
+
+
+def abstract_model(cls, config, ops=None):
+    """A model of class `cls` for `config`, built on the shape-only namespace with shape-only
+    parameters (nothing allocated, nothing initialised), in eval mode."""
+    ops = ops or ShapeOps(config.dtype)
+    model = cls.__new__(cls)
+    model.config = config
+    shapes = model.parameter_shapes()
+    model.params = {k: ShapeArray(s, config.dtype, k) for k, s in shapes.items()}
+    model.grads, model.buffers, model.training = {}, {}, False
+    model.ops = ops
+    model.build(ops)
+    return model
+
+
+def trace(cls, config, size: int | tuple, batch: int = 1) -> Trace:
+    """The Trace of the network (model class `cls`, its `config`) on an input
+    (batch, C, size, size)."""
+    hw = _pair(size)
+    ops = ShapeOps(config.dtype)
+    model = abstract_model(cls, config, ops)
+    x = ShapeArray((batch, config.in_channels, *hw), config.dtype, "input")
+    out = model.forward(x)
+    return Trace(input=tuple(x.shape), nodes=ops.nodes, output=out.name, dtype=config.dtype,
+                 param_shapes={k: tuple(v.shape) for k, v in model.params.items()})
+
+
+# --- the per-layer table -----------------------------------------------------------------
+
+WORKSPACE_BYTES = backend.WORKSPACE_BYTES
+
+
+# ops that copy, combine or act elementwise ride along in the table with the op before them
+# (their outputs are counted by the op that consumes them); short names of ops without
+# parameters that make a new map
+RIDE_ALONG = ("relu", "dropout", "sigmoid", "relu6", "silu", "center_crop", "concat", "add",
+              "channel_scale")
+SHORT = {"maxpool2x2": "pool", "maxpool": "pool", "global_avgpool": "gap",
+         "global_maxpool": "gmp", "nearest_upsample2": "upsample", "bilinear_upsample": "upsample"}
+
+
+def layer_table(cls, config, size: int, batch: int = 1) -> list[dict]:
+    """One row per op that makes a new map (module doc; RIDE_ALONG ops have no row): name,
+    output shape, parameters, forward GFLOP (2 per multiply-add), output MB, im2col workspace
+    MB. Read off the traced forward. An op without parameters is named after the layer of the
+    op that made its input ("down0.pool" after "down0.conv1")."""
+    t = trace(cls, config, size, batch)
+    item = np.dtype(config.dtype).itemsize
+    rows, labels = [], {"input": "input"}
+    for n in t.nodes:
+        if n.params:
+            labels[n.out] = n.params[0].rsplit(".", 1)[0]
+        else:
+            owner = labels.get(n.inputs[0], n.op).rsplit(".", 1)[0]
+            labels[n.out] = labels.get(n.inputs[0], n.op) if n.op in RIDE_ALONG else \
+                f"{owner}.{SHORT.get(n.op, n.op)}"
+        if n.op in RIDE_ALONG:
+            continue
+        params = sum(math.prod(t.param_shapes[p]) for p in n.params)
+        cols = 0
+        if n.op in ("conv2d", "conv2d_general"):
+            k = n.attrs["kernel"]
+            kk = k * k if isinstance(k, int) else k[0] * k[1]
+            cin = t.param_shapes[n.params[0]][1]
+            if kk > 1:
+                cols = min(WORKSPACE_BYTES, cin * kk * n.shape[2] * n.shape[3] * item)
+        rows.append({"layer": labels[n.out], "op": n.op, "out": n.shape, "params": params,
+                     "gflop": n.flops / 1e9, "act_mb": math.prod(n.shape) * item / 2**20,
+                     "im2col_mb": cols / 2**20})
+    return rows
+
+
+def describe(cls, config, size: int, batch: int = 1, title: str = "") -> str:
+    """The per-layer table as text, with totals (forward GFLOP, about 3x for a training step)."""
+    geometry = cls.geometry_of(config)
+    if not geometry.is_valid(size):
+        raise ValueError(geometry.invalid_size_message(size))
+    rows = layer_table(cls, config, size, batch)
+    lines = [title or f"{config.arch}, {config.in_channels} -> {config.n_classes} classes, "
+             f"{config.dtype}, input {batch}x{size}x{size} -> output "
+             f"{geometry.output_size(size)}",
+             f"{'layer':<18}{'output (N,C,H,W)':<24}{'params':>12}{'GFLOP':>10}"
+             f"{'act MB':>10}{'im2col MB':>11}"]
+    for r in rows:
+        lines.append(f"{r['layer']:<18}{str(r['out']):<24}{r['params']:>12,}{r['gflop']:>10.2f}"
+                     f"{r['act_mb']:>10.1f}{r['im2col_mb']:>11.1f}")
+    tot_p = sum(r["params"] for r in rows)
+    tot_f = sum(r["gflop"] for r in rows)
+    tot_a = sum(r["act_mb"] for r in rows)
+    lines.append(f"{'total':<42}{tot_p:>12,}{tot_f:>10.1f}{tot_a:>10.1f}"
+                 f"{max(r['im2col_mb'] for r in rows):>11.1f}")
+    lines.append(f"training step ~ {3 * tot_f:.0f} GFLOP (forward + 2x backward); "
+                 f"activations kept for backward ~ {2 * tot_a:.0f} MB (outputs and ReLU caches)")
+    return "\n".join(lines)
