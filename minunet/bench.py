@@ -34,9 +34,9 @@ import time
 import numpy as np
 
 from minunet import backend
+from minunet.models import registry
 from minunet.models.sizes import output_size
 from minunet.models.unet import UNetConfig, build_model, layer_table
-from minunet.nn.layers import op_module
 from minunet.nn.optim import MomentumSGD, SGDConfig
 
 
@@ -251,7 +251,7 @@ def bench_model(cfg: UNetConfig, size, batch, device, timer, repeat, warmup) -> 
     xp = m.xp
     rng = np.random.default_rng(0)
     x = xp.asarray(rng.standard_normal((batch, cfg.in_channels, size, size)).astype(cfg.dtype))
-    n = output_size(size, cfg.depth)
+    n = registry.geometry(cfg).output_size(size)
     labels = xp.asarray(rng.integers(0, cfg.n_classes, (batch, n, n)))
     weights = xp.ones((batch, n, n), dtype=cfg.dtype)
     opt = MomentumSGD(m.params, SGDConfig(lr=1e-6))
@@ -259,13 +259,11 @@ def bench_model(cfg: UNetConfig, size, batch, device, timer, repeat, warmup) -> 
     def fwd():
         return m.forward(x, dropout_key=1)
 
-    o = op_module(cfg.ops)  # the loss on the same door as the network
-
-    def fwd_bwd():
+    def fwd_bwd():  # the model's own loss, on the same door as the network
         logits = m.forward(x, dropout_key=1)
-        loss, cache = o.softmax_cross_entropy_forward(logits, labels, weights)
+        loss, cache = m.loss_forward(logits, labels, weights)
         m.zero_grad()
-        m.backward(o.softmax_cross_entropy_backward(1.0, cache))
+        m.backward(m.loss_backward(cache))
 
     def step():
         fwd_bwd()

@@ -77,7 +77,6 @@ from minunet.inference.outputs import (
     to_uint8,
 )
 from minunet.inference.tiles import predict
-from minunet.models.sizes import invalid_size_message, is_valid_size
 
 TTA_CHOICES = (1, 4, 8)
 
@@ -161,8 +160,8 @@ def run(args) -> int:
     model = load_model(args.checkpoint, args.device, ckpt)
     normalize = checkpoint_normalize(ckpt)
     cfg = model.config
-    if args.tile is not None and not is_valid_size(args.tile, cfg.depth):
-        raise DataError(f"--tile: {invalid_size_message(args.tile, cfg.depth)}")
+    if args.tile is not None and not model.geometry.is_valid(args.tile):
+        raise DataError(f"--tile: {model.geometry.invalid_size_message(args.tile)}")
     out = Path(args.out)
     print(f"minunet.predict: {backend.device_info()}; {len(files)} file(s) -> {out}",
           file=sys.stderr)
@@ -228,16 +227,15 @@ def run_cli(args) -> int:
         raise DataError(f"--workers must be >= 1, got {args.workers}")
     ckpt = load_checkpoint(args.checkpoint)
     model = load_model(args.checkpoint, args.device, ckpt)
-    cfg = model.config
-    if args.tile is not None and not is_valid_size(args.tile, cfg.depth):
-        raise DataError(f"--tile: {invalid_size_message(args.tile, cfg.depth)}")
+    if args.tile is not None and not model.geometry.is_valid(args.tile):
+        raise DataError(f"--tile: {model.geometry.invalid_size_message(args.tile)}")
     if args.chunk is not None:
         try:
-            check_chunk(args.chunk, cfg.depth)
+            check_chunk(args.chunk, model.geometry)
         except ValueError as e:
             raise DataError(f"--chunk: {e}") from e
-        if args.chunk < min_chunk(cfg.depth):  # refused whatever the image (module doc)
-            why = small_chunk_message((args.chunk,), (math.inf,), cfg.depth)
+        if args.chunk < min_chunk(model.geometry):  # refused whatever the image (module doc)
+            why = small_chunk_message((args.chunk,), (math.inf,), model.geometry)
             raise DataError(f"--chunk: {why}")
     where = (f"a LocalCluster of {args.workers} worker process(es)"
              if args.scheduler == "processes" else args.scheduler

@@ -9,17 +9,22 @@ from __future__ import annotations
 import shutil
 import sys
 
-import distributed
 import numpy as np
 import pytest
 import tifffile
-import zarr
 
 from minunet.inference import chunked
 from minunet.inference.chunked import ChunkWarning, check_chunk, open_source, predict_zarr
+from minunet.inference.outputs import to_channels
 from minunet.inference.tiles import predict
+from minunet.models.sizes import ValidUNetGeometry
 from minunet.models.unet import UNetConfig, build_model
-from minunet.predict import to_channels
+
+# the scale extra (pip install "minunet[scale]"): without it these tests skip, saying so
+zarr = pytest.importorskip("zarr", reason='chunked prediction needs the scale extra: pip '
+                           'install "minunet[scale]"')
+distributed = pytest.importorskip("distributed", reason='the Dask cluster tests need the scale '
+                                  'extra: pip install "minunet[scale]"')
 
 TILE = 572  # tile step 384: the default chunk is 3 steps, 1152
 # Small images need chunks below chunked.min_chunk (192) to have several; exact all the same.
@@ -125,7 +130,7 @@ def test_misaligned_chunk_is_refused_with_the_nearest_valid_sizes(model64, image
         predict_zarr(model64, image_zarr, tmp_path / "m.zarr", tile=TILE, chunk=1000)
     with pytest.raises(ValueError, match="nearest valid chunk sizes are 16$"):
         check_chunk(8)
-    assert check_chunk(1024) == 1024 and check_chunk(64, depth=3) == 64
+    assert check_chunk(1024) == 1024 and check_chunk(64, ValidUNetGeometry(3)) == 64
     assert not (tmp_path / "m.zarr").exists()  # refused before anything was written
 
 

@@ -15,14 +15,17 @@ import shutil
 import numpy as np
 import pytest
 import tifffile
-import zarr
 
 from minunet.data.loaders import DataError, read_array
 from minunet.inference import chunk_store
 from minunet.inference.chunked import InputError, SmallChunkWarning, min_chunk, predict_zarr
+from minunet.inference.outputs import to_channels
 from minunet.inference.tiles import predict
 from minunet.models.unet import UNetConfig, build_model
-from minunet.predict import main, to_channels
+from minunet.predict import main
+
+zarr = pytest.importorskip("zarr", reason='chunked prediction needs the scale extra: pip '
+                           'install "minunet[scale]"')
 
 TILE, CHUNK = 252, 192  # tile step 64: a chunk is 3 whole steps
 SHAPE = (200, 400)  # 2 x 3 chunks; the last row of chunks 8 px tall

@@ -14,7 +14,7 @@ from minunet import backend
 from minunet.inference import tiles as infer
 from minunet.inference.tiles import mirror_pad, predict, softmax
 from minunet.models import sizes
-from minunet.models.sizes import output_size, padded_size, tile_offsets
+from minunet.models.sizes import ValidUNetGeometry, output_size, padded_size, tile_offsets
 from minunet.models.unet import UNet, UNetConfig, standardize
 
 TOL = 1e-12  # float64: tiled and single-pass results agree to rounding
@@ -115,6 +115,7 @@ class PointwiseNet:
 
     def __init__(self):
         self.config = UNetConfig(base=1, dtype="float64")
+        self.geometry = ValidUNetGeometry(4)  # sizes, margin and grid of a depth-4 U-Net
         self.training = False
 
     xp = np

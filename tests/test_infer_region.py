@@ -15,7 +15,6 @@ import warnings
 import numpy as np
 import pytest
 
-from minunet.inference import tiles as infer
 from minunet.inference.tiles import (
     TileRetryWarning,
     _frame,
@@ -25,7 +24,7 @@ from minunet.inference.tiles import (
     predict_region,
     region_window,
 )
-from minunet.models.sizes import is_valid_size, output_size, tile_step
+from minunet.models.sizes import ValidUNetGeometry, is_valid_size, output_size, tile_step
 from minunet.models.unet import UNetConfig, build_model, standardize
 
 
@@ -92,6 +91,7 @@ class TightMemory:
     def __init__(self, model, limit):
         self.model, self.limit, self.sizes = model, limit, []
         self.config, self.training = model.config, False
+        self.geometry = model.geometry
 
     xp = np
 
@@ -151,4 +151,4 @@ def test_the_flush_tile_owns_only_what_the_regular_ones_leave(model):
     pieces = axis_plan(1500, 572, 4)
     assert [(p.start, p.stop, p.offset) for p in pieces] == [
         (0, 384, 0), (384, 768, 384), (768, 1152, 768), (1152, 1500, 1120)]
-    assert infer.tile_offsets(1692, 572) == [0, 384, 768, 1120]
+    assert ValidUNetGeometry(4).tile_offsets(1692, 572) == [0, 384, 768, 1120]

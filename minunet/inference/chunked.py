@@ -106,7 +106,7 @@ from minunet.inference.tiles import (
     predict_region,
     region_window,
 )
-from minunet.models.sizes import choose_tile, grid_step, padded_size, size_margin, tile_step
+from minunet.models.sizes import as_geometry
 from minunet.models.unet import UNetConfig, build_model, standardize
 
 SCALE_EXTRA = 'pip install "minunet[scale]"'
@@ -129,31 +129,34 @@ def require(module: str):
 # ----------------------------------------------------------------------------- the chunk grid
 
 
-def check_chunk(chunk: int, depth: int = 4) -> int:
+def check_chunk(chunk: int, geometry=4) -> int:
     """A chunk side must be a positive multiple of 2^depth (module doc); else ValueError
     naming the nearest valid sides."""
-    g = grid_step(depth)
+    geo = as_geometry(geometry)  # a Geometry (or a depth: the valid U-Net's)
+    g = geo.grid
     if chunk >= g and chunk % g == 0:
         return chunk
     below, above = (chunk // g) * g, (chunk // g + 1) * g
     near = f"{below} or {above}" if below >= g else f"{above}"
     raise ValueError(f"chunk size {chunk} breaks the pooling grid: chunk edges must lie on "
-                     f"multiples of 2^{depth} = {g} px, the grid the tiles start on and their "
+                     f"multiples of {g} px ({geo.name}), the grid the tiles start on and their "
                      f"outputs meet on (an edge off it splits a tile in every chunk); the "
                      f"nearest valid chunk sizes are {near}")
 
 
-def min_chunk(depth: int = 4) -> int:
+def min_chunk(geometry=4) -> int:
     """The smallest chunk side worth running: the network's context margin (184 px at depth
     4) rounded up to the grid, 192 (module doc: below it the margin outweighs the chunk)."""
-    g = grid_step(depth)
-    return -(-size_margin(depth) // g) * g
+    geo = as_geometry(geometry)  # a Geometry (or a depth: the valid U-Net's)
+    g = geo.grid
+    return -(-geo.margin // g) * g
 
 
-def small_chunk_message(chunk, shape, depth: int = 4) -> str | None:
+def small_chunk_message(chunk, shape, geometry=4) -> str | None:
     """Why the chunk (cy, cx) wastes most of its work on an image of `shape` (H, W), or None:
     a side below `min_chunk` on an axis it does not cover whole."""
-    lo, m = min_chunk(depth), size_margin(depth)
+    geo = as_geometry(geometry)  # a Geometry (or a depth: the valid U-Net's)
+    lo, m = min_chunk(geo), geo.margin
     for c, n in zip(chunk, shape, strict=True):
         if c < lo and c < n:
             return (f"chunk {c} is below {lo}, the smallest worth running: each chunk also "
@@ -163,35 +166,37 @@ def small_chunk_message(chunk, shape, depth: int = 4) -> str | None:
     return None
 
 
-def default_chunk(shape, tile: int, depth: int = 4, target: int = DEFAULT_CHUNK):
+def default_chunk(shape, tile: int, geometry=4, target: int = DEFAULT_CHUNK):
     """(cy, cx): per axis the whole axis (rounded up to the grid) when one tile covers it, else
     the multiple of the tile step nearest `target` (each chunk then made of whole tiles)."""
-    g = grid_step(depth)
+    geo = as_geometry(geometry)  # a Geometry (or a depth: the valid U-Net's)
+    g = geo.grid
     out = []
     for n in shape:
-        P = padded_size(n, depth)
-        T = choose_tile((P,), depth, tile)[0]
+        P = geo.padded_size(n)
+        T = geo.choose_tile((P,), tile)[0]
         if T >= P:
             out.append(-(-n // g) * g)
         else:
-            s = tile_step(T, depth)
+            s = geo.tile_step(T)
             out.append(s * max(1, round(target / s)))
     return tuple(out)
 
 
-def tile_for_chunk(shape, chunk, tile: int, depth: int = 4) -> int:
+def tile_for_chunk(shape, chunk, tile: int, geometry=4) -> int:
     """The largest valid tile <= `tile` whose step divides the chunk sides (on the axes that
     one tile does not cover whole), so that no tile runs twice; `tile` if none does."""
-    g = grid_step(depth)
+    geo = as_geometry(geometry)  # a Geometry (or a depth: the valid U-Net's)
+    g = geo.grid
     steps = [c for n, c in zip(shape, chunk, strict=True)
-             if choose_tile((padded_size(n, depth),), depth, tile)[0] < padded_size(n, depth)]
+             if geo.choose_tile((geo.padded_size(n),), tile)[0] < geo.padded_size(n)]
     if not steps:
         return tile
     common = math.gcd(*steps)
-    s_max = tile_step(choose_tile((10**9,), depth, tile)[0], depth)
+    s_max = geo.tile_step(geo.choose_tile((10**9,), tile)[0])
     for s in range(min(s_max, common) // g * g, 0, -g):
-        if common % s == 0 and tile_step(padded_size(s, depth), depth) == s:
-            return padded_size(s, depth)
+        if common % s == 0 and geo.tile_step(geo.padded_size(s)) == s:
+            return geo.padded_size(s)
     return tile
 
 
@@ -505,7 +510,7 @@ def _run_chunk(job: tuple, ctx: _Context) -> int:
                           zip(_gray_channels(raw), ctx.stats[lead], strict=True)])
         return standardize(model.xp.asarray(x, dtype=cfg.dtype))
 
-    rect = region_window((H, W), region, effective_tile(model, ctx.tile), cfg.depth, ctx.tta)
+    rect = region_window((H, W), region, effective_tile(model, ctx.tile), model.geometry, ctx.tta)
     window = read(rect)  # read before taking the lock: I/O overlaps another chunk's forward
 
     def from_window(r):
@@ -598,17 +603,17 @@ def predict_zarr(model, input, out, *, chunk=None, tile: int | None = None, batc
         shape = src.shape
         H, W = shape[-2:]
         for c in _pair(chunk) if chunk is not None else ():
-            check_chunk(c, cfg.depth)
+            check_chunk(c, model.geometry)
         if tile is None:
             budget = int(MEMORY_FRACTION * free_memory_bytes(model.xp))
-            tile = auto_tile(cfg, (padded_size(H, cfg.depth), padded_size(W, cfg.depth)), batch,
+            tile = auto_tile(cfg, (model.geometry.padded_size(H), model.geometry.padded_size(W)), batch,
                              budget)
             if chunk is not None:
-                tile = tile_for_chunk((H, W), _pair(chunk), tile, cfg.depth)
-        choose_tile((padded_size(H, cfg.depth),), cfg.depth, tile)  # refuses tiles too small
-        chunk = _pair(chunk) if chunk is not None else default_chunk((H, W), tile, cfg.depth)
-        _warn_if_tiles_run_twice((H, W), chunk, tile, cfg.depth)
-        if (small := small_chunk_message(chunk, (H, W), cfg.depth)) is not None:
+                tile = tile_for_chunk((H, W), _pair(chunk), tile, model.geometry)
+        model.geometry.choose_tile((model.geometry.padded_size(H),), tile)  # refuses tiles too small
+        chunk = _pair(chunk) if chunk is not None else default_chunk((H, W), tile, model.geometry)
+        _warn_if_tiles_run_twice((H, W), chunk, tile, model.geometry)
+        if (small := small_chunk_message(chunk, (H, W), model.geometry)) is not None:
             warnings.warn(small, SmallChunkWarning, stacklevel=2)
         _check_first_pixels(src, cfg, normalize)
 
@@ -696,12 +701,13 @@ def _pair(chunk) -> tuple[int, int]:
     return int(cy), int(cx)
 
 
-def _warn_if_tiles_run_twice(shape, chunk, tile, depth):
+def _warn_if_tiles_run_twice(shape, chunk, tile, geometry):
+    geo = as_geometry(geometry)  # a Geometry (or a depth: the valid U-Net's)
     for n, c in zip(shape, chunk, strict=True):
-        P = padded_size(n, depth)
-        T = choose_tile((P,), depth, tile)[0]
-        if T < P and c < n and c % tile_step(T, depth):
-            s = tile_step(T, depth)
+        P = geo.padded_size(n)
+        T = geo.choose_tile((P,), tile)[0]
+        if T < P and c < n and c % geo.tile_step(T):
+            s = geo.tile_step(T)
             warnings.warn(f"chunk {c} is not a multiple of the tile step {s} (tile {T}): exact, "
                           f"but the tiles across chunk edges run twice; --chunk "
                           f"{max(s, c // s * s)} or {(c // s + 1) * s}, or no --tile, avoids "

@@ -72,18 +72,8 @@ from typing import NamedTuple
 import numpy as np
 
 from minunet import backend
-from minunet.models.sizes import (
-    choose_tile,
-    grid_step,
-    min_tile,
-    nearest_valid_sizes,
-    padded_size,
-    size_margin,
-    tile_offsets,
-    tile_step,
-    valid_sizes,
-)
-from minunet.models.unet import UNet, layer_table, standardize
+from minunet.models import registry, standardize
+from minunet.models.sizes import as_geometry
 
 # Fraction of the free memory that one forward pass may plan to use, and the
 # factor on the layer outputs that covers what the layers keep for backward
@@ -97,7 +87,7 @@ CPU_MAX_BUDGET = 4 * 2**30  # larger CPU tiles are hardly faster; be kind to sha
 def forward_bytes(config, size: int, batch: int = 1) -> int:
     """Planned memory of one inference forward pass on (batch, C, size, size): the layer
     outputs times ACTIVATION_FACTOR plus the largest im2col workspace."""
-    rows = layer_table(config, size, batch)
+    rows = registry.get(config.arch).layer_table(config, size, batch)
     act = sum(r["act_mb"] for r in rows) * 2**20
     cols = max(r["im2col_mb"] for r in rows) * 2**20
     return int(ACTIVATION_FACTOR * act + cols)
@@ -123,8 +113,9 @@ def free_memory_bytes(xp) -> int:
 def auto_tile(config, padded: tuple[int, int], batch: int, budget: int) -> int:
     """The largest valid tile side whose forward pass (batch tiles) fits in `budget` bytes;
     the whole padded image when it fits; `min_tile` if nothing fits."""
-    smallest = min_tile(config.depth)
-    sizes = valid_sizes(smallest, max(smallest, *padded), config.depth)
+    geometry = registry.geometry(config)
+    smallest = geometry.min_tile()
+    sizes = geometry.valid_sizes(smallest, max(smallest, *padded))
     best = sizes[0]
     for s in sizes:  # memory grows with s: stop at the first that does not fit
         if forward_bytes(config, s, batch) > budget:
@@ -172,11 +163,11 @@ class Piece(NamedTuple):
 
     start: int  # first owned output pixel (output pixel i sits on image pixel i)
     stop: int  # one past the last
-    offset: int  # the tile's first input pixel in the padded frame: a multiple of 2^depth
+    offset: int  # the tile's first input pixel in the padded frame: on the geometry's grid
     size: int  # the tile's input side (valid); it outputs pixels offset .. offset+size-margin-1
 
 
-def axis_plan(n: int, tile: int, depth: int, reverse: bool = False) -> list[Piece]:
+def axis_plan(n: int, tile: int, geometry, reverse: bool = False) -> list[Piece]:
     """The owners of an axis of n pixels, in order, for tiles of at most `tile` (module doc).
 
     The padded axis is P = padded_size(n). If the tile covers it, one tile owns everything.
@@ -186,13 +177,14 @@ def axis_plan(n: int, tile: int, depth: int, reverse: bool = False) -> list[Piec
     [n - (j+1)s, n - js), each computed by the smallest valid tile starting on the grid at
     or before it. Either way every tile starts on the pooling grid: the result is exact.
     """
-    P = padded_size(n, depth)
-    T = choose_tile((P,), depth, tile)[0]
+    geo = as_geometry(geometry)  # a Geometry (or a depth: the valid U-Net's)
+    P = geo.padded_size(n)
+    T = geo.choose_tile((P,), tile)[0]
     if T >= P:
         return [Piece(0, n, 0, P)]
-    s, g = tile_step(T, depth), grid_step(depth)
+    s, g = geo.tile_step(T), geo.grid
     if not reverse:
-        offs = tile_offsets(P, T, depth)  # [0, s, 2s, ..., P - T]
+        offs = geo.tile_offsets(P, T)  # [0, s, 2s, ..., P - T]
         pieces = [Piece(j * s, min((j + 1) * s, n), o, T) for j, o in enumerate(offs[:-1])]
         pieces.append(Piece((len(offs) - 1) * s, n, offs[-1], T))  # the flush tile
         return [p for p in pieces if p.start < p.stop]
@@ -200,7 +192,7 @@ def axis_plan(n: int, tile: int, depth: int, reverse: bool = False) -> list[Piec
     while b > 0:
         a = max(0, b - s)
         o = a - a % g  # on the grid, at most g - 1 pixels before the owned interval
-        pieces.append(Piece(a, b, o, padded_size(b - o, depth)))
+        pieces.append(Piece(a, b, o, geo.padded_size(b - o)))
         b = a
     return pieces[::-1]
 
@@ -226,7 +218,7 @@ class _Tile(NamedTuple):
     own: tuple[int, int, int, int]  # r0, r1, c0, c1
 
 
-def _plan(shape, region, tile, depth, k) -> list[_Tile]:
+def _plan(shape, region, tile, geometry, k) -> list[_Tile]:
     """The tiles transform k runs for `region` = (y0, y1, x0, x1) of an image of `shape`."""
     axes = []
     for a, rev in _frame(k):
@@ -234,7 +226,7 @@ def _plan(shape, region, tile, depth, k) -> list[_Tile]:
         if rev:
             lo, hi = n - hi, n - lo
         axes.append([(p, max(p.start, lo), min(p.stop, hi))
-                     for p in axis_plan(n, tile, depth, rev) if p.start < hi and p.stop > lo])
+                     for p in axis_plan(n, tile, geometry, rev) if p.start < hi and p.stop > lo])
     return [_Tile(pr, pc, (r0, r1, c0, c1)) for pr, r0, r1 in axes[0] for pc, c0, c1 in axes[1]]
 
 
@@ -245,15 +237,16 @@ def _source_index(piece: Piece, n: int, rev: bool, half: int) -> np.ndarray:
     return reflect(n - 1 - t if rev else t, n)
 
 
-def region_window(shape, region, tile: int, depth: int = 4, tta: int = 1):
+def region_window(shape, region, tile: int, geometry=4, tta: int = 1):
     """The window (y0, y1, x0, x1) of the image that `predict_region` reads for `region`:
     the bounding box of every pixel under every tile it runs (the region plus about 92 px
     of context on each side, 16 px more on an axis a test-time transform reverses)."""
-    half = size_margin(depth) // 2
+    geometry = as_geometry(geometry)  # a Geometry (or a depth: the valid U-Net's)
+    half = geometry.margin // 2
     lo, hi = [shape[0], shape[1]], [0, 0]
     for k in range(tta):
         f = _frame(k)
-        for t in _plan(shape, region, tile, depth, k):
+        for t in _plan(shape, region, tile, geometry, k):
             for d, piece in enumerate((t.rows, t.cols)):
                 a, rev = f[d]
                 idx = _source_index(piece, shape[a], rev, half)
@@ -271,10 +264,10 @@ class TileRetryWarning(RuntimeWarning):
 _TILE_LIMIT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> largest tile
 
 
-def predict(model: UNet, image, tile: int | None = None, batch: int = 1, tta: int = 1):
+def predict(model, image, tile: int | None = None, batch: int = 1, tta: int = 1):
     """Class probabilities (K, H, W) for one image (H, W) or (C, H, W), any size.
 
-    model: a UNet (on the CPU or the GPU; the image is moved there once).
+    model: a model of the registry (on the CPU or the GPU; the image is moved there once).
     tile:  the largest input tile side (a valid size, or rounded down to one);
            None: chosen from the device's free memory (the whole padded image in
            one pass when it fits).
@@ -299,13 +292,13 @@ def predict(model: UNet, image, tile: int | None = None, batch: int = 1, tta: in
                          f"{tuple(image.shape)}")
     _, H, W = img.shape
     if tile is None:
-        padded = (padded_size(H, cfg.depth), padded_size(W, cfg.depth))
+        padded = (model.geometry.padded_size(H), model.geometry.padded_size(W))
         tile = auto_tile(cfg, padded, batch, int(MEMORY_FRACTION * free_memory_bytes(xp)))
     return predict_region(model, lambda r: img[:, r[0]:r[1], r[2]:r[3]], (H, W), (0, H, 0, W),
                           tile, batch, tta)
 
 
-def predict_region(model: UNet, read, shape: tuple[int, int], region, tile: int,
+def predict_region(model, read, shape: tuple[int, int], region, tile: int,
                    batch: int = 1, tta: int = 1):
     """Probabilities (K, y1 - y0, x1 - x0) of `region` = (y0, y1, x0, x1) of an image of
     `shape` (H, W): exactly what `predict` gives there for the whole image with this tile.
@@ -315,7 +308,6 @@ def predict_region(model: UNet, read, shape: tuple[int, int], region, tile: int,
            `region_window(...)` (again after an out-of-memory retry, for the smaller tiles).
     tile:  the largest input tile side (rounded down to a valid one).
     """
-    cfg = model.config
     if tta not in (1, 4, 8):
         raise ValueError(f"tta must be 1, 4 or 8, got {tta}")
     if batch < 1:
@@ -334,7 +326,7 @@ def predict_region(model: UNet, read, shape: tuple[int, int], region, tile: int,
             except Exception as e:  # only out-of-memory errors are retried
                 if not backend.is_out_of_memory(e):
                     raise
-                smaller = _smaller_tile(shape, tile, cfg.depth)
+                smaller = _smaller_tile(shape, tile, model.geometry)
                 if smaller is None:
                     raise
             _free_memory(model)  # outside the except: the traceback's arrays are gone
@@ -354,12 +346,12 @@ def effective_tile(model, tile: int) -> int:
     return min(tile, _TILE_LIMIT.get(model, tile))
 
 
-def _smaller_tile(shape, tile: int, depth: int) -> int | None:
+def _smaller_tile(shape, tile: int, geometry) -> int | None:
     """The next valid tile below the largest one used for `shape`; None below the minimum."""
-    used = max(choose_tile((padded_size(shape[0], depth), padded_size(shape[1], depth)),
-                           depth, tile))
-    below = nearest_valid_sizes(used - 1, depth)[0]
-    return below if below is not None and below >= min_tile(depth) else None
+    geo = as_geometry(geometry)
+    used = max(geo.choose_tile((geo.padded_size(shape[0]), geo.padded_size(shape[1])), tile))
+    below = geo.nearest_valid_sizes(used - 1)[0]
+    return below if below is not None and below >= geo.min_tile() else None
 
 
 def _free_memory(model) -> None:
@@ -375,15 +367,15 @@ def _predict_region(model, read, shape, region, tile, batch, tta):
     """The body of `predict_region` for one tile size."""
     cfg = model.config
     xp = model.xp
-    half = size_margin(cfg.depth) // 2  # 92: the context mirrored at the true border
+    half = model.geometry.margin // 2  # 92 for the U-Net: the context mirrored at the border
     y0, y1, x0, x1 = region
-    wy0, wy1, wx0, wx1 = region_window(shape, region, tile, cfg.depth, tta)
+    wy0, wy1, wx0, wx1 = region_window(shape, region, tile, model.geometry, tta)
     window = read((wy0, wy1, wx0, wx1))  # (C, h, w) standardised
     origin = (wy0, wx0)
     out = xp.empty((cfg.n_classes, y1 - y0, x1 - x0), dtype=window.dtype)
     for k in range(tta):
         f = _frame(k)
-        plan = _plan(shape, region, tile, cfg.depth, k)
+        plan = _plan(shape, region, tile, model.geometry, k)
         index = {}  # (frame axis, piece) -> positions in the window, on the device
 
         def idx(d, piece, f=f, index=index):
