@@ -15,6 +15,8 @@ from minunet.models.unet import (
     layer_table,
     parameter_shapes,
 )
+from minunet.nn.gradcheck import model_gradcheck
+from minunet.nn.trace import KinkRecorder
 
 
 def test_paper_network_numbers():
@@ -150,12 +152,16 @@ def _loss_and_grads(m, x, labels, weights, key):
 
 @pytest.fixture(scope="module")
 def small_net():
-    """A float64 U-Net small enough for finite differences: input 188, base 2, dropout on."""
+    """A float64 U-Net small enough for finite differences: input 188, base 2, dropout on; its
+    op module wrapped by the kink recorder (minunet/nn/trace.py), which hashes which ReLUs are
+    on and which pool inputs win: the linear piece of the network a forward pass ran in."""
     rng = np.random.default_rng(3)
     m = UNet(UNetConfig(base=2, dtype="float64", upconv_relu=True), seed=3)
     for k in m.params:  # non-zero biases so that no bias gradient is trivially exact
         if k.endswith(".bias"):
             m.params[k] = rng.standard_normal(m.params[k].shape) * 0.1
+    m.ops = KinkRecorder(m.ops)
+    m.build(m.ops)
     x = rng.standard_normal((2, 1, 188, 188))
     labels = rng.integers(0, 2, (2, 4, 4))
     weights = rng.random((2, 4, 4)) + 0.5
@@ -165,23 +171,14 @@ def small_net():
 
 
 def _loss_at(m, x, labels, weights):
+    m.ops.reset()
     logits = m.forward(x, dropout_key=11)
     return float(ops.softmax_cross_entropy_forward(logits, labels, weights)[0])
 
 
 def _pattern(m):
-    """Which ReLUs are on and which pool inputs win: the piecewise-linear region of the net."""
-    import hashlib
-
-    hsh = hashlib.sha1()
-    for layer in [*sum(m.down, ()), *m.mid, *sum(m.up, ())]:
-        hsh.update((layer.cache.out > 0).tobytes())  # the ReLU fused into each 3x3 conv
-    for layer in m.ups:
-        if layer.relu_cache is not None:
-            hsh.update((layer.relu_cache.out > 0).tobytes())
-    for pool in m.pools:
-        hsh.update(pool.cache.arg.tobytes())
-    return hsh.hexdigest()
+    """The linear piece of the last forward (ReLU signs, pool winners), as a hash."""
+    return m.ops.digest()
 
 
 def _central_difference(m, set_params, x, labels, weights, h):
@@ -201,23 +198,20 @@ def _central_difference(m, set_params, x, labels, weights, h):
 GRAD_TOL = 1e-6  # whole-network threshold (issue: relative error <= 1e-6)
 
 
-def test_whole_network_directional_derivatives(small_net):
-    m, x, labels, weights, grads = small_net
-    rng = np.random.default_rng(0)
-    h = 1e-5
-    for _ in range(4):
-        d = {k: rng.standard_normal(v.shape) for k, v in m.params.items()}
-        norm = np.sqrt(sum((v**2).sum() for v in d.values()))
-        base = {k: v.copy() for k, v in m.params.items()}
-
-        def move(t, base=base, d=d, norm=norm):
-            for k in m.params:
-                m.params[k] = base[k] + t * d[k] / norm
-
-        numeric = _central_difference(m, move, x, labels, weights, h)
-        analytic = sum((grads[k] * d[k]).sum() for k in grads) / norm
-        rel = abs(numeric - analytic) / max(abs(numeric) + abs(analytic), 1e-8)
-        assert rel <= GRAD_TOL, (numeric, analytic, rel)
+@pytest.mark.parametrize("door", ["plain", "fast"])
+def test_whole_network_directional_derivatives(door):
+    """The generic whole-network check (minunet/nn/gradcheck.py, model_gradcheck), which any
+    architecture of the registry runs, on the U-Net."""
+    rng = np.random.default_rng(3)
+    m = UNet(UNetConfig(base=2, dtype="float64", upconv_relu=True, ops=door), seed=3)
+    for k in m.params:
+        if k.endswith(".bias"):
+            m.params[k] = rng.standard_normal(m.params[k].shape) * 0.1
+    x = rng.standard_normal((2, 1, 188, 188))
+    labels = rng.integers(0, 2, (2, 4, 4))
+    weights = rng.random((2, 4, 4)) + 0.5
+    results = model_gradcheck(m, x, labels, weights, dropout_key=11, n_dirs=4, threshold=GRAD_TOL)
+    assert len(results) == 4 and all(r.passed for r in results), results
 
 
 def test_whole_network_single_parameters_in_every_layer(small_net):

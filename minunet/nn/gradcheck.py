@@ -48,11 +48,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from minunet import backend
+from minunet.nn.opspec import (  # noqa: F401  (the thresholds, named here too)
+    THRESHOLD_FLOAT32,
+    THRESHOLD_FLOAT32_EXACT,
+    THRESHOLD_FLOAT64,
+    OpCheck,
+)
 
 # --- step sizes and thresholds (the numbers a student may want to change) ------------
 
 STEP_FLOAT64 = 1e-4  # central-difference step h for float64 inputs (see the docstring)
-THRESHOLD_FLOAT64 = 1e-7  # max relative error of one op's gradient in float64
+# THRESHOLD_FLOAT64: minunet/nn/opspec.py (max relative error of one op's gradient in float64)
 # (reached with h = 1e-4 over 150 seeds: worst 3e-8, for a conv2d dx entry that
 # happened to be tiny; typically 1e-9 to 1e-10; ops that only copy: ~1e-16)
 
@@ -66,8 +72,8 @@ THRESHOLD_FLOAT64 = 1e-7  # max relative error of one op's gradient in float64
 # float32 one catches errors in the float32 code path (a wrong cast, a gradient
 # off by a few percent or more).
 STEP_FLOAT32 = 3e-2
-THRESHOLD_FLOAT32 = 2e-2  # ops that do arithmetic (conv, up-conv, softmax)
-THRESHOLD_FLOAT32_EXACT = 1e-6  # ops that only copy, select or scale (relu, pool, crop, ...)
+# THRESHOLD_FLOAT32: minunet/nn/opspec.py (ops that do arithmetic (conv, up-conv, softmax))
+# THRESHOLD_FLOAT32_EXACT: minunet/nn/opspec.py (ops that only copy, select or scale (relu, pool, crop, ...))
 FLOOR_FRACTION_FLOAT32 = 1e-2  # rel_error floor = this * max |numerical gradient|
 
 # The whole network (directional_check): many ops in a row, each adding rounding,
@@ -300,22 +306,6 @@ def directional_check(f_loss: Callable[[dict], float], params: dict, grads: dict
 # --- the named checks of the U-Net's ops --------------------------------------------------
 
 
-@dataclass(frozen=True)
-class OpCheck:
-    """How to check one op: its functions, how to make its inputs, and its thresholds."""
-
-    name: str  # the row label, e.g. "conv2d (k=3)"
-    op: str  # what --op selects, e.g. "conv2d" (one op can have several checks)
-    forward: Callable
-    backward: Callable
-    make_inputs: Callable  # (rng, dtype) -> dict of host inputs in the forward's order
-    wrt: tuple  # the differentiable inputs, in the order the backward returns them
-    threshold_float64: float = THRESHOLD_FLOAT64
-    threshold_float32: float = THRESHOLD_FLOAT32
-    floor_float64: float = 0.0  # rel_error floor in float64 as a fraction of max |n| (curved ops)
-    float32: bool = True  # False: no float32 row (a step of STEP_FLOAT32 is too coarse for it)
-
-
 def op_checks(kind: str = "plain", family: bool = False) -> list[OpCheck]:
     """The gradient check of every U-Net op: small float shapes, N = 2, odd and even sizes;
     with family=True also those of the U-Net family's ops and losses (gradcheck_family.py).
@@ -495,3 +485,80 @@ def summary_line(results: Sequence[GradCheckResult]) -> str:
     return f"summary: {len(failed)} of {n} gradients FAIL ({names}); {worst_text}"
 
 
+
+
+# --- a whole network: any model of the registry ---------------------------------------------
+
+
+@dataclass
+class ModelCheckResult:
+    """The whole network's gradient along one random direction of all its parameters."""
+
+    direction: int
+    analytic: float
+    numeric: float
+    rel_error: float
+    step: float  # the h that stayed inside one linear piece
+    passed: bool
+
+
+def model_gradcheck(model, x, labels, weights, dropout_key: int | None = None, n_dirs: int = 4,
+                    h: float = 1e-5, threshold: float = THRESHOLD_DIRECTIONAL_FLOAT64,
+                    seed: int = 0) -> list[ModelCheckResult]:
+    """Check a whole network's backward (float64) along `n_dirs` random unit directions d of
+    all its parameters: <grad L, d> against (L(p + h d) - L(p - h d)) / 2h, with L the model's
+    own loss. Kinks are found by the network's own forward (minunet/nn/trace.py,
+    KinkRecorder): a step is kept only when both sides lie in the piece of the unmoved
+    parameters (same ReLU signs, same pool winners), else h shrinks fourfold (up to six
+    times). Works for every model of the registry: nothing here knows its layers."""
+    from minunet.nn.trace import KinkRecorder
+
+    if np.dtype(model.config.dtype) != np.float64:
+        raise ValueError("model_gradcheck needs a float64 model (UNetConfig(dtype='float64'))")
+    real_ops = model.ops
+    rec = KinkRecorder(real_ops)
+    model.ops = rec
+    model.build(rec)  # the same layers, on the recording namespace
+    try:
+        def loss_and_piece():
+            rec.reset()
+            logits = model.forward(x, dropout_key=dropout_key)
+            loss = float(model.loss_forward(logits, labels, weights)[0])
+            model.release_caches()
+            return loss, rec.digest()
+
+        logits = model.forward(x, dropout_key=dropout_key)
+        loss, cache = model.loss_forward(logits, labels, weights)
+        model.zero_grad()
+        model.backward(model.loss_backward(cache))
+        grads = {k: backend.to_host(g).copy() for k, g in model.grads.items()}
+        base = {k: v.copy() for k, v in model.params.items()}
+        _, piece = loss_and_piece()
+        rng = np.random.default_rng(seed)
+        results = []
+        for t in range(n_dirs):
+            d = {k: rng.standard_normal(v.shape) for k, v in base.items()}
+            norm = np.sqrt(sum(float((v * v).sum()) for v in d.values()))
+            analytic = sum(float((grads[k] * d[k]).sum()) for k in grads) / norm
+            step, numeric = h, None
+            for _ in range(6):
+                sides = []
+                for s in (step, -step):
+                    for k in model.params:
+                        model.params[k] = base[k] + backend.xp_of(base[k]).asarray(
+                            s * d[k] / norm)
+                    sides.append(loss_and_piece())
+                if sides[0][1] == piece and sides[1][1] == piece:
+                    numeric = (sides[0][0] - sides[1][0]) / (2 * step)
+                    break
+                step /= 4
+            for k in model.params:
+                model.params[k] = base[k]
+            if numeric is None:
+                raise AssertionError(f"direction {t}: every step crossed a ReLU/max-pool kink")
+            err = abs(analytic - numeric) / max(abs(analytic) + abs(numeric), REL_ERROR_FLOOR)
+            results.append(ModelCheckResult(t, analytic, numeric, err, step, err <= threshold))
+        return results
+    finally:
+        model.ops = real_ops
+        model.build(real_ops)

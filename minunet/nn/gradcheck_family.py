@@ -36,7 +36,7 @@ def _module(name: str, kind: str):
 
 def family_checks(kind: str = "plain") -> list:
     """The OpCheck of every family op and loss, on the plain or the fast door."""
-    from minunet.nn.gradcheck import THRESHOLD_FLOAT32_EXACT, OpCheck
+    from minunet.nn.opspec import THRESHOLD_FLOAT32_EXACT, OpCheck
 
     norm, conv, resample, pool, act, elem, loss = (_module(m, kind) for m in FAMILY_MODULES)
     exact = THRESHOLD_FLOAT32_EXACT

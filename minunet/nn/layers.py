@@ -23,6 +23,36 @@ def op_module(kind: str):
     return importlib.import_module("minunet.ops" if kind == "plain" else "minunet.fast")
 
 
+# The U-Net family's ops live in their own modules (minunet/ops/<module>.py, with a fast twin
+# at minunet/fast/<module>.py where one exists: minunet/fast/__init__.py says which), not in
+# the op modules' top-level names: op name -> module
+FAMILY_MODULES = {
+    "conv2d_general": "conv_general", "add": "elementwise", "channel_scale": "elementwise",
+    "sigmoid": "activation", "relu6": "activation", "silu": "activation",
+    "batchnorm2d": "norm", "maxpool": "pool_general", "global_avgpool": "pool_general",
+    "global_maxpool": "pool_general", "bilinear_upsample": "resample",
+    "nearest_upsample2": "resample",
+}
+
+
+def family_op(ops, name: str):
+    """`ops.<name>` (e.g. "add_forward"), or the family op of that name: from the door's own
+    module (minunet.fast.<module>) where it has one, else the plain op (minunet.ops.<module>).
+    Works on an op module and on the trace's namespaces (minunet/nn/trace.py) alike."""
+    fn = getattr(ops, name, None)
+    if fn is not None:
+        return fn
+    base = name.rsplit("_", 1)[0]
+    module = FAMILY_MODULES.get(base)
+    if module is None:
+        raise AttributeError(f"{getattr(ops, '__name__', ops)} has no op {name!r}")
+    try:
+        mod = importlib.import_module(f"{ops.__name__}.{module}")
+    except ImportError:  # the door has no twin of this op: the plain op serves both
+        mod = importlib.import_module(f"minunet.ops.{module}")
+    return getattr(mod, name)
+
+
 class Layer:
     """What every layer has: its op module, and `release()` to drop its caches."""
 
@@ -147,3 +177,75 @@ class SkipConcat(Layer):
         dskip = self.ops.center_crop_backward(dcropped, self.crop_cache)
         self.release()
         return dskip, dup
+
+
+# --- layers of the U-Net family (padded convolutions, activations, residual sums) ----------
+
+
+class ConvGeneral(Layer):
+    """k x k convolution with padding, stride and groups + bias (minunet/ops/conv_general.py),
+    optionally followed by ReLU: (N, Cin, H, W) -> (N, Cout, (H + 2p - k) // s + 1, ...)."""
+
+    cache_names = ("cache", "relu_cache")
+
+    def __init__(self, ops, name: str, padding: int = 1, stride: int = 1, groups: int = 1,
+                 relu: bool = True):
+        super().__init__(ops)
+        self.name, self.padding, self.stride, self.groups = name, padding, stride, groups
+        self.relu = relu
+
+    def forward(self, params, x):
+        w, b = params[self.name + ".weight"], params[self.name + ".bias"]
+        out, self.cache = family_op(self.ops, "conv2d_general_forward")(
+            x, w, b, stride=self.stride, padding=self.padding, groups=self.groups)
+        if self.relu:
+            out, self.relu_cache = self.ops.relu_forward(out)
+        return out
+
+    def backward(self, grads, dout):
+        if self.relu:
+            dout = self.ops.relu_backward(dout, self.relu_cache)
+        dx, dw, db = family_op(self.ops, "conv2d_general_backward")(dout, self.cache)
+        grads[self.name + ".weight"] += dw
+        grads[self.name + ".bias"] += db
+        self.release()
+        return dx
+
+
+class Relu(Layer):
+    """ReLU: any shape."""
+
+    def forward(self, x):
+        out, self.cache = self.ops.relu_forward(x)
+        return out
+
+    def backward(self, dout):
+        dx = self.ops.relu_backward(dout, self.cache)
+        self.release()
+        return dx
+
+
+class Add(Layer):
+    """a + b (a residual connection): backward returns (da, db)."""
+
+    def forward(self, a, b):
+        out, self.cache = family_op(self.ops, "add_forward")(a, b)
+        return out
+
+    def backward(self, dout):
+        grads = family_op(self.ops, "add_backward")(dout, self.cache)
+        self.release()
+        return grads
+
+
+class Concat(Layer):
+    """[a, b] along channels (same spatial size): backward returns (da, db)."""
+
+    def forward(self, a, b):
+        out, self.cache = self.ops.concat_forward(a, b)
+        return out
+
+    def backward(self, dout):
+        grads = self.ops.concat_backward(dout, self.cache)
+        self.release()
+        return grads
