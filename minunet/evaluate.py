@@ -49,6 +49,7 @@ from minunet.evaluation.scores import (
     load_slices,
     write_csv,
 )
+from minunet.exits import usage_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
             slices = load_slices(args.pred, args.labels)
             rows = evaluate(slices, args.threshold, progress=True)
     except (FileNotFoundError, ValueError) as e:  # DataError is a ValueError
-        raise SystemExit(f"error: {e}") from e
+        raise usage_error(e) from e
     print(format_table(rows, columns))
     if args.csv:
         print(f"wrote {write_csv(rows, Path(args.csv), columns)}", file=sys.stderr)

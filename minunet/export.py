@@ -42,6 +42,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from minunet.exits import usage_error
 from minunet.exporters.bioimageio import (
     FORMAT_VERSION,
     _refuse_existing,
@@ -161,9 +162,9 @@ def main(argv=None) -> int:
     try:
         return run(args)
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as e:
-        raise SystemExit(f"error: {e}") from e
+        raise usage_error(e) from e
     except OSError as e:  # a file that cannot be written: named, one line
-        raise SystemExit(f"error: {e.filename or args.out}: {e.strerror or e}") from e
+        raise usage_error(f"{e.filename or args.out}: {e.strerror or e}") from e
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ import numpy as np
 
 from minunet import backend
 from minunet.data.loaders import DataError
+from minunet.exits import usage_error
 from minunet.inference.chunked import (
     check_chunk,
     min_chunk,
@@ -209,7 +210,7 @@ def main(argv=None) -> int:
     try:
         return run(args)
     except (FileNotFoundError, ValueError) as e:  # DataError is a ValueError
-        raise SystemExit(f"error: {e}") from e
+        raise usage_error(e) from e
 
 
 def run_cli(args) -> int:

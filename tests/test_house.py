@@ -175,3 +175,25 @@ def test_the_package_has_no_import_cycle():
         if m not in state:
             visit(m)
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_usage_errors_exit_2_on_every_command(tmp_path, capsys):
+    """docs/DESIGN.md, "Exit codes": a bad option, input or checkpoint is a usage error (2,
+    as argparse exits), with one "error: ..." line."""
+    from minunet import curve, evaluate, export, instances, predict, train
+
+    missing = str(tmp_path / "missing.npz")
+    for main, argv in ((predict.main, ["--checkpoint", missing, str(tmp_path), "--out",
+                                       str(tmp_path / "o")]),
+                       (evaluate.main, [str(tmp_path / "p"), str(tmp_path / "l")]),
+                       (export.main, ["--checkpoint", missing, "--to", "onnx", "--out",
+                                      str(tmp_path / "m.onnx")])):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and str(e.value).startswith("error: ")
+    assert train.main(["--tile", "100", "--device", "cpu"]) == 2
+    assert train.main(["--arch", "nonet", "--device", "cpu"]) == 2
+    assert instances.main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "i")]) == 2
+    assert curve.main([str(tmp_path / "norun")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown architecture 'nonet'; known: " in err
