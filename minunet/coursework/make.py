@@ -69,6 +69,7 @@ LEFT_OUT = {
     "tests/backend": "the twins and kernels",
     "tests/coursework": "the grader's tests (wrong versions, canaries)",
     "tests/test_tutorials.py": "the copy's tutorials run once the exercises are done",
+    "tests/test_tutorial_checks.py": "the right answers of the tutorials' exercises",
     "tutorials/08_gpu_path.py": "reads the fast path's twins and CUDA kernels",
     "tutorials/08_gpu_path.ipynb": "reads the fast path's twins and CUDA kernels",
     "tutorials/10_wrong_gradients.py": "runs the catalogue's wrong versions (one character "
