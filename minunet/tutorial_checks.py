@@ -86,11 +86,14 @@ def _call(fn, *args):
         raise _Raised(f"your code raised {type(e).__name__}: {e}") from None
 
 
-def _attempt(exercise: str, judge: Callable[[], Verdict]) -> Verdict:
+def _attempt(exercise: str, judge: Callable[[], Verdict], graded: bool = True) -> Verdict:
+    """judge(), or the verdict for a stub not yet written (graded: the coursework grades the
+    same work) or for code that raised."""
     try:
         return judge()
     except _NotAttempted:
-        return Verdict(exercise, NOT_ATTEMPTED, f"Write the code and rerun the cell; {GRADED}")
+        return Verdict(exercise, NOT_ATTEMPTED, "Write the code and rerun the cell"
+                       + (f"; {GRADED}" if graded else ""))
     except _Raised as e:
         return Verdict(exercise, WRONG, str(e))
 
@@ -821,7 +824,7 @@ def check_broken_gradient(mine, loss_at: Callable, params: dict, grads: dict,
                        f"{res[0].threshold:g}): a 1 % bug in one of {len(grads)} parameter "
                        "tensors is far above float64 rounding")
 
-    return _attempt(exercise, judge)
+    return _attempt(exercise, judge, graded=False)
 
 
 def _flag_value(args: list, flag: str):
@@ -879,7 +882,7 @@ def check_resume(args, run, extra: int, train: Callable) -> Verdict:
                        f"{len(old)} rows and gained {len(new) - len(old)} (validations after "
                        f"iteration {before}): a resumed run is the same run")
 
-    return _attempt(exercise, judge)
+    return _attempt(exercise, judge, graded=False)
 
 
 def _prediction(exercise: str, answer, measured: float, factor: float, concept: str,
@@ -944,7 +947,7 @@ def check_label_warp(mine, labels, coords) -> Verdict:
                        "them: the nearest-neighbour gather (order=0) reads each output pixel's "
                        "label at its source point, rounded")
 
-    return _attempt(exercise, judge)
+    return _attempt(exercise, judge, graded=False)
 
 
 def check_push_holes(answer, push: Callable, image, disp, gains=(0.0, 0.5, 2.0)) -> Verdict:
@@ -1096,7 +1099,7 @@ def check_source_offset(mine, seed: int = 0) -> Verdict:
         return Verdict(exercise, RIGHT, "the simulated kernel equals the CPU twin bit for bit "
                        "for k = 3, 1, 5 and three chunks of a 13 x 11 input")
 
-    return _attempt(exercise, judge)
+    return _attempt(exercise, judge, graded=False)
 
 
 def check_reorder_fraction(answer, reordered, twin, within: float = 0.15) -> Verdict:
@@ -1235,7 +1238,7 @@ def check_rand_counts(mine, seed: int = 0) -> Verdict:
         return Verdict(exercise, RIGHT, "2A/(T+S), A/T and A/S equal rand_scores' F, split and "
                        "merge on three random toys")
 
-    return _attempt(exercise, judge)
+    return _attempt(exercise, judge, graded=False)
 
 
 CAUGHT_BY = ("gradient check", "forward", "gradient")  # 10, exercise 1
@@ -1309,7 +1312,7 @@ def check_own_relu_mistake(mine, expect_pass, seed: int = 0) -> Verdict:
                 "inputs of both signs: a gradient that differs where x < 0 or x > 0 is seen")
         return Verdict(exercise, WRONG, f"{said}, not as you expected. Hint: {hint}")
 
-    return _attempt(exercise, judge)
+    return _attempt(exercise, judge, graded=False)
 
 
 def check_wrong_steps(answer, passes: dict) -> Verdict:
