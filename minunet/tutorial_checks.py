@@ -815,9 +815,10 @@ def check_broken_gradient(mine, loss_at: Callable, params: dict, grads: dict,
                            "1 % bug multiplies the gradient by 1.01")
         res = directional_check(loss_at, params, got, n_dirs=5, rng=np.random.default_rng(seed))
         errors = ", ".join(f"{r.rel_error:.1e}" for r in res)
-        if all(r.passed for r in res):  # what the exercise teaches: does not happen here
-            return Verdict(exercise, WRONG, f"{k} x {factor} passed every direction ({errors}): "
-                           "its share of the loss's slope is below the threshold; break a weight")
+        if all(r.passed for r in res):  # not seen for any of 04's 46 tensors (tested)
+            return Verdict(exercise, RIGHT, f"{k} x {factor}, as asked; but it passed every "
+                           f"direction ({errors}): its share of the loss's slope along them is "
+                           "too small to see")
         failed = sum(not r.passed for r in res)
         return Verdict(exercise, RIGHT, f"{k} x {factor}: {failed} of 5 directions fail the "
                        f"check (relative errors {errors}; threshold "
@@ -855,7 +856,7 @@ def check_resume(args, run, extra: int, train: Callable) -> Verdict:
     if Path(resume).resolve() != (run / "last.npz").resolve():
         return Verdict(exercise, WRONG, f"--resume {Path(resume).name}: a run continues from "
                        "where it stopped, RUN/last.npz (best.npz is the checkpoint the "
-                       "validation chose, an earlier iteration)")
+                       "validation chose, often an earlier iteration)")
     iters = _flag_value(args, "--iters")
     if iters is None or not iters.isdigit() or int(iters) != before + extra:
         return Verdict(exercise, WRONG, f"--iters {iters}: --iters is the run's total, the "
@@ -1131,9 +1132,9 @@ def check_scatter_speed(answer, t_scatter: float, t_gather: float) -> Verdict:
     if answer is None:
         return Verdict(exercise, NOT_ATTEMPTED, "Write your prediction and rerun the cell")
     return _prediction(exercise, answer, t_scatter / t_gather, 10.0,
-                       "np.add.at handles its entries one at a time, with an index array of 8 "
-                       "bytes per entry to read, while the gather twin adds nine whole shifted "
-                       "slices (contiguous, vectorised); a scatter is many times slower",
+                       "np.add.at handles its entries one at a time through an index array, "
+                       "while the gather twin adds nine whole shifted slices (contiguous, "
+                       "vectorised); a scatter is many times slower",
                        "ratio t_scatter / t_gather")
 
 

@@ -418,7 +418,10 @@ def test_broken_gradient(small_unet):
     loss_at, params, grads = small_unet
     kept = {k: v.copy() for k, v in grads.items()}
     _right(tc.check_broken_gradient(_scaled("up1.conv0.weight", 1.01), *small_unet))
-    _right(tc.check_broken_gradient(_scaled("down0.conv1.weight", 1.01), *small_unet))
+    for name in grads:  # every one of the 46 tensors, biases included, is caught
+        v = tc.check_broken_gradient(_scaled(name, 1.01), *small_unet)
+        _right(v)
+        assert "directions fail" in str(v), str(v)
     _not_attempted(tc.check_broken_gradient(stub, *small_unet))
     _wrong(tc.check_broken_gradient(lambda g: g, *small_unet), "nothing is broken")
     _wrong(tc.check_broken_gradient(lambda g: {k: v * 1.01 for k, v in g.items()},
