@@ -52,6 +52,7 @@ from .device import (
 from .device import _cupy as _cupy  # private: bench.py reaches for cupy through it
 from .twins import (
     bias_relu_forward,
+    bias_relu_rows,
     bilinear_adjoint,
     bilinear_forward,
     bn_backward_dx,
@@ -86,7 +87,7 @@ __all__ = [
     # twins.py
     "im2col", "col2im", "maxpool2x2_forward", "maxpool2x2_backward", "softmax_xent_forward",
     "softmax_xent_backward", "sgd_update", "sgd_update_many", "bias_relu_forward",
-    "relu_backward", "upconv_scatter", "upconv_gather",
+    "bias_relu_rows", "relu_backward", "upconv_scatter", "upconv_gather",
     "bn_stats_partials", "bn_grad_partials", "bn_normalize", "bn_backward_dx",
     "bilinear_forward", "bilinear_adjoint",
     "depthwise_forward", "depthwise_backward_dx", "depthwise_dw_partials",
