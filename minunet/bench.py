@@ -21,6 +21,13 @@ overlap-tile prediction (minunet/inference/tiles.py) and of chunked prediction i
 checking that the two agree bit for bit; optionally (--cluster N) chunked on a LocalCluster
 of N worker processes; and (--big N) the peak memory (max RSS) of a fresh process that
 predicts a lazily generated N x N image chunk by chunk (nothing of the image is held).
+
+`--layers` (CPU) times a training step layer by layer instead (section 7): each layer's
+forward and backward inside a real step (a clock around each layer object), its FLOPs and the
+bytes it must move at least once, its thread dispatches (`parallel_for` calls) per step, and
+the cost of an empty dispatch; beside them PyTorch's same layer, timed alone on inputs of its
+shapes (in a fresh process), when torch is importable. It shows which layers lose, and whether
+they are compute-, memory- or overhead-bound.
 """
 
 from __future__ import annotations
@@ -36,7 +43,8 @@ import numpy as np
 from minunet import backend
 from minunet.models import registry
 from minunet.models.sizes import output_size
-from minunet.models.unet import UNetConfig, build_model, layer_table
+from minunet.models.unet import UNetConfig, build_model, layer_table, parameter_shapes
+from minunet.nn.layers import op_module
 from minunet.nn.optim import MomentumSGD, SGDConfig
 
 
@@ -289,7 +297,7 @@ def _in_subprocess(which: str, a, device: str) -> dict | None:
     import json
     import subprocess
 
-    if which == "torch":
+    if which in ("torch", "torch_layers"):
         import importlib.util
 
         if importlib.util.find_spec("torch") is None:
@@ -297,7 +305,7 @@ def _in_subprocess(which: str, a, device: str) -> dict | None:
     argv = [sys.executable, "-m", "minunet.bench", "--_worker", which, "--device", device,
             "--size", str(a.size), "--base", str(a.base), "--depth", str(a.depth),
             "--batch", str(a.batch), "--dtype", a.dtype, "--repeat", str(a.repeat),
-            "--warmup", str(a.warmup)] + (["--tf32"] if a.tf32 else [])
+            "--warmup", str(a.warmup), "--rounds", str(a.rounds)] + (["--tf32"] if a.tf32 else [])
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode != 0:
         print(f"   {which} benchmark failed:\n{r.stderr[-2000:]}", file=sys.stderr)
@@ -334,7 +342,10 @@ def _worker(which: str, a, device: str) -> int:
     """Child process of _in_subprocess: print one JSON line of timings."""
     import json
 
-    if which == "torch":
+    if which == "torch_layers":
+        cfg = UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype)
+        res = bench_layers_torch(cfg, a.size, a.batch, a.rounds * a.repeat, max(1, a.warmup))
+    elif which == "torch":
         from minunet.exporters import torch_mirror as torch_ref
 
         cfg = UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype)
@@ -489,6 +500,308 @@ def _predict_big(a, device: str) -> int:
 # --- CLI ----------------------------------------------------------------------------------
 
 
+# --- 7. per layer, ours beside PyTorch's (--layers) ---------------------------------------
+
+
+def layer_specs(cfg: UNetConfig, size: int, batch: int) -> list[dict]:
+    """The U-Net's layers in forward order, each {name, kind, x (input shape), w (weight shape),
+    skip (the skip's shape, concat only), relu}: what one layer of PyTorch is timed on."""
+    from minunet.models.unet import channels
+
+    B, specs, skips = batch, [], []
+    s, cin = size, cfg.in_channels
+
+    def conv(name, cin, cout, k, s, relu=True):
+        specs.append({"name": name, "kind": "conv", "x": (B, cin, s, s), "w": (cout, cin, k, k),
+                      "relu": relu})
+
+    for i in range(cfg.depth):
+        c = channels(cfg, i)
+        conv(f"down{i}.conv0", cin, c, 3, s)
+        conv(f"down{i}.conv1", c, c, 3, s - 2)
+        if i == cfg.depth - 1:
+            specs.append({"name": "drop.enc", "kind": "dropout", "x": (B, c, s - 4, s - 4)})
+        skips.append((B, c, s - 4, s - 4))
+        specs.append({"name": f"down{i}.pool", "kind": "pool", "x": (B, c, s - 4, s - 4)})
+        s, cin = (s - 4) // 2, c
+    c = channels(cfg, cfg.depth)
+    conv("bottleneck.conv0", cin, c, 3, s)
+    conv("bottleneck.conv1", c, c, 3, s - 2)
+    s, cin = s - 4, c
+    specs.append({"name": "drop.mid", "kind": "dropout", "x": (B, c, s, s)})
+    for i in reversed(range(cfg.depth)):
+        c = channels(cfg, i)
+        specs.append({"name": f"up{i}.upconv", "kind": "upconv", "x": (B, cin, s, s),
+                      "w": (cin, c, 2, 2)})
+        specs.append({"name": f"up{i}.concat", "kind": "concat", "x": (B, c, 2 * s, 2 * s),
+                      "skip": skips[i]})
+        conv(f"up{i}.conv0", 2 * c, c, 3, 2 * s)
+        conv(f"up{i}.conv1", c, c, 3, 2 * s - 2)
+        s, cin = 2 * s - 4, c
+    conv("final", cin, cfg.n_classes, 1, s, relu=False)
+    specs.append({"name": "loss", "kind": "loss", "x": (B, cfg.n_classes, s, s)})
+    specs.append({"name": "sgd", "kind": "sgd"})
+    return specs
+
+
+def dispatch_seconds(n: int = 300) -> tuple[int, float]:
+    """(workers, median seconds) of one empty `parallel_for` over one item per worker: what a
+    thread dispatch costs before any work is done (hand-off, wake-up, BLAS limit, join)."""
+    from minunet.backend import threads
+
+    T = threads.workers()
+    items = list(range(T))
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        threads.parallel_for(items, lambda item, worker: None)
+        ts.append(time.perf_counter() - t0)
+    return T, median(ts)
+
+
+def bench_layers_ours(cfg: UNetConfig, size, batch, repeat, warmup) -> dict:
+    """Ours, in the network: each layer's forward and backward time inside a real training
+    step (each layer object's forward/backward wrapped with a clock), and how many thread
+    dispatches (`parallel_for` calls) each makes. {name: {"fwd": [s], "bwd": [s], "dispatch":
+    n per step}, "step": [s]}; "loss" and "sgd" are the loss pair and the optimiser's step."""
+    from minunet.backend import threads
+
+    m = build_model(cfg)
+    o = op_module(cfg.ops)
+    names = {}
+    for i in range(cfg.depth):
+        names[id(m.pools[i])] = f"down{i}.pool"
+        names[id(m.skips[i])] = f"up{i}.concat"
+        names[id(m.ups[i])] = f"up{i}.upconv"
+    names[id(m.drop_enc)], names[id(m.drop_mid)] = "drop.enc", "drop.mid"
+    rec = {"step": []}
+    current = [None]
+    counting = [False]
+
+    def clocked(fn, name, part):
+        def run(*args, **kw):
+            current[0] = name
+            t0 = time.perf_counter()
+            r = fn(*args, **kw)
+            if counting[0]:
+                rec.setdefault(name, {"fwd": [], "bwd": [], "dispatch": 0})[part].append(
+                    time.perf_counter() - t0)
+            current[0] = None
+            return r
+        return run
+
+    for layer in m.layers():
+        name = getattr(layer, "name", None) or names[id(layer)]
+        layer.forward = clocked(layer.forward, name, "fwd")  # instance attributes shadow
+        layer.backward = clocked(layer.backward, name, "bwd")  # the class's methods
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, cfg.in_channels, size, size)).astype(cfg.dtype)
+    n = output_size(size, cfg.depth)
+    labels = rng.integers(0, cfg.n_classes, (batch, n, n))
+    weights = np.ones((batch, n, n), dtype=cfg.dtype)
+    opt = MomentumSGD(m.params, SGDConfig(lr=1e-6))
+    loss_f = clocked(o.softmax_cross_entropy_forward, "loss", "fwd")
+    loss_b = clocked(o.softmax_cross_entropy_backward, "loss", "bwd")
+    sgd = clocked(opt.step, "sgd", "fwd")
+
+    def step():
+        t0 = time.perf_counter()
+        logits = m.forward(x, dropout_key=1)
+        loss, cache = loss_f(logits, labels, weights)
+        m.zero_grad()
+        m.backward(loss_b(1.0, cache))
+        sgd(m.grads, 0)
+        if counting[0]:
+            rec["step"].append(time.perf_counter() - t0)
+
+    for _ in range(warmup):
+        step()
+    plain_pf = threads.parallel_for
+    calls = [0]
+
+    def counted(items, fn):
+        calls[0] += 1
+        if current[0] is not None and counting[0]:
+            rec.setdefault(current[0], {"fwd": [], "bwd": [], "dispatch": 0})["dispatch"] += 1
+        return plain_pf(items, fn)
+
+    threads.parallel_for = counted
+    counting[0] = True
+    try:
+        for _ in range(repeat):
+            step()
+    finally:
+        threads.parallel_for = plain_pf
+    for r in rec.values():
+        if isinstance(r, dict):
+            r["dispatch"] /= repeat
+    rec["dispatches"] = calls[0] / repeat
+    return rec
+
+
+def bench_layers_torch(cfg: UNetConfig, size, batch, repeat, warmup) -> dict:
+    """PyTorch, layer by layer: each layer of layer_specs alone on random inputs of its
+    shapes, forward (with autograd recording, as in training) and backward timed apart.
+    {name: {"fwd": [s], "bwd": [s]}}."""
+    import torch
+    import torch.nn.functional as F
+
+    dtype = getattr(torch, cfg.dtype)
+    g = torch.Generator().manual_seed(0)
+
+    def t(shape, grad=True):
+        return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_(grad)
+
+    rec = {}
+    for sp in layer_specs(cfg, size, batch):
+        kind = sp["kind"]
+        first = sp["name"] == "down0.conv0"
+        if kind == "sgd":
+            ps = [torch.zeros(sh, dtype=dtype, requires_grad=True)
+                  for sh in parameter_shapes(cfg).values()]
+            for p in ps:
+                p.grad = torch.ones_like(p)
+            opt = torch.optim.SGD(ps, lr=1e-6, momentum=0.99)
+            f, inputs = opt.step, ()
+        elif kind == "conv":
+            inputs = (t(sp["x"], not first), t(sp["w"]), t(sp["w"][:1]))
+            relu = sp["relu"]
+
+            def f(x, w, b, relu=relu):
+                y = F.conv2d(x, w, b.reshape(-1))
+                return F.relu(y) if relu else y
+        elif kind == "upconv":
+            inputs = (t(sp["x"]), t(sp["w"]), t(sp["w"][1:2]))
+
+            def f(x, w, b):
+                return F.conv_transpose2d(x, w, b.reshape(-1), stride=2)
+        elif kind == "pool":
+            inputs, f = (t(sp["x"]),), (lambda x: F.max_pool2d(x, 2))
+        elif kind == "dropout":
+            inputs, f = (t(sp["x"]),), (lambda x: F.dropout(x, 0.5, training=True))
+        elif kind == "concat":
+            inputs = (t(sp["skip"]), t(sp["x"]))
+
+            def f(s, x):
+                c = (s.shape[2] - x.shape[2]) // 2
+                return torch.cat([s[:, :, c:c + x.shape[2], c:c + x.shape[3]], x], 1)
+        else:  # loss
+            B, K, H, W = sp["x"]
+            labels = torch.randint(0, K, (B, H, W), generator=g)
+            weights = torch.ones(B, H, W, dtype=dtype)
+            inputs = (t(sp["x"]),)
+
+            def f(x, labels=labels, weights=weights):
+                return (F.cross_entropy(x, labels, reduction="none") * weights).mean()
+        fwd, bwd = [], []
+        for i in range(warmup + repeat):
+            t0 = time.perf_counter()
+            y = f(*inputs)
+            t1 = time.perf_counter()
+            if kind != "sgd":
+                dy = torch.ones_like(y) if y.ndim == 0 else torch.randn(y.shape, dtype=dtype)
+                y.backward(dy)
+            t2 = time.perf_counter()
+            if i >= warmup:
+                fwd.append(t1 - t0)
+                bwd.append(t2 - t1)
+            for x in inputs:
+                x.grad = None
+        rec[sp["name"]] = {"fwd": fwd, "bwd": bwd if kind != "sgd" else [0.0]}
+    rec["_threads"] = torch.get_num_threads()
+    return rec
+
+
+def _layer_cost(sp, cfg, table, item) -> tuple[float, float]:
+    """(GFLOP, MB) of one layer's forward + backward: FLOPs of the products (2 per
+    multiply-add; the backward twice the forward, once for the first layer, which needs no
+    dx), and the bytes that must move at least once (inputs, outputs, weights and their
+    gradients), not the columns or the caches' second reads."""
+    kind = sp["kind"]
+    g = table.get(sp["name"], {}).get("gflop", 0.0)
+    g *= 2 if sp["name"] == "down0.conv0" else 3
+    size = float(np.prod(sp["x"])) if "x" in sp else 0.0
+    if kind == "conv":
+        B, cin, H, W = sp["x"]
+        cout, _, k, _ = sp["w"]
+        out = B * cout * (H - k + 1) * (W - k + 1)
+        nbytes = (2 * size + 3 * out + 3 * np.prod(sp["w"])) * item  # x, dx, y, dy, mask; w
+    elif kind == "upconv":
+        B, cin, H, W = sp["x"]
+        out = B * sp["w"][1] * 4 * H * W
+        nbytes = (2 * size + 2 * out + 3 * np.prod(sp["w"])) * item
+    elif kind == "pool":
+        nbytes = (2 * size + 2 * size / 4) * item + size / 4  # x, dx; y, dy; arg-max
+    elif kind == "concat":
+        nbytes = 4 * (size + size) * item  # copy in, out; gradient out, in
+    elif kind == "dropout":
+        nbytes = 5 * size * item  # mask, x, y; dy, dx
+    elif kind == "loss":
+        nbytes = 4 * size * item
+    else:  # sgd: w, v read and written, g read
+        nbytes = 5 * sum(int(np.prod(s)) for s in parameter_shapes(cfg).values()) * item
+    return g, nbytes / 2**20
+
+
+def _blas_kernel() -> str:
+    """Which BLAS and which kernel NumPy runs (threadpoolctl), e.g. 'openblas SkylakeX'."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (no threadpoolctl)"
+    return ", ".join(f"{i['internal_api']} {i.get('architecture', '')}".strip()
+                     for i in threadpool_info() if i["user_api"] == "blas") or "none found"
+
+
+def print_layers(a) -> int:
+    """Section 7 (--layers): the per-layer table of a training step, ours beside PyTorch's."""
+    cfg = UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype, ops=a.ops if a.ops != "both"
+                     else "fast")
+    ours = bench_layers_ours(cfg, a.size, a.batch, a.rounds * a.repeat, max(1, a.warmup))
+    torch_rec = None if a.no_torch else _in_subprocess("torch_layers", a, "cpu")
+    T, disp = dispatch_seconds()
+    table = {r["layer"]: r for r in layer_table(cfg, a.size, a.batch)}
+    item = np.dtype(a.dtype).itemsize
+    step = median(ours["step"])
+    print(f"\n   BLAS: {_blas_kernel()}; torch threads: "
+          f"{torch_rec.pop('_threads', '?') if torch_rec else 'not run'}")
+    print(f"\n7. per layer: one training step at {a.size}/{a.base} on the {cfg.ops} ops, medians "
+          f"of {a.rounds * a.repeat} steps (ours: inside the step; PyTorch: each layer alone "
+          f"on inputs of its shapes)")
+    head = (f"   {'layer':<17}{'GFLOP':>7}{'MB':>8}{'fwd ms':>8}{'bwd ms':>8}{'GFLOP/s':>8}"
+            f"{'GB/s':>6}{'disp':>6}")
+    if torch_rec:
+        head += f"{'t fwd':>8}{'t bwd':>8}{'ours/t':>8}"
+    print(head)
+    tot = {"ours": 0.0, "torch": 0.0, "gflop": 0.0}
+    for sp in layer_specs(cfg, a.size, a.batch):
+        r = ours.get(sp["name"])
+        if r is None:
+            continue
+        gf, mb = _layer_cost(sp, cfg, table, item)
+        f, b = median(r["fwd"]), median(r["bwd"]) if r["bwd"] else 0.0
+        tot["ours"] += f + b
+        tot["gflop"] += gf
+        line = (f"   {sp['name']:<17}{gf:7.2f}{mb:8.1f}{f * 1e3:8.2f}{b * 1e3:8.2f}"
+                f"{gf / (f + b):8.1f}{mb / 1024 / (f + b):6.1f}{r['dispatch']:6.0f}")
+        if torch_rec and sp["name"] in torch_rec:
+            tf, tb = median(torch_rec[sp["name"]]["fwd"]), median(torch_rec[sp["name"]]["bwd"])
+            tot["torch"] += tf + tb
+            line += f"{tf * 1e3:8.2f}{tb * 1e3:8.2f}{(f + b) / (tf + tb):7.2f}x"
+        print(line)
+    line = f"   {'sum of layers':<17}{tot['gflop']:7.1f}{'':8}{tot['ours'] * 1e3:16.1f}"
+    if torch_rec:
+        line += f"{'':36}{tot['torch'] * 1e3:16.1f}{tot['ours'] / tot['torch']:7.2f}x"
+    print(line)
+    print(f"   training step {step * 1e3:.1f} ms (outside the layers: "
+          f"{(step - tot['ours']) * 1e3:.1f} ms); {ours['dispatches']:.0f} thread dispatches "
+          f"per step, an empty one costs "
+          f"{disp * 1e6:.0f} us on {T} workers: {ours['dispatches'] * disp * 1e3:.1f} ms "
+          f"({ours['dispatches'] * disp / step:.0%} of the step)")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m minunet.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -525,7 +838,12 @@ def main(argv=None) -> int:
     p.add_argument("--big", type=int, default=0,
                    help="with --predict: peak memory of a fresh process predicting a lazily "
                         "generated BIG x BIG image chunk by chunk (e.g. 20000; default 0: not)")
-    p.add_argument("--_worker", choices=["fast", "plain", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--layers", action="store_true",
+                   help="time a training step layer by layer instead (section 7): each layer's "
+                        "forward and backward, FLOPs, bytes and thread dispatches, beside "
+                        "PyTorch's same layer when torch is importable (CPU)")
+    p.add_argument("--_worker", choices=["fast", "plain", "torch", "torch_layers"],
+                   help=argparse.SUPPRESS)
     p.add_argument("--_predict_big", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     device = backend.resolve_device(a.device)
@@ -555,6 +873,12 @@ def main(argv=None) -> int:
         return 1
     if a.predict:
         return bench_predict(a, device)
+    if a.layers:
+        if device != "cpu":
+            print("--layers times the CPU (a clock around each layer); use --device cpu",
+                  file=sys.stderr)
+            return 2
+        return print_layers(a)
 
     if not a.no_ops:
         print("\n2. hot loops at the paper network's sizes")

@@ -8,16 +8,16 @@ convention: 255 (or 1) = cell, 0 = boundary.
 
 Prints one row per slice and an aggregate row ('all'), and writes them as CSV (--csv):
 
-    pixel_error, rand_error, v_rand, v_info   the ISBI 2012 scores (minunet/evaluation/metrics.py), each at
+    pixel_error, rand_error, v_rand, v_info   the ISBI 2012 scores (evaluation/metrics.py), each at
                                               its best threshold of 0.0, 0.1, ..., 1.0; the 'all'
                                               row pools / averages slices as the challenge did
     pixel_accuracy, iou_cell, iou_boundary,   pixel-wise, at --threshold (default 0.5); 'all'
     mean_iou, dice_cell                       counts every pixel of the stack
 
---instances scores objects instead (minunet/evaluation/objects.py). PRED and LABELS are then instance label
-images (0 = background, one id per cell; `predict --instances` writes them in DIR/instances), or
-binary masks, whose 4-connected components are taken as the cells (so DIR/mask and ISBI labels
-work too). Columns (matching at IoU >= 0.5; 'all' pools every slice's objects):
+--instances scores objects instead (minunet/evaluation/objects.py). PRED and LABELS are then
+instance label images (0 = background, one id per cell; `predict --instances` writes them in
+DIR/instances), or binary masks, whose 4-connected components are taken as the cells (so DIR/mask
+and ISBI labels work too). Columns (matching at IoU >= 0.5; 'all' pools every slice's objects):
 
     n_true, n_pred, tp, fp, fn                objects in the truth and the prediction; matched
                                               pairs, unmatched predictions, unmatched true cells

@@ -10,14 +10,14 @@
                   ConvTranspose2d (Cin, Cout, 2, 2)), float32, with the model config, the
                   architecture and the input normalisation as metadata.
     bioimageio    a bioimage.io model package (model description format 0.5): rdf.yaml, the
-                  ONNX weights, with torch installed also `pytorch_state_dict` weights (the
-                  same parameters, loaded by the stand-alone module minunet/exporters/bioimageio_torch.py
+                  ONNX weights, with torch installed also `pytorch_state_dict` weights (the same
+                  parameters, loaded by the stand-alone module minunet/exporters/bioimageio_torch.py
                   that goes with them; the spec has no safetensors weights format, so the
-                  safetensors file rides along as an attachment), a test input and its
-                  expected output (.npy), a cover image and documentation (README.md). --out
-                  PATH.zip writes the zipped package, any other PATH a folder. When the
-                  bioimageio.spec package is installed the package is validated before it is
-                  written (offline: all its files are local).
+                  safetensors file rides along as an attachment), a test input and its expected
+                  output (.npy), a cover image and documentation (README.md). --out PATH.zip writes
+                  the zipped package, any other PATH a folder. When the bioimageio.spec package is
+                  installed the package is validated before it is written (offline: all its files
+                  are local).
 
 The ONNX graph's contract (and the package's):
 

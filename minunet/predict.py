@@ -1,9 +1,9 @@
 """Segment images: `python -m minunet.predict --checkpoint CKPT INPUT... --out DIR`.
 
-INPUT is an image file (PNG or TIFF, 8/16-bit or float in [0, 1], gray or RGB), a multi-page
-TIFF stack, or a folder of such files. The model is rebuilt from the checkpoint (its
-architecture, config, parameters and buffers; minunet/training/checkpoint.py) and run by overlap-tile
-inference (minunet/inference/tiles.py) on images of any size. Per image it writes
+INPUT is an image file (PNG or TIFF, 8/16-bit or float in [0, 1], gray or RGB), a multi-page TIFF
+stack, or a folder of such files. The model is rebuilt from the checkpoint (its architecture,
+config, parameters and buffers; minunet/training/checkpoint.py) and run by overlap-tile inference
+(minunet/inference/tiles.py) on images of any size. Per image it writes
 
     DIR/prob/STEM.png      probability of 'cell' (class 1), 8-bit: round(255 p)
                            (--float: DIR/prob/STEM.tif, float32 in [0, 1])
@@ -22,10 +22,11 @@ With --instances it also writes
                                     16-bit (32-bit beyond 65535 cells); a stack: one page each
     DIR/instances_overlay/STEM.png  the image with each cell in its own colour
 
-The cells are found in the cell probability (K > 2: 1 - p(class 0)) by minunet/inference/instances.py:
-threshold, a seeded watershed on the distance transform that splits blobs at narrow necks
-(--split-neck), small blobs dropped (--min-size), separation borders given back to the cells
-(--fill-borders). `python -m minunet.evaluate DIR/instances LABELS --instances` scores them.
+The cells are found in the cell probability (K > 2: 1 - p(class 0)) by
+minunet/inference/instances.py: threshold, a seeded watershed on the distance transform that splits
+blobs at narrow necks (--split-neck), small blobs dropped (--min-size), separation borders given
+back to the cells (--fill-borders). `python -m minunet.evaluate DIR/instances LABELS --instances`
+scores them.
 
 Images are brought to [0, 1] as the model's training did: its checkpoint records --normalize
 (by default 8-bit images / 255, 16-bit ones stretched between their percentiles 1 and 99.8;
@@ -35,10 +36,10 @@ Every file is written to a temporary name in its folder and renamed when complet
 interrupted run leaves no half-written file.
 
 --out OUT.zarr predicts one INPUT of any size (a zarr or OME-Zarr array, a large TIFF, or any
-image above) chunk by chunk into a zarr store, exactly as in memory, resumably, on this
-machine's threads or a Dask cluster (--scheduler): see minunet/inference/chunked.py. The store keeps a
-digest of the input's bytes and a checksum per chunk: a rerun computes again what was damaged
-on disk and refuses an input changed under the same name (--overwrite replaces the store).
+image above) chunk by chunk into a zarr store, exactly as in memory, resumably, on this machine's
+threads or a Dask cluster (--scheduler): see minunet/inference/chunked.py. The store keeps a digest
+of the input's bytes and a checksum per chunk: a rerun computes again what was damaged on disk and
+refuses an input changed under the same name (--overwrite replaces the store).
 --chunk and --overwrite belong to that mode and are refused with a folder --out.
 """
 
@@ -114,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "probability exceeds --threshold, split at narrow necks by a seeded "
                         "watershed on the distance transform")
     add_instance_options(p, "with --instances: ")
-    zarr_opts = p.add_argument_group("chunked prediction into OUT.zarr (minunet/inference/chunked.py)")
+    zarr_opts = p.add_argument_group(
+        "chunked prediction into OUT.zarr (minunet/inference/chunked.py)")
     zarr_opts.add_argument("--chunk", type=int, default=None,
                            help="output chunk side in px, a multiple of 16 (2^depth), at least "
                                 "192 (each chunk also computes the network's 184 px margin); "

@@ -86,11 +86,14 @@ def _call(fn, *args):
         raise _Raised(f"your code raised {type(e).__name__}: {e}") from None
 
 
-def _attempt(exercise: str, judge: Callable[[], Verdict]) -> Verdict:
+def _attempt(exercise: str, judge: Callable[[], Verdict], graded: bool = True) -> Verdict:
+    """judge(), or the verdict for a stub not yet written (graded: the coursework grades the
+    same work) or for code that raised."""
     try:
         return judge()
     except _NotAttempted:
-        return Verdict(exercise, NOT_ATTEMPTED, f"Write the code and rerun the cell; {GRADED}")
+        return Verdict(exercise, NOT_ATTEMPTED, "Write the code and rerun the cell"
+                       + (f"; {GRADED}" if graded else ""))
     except _Raised as e:
         return Verdict(exercise, WRONG, str(e))
 
@@ -777,3 +780,557 @@ def check_sigmoid(forward_mine, backward_mine, seed: int = 0) -> Verdict:
                        f"{res.max_rel_error:.2g})" + (f". Hint: {hint}" if hint else ""))
 
     return _attempt(exercise, judge)
+
+
+# --- 04-10: the exercises that once changed a value and asserted --------------------------------
+
+
+def check_broken_gradient(mine, loss_at: Callable, params: dict, grads: dict,
+                          factor: float = 1.01, seed: int = 0) -> Verdict:
+    """04, exercise 3: break_one_layer(grads) -> grads with ONE parameter's gradient scaled by
+    1.01 (a 1 % bug in one layer); right when it is exactly that, and the directional check
+    (5 directions, threshold 1e-6) then fails on at least one direction. The learner's
+    function gets copies: the model's own gradients are never changed."""
+    from minunet.nn.gradcheck import directional_check
+
+    exercise = "04, exercise 3 (a broken gradient in a big network)"
+
+    def judge() -> Verdict:
+        got = _call(mine, {k: np.copy(v) for k, v in grads.items()})
+        if not (isinstance(got, dict) and set(got) == set(grads) and all(
+                np.shape(got[k]) == np.shape(grads[k]) for k in grads)):
+            return Verdict(exercise, WRONG, "break_one_layer returns the gradient dict: the same "
+                           "names, the same shapes")
+        changed = [k for k in grads if not np.array_equal(got[k], grads[k])]
+        if not changed:
+            return Verdict(exercise, WRONG, "nothing is broken: the gradients are the model's "
+                           "own (scale one parameter's gradient by 1.01)")
+        if len(changed) > 1:
+            return Verdict(exercise, WRONG, f"{len(changed)} parameters changed; the exercise "
+                           "breaks ONE layer (one parameter's gradient), the bug a directional "
+                           "check must find among all the others")
+        k = changed[0]
+        if not _same(got[k], factor * np.asarray(grads[k]), 1e-12):
+            return Verdict(exercise, WRONG, f"{k} changed, but not by the factor {factor}: a "
+                           "1 % bug multiplies the gradient by 1.01")
+        res = directional_check(loss_at, params, got, n_dirs=5, rng=np.random.default_rng(seed))
+        errors = ", ".join(f"{r.rel_error:.1e}" for r in res)
+        if all(r.passed for r in res):  # not seen for any of 04's 46 tensors (tested)
+            return Verdict(exercise, RIGHT, f"{k} x {factor}, as asked; but it passed every "
+                           f"direction ({errors}): its share of the loss's slope along them is "
+                           "too small to see")
+        failed = sum(not r.passed for r in res)
+        return Verdict(exercise, RIGHT, f"{k} x {factor}: {failed} of 5 directions fail the "
+                       f"check (relative errors {errors}; threshold "
+                       f"{res[0].threshold:g}): a 1 % bug in one of {len(grads)} parameter "
+                       "tensors is far above float64 rounding")
+
+    return _attempt(exercise, judge, graded=False)
+
+
+def _flag_value(args: list, flag: str):
+    return args[args.index(flag) + 1] if flag in args[:-1] else None
+
+
+def check_resume(args, run, extra: int, train: Callable) -> Verdict:
+    """05, exercise 2: the options that continue the run in `run` for another `extra`
+    iterations (`args` for minunet.train.main). Judged before running (--resume from the run's
+    last.npz, --iters the new total), then by running them with `train`: the checkpoint's
+    iteration is the old one + extra, and metrics.csv keeps its rows and gains rows for the
+    new validations only."""
+    import csv
+    from pathlib import Path
+
+    from minunet.training.checkpoint import load_checkpoint
+
+    exercise = "05, exercise 2 (resume once more)"
+    if args is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "Write the options and rerun the cell")
+    run = Path(run)
+    args = [str(a) for a in args]
+    before = load_checkpoint(run / "last.npz").iteration
+    resume = _flag_value(args, "--resume")
+    if resume is None:
+        return Verdict(exercise, WRONG, "a run folder is never overwritten: continuing a run "
+                       "takes --resume with its checkpoint")
+    if Path(resume).resolve() != (run / "last.npz").resolve():
+        return Verdict(exercise, WRONG, f"--resume {Path(resume).name}: a run continues from "
+                       "where it stopped, RUN/last.npz (best.npz is the checkpoint the "
+                       "validation chose, often an earlier iteration)")
+    iters = _flag_value(args, "--iters")
+    if iters is None or not iters.isdigit() or int(iters) != before + extra:
+        return Verdict(exercise, WRONG, f"--iters {iters}: --iters is the run's total, the "
+                       "iteration where it ends (the saved iteration + extra), not the number "
+                       "of iterations to add")
+
+    def rows():
+        with open(run / "metrics.csv", newline="") as f:
+            return list(csv.DictReader(f))
+
+    def judge() -> Verdict:
+        old = rows()
+        _call(train, args)
+        after = load_checkpoint(run / "last.npz").iteration
+        new = rows()
+        if after != before + extra:
+            return Verdict(exercise, WRONG, f"the checkpoint holds iteration {after}, not "
+                           f"{before} + {extra}")
+        if new[: len(old)] != old or not all(int(r["iteration"]) > before
+                                             for r in new[len(old):]):
+            return Verdict(exercise, WRONG, "metrics.csv lost or repeated rows: a resumed run "
+                           "is the same run")
+        return Verdict(exercise, RIGHT, f"iteration {before} -> {after}; metrics.csv kept its "
+                       f"{len(old)} rows and gained {len(new) - len(old)} (validations after "
+                       f"iteration {before}): a resumed run is the same run")
+
+    return _attempt(exercise, judge, graded=False)
+
+
+def _prediction(exercise: str, answer, measured: float, factor: float, concept: str,
+                what: str) -> Verdict:
+    """A predicted positive number, right within `factor` of the measured one."""
+    if answer is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "Write your prediction and rerun the cell")
+    try:
+        p = float(answer)
+    except (TypeError, ValueError):
+        return Verdict(exercise, WRONG, f"{answer!r} is not a number")
+    if p > 0 and measured / factor <= p <= measured * factor:
+        return Verdict(exercise, RIGHT, f"within a factor of {factor:g} of the measured {what} "
+                       f"{measured:.3g}")
+    return Verdict(exercise, WRONG, f"{p:.3g} is more than a factor of {factor:g} from the "
+                   f"measured {what}. Hint: {concept}")
+
+
+def check_grid_factor(answer, steepest: Callable) -> Verdict:
+    """06, exercise 1: the factor by which the steepest slope of the deformation grows from the
+    paper's 3x3 grid to a 5x5 one (the same 10 px standard deviation); right within 25 %.
+    steepest(grid) measures the largest |dD/dx| over the tutorial's draws."""
+    exercise = "06, exercise 1 (the size of the grid)"
+    if answer is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "Write your prediction and rerun the cell")
+    measured = steepest(5) / steepest(3)
+    return _prediction(exercise, answer, measured, 1.25,
+                       "the nodes' displacements keep their 10 px spread, but 5 nodes per side "
+                       "lie half as far apart as 3: the same rise over half the run (the "
+                       "number of nodes, 25 against 9, is not what sets a slope)",
+                       "ratio")
+
+
+def check_label_warp(mine, labels, coords) -> Verdict:
+    """06, exercise 2: my_label_warp(labels, coords) -> the labels deformed by the map; right
+    when it is the nearest-neighbour gather (order 0), whose values stay in the label set."""
+    from minunet.data.augment import warp
+
+    exercise = "06, exercise 2 (labels through the map)"
+
+    def judge() -> Verdict:
+        got = np.asarray(_call(mine, np.copy(labels), np.copy(coords)))
+        want = warp(labels, coords, order=0)
+        if got.shape != want.shape:
+            return Verdict(exercise, WRONG, f"the result must have the tile's shape {want.shape}")
+        label_set = set(np.unique(labels).tolist())
+        outside = sorted(set(np.unique(got).tolist()) - label_set)
+        if outside:
+            over = any(v < min(label_set) or v > max(label_set) for v in outside)
+            return Verdict(exercise, WRONG, f"{len(outside)} values are not labels (e.g. "
+                           f"{outside[0]:.3g}): an interpolation mixes the classes at every "
+                           "edge" + (", and the cubic spline overshoots beyond them" if over
+                                     else "") + "; a label is a class: nearest neighbour, "
+                           "order=0")
+        if np.array_equal(got, want):
+            return Verdict(exercise, RIGHT, "nearest neighbour (order 0): every value is a "
+                           "label, and the labels follow the same map as the image")
+        if np.array_equal(got, labels):
+            return Verdict(exercise, WRONG, "the labels are not deformed: they must go through "
+                           "the same map as the image")
+        return Verdict(exercise, WRONG, "the values are labels, but not where the map sends "
+                       "them: the nearest-neighbour gather (order=0) reads each output pixel's "
+                       "label at its source point, rounded")
+
+    return _attempt(exercise, judge, graded=False)
+
+
+def check_push_holes(answer, push: Callable, image, disp, gains=(0.0, 0.5, 2.0)) -> Verdict:
+    """06, exercise 3: for each gain, does pushing every source pixel to p + gain * D(p) leave
+    output pixels with no value? answer: {gain: True/False}."""
+    exercise = "06, exercise 3 (forward instead of backward)"
+    if answer is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "Write your predictions and rerun the cell")
+    truth = {g: bool(np.isnan(push(image, g * disp)).any()) for g in gains}
+    try:
+        mine = {float(g): bool(v) for g, v in dict(answer).items()}
+    except (TypeError, ValueError):
+        return Verdict(exercise, WRONG, "answer with a dict {gain: True or False}")
+    if set(mine) != set(truth):
+        return Verdict(exercise, WRONG, f"predict for the gains {list(gains)}")
+    counts = ", ".join(f"gain {g:g}: {int(np.isnan(push(image, g * disp)).sum())} holes"
+                       for g in gains)
+    if mine == truth:
+        return Verdict(exercise, RIGHT, f"{counts}; the pulled warp gives every pixel a value "
+                       "at every gain")
+    wrong = [g for g in gains if mine[g] != truth[g]]
+    if not truth[wrong[0]]:
+        hint = ("at gain 0 nothing moves: every pixel lands on itself, and a push leaves no "
+                "hole")
+    else:
+        hint = ("where the displacement stretches the image, neighbouring source pixels land "
+                "more than one pixel apart (and where it compresses, two on one): the pixels "
+                "between them get nothing; a pull (warp) asks every output pixel where to read")
+    return Verdict(exercise, WRONG, f"not at gain {wrong[0]:g}. Hint: {hint}")
+
+
+def check_tile_plan(side, offsets, max_tile: int, padded: int, depth: int = 4) -> Verdict:
+    """07, exercise 1: the tile side `predict` uses for --tile max_tile on a padded image of
+    side `padded`, and the tiles' offsets along one axis."""
+    from minunet.models.sizes import choose_tile, tile_offsets
+
+    exercise = "07, exercise 1 (another tile size)"
+    if side is None or offsets is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "Write your answers and rerun the cell")
+    t_side = choose_tile((padded, padded), depth, max_tile)[0]
+    verdict = check_number(exercise, side, t_side, decimals=0,
+                           concept="a tile must be a valid size (124 + 16b): an invalid one is "
+                                   "rounded down to the largest valid size below it")
+    if not verdict.ok:
+        return verdict
+    truth = tile_offsets(padded, t_side, depth)
+    if list(offsets) == truth:
+        return Verdict(exercise, RIGHT, f"tile {t_side}, offsets {truth}")
+    return Verdict(exercise, WRONG, "the offsets: tiles start at 0, step, 2 step, ..., where the "
+                   "step is the tile's output side (tile - 184) rounded down to a multiple of "
+                   "16, and the last one ends flush with the padded side")
+
+
+def check_grid_step(answer, depth: int, seed: int = 0) -> Verdict:
+    """07, exercise 2: the multiple that tile offsets must be for a network of `depth` pools;
+    right when it equals sizes.grid_step(depth), and the max-pool experiment agrees: a crop
+    pooled `depth` times reproduces the whole image's pooling exactly at offsets that are
+    multiples of it, and only there."""
+    from minunet.models.sizes import grid_step
+
+    exercise = "07, exercise 2 (depth and grid)"
+    if answer is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "Write your answer and rerun the cell")
+    g_true = grid_step(depth)
+    big = np.random.default_rng(seed).standard_normal((1, 1, 8 * g_true, 8 * g_true))
+
+    def pool_n(a):
+        for _ in range(depth):
+            a = reference.maxpool2x2_forward(a)[0]
+        return a
+
+    whole = pool_n(big)
+    exact = []
+    for t in range(2 * g_true + 1):
+        crop = pool_n(big[:, :, t : t + 4 * g_true, t : t + 4 * g_true])
+        ref = whole[:, :, t // g_true : t // g_true + 4, t // g_true : t // g_true + 4]
+        exact.append(bool(np.array_equal(crop, ref)))
+    verdict = check_number(exercise, answer, g_true, decimals=0,
+                           concept="each 2x2 pool halves the grid, so after D pools one pixel "
+                                   "stands for 2^D input pixels: offsets must be multiples of "
+                                   "2^D (the product of the pools' strides, not their sum)")
+    if verdict.ok:
+        shown = [t for t, e in enumerate(exact) if e]
+        assert shown == list(range(0, 2 * g_true + 1, g_true))  # what the exercise teaches
+        return Verdict(exercise, RIGHT, f"grid {g_true} at depth {depth}: pooled crops equal "
+                       f"the whole image's at offsets {shown} of 0..{2 * g_true}, nowhere else")
+    return verdict
+
+
+def check_float32_bound(answer, tiled, single, off_grid: float = 1e-3) -> Verdict:
+    """07, exercise 3: a bound on max |tiled - single| for the float32 network: right when the
+    float32 maps stay under it and it is at least 10x below `off_grid`, the size of a real
+    error (tiles off the pooling grid), so that it would still catch one."""
+    exercise = "07, exercise 3 (float32)"
+    if answer is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "Write your bound and rerun the cell")
+    try:
+        b = float(answer)
+    except (TypeError, ValueError):
+        return Verdict(exercise, WRONG, f"{answer!r} is not a number")
+    diff = float(np.abs(np.asarray(tiled, np.float64) - np.asarray(single, np.float64)).max())
+    if diff <= b <= off_grid / 10:
+        return Verdict(exercise, RIGHT, f"the float32 maps differ by {diff:.2e} <= {b:g}, and a "
+                       f"tile off the grid (> {off_grid:g}) would still fail it")
+    if b < diff:
+        return Verdict(exercise, WRONG, f"{b:g} is below what float32 rounding gives here: "
+                       "float32 rounds at about 6e-8 per operation (float64 at 1e-16), and the "
+                       "errors of many layers add up")
+    return Verdict(exercise, WRONG, f"{b:g} is so loose that it would pass a real error: a tile "
+                   f"off the pooling grid differs by more than {off_grid:g}")
+
+
+def check_source_offset(mine, seed: int = 0) -> Verdict:
+    """08, exercise 1: my_source_offset(c, i, j, y0, H, W) -> the flat offset of x[c, y0 + i, j]
+    in a (C, H, W) array, the start of grid row r = (c, i, j) of the im2col kernel; the kernel
+    is simulated with it (every thread q of a row at once) and compared with the CPU twin for
+    several kernel sizes and chunks of a non-square input."""
+    from minunet import backend
+
+    exercise = "08, exercise 1 (simulate the kernel)"
+
+    def judge() -> Verdict:
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((3, 13, 11)).astype(np.float32)  # (C, H, W), H != W
+        C, H, W = x.shape
+        flat = x.ravel()
+        for ks, y0, y1 in ((3, 2, 9), (1, 0, 13), (5, 3, 7)):
+            wo = W - ks + 1
+            q = np.arange((y1 - y0) * wo)  # every thread of a grid row
+            y, xx = q // wo, q % wo
+            sim = np.empty((C * ks * ks, q.size), np.float32)
+            for r in range(C * ks * ks):  # blockIdx.y
+                c, i, j = r // (ks * ks), (r // ks) % ks, r % ks
+                src = int(_call(mine, c, i, j, y0, H, W))
+                idx = src + y * W + xx
+                if idx.min() < 0 or idx.max() >= flat.size:
+                    return Verdict(exercise, WRONG, f"offset {src} for (c, i, j) = {(c, i, j)}, "
+                                   f"y0 = {y0} reads outside the array: a (C, H, W) array is "
+                                   "row-major, x[c, y, x] at (c * H + y) * W + x")
+                sim[r] = flat[idx]
+            ref = backend.im2col(x, ks, y0, y1, np.empty_like(sim))
+            if not np.array_equal(sim, ref):
+                no_y0 = int(_call(mine, 1, 1, 1, 5, H, W)) == int(_call(mine, 1, 1, 1, 0, H, W))
+                hint = ("the chunk starts at row y0: grid row (c, i, j) starts at x[c, y0 + i, j]"
+                        if no_y0 else "a (C, H, W) array is row-major: a row is W long, a "
+                        "channel H * W, so x[c, y, x] is at (c * H + y) * W + x")
+                return Verdict(exercise, WRONG, f"k = {ks}, rows {y0}..{y1}: the simulated "
+                               f"column matrix differs from the CPU twin. Hint: {hint}")
+        return Verdict(exercise, RIGHT, "the simulated kernel equals the CPU twin bit for bit "
+                       "for k = 3, 1, 5 and three chunks of a 13 x 11 input")
+
+    return _attempt(exercise, judge, graded=False)
+
+
+def check_reorder_fraction(answer, reordered, twin, within: float = 0.15) -> Verdict:
+    """08, exercise 2: the fraction of float32 pixels whose sum changes when the taps are added
+    in another order; right within `within` (absolute) of the measured fraction."""
+    exercise = "08, exercise 2 (another order of additions)"
+    if answer is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "Write your prediction and rerun the cell")
+    try:
+        p = float(answer)
+    except (TypeError, ValueError):
+        return Verdict(exercise, WRONG, f"{answer!r} is not a number")
+    reordered, twin = np.asarray(reordered), np.asarray(twin)
+    frac = float((reordered != twin).mean())
+    if abs(p - frac) <= within:
+        return Verdict(exercise, RIGHT, f"{frac:.0%} of the pixels changed (within "
+                       f"{within:.0%}), each by float32 rounding")
+    hint = ("float addition is not associative: each sum rounds after every addition, and "
+            "another order rounds differently in many pixels, by a unit of the last bit"
+            if p < frac else "not every pixel: many sums still round to the same float32 "
+            "value in another order, and pixels at the border get fewer taps")
+    return Verdict(exercise, WRONG, f"{p:g} is not the fraction that changes. Hint: {hint}")
+
+
+def check_scatter_speed(answer, t_scatter: float, t_gather: float) -> Verdict:
+    """08, exercise 3: how many times slower np.add.at's scatter is than the gather twin,
+    right within a factor of 10 of the measured ratio (an order of magnitude)."""
+    exercise = "08, exercise 3 (a scatter on the CPU)"
+    if answer is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "Write your prediction and rerun the cell")
+    return _prediction(exercise, answer, t_scatter / t_gather, 10.0,
+                       "np.add.at handles its entries one at a time through an index array, "
+                       "while the gather twin adds nine whole shifted slices (contiguous, "
+                       "vectorised); a scatter is many times slower",
+                       "ratio t_scatter / t_gather")
+
+
+def check_smallest_gap(answer, gap_toy: Callable, truth, gaps=range(0, 6)) -> Verdict:
+    """09, exercise 1: the smallest gap (px) in the membrane at which the merge score (Rand,
+    thinned proposal) drops below 1. gap_toy(gap) -> the proposal with that gap."""
+    from minunet.evaluation.metrics import isbi_scores, rand_scores, segments, thin_boundaries
+
+    exercise = "09, exercise 1 (how wide must a gap be?)"
+    if answer is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "Write your answer and rerun the cell")
+    truth_seg = segments(truth)
+    rows = []
+    for g in gaps:
+        toy = gap_toy(g)
+        r = isbi_scores(toy.astype(np.float64), truth)
+        rows.append((g, rand_scores(truth_seg, thin_boundaries(toy)).merge, r.pixel_error,
+                     r.v_rand))
+    smallest = next(g for g, m, _, _ in rows if m < 1)
+    verdict = check_number(exercise, answer, smallest, decimals=0,
+                           concept="one missing membrane pixel joins the two cells into one "
+                                   "4-connected component: the merge is total at any gap > 0 "
+                                   "(and a gap of 0 is no gap: merge score exactly 1)")
+    if not verdict.ok:
+        return verdict
+    table = "; ".join(f"gap {g}: merge {m:.3f}, pixel error {p:.4f}, V_rand {v:.3f}"
+                      for g, m, p, v in rows)
+    return Verdict(exercise, RIGHT, f"{table}. The pixel error stays tiny while V_rand falls")
+
+
+def check_thinned_truth(answer, truth, cases: dict, names=("thick", "shifted")) -> Verdict:
+    """09, exercise 2: for each named toy, does thinning the truth as well change the Rand
+    F-score of its thinned proposal? answer: {name: True/False}."""
+    from minunet.evaluation.metrics import rand_scores, segments, thin_boundaries
+
+    exercise = "09, exercise 2 (thinning the truth too)"
+    if answer is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "Write your predictions and rerun the cell")
+    truth_seg, truth_thin = segments(truth), thin_boundaries(truth)
+    scores = {n: (rand_scores(truth_thin, thin_boundaries(cases[n])).fscore,
+                  rand_scores(truth_seg, thin_boundaries(cases[n])).fscore) for n in names}
+    truth_d = {n: abs(a - b) > 1e-12 for n, (a, b) in scores.items()}
+    try:
+        mine = {str(k): bool(v) for k, v in dict(answer).items()}
+    except (TypeError, ValueError):
+        return Verdict(exercise, WRONG, "answer with a dict {name: True or False}")
+    if set(mine) != set(names):
+        return Verdict(exercise, WRONG, f"predict for the toys {list(names)}")
+    shown = "; ".join(f"{n}: truth thinned too {a:.4f}, challenge's way {b:.4f}"
+                      for n, (a, b) in scores.items())
+    if mine == truth_d:
+        return Verdict(exercise, RIGHT, shown)
+    n = next(n for n in names if mine[n] != truth_d[n])
+    hint = ("thinning changes the truth only where its membranes are wider than a line: "
+            "the pixels of the truth's membrane that the thinning gives to cells now count, and "
+            "a proposal whose thinned membrane lies off the truth's middle line is scored on "
+            "them" if truth_d[n] else "the proposal's membranes thin onto the truth's middle "
+            "lines, and the pixels that the truth's thinning adds to cells are split the same "
+            "way on both sides: nothing changes")
+    return Verdict(exercise, WRONG, f"not for {n}. Hint: {hint}")
+
+
+def check_rand_counts(mine, seed: int = 0) -> Verdict:
+    """09, exercise 3: my_rand_counts(truth_seg, prop) -> (A, T, S), the pair counts of the
+    foreground-restricted Rand F-score (F = 2A / (T + S), split = A / T, merge = A / S),
+    compared with minunet.evaluation.metrics.rand_scores on several random toys."""
+    from minunet.evaluation.metrics import rand_scores
+
+    exercise = "09, exercise 3 (count the pairs)"
+
+    def judge() -> Verdict:
+        rng = np.random.default_rng(seed)
+        for shape in ((12, 10), (20, 20), (9, 15)):
+            truth = rng.integers(0, 5, shape)  # 0: membrane, 1..4: cells
+            prop = rng.integers(0, 4, shape)
+            ref = rand_scores(truth, prop)
+            got = _call(mine, truth.copy(), prop.copy())
+            try:
+                a, t, s = (float(v) for v in got)
+            except (TypeError, ValueError):
+                return Verdict(exercise, WRONG, "my_rand_counts returns three numbers (A, T, S)")
+            if min(a, t, s) <= 0:
+                return Verdict(exercise, WRONG, "A, T and S are sums of squared counts: > 0")
+            split_ok = abs(a / t - ref.split) <= 1e-12
+            merge_ok = abs(a / s - ref.merge) <= 1e-12
+            if split_ok and merge_ok:
+                continue
+            if split_ok:
+                hint = ("S: the proposal's cells, counted over the truth's cell pixels, and "
+                        "every proposed membrane pixel there a cell of its own (a singleton, "
+                        "adding 1 to S)")
+            elif merge_ok:
+                hint = "T: the sum of squared sizes of the truth's cells (its cell pixels only)"
+            else:
+                hint = ("A = sum of n_ij^2 over the pairs (true cell, proposed cell), counted over "
+                        "the truth's cell pixels only (foreground-restricted), plus 1 for each "
+                        "proposed membrane pixel there (a singleton); the same pixels give T "
+                        "and S")
+            return Verdict(exercise, WRONG, f"on a {shape} toy: A/T (split) "
+                           f"{'right' if split_ok else 'wrong'}, A/S (merge) "
+                           f"{'right' if merge_ok else 'wrong'}. Hint: {hint}")
+        return Verdict(exercise, RIGHT, "2A/(T+S), A/T and A/S equal rand_scores' F, split and "
+                       "merge on three random toys")
+
+    return _attempt(exercise, judge, graded=False)
+
+
+CAUGHT_BY = ("gradient check", "forward", "gradient")  # 10, exercise 1
+
+
+def check_mistake_caught(answer, found: dict) -> Verdict:
+    """10, exercise 1: which comparisons catch a catalogue mistake: a subset of CAUGHT_BY (the
+    gradient check fails, the forward differs from the reference, the gradient differs from
+    the reference's). found: {name: bool} measured by the tutorial's cell."""
+    exercise = "10, exercise 1 (a mistake from the catalogue)"
+    if answer is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "Write your prediction and rerun the cell")
+    try:
+        mine = {str(a) for a in answer}
+    except TypeError:
+        return Verdict(exercise, WRONG, f"answer with a set of names from {CAUGHT_BY}")
+    if not mine <= set(CAUGHT_BY):
+        return Verdict(exercise, WRONG, f"the names are {CAUGHT_BY}; yours {sorted(mine)}")
+    truth = {k for k in CAUGHT_BY if found[k]}
+    shown = ", ".join(f"{k}: {'catches it' if found[k] else 'does not'}" for k in CAUGHT_BY)
+    if mine == truth:
+        return Verdict(exercise, RIGHT, shown)
+    if "forward" in mine ^ truth:
+        hint = ("the forward differs only when the mistake is in the forward; a backward's "
+                "mistake leaves the forward the reference's" if "forward" in mine else
+                "this mistake changes what the forward computes: compare it with the reference")
+    elif "gradient check" in mine ^ truth:
+        hint = ("a gradient check compares a backward with its own forward: a mistake made in "
+                "both consistently, or only at ties where the check cannot judge, passes it"
+                if "gradient check" in mine else "a backward that disagrees with its own "
+                "forward fails the gradient check")
+    else:
+        hint = ("a wrong backward gives another gradient than the reference's"
+                if "gradient" in truth else "the gradient equals the reference's")
+    return Verdict(exercise, WRONG, f"not what was measured. Hint: {hint}")
+
+
+def check_own_relu_mistake(mine, expect_pass, seed: int = 0) -> Verdict:
+    """10, exercise 2: the learner's own wrong ReLU backward and their prediction whether the
+    gradient check on the usual inputs (|x| >= 0.1) passes it. Not attempted while
+    expect_pass is None; a backward equal to the op's everywhere (kinks included) is not a
+    mistake."""
+    exercise = "10, exercise 2 (your own mistake)"
+    if expect_pass is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "Write a wrong backward, set EXPECT_PASS and "
+                       "rerun the cell")
+
+    def judge() -> Verdict:
+        rng = np.random.default_rng(seed)
+        x = _image(rng, (2, 3, 5, 4), away_from_zero=True)
+        near = rng.uniform(-0.1, 0.1, (2, 3, 5, 4))
+        near[0, 0, 0, :2] = 0.0
+        different = False
+        for inp in (x, near):
+            _, cache = reference.relu_forward(inp)
+            dout = rng.standard_normal(inp.shape)
+            got = _call(mine, dout, cache)
+            different |= not _same(got, reference.relu_backward(dout, cache))
+        if not different:
+            return Verdict(exercise, WRONG, "this backward equals the op's on every input, kinks "
+                           "included: write a wrong one")
+        res = check_op("relu [mine]", reference.relu_forward, lambda d, c: _call(mine, d, c),
+                       {"x": x}, ("x",), np.random.default_rng(seed + 1))[0]
+        said = f"the gradient check {'passes' if res.passed else 'fails'} (max relative " \
+               f"error {res.max_rel_error:.1e})"
+        if bool(expect_pass) == res.passed:
+            return Verdict(exercise, RIGHT, f"{said}, as you expected")
+        hint = ("your backward differs from the right one only near the kink (|x| < 0.1), where "
+                "the check's inputs never are: it cannot see the difference" if res.passed else
+                "the check compares your backward with central differences of the forward on "
+                "inputs of both signs: a gradient that differs where x < 0 or x > 0 is seen")
+        return Verdict(exercise, WRONG, f"{said}, not as you expected. Hint: {hint}")
+
+    return _attempt(exercise, judge, graded=False)
+
+
+def check_wrong_steps(answer, passes: dict) -> Verdict:
+    """10, exercise 3: the steps h at which the overwriting col2im passes the gradient check
+    (a list, [] for none). passes: {h: passed} measured by the tutorial's cell."""
+    exercise = "10, exercise 3 (the step does not save a wrong gradient)"
+    if answer is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "Write your prediction and rerun the cell")
+    try:
+        mine = {float(h) for h in answer}
+    except (TypeError, ValueError):
+        return Verdict(exercise, WRONG, "answer with a list of steps (or [] for none)")
+    truth = {float(h) for h, p in passes.items() if p}
+    shown = ", ".join(f"{h:g}: {'passes' if p else 'fails'}" for h, p in passes.items())
+    if mine == truth:
+        return Verdict(exercise, RIGHT, f"the overwriting col2im at each step: {shown}")
+    return Verdict(exercise, WRONG, "not what was measured. Hint: the step only trades "
+                   "truncation (h^2) against rounding (eps/h) for a RIGHT gradient; a wrong "
+                   "formula (overlapping windows overwrite instead of add) is wrong by its own "
+                   "amount, the same at every step")

@@ -1,4 +1,5 @@
-"""Checkpoints (minunet/training/checkpoint.py): the format, old files, bad files, rebuilding the model."""
+"""Checkpoints (minunet/training/checkpoint.py): the format, old files, bad files, the model
+rebuilt."""
 
 import json
 import os

@@ -1,6 +1,6 @@
-"""Chunked prediction into zarr (minunet/inference/chunked.py): equal to the in-memory prediction bit for
-bit, on threads and on a LocalCluster of two worker processes; resumable; misaligned chunks
-refused; stacks slice by slice; OME-Zarr in and out; TIFFs read lazily; percentile
+"""Chunked prediction into zarr (minunet/inference/chunked.py): equal to the in-memory
+prediction bit for bit, on threads and on a LocalCluster of two worker processes; resumable;
+misaligned chunks refused; stacks slice by slice; OME-Zarr in and out; TIFFs read lazily; percentile
 normalisation from the whole slice. Small networks (base 2) keep it quick; the 20000 x 20000
 memory bound is measured by `python -m minunet.bench --predict`, not here."""
 

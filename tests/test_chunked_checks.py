@@ -316,3 +316,10 @@ def test_tiny_chunks_are_refused_by_the_cli_and_warned_by_the_library(model, ckp
     predict_zarr(model, img, tmp_path / "n.zarr", tile=TILE, chunk=(112, 192),
                  progress=False)  # 112 covers the 100 rows: one chunk, no waste, no warning
     shutil.rmtree(tmp_path / "w.zarr")
+
+
+def test_ome_zarr_versions_compare_as_numbers():
+    from minunet.inference.chunked import ome_version
+
+    assert ome_version("0.10") > ome_version("0.5") > ome_version("0.4") == (0, 4)
+    assert ome_version("0.4.1-dev") == (0, 4, 1) and ome_version(0.5) == (0, 5)

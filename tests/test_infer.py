@@ -1,4 +1,5 @@
-"""Overlap-tile inference (minunet/inference/tiles.py): exact stitching, any size, test-time augmentation.
+"""Overlap-tile inference (minunet/inference/tiles.py): exact stitching, any size, test-time
+augmentation.
 
 The reference for exactness is ONE forward pass over the whole image, mirror-padded with
 np.pad(mode='reflect') (independent of infer.mirror_pad) to the same valid size; float64,

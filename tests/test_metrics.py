@@ -1,4 +1,4 @@
-"""Metrics (minunet/evaluation/metrics.py) on tiny hand-made segmentations with hand-computed values.
+"""Metrics (minunet/evaluation/metrics.py) on tiny hand-made segmentations, hand-computed values.
 
 Notation as in the module doc: A = sum n_ij^2 + n0, T = sum t_i^2, S = sum s_j^2 + n0 (Rand);
 H(T), H(S), H(S,T), I (information). Segment ids below are written out pixel by pixel.

@@ -1,4 +1,5 @@
-"""Object scores (minunet/evaluation/objects.py) on hand-made label images whose values are worked out here.
+"""Object scores (minunet/evaluation/objects.py) on hand-made label images whose values are
+worked out here.
 
 Every object is a rectangle, so its area and every overlap are counted by eye:
     T = true objects, P = predicted objects, IoU = |T & P| / |T | P|.

@@ -376,3 +376,326 @@ def test_sigmoid():
                             lambda d, x: d * x * (1 - x)), "not at the input")
     _wrong(tc.check_sigmoid(_sigmoid_forward, lambda d, s: s * (1 - s)), "chain rule")
     _wrong(tc.check_sigmoid(lambda x: (np.tanh(x), x), lambda d, x: d), "forward")
+
+
+# --- 04, exercise 3: a broken gradient in a big network --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_unet():
+    """04's small float64 U-Net (base 2, input 188), its loss and its gradients."""
+    from minunet.models.unet import UNetConfig, build_model
+
+    rng = np.random.default_rng(0)
+    model = build_model(UNetConfig(base=2, dtype="float64"), seed=3)
+    x = rng.standard_normal((1, 1, 188, 188))
+    labels = rng.integers(0, 2, (1, 4, 4))
+    weights = rng.random((1, 4, 4)) + 0.5
+
+    def loss_at(params):
+        saved, model.params = model.params, params
+        try:
+            return float(ops.softmax_cross_entropy_forward(model.forward(x, dropout_key=11), labels,
+                                                    weights)[0])
+        finally:
+            model.params = saved
+
+    _, cache = ops.softmax_cross_entropy_forward(model.forward(x, dropout_key=11), labels,
+                                             weights)
+    model.zero_grad()
+    model.backward(ops.softmax_cross_entropy_backward(1.0, cache))
+    return loss_at, model.params, {k: v.copy() for k, v in model.grads.items()}
+
+
+def _scaled(name, factor):
+    def brk(grads):
+        grads[name] = grads[name] * factor
+        return grads
+    return brk
+
+
+def test_broken_gradient(small_unet):
+    loss_at, params, grads = small_unet
+    kept = {k: v.copy() for k, v in grads.items()}
+    _right(tc.check_broken_gradient(_scaled("up1.conv0.weight", 1.01), *small_unet))
+    for name in grads:  # every one of the 46 tensors, biases included, is caught
+        v = tc.check_broken_gradient(_scaled(name, 1.01), *small_unet)
+        _right(v)
+        assert "directions fail" in str(v), str(v)
+    _not_attempted(tc.check_broken_gradient(stub, *small_unet))
+    _wrong(tc.check_broken_gradient(lambda g: g, *small_unet), "nothing is broken")
+    _wrong(tc.check_broken_gradient(lambda g: {k: v * 1.01 for k, v in g.items()},
+                                    *small_unet), "one layer")
+    _wrong(tc.check_broken_gradient(_scaled("up1.conv0.weight", 1.1), *small_unet), "1 %")
+    assert all(np.array_equal(grads[k], kept[k]) for k in grads)  # the model's grads untouched
+
+
+# --- 05, exercise 2: resume once more --------------------------------------------------------
+
+
+def test_resume(tmp_path):
+    import contextlib
+    import io
+
+    import minunet.train
+    from minunet.training.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    settings = ["--preset", "tiny", "--base", "2", "--data", "synthetic:n=4,size=200",
+                "--device", "cpu", "--seed", "0", "--val-every", "2", "--schedule",
+                "constant", "--lr", "0.001"]
+
+    def train(args):
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert minunet.train.main(args) == 0
+
+    train([*settings, "--iters", "2", "--out", str(run)])
+    last = str(run / "last.npz")
+    _not_attempted(tc.check_resume(None, run, 2, train))
+    _wrong(tc.check_resume([*settings, "--iters", "4", "--out", str(run)], run, 2, train),
+           "never overwritten")
+    _wrong(tc.check_resume(["--resume", str(run / "best.npz"), "--iters", "4"], run, 2, train),
+           "where it stopped")
+    _wrong(tc.check_resume(["--resume", last, "--iters", "2"], run, 2, train), "total")
+    _right(tc.check_resume(["--resume", last, "--iters", "4"], run, 2, train))
+    assert load_checkpoint(run / "last.npz").iteration == 4
+
+
+# --- 06: the grid, the labels, push against pull ---------------------------------------------
+
+
+def _steepest(grid, side=121, n_draws=20):
+    from minunet.data.augment import AugmentConfig, draw_transform, elastic_displacement
+
+    r = np.random.default_rng(1)
+    c = AugmentConfig(elastic_grid=grid, rotate=False, flip=False)
+    return max(np.abs(np.gradient(elastic_displacement(draw_transform(r, c).coarse,
+                                                       (side, side)), axis=(1, 2))).max()
+               for _ in range(n_draws))
+
+
+def test_grid_factor():
+    _right(tc.check_grid_factor(2, _steepest))
+    _not_attempted(tc.check_grid_factor(None, _steepest))
+    _wrong(tc.check_grid_factor(1, _steepest), "half as far apart")
+    _wrong(tc.check_grid_factor(0.5, _steepest), "half as far apart")
+    _wrong(tc.check_grid_factor(25 / 9, _steepest), "number of nodes")
+
+
+def _deformation(side=64, seed=2):
+    from minunet.data.augment import AugmentConfig, coordinate_map, draw_transform
+
+    rng = np.random.default_rng(seed)
+    t = draw_transform(rng, AugmentConfig(rotate=False, flip=False))
+    centre = ((side - 1) / 2, (side - 1) / 2)
+    coords = coordinate_map((side, side), centre, t)
+    return rng, coords, coords - coordinate_map((side, side), centre, None)
+
+
+def test_label_warp():
+    from minunet.data.augment import warp
+
+    rng, coords, _ = _deformation()
+    labels = (rng.random((8, 8)) < 0.5).repeat(8, 0).repeat(8, 1).astype(np.int64)
+
+    def gather(lab, c):
+        iy = np.clip(np.rint(c[0]).astype(int), 0, lab.shape[0] - 1)
+        ix = np.clip(np.rint(c[1]).astype(int), 0, lab.shape[1] - 1)
+        return lab[iy, ix]
+
+    mirror = np.abs(coords).max() > 0 and (coords.min() < 0 or coords.max() > 63)
+    if not mirror:  # inside the tile a clipped gather is warp's order 0
+        _right(tc.check_label_warp(gather, labels, coords))
+    _right(tc.check_label_warp(lambda lab, c: warp(lab, c, order=0), labels, coords))
+    _not_attempted(tc.check_label_warp(stub, labels, coords))
+    _wrong(tc.check_label_warp(lambda lab, c: warp(lab, c, order=1), labels, coords),
+           "nearest neighbour")
+    _wrong(tc.check_label_warp(lambda lab, c: warp(lab, c, order=3), labels, coords),
+           "overshoots")
+    _wrong(tc.check_label_warp(lambda lab, c: lab, labels, coords), "same map")
+
+
+def _push(img, disp):  # 06's forward warp
+    out = np.full(img.shape, np.nan, np.float32)
+    h, w = img.shape
+    py, px = np.mgrid[0:h, 0:w]
+    ty, tx = np.rint(py + disp[0]).astype(int), np.rint(px + disp[1]).astype(int)
+    ok = (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w)
+    out[ty[ok], tx[ok]] = img[py[ok], px[ok]]
+    return out
+
+
+def test_push_holes():
+    rng, _, disp = _deformation(side=128)
+    image = rng.random((128, 128)).astype(np.float32)
+    args = (_push, image, disp)
+    _right(tc.check_push_holes({0: False, 0.5: True, 2: True}, *args))
+    _not_attempted(tc.check_push_holes(None, *args))
+    _wrong(tc.check_push_holes({0: False, 0.5: False, 2: False}, *args), "pull")
+    _wrong(tc.check_push_holes({0: True, 0.5: True, 2: True}, *args), "nothing moves")
+
+
+# --- 07: tile plan, grid, float32 ------------------------------------------------------------
+
+
+def test_tile_plan():
+    _right(tc.check_tile_plan(300, [0, 112, 224, 336, 400], 310, 700))
+    _right(tc.check_tile_plan(700, [0], 800, 700))  # one tile covers the whole axis
+    _not_attempted(tc.check_tile_plan(None, None, 310, 700))
+    _wrong(tc.check_tile_plan(310, [0, 112, 224, 336, 390], 310, 700), "rounded down")
+    _wrong(tc.check_tile_plan(300, [0, 116, 232, 348, 400], 310, 700), "multiple of 16")
+    _wrong(tc.check_tile_plan(300, [0, 300, 400], 310, 700), "output side")
+
+
+def test_grid_step():
+    _right(tc.check_grid_step(8, 3))
+    _right(tc.check_grid_step(4, 2))
+    _not_attempted(tc.check_grid_step(None, 3))
+    _wrong(tc.check_grid_step(16, 3), "2^d")
+    _wrong(tc.check_grid_step(6, 3), "not their sum")
+
+
+def test_float32_bound():
+    rng = np.random.default_rng(0)
+    single = rng.random((2, 50, 50)).astype(np.float32)
+    tiled = single + (rng.standard_normal(single.shape) * 1e-6).astype(np.float32)
+    _right(tc.check_float32_bound(1e-5, tiled, single))
+    _not_attempted(tc.check_float32_bound(None, tiled, single))
+    _wrong(tc.check_float32_bound(1e-12, tiled, single), "float32 rounds")
+    _wrong(tc.check_float32_bound(1e-2, tiled, single), "would pass a real error")
+
+
+# --- 08: the kernel's offset, the order of additions, the scatter ----------------------------
+
+
+def test_source_offset():
+    _right(tc.check_source_offset(lambda c, i, j, y0, H, W: (c * H + y0 + i) * W + j))
+    _right(tc.check_source_offset(lambda c, i, j, y0, H, W: c * H * W + (y0 + i) * W + j))
+    _not_attempted(tc.check_source_offset(stub))
+    _wrong(tc.check_source_offset(lambda c, i, j, y0, H, W: (c * H + i) * W + j), "row y0")
+    _wrong(tc.check_source_offset(lambda c, i, j, y0, H, W: (c * W + y0 + i) * H + j),
+           "row-major")
+
+
+def test_reorder_fraction():
+    rng = np.random.default_rng(0)
+    contrib = rng.standard_normal((9, 4, 20, 20)).astype(np.float32)
+    fixed = np.zeros(contrib.shape[1:], np.float32)
+    for t in range(9):
+        fixed += contrib[t]
+    reverse = np.zeros_like(fixed)
+    for t in reversed(range(9)):
+        reverse += contrib[t]
+    _right(tc.check_reorder_fraction(0.5, reverse, fixed))
+    _not_attempted(tc.check_reorder_fraction(None, reverse, fixed))
+    _wrong(tc.check_reorder_fraction(0, reverse, fixed), "not associative")
+    _wrong(tc.check_reorder_fraction(1, reverse, fixed), "not every pixel")
+
+
+def test_scatter_speed():
+    measured = (60.8e-3, 0.22e-3)  # 08's notebook: 276 times slower
+    _right(tc.check_scatter_speed(100, *measured))
+    _not_attempted(tc.check_scatter_speed(None, *measured))
+    _wrong(tc.check_scatter_speed(1, *measured), "one at a time")
+    _wrong(tc.check_scatter_speed(0.5, *measured), "one at a time")
+    _wrong(tc.check_scatter_speed(3, *measured), "one at a time")
+
+
+# --- 09: the gap, thinning the truth, counting the pairs -------------------------------------
+
+
+def _grid_truth(width, n=48):
+    cell = np.ones((n, n), bool)
+    for c in (n // 3, 2 * n // 3):
+        cell[c - width // 2 : c - width // 2 + width, :] = False
+        cell[:, c - width // 2 : c - width // 2 + width] = False
+    cell[[0, -1], :] = cell[:, [0, -1]] = False
+    return cell
+
+
+def _gap_toy(gap, n=48):
+    toy = _grid_truth(3, n)
+    toy[n // 3 - 1 : n // 3 + 2, n // 6 : n // 6 + gap] = True
+    return toy
+
+
+def test_smallest_gap():
+    truth = _grid_truth(3)
+    _right(tc.check_smallest_gap(1, _gap_toy, truth))
+    _not_attempted(tc.check_smallest_gap(None, _gap_toy, truth))
+    _wrong(tc.check_smallest_gap(2, _gap_toy, truth), "one missing membrane pixel")
+    _wrong(tc.check_smallest_gap(0, _gap_toy, truth), "4-connected")
+
+
+def test_thinned_truth():
+    truth = _grid_truth(3)
+    cases = {"thick": _grid_truth(7), "shifted": np.roll(truth, 1, axis=0)}
+    _right(tc.check_thinned_truth({"thick": False, "shifted": True}, truth, cases))
+    _not_attempted(tc.check_thinned_truth(None, truth, cases))
+    _wrong(tc.check_thinned_truth({"thick": False, "shifted": False}, truth, cases),
+           "off the truth's middle line")
+    _wrong(tc.check_thinned_truth({"thick": True, "shifted": True}, truth, cases),
+           "middle lines")
+
+
+def _rand_counts(truth_seg, prop, singletons=True, foreground=True):
+    fg = truth_seg > 0 if foreground else np.ones(truth_seg.shape, bool)
+    ti, pj = truth_seg[fg], prop[fg]
+    n0 = int((pj == 0).sum()) if singletons else 0
+    keep = pj > 0
+    nij = np.unique(np.stack([ti[keep], pj[keep]]), axis=1, return_counts=True)[1]
+    a = float((nij.astype(np.float64) ** 2).sum()) + n0
+    t = float((np.unique(ti, return_counts=True)[1].astype(np.float64) ** 2).sum())
+    s = float((np.unique(pj[keep], return_counts=True)[1].astype(np.float64) ** 2).sum()) + n0
+    return a, t, s
+
+
+def test_rand_counts():
+    _right(tc.check_rand_counts(_rand_counts))
+    _not_attempted(tc.check_rand_counts(stub))
+    _wrong(tc.check_rand_counts(lambda t, p: _rand_counts(t, p, singletons=False)), "singleton")
+    _wrong(tc.check_rand_counts(lambda t, p: _rand_counts(t, p, foreground=False)),
+           "cell pixels")
+    _wrong(tc.check_rand_counts(lambda t, p: _rand_counts(t, p)[:2]), "three numbers")
+
+
+# --- 10: the catalogue, your own mistake, the step -------------------------------------------
+
+
+def test_mistake_caught():
+    backward_only = {"gradient check": True, "forward": False, "gradient": True}
+    consistent = {"gradient check": False, "forward": True, "gradient": True}
+    _right(tc.check_mistake_caught({"gradient check", "gradient"}, backward_only))
+    _right(tc.check_mistake_caught(["forward", "gradient"], consistent))
+    _not_attempted(tc.check_mistake_caught(None, backward_only))
+    _wrong(tc.check_mistake_caught({"gradient"}, backward_only), "own forward")
+    _wrong(tc.check_mistake_caught(set(tc.CAUGHT_BY), backward_only), "backward's mistake")
+    _wrong(tc.check_mistake_caught({"gradient check", "forward", "gradient"}, consistent),
+           "consistently")
+    _wrong(tc.check_mistake_caught({"the check"}, consistent), "the names are")
+
+
+def test_own_relu_mistake():
+    def ge(d, c):
+        return np.where(c.out >= 0, d, 0.0)
+
+    def small_kink(d, c):
+        return np.where(c.out > 0.05, d, 0.0)
+
+    _right(tc.check_own_relu_mistake(ge, False))
+    _right(tc.check_own_relu_mistake(small_kink, True))
+    _right(tc.check_own_relu_mistake(lambda d, c: np.where(d > 0, d, 0.0), False))
+    _not_attempted(tc.check_own_relu_mistake(relu_right, None))
+    _wrong(tc.check_own_relu_mistake(ge, True), "central differences")
+    _wrong(tc.check_own_relu_mistake(lambda d, c: np.where(d > 0, d, 0.0), True),
+           "central differences")
+    _wrong(tc.check_own_relu_mistake(small_kink, False), "near the kink")
+    _wrong(tc.check_own_relu_mistake(relu_right, True), "write a wrong one")
+
+
+def test_wrong_steps():
+    measured = {1e-2: False, 1e-4: False, 1e-6: False, 1e-9: False}
+    _right(tc.check_wrong_steps([], measured))
+    _not_attempted(tc.check_wrong_steps(None, measured))
+    _wrong(tc.check_wrong_steps([1e-6], measured), "a wrong formula")
+    _wrong(tc.check_wrong_steps([1e-4, 1e-6, 1e-9], measured), "truncation")

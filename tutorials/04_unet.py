@@ -30,6 +30,7 @@ from minunet.nn.gradcheck import directional_check
 from minunet.nn.optim import MomentumSGD, SGDConfig
 from minunet.tutorial import setup
 from minunet.tutorial_checks import (
+    check_broken_gradient,
     check_depth3_sizes,
     check_level_parameters,
     check_unet_level,
@@ -404,23 +405,22 @@ my_down0 = my_upconv0 = None  # your counts
 report(check_level_parameters(my_down0, my_upconv0))
 
 # %% [markdown]
-# **3. A broken gradient in a big network.** Scale one parameter's gradient by 1.01 (a 1 % bug
-# in one layer), e.g. `small.grads["up1.conv0.weight"] *= 1.01` after the backward, and rerun
-# the directional check. Set `broken = True` below to do it here. Self-check: at least one
-# direction must fail, since 1 % is far above the $10^{-6}$ threshold.
+# **3. A broken gradient in a big network.** Write `break_one_layer(grads)`: it returns the
+# gradient dict with ONE parameter's gradient scaled by 1.01 (a 1 % bug in one layer, e.g.
+# `"up1.conv0.weight"`) and the others as they are. It gets a copy of `small.grads`, so it may
+# change it in place. Predict first: will a directional check on 5 random directions notice a
+# 1 % error in one of the network's 46 parameter tensors? Self-check: exactly one gradient
+# scaled by 1.01, and then the directional check of the section above runs on your gradients
+# and must fail on at least one direction (1 % is far above the $10^{-6}$ threshold).
 
 # %%
-broken = False  # True: break one layer's gradient by 1 %
+def break_one_layer(grads):
+    """grads: {name: array}, a copy of the model's gradients. Returns them with one
+    parameter's gradient multiplied by 1.01."""
+    raise NotImplementedError("your turn: break one layer's gradient by 1 %")
 
-if not broken:
-    print("exercise 3: not attempted yet (set broken = True)")
-else:
-    bad_grads = {k: v.copy() for k, v in small.grads.items()}
-    bad_grads["up1.conv0.weight"] *= 1.01
-    bad = directional_check(loss_at, small.params, bad_grads, n_dirs=5,
-                            rng=np.random.default_rng(T.seed))
-    print([f"{c.rel_error:.1e}" for c in bad])
-    assert not all(c.passed for c in bad)
+
+report(check_broken_gradient(break_one_layer, loss_at, small.params, small.grads, seed=T.seed))
 
 # %% [markdown]
 # **4. Your turn: one level of the U-Net.** Write one level of the contracting path as an op

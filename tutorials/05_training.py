@@ -40,6 +40,7 @@ from minunet.tutorial import setup
 from minunet.tutorial_checks import (
     check_effect_size,
     check_momentum_step,
+    check_resume,
     check_steady_step,
     report,
 )
@@ -472,25 +473,19 @@ my_step = None  # your prediction
 report(check_steady_step(my_step))
 
 # %% [markdown]
-# **2. Resume once more.** Continue the synthetic run for another `extra` iterations with
-# `--resume` (set `extra` below; 100 take about 30 s in full mode). Self-check: the checkpoint's
-# iteration is the old one plus `extra`, and `metrics.csv` gains rows for the new validations
-# only.
+# **2. Resume once more.** Write the options of `minunet.train` that continue the synthetic
+# run for another `extra` iterations, as a list like the `args` of the training cell above, into
+# `my_resume` (the run folder is `run`; its last iteration is `stages[-1]`). Self-check, before
+# anything runs: the run continues from the checkpoint where it stopped and `--iters` is what
+# it must be; then the cell trains (100 iterations take about 30 s in full mode) and checks that
+# the checkpoint's iteration is the old one plus `extra` and that `metrics.csv` keeps its rows
+# and gains rows for the new validations only.
 
 # %%
-extra = 0  # e.g. 100
+extra = T.pick(100, 10)
+my_resume = None  # your options: a list of strings, e.g. ["--resume", ..., ...]
 
-if extra == 0:
-    print("exercise 2: not attempted yet (set extra to a number of iterations)")
-else:
-    before_rows = len(metrics)
-    train([*settings, "--iters", str(stages[-1] + extra), "--out", str(run),
-           "--resume", str(run / "last.npz")])
-    after = load_checkpoint(run / "last.npz").iteration
-    with open(run / "metrics.csv", newline="") as f:
-        rows_now = list(csv.DictReader(f))
-    print(f"iteration {after}; metrics rows {before_rows} -> {len(rows_now)}")
-    assert after == stages[-1] + extra and len(rows_now) > before_rows
+report(check_resume(my_resume, run, extra, train))
 
 # %% [markdown]
 # **3. The difference against the spread.** By how many standard deviations does the mean

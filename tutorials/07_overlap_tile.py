@@ -44,6 +44,12 @@ from minunet.models.sizes import (
 from minunet.models.unet import UNetConfig, build_model, standardize
 from minunet.ops import maxpool2x2_forward
 from minunet.tutorial import setup
+from minunet.tutorial_checks import (
+    check_float32_bound,
+    check_grid_step,
+    check_tile_plan,
+    report,
+)
 
 T = setup("07_overlap_tile")
 t_start = time.perf_counter()
@@ -336,52 +342,41 @@ for t in (0, 1, 2, 4, 8, 16, 24, 32):
 #
 # ## Exercises
 #
-# **1. Another tile size.** Set `MY_TILE` to another valid size (see `valid_sizes(204, 572)`),
-# or to an invalid one such as 300 (`predict` rounds it down to a valid side). Before running,
-# work out the tile side and the offsets along each axis by hand (sections 2 and 3). The
-# self-check asserts that the result still equals the single pass to 1e-12.
+# **1. Another tile size.** `MY_TILE` below is an invalid size, 310 (`predict` rounds it down to
+# a valid side); try others too (see `valid_sizes(204, 572)`). Before running, work out by hand
+# (sections 2 and 3) the tile side that `predict` uses for the padded side `P` and the tiles'
+# offsets along each axis, and write them into `my_side, my_offsets`. Self-check: compared
+# with `choose_tile` and `tile_offsets`. The cell then checks that the result still equals the
+# single pass to 1e-12.
 
 # %%
-MY_TILE = T.pick(252, 220)
-t_side = choose_tile((P, P), 4, MY_TILE)[0]
-print(f"MY_TILE {MY_TILE} -> tile {t_side}, offsets along each axis "
-      f"{tile_offsets(P, t_side)}")
+MY_TILE = 310
+my_side, my_offsets = None, None  # your answers: a side and a list of offsets
+
+report(check_tile_plan(my_side, my_offsets, MY_TILE, P))
 mine = predict(model, image, tile=MY_TILE)
-print(f"max |tiled - single| = {np.abs(mine - single).max():.2e}")
 assert np.abs(mine - single).max() < 1e-12
 
 # %% [markdown]
-# **2. Depth and grid.** For a network of depth `D` (try 2, 3, 5), what must the tile offsets be
-# multiples of? Write your answer as `MY_GRID`; the self-check compares it with `grid_step(D)`
-# and repeats the max-pool experiment of section 3 with `D` pools.
+# **2. Depth and grid.** For a network of depth `D` = 3 (try 2 and 5 too), what must the tile
+# offsets be multiples of? Write your answer into `MY_GRID`. Self-check: compared with
+# `grid_step(D)`; when right, the check repeats the max-pool experiment of section 3 with `D`
+# pools and says at which offsets a pooled crop equals the whole image's pooling.
 
 # %%
 D = 3
-MY_GRID = 8  # your answer for depth D
+MY_GRID = None  # your answer for depth D
 
-
-def pool_n(a, n):
-    for _ in range(n):
-        a, _ = maxpool2x2_forward(a)
-    return a
-
-
-whole_d = pool_n(big, D)
-ok = []
-for t in range(2 * MY_GRID + 1):
-    g = MY_GRID
-    crop = pool_n(big[:, :, t : t + 4 * g, t : t + 4 * g], D)
-    ref = whole_d[:, :, t // g : t // g + 4, t // g : t // g + 4]
-    ok.append(np.array_equal(crop, ref) == (t % g == 0))
-print(f"depth {D}: grid_step = {grid_step(D)}, your answer {MY_GRID}; experiment agrees: "
-      f"{all(ok)}")
-assert MY_GRID == grid_step(D) and all(ok)
+report(check_grid_step(MY_GRID, D))
 
 # %% [markdown]
-# **3. Float32.** Training and the `predict` CLI run in float32. Build the same network in
-# float32 (`UNetConfig(base=BASE, dtype="float32")`, same seed) and compare its tiled and
-# single-pass maps. What bound would you assert now? The self-check uses 1e-5 (float32
-# rounding is about $6 \cdot 10^{-8}$ per operation, and the errors of many layers add up).
+# **3. Float32.** Training and the `predict` CLI run in float32. The cell builds the same
+# network in float32 (`UNetConfig(base=BASE, dtype="float32")`, same seed) and computes its
+# tiled and single-pass maps. What bound on their largest difference would you assert now?
+# Write it into `my_bound`. Self-check: the float32 maps must stay under it (float32 rounds at
+# about $6 \cdot 10^{-8}$ per operation, and the errors of many layers add up), and it must stay
+# at least ten times below the error of a real mistake (tiles off the pooling grid differ by
+# more than $10^{-3}$, section 3), so that it would still catch one.
 
 # %%
 m32 = build_model(UNetConfig(base=BASE, dtype="float32"), seed=T.seed)
@@ -389,8 +384,9 @@ m32.eval()
 s32 = softmax(m32.forward(x.astype(np.float32)))[0, :, :H, :H]
 m32.release_caches()
 t32 = predict(m32, image, tile=TILE)
-print(f"float32: max |tiled - single| = {np.abs(t32 - s32).max():.2e}")
-assert np.abs(t32 - s32).max() < 1e-5
+my_bound = None  # your bound on max |t32 - s32|
+
+report(check_float32_bound(my_bound, t32, s32))
 
 # %%
 print(f"tutorial 07 ran in {time.perf_counter() - t_start:.1f} s "

@@ -37,6 +37,12 @@ import minunet.backend.twins
 from minunet import backend, ops
 from minunet.bench import Timer, median
 from minunet.tutorial import setup
+from minunet.tutorial_checks import (
+    check_reorder_fraction,
+    check_scatter_speed,
+    check_source_offset,
+    report,
+)
 
 T = setup("08_gpu_path")
 t_start = time.perf_counter()
@@ -516,57 +522,50 @@ else:
 #
 # ## Exercises
 #
-# **1. Simulate the kernel.** The cell below executes the im2col kernel's index arithmetic in
-# NumPy: all threads $q$ of one grid row $r$ at once, exactly as the kernel computes
-# `c, i, j, y, xx`. Change `Y0, Y1` (any chunk with `0 <= Y0 < Y1 <= Ho`) or the kernel size
-# `KS` (1, 3, 5) and predict whether it still matches the CPU twin. The self-check asserts that
-# it does.
+# **1. Simulate the kernel.** Grid row $r$ of the im2col kernel is one row $(c, i, j)$ of the
+# column matrix; its threads $q$ read `x[src + y * W + xx]` with `y, xx = q // Wo, q % Wo`.
+# Write `my_source_offset(c, i, j, y0, H, W)`: the flat offset `src` of `x[c, y0 + i, j]` in a
+# `(C, H, W)` array, for a chunk that starts at output row `y0` (read it off the kernel's source
+# in section 2). Self-check: the kernel is executed in NumPy with your offset, all threads of a
+# grid row at once, and compared with the CPU twin bit for bit, for k = 3, 1 and 5 and three
+# chunks of a non-square input.
 
 # %%
-KS, Y0, Y1 = 3, 2, 9
-xs = rng.standard_normal((4, 15, 13)).astype(np.float32)  # (C, H, W)
-Cs, Hs, Ws = xs.shape
-Wos = Ws - KS + 1
-Ls = (Y1 - Y0) * Wos
-sim = np.empty((Cs * KS * KS, Ls), np.float32)
-flat = xs.ravel()
-for r in range(Cs * KS * KS):  # blockIdx.y
-    c, i, j = r // (KS * KS), (r // KS) % KS, r % KS
-    src = (c * Hs + Y0 + i) * Ws + j  # offset of &x[c, y0+i, j]
-    q = np.arange(Ls)  # every thread of the grid row at once
-    y, xx = q // Wos, q % Wos
-    sim[r] = flat[src + y * Ws + xx]
-ref = backend.im2col(xs, KS, Y0, Y1, np.empty_like(sim))
-print(f"simulated kernel vs CPU twin: max diff {np.abs(sim - ref).max()}")
-assert np.array_equal(sim, ref)
+def my_source_offset(c, i, j, y0, H, W):
+    """The flat offset of x[c, y0 + i, j] in a C-contiguous (C, H, W) array."""
+    raise NotImplementedError("your turn: the kernel's source offset")
+
+
+report(check_source_offset(my_source_offset))
 
 # %% [markdown]
 # **2. Another order of additions.** The gather adds the taps in the order $(i, j)$ =
-# (0,0), (0,1), ..., (2,2). Set `ORDER` to another permutation of `range(9)` (say, reversed) and
-# predict how many pixels change and by how much. The self-check asserts that, in float64,
-# every order agrees with the fixed one to 1e-12 relative (the sums are the same numbers), while
-# in float32 the identity order, and only it, is guaranteed to reproduce the twin's bits.
+# (0,0), (0,1), ..., (2,2). With the reversed order, what fraction of the float32 pixels of `dx`
+# differ from the twin's? Write it (0 to 1) into `my_fraction`; then try other permutations of
+# `ORDER`. Self-check: compared with the fraction measured, within 0.15. The cell also checks
+# that in float64 every order agrees with the fixed one to 1e-12 relative (the sums are the
+# same numbers).
 
 # %%
 ORDER = list(range(9))[::-1]
 order = np.broadcast_to(np.array(ORDER)[:, None, None, None], contrib.shape)
 mine = ordered_sum(order)
-changed = int((mine != dx_twin).sum())
+my_fraction = None  # your prediction: the fraction of pixels that change
+
+report(check_reorder_fraction(my_fraction, mine, dx_twin))
 contrib64 = contrib.astype(np.float64)
 sum64 = sum(contrib64[t] for t in ORDER)
 ref64 = sum(contrib64[t] for t in range(9))
-print(f"order {ORDER}: {changed} of {mine.size} float32 pixels differ from the twin; "
-      f"float64 relative difference {np.abs(sum64 - ref64).max() / np.abs(ref64).max():.1e}")
 assert np.abs(sum64 - ref64).max() <= 1e-12 * np.abs(ref64).max()
-assert changed == 0 or ORDER != list(range(9))
 
 # %% [markdown]
 # **3. A scatter on the CPU.** `np.add.at` is NumPy's unbuffered scatter-add: the CPU analogue
 # of one thread per column entry (it runs in order, so it is deterministic here). The cell builds
-# the target index of every column entry and scatters. Predict whether it is faster or slower
-# than the gather twin on a small layer, then run. The self-check asserts that the
-# scatter computes the same `dx` (to float32 rounding, relative 1e-5); the speed is yours to
-# read.
+# the target index of every column entry and scatters. Predict how many times slower (or, below
+# 1, faster) than the gather twin it is on a small layer, and write the ratio into `my_ratio`.
+# Self-check: compared with the times measured here, within a factor of 10 (an order of
+# magnitude). The cell also checks that the scatter computes the same `dx` (to float32
+# rounding, relative 1e-5).
 
 # %%
 def scatter_col2im(dcols, shape, k):
@@ -586,13 +585,12 @@ t_scatter = median(timer(lambda: scatter_col2im(dcols_s, (C_S, H_S, H_S), 3), 1,
 t_gather = median(timer(
     lambda: backend.col2im(dcols_s, 3, 0, H_S - 2, np.zeros((C_S, H_S, H_S), np.float32)),
     REPEAT, 1))
+my_ratio = None  # your prediction: t_scatter / t_gather
+
+report(check_scatter_speed(my_ratio, t_scatter, t_gather))
 dx_gather = backend.col2im(dcols_s, 3, 0, H_S - 2, np.zeros((C_S, H_S, H_S), np.float32))
 dx_scatter = scatter_col2im(dcols_s, (C_S, H_S, H_S), 3)
-print(f"{C_S} channels, {H_S} x {H_S}: scatter (np.add.at) {t_scatter * 1e3:.1f} ms, "
-      f"gather twin {t_gather * 1e3:.2f} ms")
-rel = np.abs(dx_scatter - dx_gather).max() / np.abs(dx_gather).max()
-print(f"max difference {rel:.1e} of the largest |dx|")
-assert rel < 1e-5
+assert np.abs(dx_scatter - dx_gather).max() / np.abs(dx_gather).max() < 1e-5
 
 # %%
 print(f"tutorial 08 ran in {time.perf_counter() - t_start:.1f} s "

@@ -43,6 +43,12 @@ from minunet.evaluation.metrics import (
     thin_boundaries,
 )
 from minunet.tutorial import setup
+from minunet.tutorial_checks import (
+    check_rand_counts,
+    check_smallest_gap,
+    check_thinned_truth,
+    report,
+)
 
 T = setup("09_isbi_metrics")
 t_start = time.perf_counter()
@@ -440,58 +446,51 @@ else:
 #
 # ## Exercises
 #
-# **1. How wide must a gap be?** Set `GAP` (the width in pixels of the hole in the merge toy)
-# to 0, 1, 2 or 5 and predict V_rand and the pixel error first. The self-check asserts that the
-# merge score is 1 exactly when there is no gap, and that the pixel error stays below 0.01 for
-# gaps up to 5 px while V_rand falls below 0.95.
+# **1. How wide must a gap be?** `gap_toy(gap)` opens a hole `gap` pixels wide in one
+# membrane of the truth, as the merge toy does with 2. What is the smallest gap at which the
+# merge score (Rand, thinned proposal) drops below 1? Predict the pixel error and V_rand at that
+# gap too. Write the gap into `my_smallest_gap`. Self-check: compared with the scores of the
+# gaps 0 to 5; when right, it prints them, pixel error and V_rand beside the merge score.
 
 # %%
-GAP = 1
-toy = truth.copy()
-toy[N // 3 - 1 : N // 3 + 2, N // 6 : N // 6 + GAP] = True
-r = isbi_scores(toy.astype(np.float64), truth)
-m = rand_scores(truth_seg, thin_boundaries(toy)).merge
-print(f"gap {GAP} px: pixel error {r.pixel_error:.4f}, V_rand {r.v_rand:.4f}, "
-      f"Rand merge score {m:.4f}")
-assert (m == 1.0) == (GAP == 0)
-assert GAP == 0 or (r.pixel_error < 0.01 and r.v_rand < 0.95)
+def gap_toy(gap):
+    """The truth with a hole `gap` px wide in the membrane below the top-left cell."""
+    toy = truth.copy()
+    toy[N // 3 - 1 : N // 3 + 2, N // 6 : N // 6 + gap] = True
+    return toy
+
+
+my_smallest_gap = None  # your answer, in pixels
+
+report(check_smallest_gap(my_smallest_gap, gap_toy, truth))
 
 # %% [markdown]
-# **2. Thinning the truth too.** The challenge thins only the proposal. Score the `thick` toy with
-# the truth thinned as well (thin `truth` with `thin_boundaries`, then use `rand_scores` on the
-# two thinned segmentations) and compare. The self-check asserts that for these toys it makes no
-# difference to the perfect V_rand of the thick proposal, because the truth's membranes are
-# already where the thinned ones are; try it with `cases["shifted"]` to see when it would.
+# **2. Thinning the truth too.** The challenge thins only the proposal. Would it change the
+# score to thin the truth as well (thin `truth` with `thin_boundaries`, then `rand_scores` on the
+# two thinned segmentations)? Predict it for the `thick` and the `shifted` toys, and write
+# `{"thick": True or False, "shifted": True or False}` (True: the F-score changes) into
+# `my_changes`. Self-check: compared with both ways of scoring; when right, it prints them.
 
 # %%
-PROPOSAL = "thick"
-both = rand_scores(thin_boundaries(truth), thin_boundaries(cases[PROPOSAL])).fscore
-only_prop = rand_scores(truth_seg, thin_boundaries(cases[PROPOSAL])).fscore
-print(f"{PROPOSAL}: V_rand-like F with the truth thinned too {both:.4f}, challenge's way "
-      f"{only_prop:.4f}")
-assert PROPOSAL != "thick" or only_prop == 1.0
+my_changes = None  # your predictions
+
+report(check_thinned_truth(my_changes, truth, cases))
 
 # %% [markdown]
-# **3. Count the pairs yourself.** Take the split toy and compute $A$, $T$ and $S$ by hand
-# from its contingency table (`np.unique` on the pairs (true cell, proposed cell) over the
-# truth's cell pixels, proposed membrane pixels as singletons). The cell below does it with the
-# thinned proposal; change `NAME` to another toy. The self-check compares with `rand_scores`
-# (to 1e-12).
+# **3. Count the pairs yourself.** Write `my_rand_counts(truth_seg, prop)`: $A$, $T$ and $S$ of
+# section 3 from the contingency table of a truth segmentation and a proposed one (0 =
+# membrane in both): over the truth's cell pixels only, the pairs (true cell, proposed cell)
+# (`np.unique` with `axis=1, return_counts=True` counts them), proposed membrane pixels as
+# singletons. Self-check: $2A/(T+S)$, $A/T$ and $A/S$ compared with `rand_scores`' F-score, split
+# and merge scores on three random toys, to 1e-12.
 
 # %%
-NAME = "split"
-prop = thin_boundaries(cases[NAME])
-fgm = truth_seg > 0
-ti, pj = truth_seg[fgm], prop[fgm]
-n0 = int((pj == 0).sum())
-nij = np.unique(np.stack([ti[pj > 0], pj[pj > 0]]), axis=1, return_counts=True)[1]
-A = float((nij.astype(np.float64) ** 2).sum()) + n0
-T_ = float((np.unique(ti, return_counts=True)[1].astype(np.float64) ** 2).sum())
-S = float((np.unique(pj[pj > 0], return_counts=True)[1].astype(np.float64) ** 2).sum()) + n0
-mine = 2 * A / (T_ + S)
-print(f"{NAME}: A = {A:.0f}, T = {T_:.0f}, S = {S:.0f}, F = {mine:.6f}; package "
-      f"{rand_scores(truth_seg, prop).fscore:.6f}")
-assert abs(mine - rand_scores(truth_seg, prop).fscore) < 1e-12
+def my_rand_counts(truth_seg, prop):
+    """truth_seg, prop: (H, W) integer segmentations, 0 = membrane. Returns (A, T, S)."""
+    raise NotImplementedError("your turn: count the pairs")
+
+
+report(check_rand_counts(my_rand_counts))
 
 # %%
 print(f"tutorial 09 ran in {time.perf_counter() - t_start:.1f} s "

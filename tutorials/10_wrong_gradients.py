@@ -56,6 +56,13 @@ from minunet.coursework.checks import (
 from minunet.coursework.mistakes import MISTAKES, by_id, wrong_namespace
 from minunet.nn import gradcheck
 from minunet.tutorial import setup
+from minunet.tutorial_checks import (
+    CAUGHT_BY,
+    check_mistake_caught,
+    check_own_relu_mistake,
+    check_wrong_steps,
+    report,
+)
 
 T = setup("10_wrong_gradients")
 t_start = time.perf_counter()
@@ -465,11 +472,12 @@ plt.show()
 # ## Exercises
 #
 # **1. Any mistake from the catalogue.** Set `MY_ID` to another id of the catalogue (the cell
-# prints them all) and run it through the same check. Before running, read its hint and
-# predict: will the gradient check fail, and where will the error live? The self-check asserts
-# what the grader relies on: every mistake is caught by at least one of the gradient check, a
-# comparison of the forward with the reference, or a comparison of the gradient with the
-# reference.
+# prints them all) and read its hint. Before running, predict which of the three comparisons
+# catch it: the gradient check fails ("gradient check"), the forward differs from the
+# reference's ("forward"), the gradient differs from the reference's ("gradient"). Write the set
+# of names into `my_caught_by`. Self-check: compared with the three comparisons the cell runs on
+# the grader's inputs; when right, it prints them. The cell also checks what the grader relies
+# on: every mistake is caught by at least one of them.
 
 # %%
 print(", ".join(m.id for m in MISTAKES))
@@ -497,67 +505,68 @@ def differs(a, b):
     return a.shape != b.shape or not np.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
-caught = []
+found = dict.fromkeys(CAUGHT_BY, False)
 for make in MAKERS[my_kind]:
     rows, maps, ref, bad, inputs = examine(MY_ID, make, my_wrt)
-    print(gradcheck.format_table(rows))
     out_ref = call_forward(ops, my_kind, dict(inputs))[0]
     with np.errstate(all="ignore"):
         out_bad = call_forward(wrong_ns, my_kind, dict(inputs))[0]
-    forward_differs = differs(out_ref, out_bad)
-    gradient_differs = any(differs(ref[k], bad[k]) for k in my_wrt)
     reference_passes = all(r.passed for r in rows[: len(my_wrt)])  # not at ties (section 5)
-    check_fails = reference_passes and not all(r.passed for r in rows[len(my_wrt) :])
-    print(f"gradient check fails (where the reference passes): {check_fails}; forward "
-          f"differs: {forward_differs}; gradient differs from the reference's: "
-          f"{gradient_differs}\n")
-    caught.append(check_fails or forward_differs or gradient_differs)
-assert any(caught)
+    found["gradient check"] |= reference_passes and not all(
+        r.passed for r in rows[len(my_wrt) :])
+    found["forward"] |= differs(out_ref, out_bad)
+    found["gradient"] |= any(differs(ref[k], bad[k]) for k in my_wrt)
+my_caught_by = None  # your prediction, e.g. {"gradient check", "gradient"}
+
+report(check_mistake_caught(my_caught_by, found))
+assert any(found.values())
 
 # %% [markdown]
 # **2. Your own mistake.** Write a wrong ReLU backward of your own in `my_relu_backward` (say,
 # a mask `cache.out >= 0` instead of `> 0`: the cache holds only the output, which is never
-# negative, so that mask passes everything; or a mask from the sign of `dout`), decide
-# whether the gradient check on the usual ReLU inputs (|x| >= 0.1) will
-# catch it, and set `EXPECT_PASS`. The self-check runs `check_op` and asserts that the verdict
-# is the one you expected. (As given, the function is the correct one.) Tutorials 00-05 have
-# you write the right backwards; `python -m minunet.coursework` grades them.
+# negative, so that mask lets every gradient through; or a mask from the sign of `dout`; or a
+# threshold a little above 0), decide whether the gradient check on the usual ReLU inputs
+# (|x| >= 0.1) will catch it, and set `EXPECT_PASS` (True: the check passes it). Self-check:
+# your backward must differ from the right one somewhere (the check also tries inputs near the
+# kink), and the gradient check's verdict must be the one you expected. (As given, the function
+# is the correct one.) Tutorials 00-05 have you write the right backwards;
+# `python -m minunet.coursework` grades them.
 
 # %%
-EXPECT_PASS = True
+EXPECT_PASS = None  # True or False: your prediction
 
 
 def my_relu_backward(dout, cache):
     return np.where(cache.out > 0, dout, 0.0)
 
 
-rows = gradcheck.check_op("relu [mine]", ops.relu_forward, my_relu_backward,
-                          relu_inputs((2, 3, 5, 4))(np.random.default_rng(T.seed), "float64"),
-                          ("x",), np.random.default_rng(T.seed))
-print(gradcheck.format_table(rows))
-assert rows[0].passed == EXPECT_PASS
+report(check_own_relu_mistake(my_relu_backward, EXPECT_PASS, seed=T.seed))
 
 # %% [markdown]
-# **3. The step does not save a wrong gradient.** Change the central-difference step `H` (try
-# 1e-2, 1e-6, 1e-9) and rerun the overwriting col2im. Tutorial 00 showed how the step trades
-# truncation against rounding for a *right* gradient; for a wrong one, no step helps. The
-# self-check asserts that for your step the wrong version fails and (for any step between 1e-7
-# and 1e-1) the reference passes.
+# **3. The step does not save a wrong gradient.** Tutorial 00 showed how the step trades
+# truncation against rounding for a *right* gradient. The cell runs the gradient check of
+# im2col with the overwriting col2im at the steps in `STEPS`. Predict: at which of them does it
+# pass? Write the list (`[]` for none) into `my_steps`. Self-check: compared with the verdicts
+# measured; when right, it prints them. The cell also checks that the reference passes at
+# every step between 1e-7 and 1e-1.
 
 # %%
-H = 1e-6
+STEPS = [1e-1, 1e-2, 1e-4, 1e-6, 1e-7, 1e-9]
 inputs = im2col_inputs((1, 2, S, S), 3)(np.random.default_rng(T.seed), "float64")
 ns_bad = wrong_namespace(ops, by_id("col2im.assign"))
-verdicts = {}
+passes = {"reference": {}, "col2im.assign": {}}
 for label, ns in (("reference", ops), ("col2im.assign", ns_bad)):
-    rows = gradcheck.check_op(
-        f"im2col [{label}]", lambda x, k, ns=ns: call_forward(ns, "im2col", {"x": x, "k": k}),
-        lambda d, c, ns=ns: call_backward(ns, "im2col", d, c), inputs, ("x",),
-        np.random.default_rng(T.seed), h=H)
-    print(gradcheck.format_table(rows))
-    verdicts[label] = rows[0].passed
-assert not verdicts["col2im.assign"]
-assert verdicts["reference"] or not 1e-7 <= H <= 1e-1
+    for h in STEPS:
+        rows = gradcheck.check_op(
+            f"im2col [{label}]",
+            lambda x, k, ns=ns: call_forward(ns, "im2col", {"x": x, "k": k}),
+            lambda d, c, ns=ns: call_backward(ns, "im2col", d, c), inputs, ("x",),
+            np.random.default_rng(T.seed), h=h)
+        passes[label][h] = rows[0].passed
+my_steps = None  # your prediction: the steps at which the overwriting col2im passes
+
+report(check_wrong_steps(my_steps, passes["col2im.assign"]))
+assert all(passes["reference"][h] for h in STEPS if 1e-7 <= h <= 1e-1)
 
 # %%
 print(f"tutorial 10 ran in {time.perf_counter() - t_start:.1f} s "

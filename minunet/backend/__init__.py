@@ -29,6 +29,7 @@ from __future__ import annotations
 from .chunks import (
     CPU_CHUNK_BYTES,
     WORKSPACE_BYTES,
+    Slot,
     chunk_bytes,
     parallel_for,
     release_workspaces,
@@ -52,6 +53,7 @@ from .device import (
 from .device import _cupy as _cupy  # private: bench.py reaches for cupy through it
 from .twins import (
     bias_relu_forward,
+    bias_relu_rows,
     bilinear_adjoint,
     bilinear_forward,
     bn_backward_dx,
@@ -81,12 +83,12 @@ __all__ = [
     "is_gpu_array", "xp_of", "GpuStatus", "gpu_status", "device_info", "resolve_device",
     "to_device", "to_host", "is_out_of_memory", "set_tf32",
     # chunks.py
-    "WORKSPACE_BYTES", "CPU_CHUNK_BYTES", "chunk_bytes", "workspace", "release_workspaces",
+    "WORKSPACE_BYTES", "CPU_CHUNK_BYTES", "chunk_bytes", "Slot", "workspace", "release_workspaces",
     "workers", "split", "parallel_for",
     # twins.py
     "im2col", "col2im", "maxpool2x2_forward", "maxpool2x2_backward", "softmax_xent_forward",
     "softmax_xent_backward", "sgd_update", "sgd_update_many", "bias_relu_forward",
-    "relu_backward", "upconv_scatter", "upconv_gather",
+    "bias_relu_rows", "relu_backward", "upconv_scatter", "upconv_gather",
     "bn_stats_partials", "bn_grad_partials", "bn_normalize", "bn_backward_dx",
     "bilinear_forward", "bilinear_adjoint",
     "depthwise_forward", "depthwise_backward_dx", "depthwise_dw_partials",

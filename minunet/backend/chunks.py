@@ -25,12 +25,14 @@ The plain ops (minunet/ops) use none of this: they work on the whole array.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from . import threads
 
 __all__ = [
-    "WORKSPACE_BYTES", "CPU_CHUNK_BYTES", "chunk_bytes", "workspace", "release_workspaces",
+    "WORKSPACE_BYTES", "CPU_CHUNK_BYTES", "chunk_bytes", "Slot", "workspace", "release_workspaces",
     "workers", "split", "parallel_for",
 ]
 
@@ -52,12 +54,22 @@ def chunk_bytes(xp) -> int:
 _workspaces: dict = {}  # (xp name, dtype str, slot) -> 1-D buffer; only grows
 
 
-def workspace(xp, dtype, n: int, slot=0):
+class Slot(NamedTuple):
+    """Which workspace: what it holds and which worker thread owns it."""
+
+    use: str  # e.g. "cols" (a column matrix), "dcols" (its gradient), "relu_mask"
+    worker: int = 0
+
+
+DEFAULT_SLOT = Slot("default")
+
+
+def workspace(xp, dtype, n: int, slot: Slot = DEFAULT_SLOT):
     """A 1-D scratch array of `n` elements of `dtype`, reused between calls.
 
-    Contents are garbage. Slots (any hashable) let an op hold several workspaces
-    at once: the column matrix and its gradient, one pair per worker thread
-    (slot=(0, worker), (1, worker)). The buffer only grows.
+    Contents are garbage. Slots let an op hold several workspaces at once: the column
+    matrix and its gradient, one pair per worker thread (Slot("cols", worker),
+    Slot("dcols", worker)). The buffer only grows.
     """
     dtype = np.dtype(dtype)
     key = (xp.__name__, dtype.str, slot)
@@ -95,7 +107,7 @@ def parallel_for(xp, items, fn) -> None:
     takes items[w::T], in order, so every sum is the same from run to run); on
     the GPU they run in order on the calling thread (worker 0) and queue on the
     current stream. Each worker should use its own workspace slots, e.g.
-    workspace(xp, dtype, n, slot=(0, worker)).
+    workspace(xp, dtype, n, slot=Slot("cols", worker)).
     """
     if xp is np:
         threads.parallel_for(items, fn)

@@ -243,6 +243,34 @@ def bias_relu_forward(x, b):
 
 
 @njit(parallel=PARALLEL, cache=True, nogil=True)
+def _bias_rows(o, rs, L, b, relu):
+    # row r of the chunk is o[r * rs : r * rs + L] of a flat 1-D window (see _rows)
+    z = o.dtype.type(0)
+    for r in prange(b.size):
+        row = o[r * rs : r * rs + L]
+        bc = row.dtype.type(b[r])
+        if relu:
+            for s in range(L):
+                v = row[s] + bc
+                row[s] = z if v <= 0 else v  # as _bias_relu: a NaN passes
+        else:
+            for s in range(L):
+                row[s] += bc
+
+
+def bias_relu_rows(o2, b, relu):
+    """See minunet.backend.twins.bias_relu_rows: o2 (C, L) += b[:, None], then max(., 0) if
+    relu, in place, where o2 lies (a conv's row chunk of (C, H*W) planes); returns o2."""
+    if o2.shape[0] != b.shape[0] or o2.strides[1] != o2.itemsize:
+        raise ValueError(f"bias_relu_rows: o2 (C, L) with contiguous rows and b (C,), got "
+                         f"{o2.shape}, strides {o2.strides} and {b.shape}")
+    if o2.size:
+        o, rs = _rows(o2)
+        _bias_rows(o, rs, o2.shape[1], b.astype(o2.dtype, copy=False), relu)
+    return o2
+
+
+@njit(parallel=PARALLEL, cache=True, nogil=True)
 def _relu_bwd(d, ds, o, os, dx, L):
     # row r of each operand starts at r * (its row stride) of a flat 1-D window.
     # The loop runs over row slices: Numba vectorises that (6x faster, measured)

@@ -405,6 +405,16 @@ def softmax_xent_backward(probs, labels, weights, scale):
 # ---------------------------------------------------------------------------
 
 
+def bias_relu_rows(o2, b, relu):
+    """o2 (C, L) += b[:, None], then relu if asked, IN PLACE on a strided row chunk; returns
+    o2. Elementwise CuPy (two launches): the fast conv runs its GPU epilogue over the whole
+    output with bias_relu_forward instead, so this twin is for completeness and tests."""
+    o2 += b.astype(o2.dtype, copy=False)[:, None]
+    if relu:
+        _cupy().copyto(o2, o2.dtype.type(0), where=o2 <= 0)  # a NaN passes, as relu.cu
+    return o2
+
+
 def bias_relu_forward(x, b):
     """x = relu(x + b[c]) IN PLACE for x (N, C, ...) C-contiguous, b (C,). Returns x.
 

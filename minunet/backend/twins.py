@@ -23,7 +23,7 @@ from .device import is_gpu_array
 __all__ = [
     "im2col", "col2im", "maxpool2x2_forward", "maxpool2x2_backward", "softmax_xent_forward",
     "softmax_xent_backward", "sgd_update", "sgd_update_many", "bias_relu_forward",
-    "relu_backward", "upconv_scatter", "upconv_gather",
+    "bias_relu_rows", "relu_backward", "upconv_scatter", "upconv_gather",
     "bn_stats_partials", "bn_grad_partials", "bn_normalize", "bn_backward_dx",
     "bilinear_forward", "bilinear_adjoint",
     "depthwise_forward", "depthwise_backward_dx", "depthwise_dw_partials",
@@ -69,6 +69,16 @@ def col2im(cols, k: int, y0: int, y1: int, dx):
 def bias_relu_forward(x, b):
     """The conv epilogue, fused: x = max(x + b[c], 0) IN PLACE for x (N, C, H, W), b (C,)."""
     return _twin(x).bias_relu_forward(x, b)
+
+
+def bias_relu_rows(o2, b, relu: bool):
+    """The conv epilogue on one row chunk: o2 += b[:, None], then max(o2, 0) if relu, IN PLACE.
+
+    o2: (C, L) with contiguous rows at any row stride (a chunk of output rows of (C, H*W)
+    planes, where the chunk's GEMM wrote it); b (C,). Same numbers as bias_relu_forward
+    (or a plain bias add) on those pixels. Returns o2.
+    """
+    return _twin(o2).bias_relu_rows(o2, b, relu)
 
 
 def relu_backward(dout, out, dx=None):

@@ -69,6 +69,7 @@ LEFT_OUT = {
     "tests/backend": "the twins and kernels",
     "tests/coursework": "the grader's tests (wrong versions, canaries)",
     "tests/test_tutorials.py": "the copy's tutorials run once the exercises are done",
+    "tests/test_tutorial_checks.py": "the right answers of the tutorials' exercises",
     "tutorials/08_gpu_path.py": "reads the fast path's twins and CUDA kernels",
     "tutorials/08_gpu_path.ipynb": "reads the fast path's twins and CUDA kernels",
     "tutorials/10_wrong_gradients.py": "runs the catalogue's wrong versions (one character "
@@ -238,7 +239,14 @@ def _student_mistakes(root: Path) -> str:
         + "\n\n".join(keep[1:]))
 
 
-STUDENT_CPU = '''"""CPU twins: not part of the student copy.
+def _student_cpu() -> str:
+    """backend/cpu.py (and gpu.py) of a student copy: the momentum-SGD update that
+    minunet/nn/optim.py needs, taken from its plain form there (nn/optim.py, sgd_update)."""
+    import inspect
+
+    from minunet.nn import optim
+
+    return ('''"""CPU twins: not part of the student copy.
 
 The fast ops' Numba twins compute the answers of the exercises, so this copy
 leaves them out. Only the momentum-SGD update that minunet/nn/optim.py needs is
@@ -248,13 +256,7 @@ here, in plain array code (NumPy here; the same code runs on CuPy in gpu.py).
 from __future__ import annotations
 
 
-def sgd_update(w, v, g, lr, momentum, weight_decay):
-    """Caffe's momentum SGD in place: v <- m v - lr (g + wd w); w <- w + v."""
-    t = w.dtype.type
-    v *= t(momentum)
-    v -= t(lr) * (g + t(weight_decay) * w)
-    w += v
-
+''' + inspect.getsource(optim.sgd_update) + '''
 
 def sgd_update_many(ws, vs, gs, lr, momentum, weight_decay):
     """sgd_update over lists of arrays."""
@@ -266,9 +268,11 @@ def __getattr__(name):
     raise AttributeError(f"minunet.backend.{__name__.rsplit('.', 1)[-1]}.{name} is not part of "
                          f"the student copy (the twins compute the exercises' answers): write "
                          f"the op in minunet/ops")
-'''
+''')
 
-STUDENT_DOOR = '''"""The door the network runs on by default: the student copy has only the plain ops
+
+STUDENT_DOOR = '''"""The door the network runs on by default: the student copy has only the plain
+ops
 (minunet/ops, yours), so "plain" (the teacher's copy runs on "fast").
 """
 
@@ -443,8 +447,8 @@ def write_copy(root: Path, p: Plan, outdir: Path) -> Summary:
         extra = {
             "minunet/fast/__init__.py": STUDENT_FAST,
             "minunet/nn/door.py": STUDENT_DOOR,
-            "minunet/backend/cpu.py": STUDENT_CPU,
-            "minunet/backend/gpu.py": STUDENT_CPU,
+            "minunet/backend/cpu.py": _student_cpu(),
+            "minunet/backend/gpu.py": _student_cpu(),
             "minunet/coursework/mistakes.py": _student_mistakes(root),
             "minunet/coursework/data/assignment.json": json.dumps(p.assignment(), indent=2),
             "ASSIGNMENT.md": _assignment_md(p, rendered, withheld),

@@ -1,10 +1,9 @@
 """Object-level scores of instance segmentations: matching, precision/recall/F1, AP, SEG.
 
-Pixel scores (minunet/evaluation/metrics.py) say how many pixels are right; a microscopist counts cells.
-Here both the truth and the prediction are instance label images (H, W) of integers: 0 is the
+Pixel scores (minunet/evaluation/metrics.py) say how many pixels are right; a microscopist counts
+cells. Here both the truth and the prediction are instance label images (H, W) of integers: 0 is the
 background, every other value one object (ids need not be consecutive). A binary mask becomes
-instances through its 4-connected components (`as_instances`), as the ISBI cells are in
-metrics.py.
+instances through its 4-connected components (`as_instances`), as the ISBI cells are in metrics.py.
 
 For a true object G and a predicted object P, IoU(G, P) = |G & P| / |G | P|.
 

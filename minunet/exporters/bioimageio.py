@@ -30,6 +30,7 @@ from minunet.files import atomic_write, atomic_write_text, default_dir_mode
 from minunet.inference.outputs import save_tiff
 from minunet.models.sizes import nearest_valid_sizes, size_margin, valid_sizes
 from minunet.models.unet import channels, standardize
+from minunet.training.checkpoint import checkpoint_normalize
 
 FORMAT_VERSION = "0.5.4"  # bioimage.io model description; later 0.5.x readers update it
 
@@ -241,8 +242,7 @@ def write_package(folder: Path, ckpt, model, sample: np.ndarray, sample_from: st
     from PIL import Image
 
     cfg = model.config
-    train = ckpt.config.get("train") if isinstance(ckpt.config.get("train"), dict) else {}
-    normalize = train.get("normalize", "max")
+    normalize = checkpoint_normalize(ckpt)
     params = float32_params(model)
     meta = export_metadata(ckpt, cfg)
     onnx_proto = onnx_model(model, params, metadata={"minunet." + k: v for k, v in meta.items()})
@@ -340,8 +340,8 @@ def write_package(folder: Path, ckpt, model, sample: np.ndarray, sample_from: st
 
 def write_torch_weights(folder: Path, params: dict, cfg) -> dict | None:
     """weights.pt (a torch.save state dict: the parameters under minunet's names, PyTorch's
-    layouts) and the stand-alone module that loads it (minunet/exporters/bioimageio_torch.py, copied as
-    unet_torch.py); their rdf.yaml entry. None when torch is not installed: the package then has
+    layouts) and the stand-alone module that loads it (minunet/exporters/bioimageio_torch.py, copied
+    as unet_torch.py); their rdf.yaml entry. None when torch is not installed: the package then has
     the ONNX weights only (and the safetensors file as an attachment)."""
     try:
         import torch

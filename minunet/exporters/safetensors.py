@@ -9,6 +9,7 @@ import json
 import numpy as np
 
 from minunet.nn.model import INPUT_MEAN, INPUT_STD
+from minunet.training.checkpoint import checkpoint_normalize
 
 
 def float32_params(model) -> dict[str, np.ndarray]:
@@ -27,10 +28,9 @@ def safetensors_bytes(params: dict, metadata: dict) -> bytes:
 
 def export_metadata(ckpt, config) -> dict:
     """What a reader of the exported weights needs besides them (strings)."""
-    train = ckpt.config.get("train") if isinstance(ckpt.config.get("train"), dict) else {}
     return {"format": "pt", "producer": "minunet", "arch": ckpt.arch,
             "config": json.dumps({k: v for k, v in vars(config).items()}, sort_keys=True),
-            "normalize": train.get("normalize", "max"), "iteration": str(ckpt.iteration),
+            "normalize": checkpoint_normalize(ckpt), "iteration": str(ckpt.iteration),
             "input": f"images in [0, 1]; the network takes (x - {INPUT_MEAN}) / {INPUT_STD}",
             "names": "docs/DESIGN.md 'Parameter names and layouts': Conv2d (Cout, Cin, k, k), "
                      "ConvTranspose2d (Cin, Cout, 2, 2)"}

@@ -16,13 +16,23 @@ what each buys:
   gather (each pixel sums its own entries), deterministic, no atomics.
 - Worker threads. The chunks are independent, so `backend.parallel_for` runs
   them on every CPU core at once, each worker with a single-threaded BLAS (one
-  after another on the GPU, where each chunk fills the device). Each worker has
+  after another on the GPU, where each chunk fills the device). Each worker takes
+  one run of consecutive chunks (`_blocks`): ONE thread dispatch per layer and
+  direction (it was two forward, for the GEMMs and then the epilogue, and two
+  backward, for the even and then the odd chunks: at 316/8 a step had 100
+  dispatches, about 80 us each when idle, and each a barrier where a worker that
+  the OS has descheduled on a shared machine holds the other up). Each worker has
   its own workspaces and its own dw, db sums, added in worker order. In the
-  backward, col2im of chunk t also adds into the k-1 input rows below it, which
-  chunk t+1 adds into too; so the even chunks run first, then the odd ones, and
-  two chunks that run at the same time never touch the same rows of dx.
-- Fused epilogue. Bias and ReLU in one pass over the output (backend
-  bias_relu_forward); the backward applies the ReLU mask chunk by chunk.
+  backward, col2im of a chunk also adds into the k-1 input rows below it, which
+  the next chunk adds into too: inside a run that is the same worker, one chunk
+  after the other; the first chunk of every run but the first adds its dx into a
+  private halo (its rows, k-1 more) that is added into dx after the dispatch, in
+  worker order. Every sum has a fixed order: the same numbers run to run.
+- Fused epilogue. Bias and ReLU in one pass over the output; on the CPU each chunk
+  runs it (backend.bias_relu_rows) right after its GEMM, while the chunk's output
+  is still in cache and in the same dispatch; on the GPU one launch over the whole
+  output (backend.bias_relu_forward). The backward applies the ReLU mask chunk by
+  chunk.
 """
 
 from __future__ import annotations
@@ -36,15 +46,34 @@ def _row_chunks(N, Ho, k, xp, row_bytes):
     """Chunks (n, y0, y1) of output rows, image by image, for `backend.parallel_for`.
 
     Each chunk's column matrix fits `backend.chunk_bytes`; an image has at least two
-    chunks per worker (so both backward phases keep every worker busy) when it is
-    tall enough, and every chunk is at least k-1 rows tall (so that chunks two
-    apart never touch the same input rows).
+    chunks per worker when it is tall enough (so a run's halo is at most half of it),
+    and every chunk is at least k-1 rows tall (so that only neighbouring chunks touch
+    the same input rows).
     """
     fit = backend.chunk_bytes(xp) // max(1, row_bytes)
     T = backend.workers(xp)
     per_worker = -(-Ho // (2 * T)) if T > 1 else Ho  # ceil(Ho / 2T)
     step = max(1, k - 1, min(fit, per_worker))
     return [(n, y0, min(Ho, y0 + step)) for n in range(N) for y0 in range(0, Ho, step)]
+
+
+def _blocks(chunks, T):
+    """The chunks cut into T runs of consecutive chunks, one run per worker, in order.
+
+    A worker's run is one item of `backend.parallel_for` (one dispatch per layer and
+    direction), and its chunks lie next to each other, so only the first chunk of a
+    run shares input rows with another worker's chunk (the last one of the run before).
+    """
+    step = -(-len(chunks) // max(1, T))  # ceil(len / T)
+    return [chunks[i : i + step] for i in range(0, len(chunks), step)]
+
+
+def _each(fn):
+    """fn(chunk, worker) for each chunk of a run: the item function of a run of chunks."""
+    def run(block, worker):
+        for chunk in block:
+            fn(chunk, worker)
+    return run
 
 
 def _columns(x1, k, y0, y1, worker):
@@ -54,7 +83,8 @@ def _columns(x1, k, y0, y1, worker):
         return x1.reshape(C, H * W)[:, y0 * W : y1 * W]  # (C, rows*W)
     Wo = W - k + 1
     xp = backend.xp_of(x1)
-    buf = backend.workspace(xp, x1.dtype, C * k * k * (y1 - y0) * Wo, slot=(0, worker))
+    buf = backend.workspace(xp, x1.dtype, C * k * k * (y1 - y0) * Wo,
+                            slot=backend.Slot("cols", worker))
     return backend.im2col(x1, k, y0, y1, buf.reshape(C * k * k, (y1 - y0) * Wo))
 
 
@@ -97,14 +127,22 @@ def conv2d_forward(x, w, b, relu=False):
     w2 = xp.ascontiguousarray(w).reshape(Cout, Cin * k * k)  # (Cout, Cin*k*k)
     out = xp.empty((N, Cout, Ho, Wo), dtype=x.dtype)
 
+    fused = not backend.is_gpu_array(x)  # the CPU: the epilogue runs on each chunk, in the
+    # same dispatch as its GEMM
+    bias = b.astype(x.dtype, copy=False)
+
     def conv_chunk(chunk, worker):
         n, y0, y1 = chunk
         cols = _columns(x[n], k, y0, y1, worker)  # (Cin*k*k, (y1-y0)*Wo)
-        xp.matmul(w2, cols, out=out[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo])
+        o2 = out[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo]  # (Cout, (y1-y0)*Wo)
+        xp.matmul(w2, cols, out=o2)
+        if fused:  # bias (and ReLU) while the chunk's output is still in cache
+            backend.bias_relu_rows(o2, bias, relu)
 
     chunks = _row_chunks(N, Ho, k, xp, Cin * k * k * Wo * x.itemsize)
-    backend.parallel_for(xp, chunks, conv_chunk)
-    _add_bias(out, b, relu)
+    backend.parallel_for(xp, _blocks(chunks, backend.workers(xp)), _each(conv_chunk))
+    if not fused:  # the GPU: one launch over the whole output
+        _add_bias(out, b, relu)
     return out, Conv2dCache(x, w, out if relu else None)
 
 
@@ -128,12 +166,15 @@ def conv2d_backward(dout, cache, need_dx=True):
     db_parts = [xp.zeros(Cout, dtype=x.dtype) for _ in range(T)]
     dx = xp.zeros_like(x) if need_dx else None
 
-    def grad_chunk(chunk, worker):
+    def grad_chunk(chunk, worker, dxn, r0):
+        """One chunk's dw, db (into the worker's sums) and dx (into dxn, whose row 0 is the
+        image's input row r0)."""
         n, y0, y1 = chunk
         dchunk = dout[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo]  # (Cout, L), L=(y1-y0)*Wo
         if out is not None:  # the fused ReLU: the gradient passes where the output is > 0
             o_chunk = out[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo]  # (Cout, L)
-            mbuf = backend.workspace(xp, x.dtype, Cout * (y1 - y0) * Wo, slot=(2, worker))
+            mbuf = backend.workspace(xp, x.dtype, Cout * (y1 - y0) * Wo,
+                                     slot=backend.Slot("relu_mask", worker))
             dchunk = backend.relu_backward(dchunk, o_chunk, mbuf.reshape(Cout, (y1 - y0) * Wo))
         db_parts[worker] += dchunk.sum(axis=1)
         cols = _columns(x[n], k, y0, y1, worker)  # (Cin*k*k, L)
@@ -142,15 +183,31 @@ def conv2d_backward(dout, cache, need_dx=True):
         if not need_dx:
             return
         if k == 1:  # col2im of a 1x1 conv is the identity
-            dx[n].reshape(Cin, H * W)[:, y0 * W : y1 * W] += w2.T @ dchunk
+            dxn.reshape(Cin, -1)[:, (y0 - r0) * W : (y1 - r0) * W] += w2.T @ dchunk
             return
-        dbuf = backend.workspace(xp, x.dtype, Cin * k * k * (y1 - y0) * Wo, slot=(1, worker))
+        dbuf = backend.workspace(xp, x.dtype, Cin * k * k * (y1 - y0) * Wo,
+                                 slot=backend.Slot("dcols", worker))
         dcols = xp.matmul(w2.T, dchunk, out=dbuf.reshape(Cin * k * k, (y1 - y0) * Wo))
-        backend.col2im(dcols, k, y0, y1, dx[n])
+        backend.col2im(dcols, k, y0 - r0, y1 - r0, dxn)
 
     chunks = _row_chunks(N, Ho, k, xp, Cin * k * k * Wo * x.itemsize)
-    for phase in (0, 1):  # even chunks, then odd ones: see the module docstring
-        backend.parallel_for(xp, chunks[phase::2], grad_chunk)
+    blocks = _blocks(chunks, T)
+    halos = [None] * T  # worker w > 0: (n, y0, its first chunk's dx rows), added after
+
+    def grad_block(block, worker):
+        for i, (n, y0, y1) in enumerate(block):
+            if i == 0 and worker > 0 and need_dx and k > 1:  # rows the worker before also adds to
+                halo = xp.zeros((Cin, y1 - y0 + k - 1, W), dtype=x.dtype)
+                grad_chunk((n, y0, y1), worker, halo, y0)
+                halos[worker] = (n, y0, halo)
+            else:
+                grad_chunk((n, y0, y1), worker, dx[n] if need_dx else None, 0)
+
+    backend.parallel_for(xp, blocks, grad_block)
+    for h in halos[1:]:  # in worker order: deterministic
+        if h is not None:
+            n, y0, halo = h
+            dx[n, :, y0 : y0 + halo.shape[1]] += halo
     dw2, db = dw_parts[0], db_parts[0]
     for dwp, dbp in zip(dw_parts[1:], db_parts[1:], strict=True):  # in worker order: deterministic
         dw2 += dwp

@@ -65,7 +65,8 @@ def _columns(x1, k, s, p, y0, y1, Wo, worker):
     if k == 1 and s == 1 and p == 0:  # the image itself is the column matrix
         return x1.reshape(C, H * W)[:, y0 * W : y1 * W]  # (C, rows*W)
     xp = backend.xp_of(x1)
-    buf = backend.workspace(xp, x1.dtype, C * k * k * (y1 - y0) * Wo, slot=("g0", worker))
+    buf = backend.workspace(xp, x1.dtype, C * k * k * (y1 - y0) * Wo,
+                            slot=backend.Slot("padded_cols", worker))
     return backend.im2col_padded(x1, k, s, p, y0, y1, buf.reshape(C * k * k, (y1 - y0) * Wo))
 
 
@@ -146,7 +147,8 @@ def conv2d_general_backward(dout, cache):
         if k == 1 and s == 1 and p == 0:  # col2im of a 1x1 conv is the identity
             dx[n].reshape(Cin, H * W)[:, y0 * W : y1 * W] += w2.T @ dchunk
             return
-        dbuf = backend.workspace(xp, x.dtype, Cin * k * k * L, slot=("g1", worker))
+        dbuf = backend.workspace(xp, x.dtype, Cin * k * k * L,
+                                 slot=backend.Slot("padded_dcols", worker))
         dcols = xp.matmul(w2.T, dchunk, out=dbuf.reshape(Cin * k * k, L))
         backend.col2im_padded(dcols, k, s, p, y0, y1, dx[n])
 

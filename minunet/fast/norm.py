@@ -33,15 +33,13 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, num_batches,
     """x: (N, C, H, W); gamma, beta: (C,) parameters; running_mean, running_var: (C,) buffers
     updated in place in training mode; num_batches: (1,) int64, incremented in training mode.
     Returns out (N, C, H, W) and a BatchNorm2dCache (see minunet/ops/norm.py)."""
-    check_batchnorm2d(x, gamma, beta, running_mean, running_var, momentum, eps)
+    check_batchnorm2d(x, gamma, beta, running_mean, running_var, momentum, eps, num_batches,
+                      training)
     xp = backend.xp_of(x)
     x = xp.ascontiguousarray(x)
     N, C, H, W = x.shape
     M = N * H * W
     if training:
-        if M < 2:
-            raise ValueError(f"batchnorm2d in training mode needs more than one value per "
-                             f"channel, got x of shape {x.shape}; use a larger tile or batch")
         sums = backend.bn_stats_partials(x).sum(axis=(0, 2))  # (C, 2) float64
         d_mean = sums[:, 0] / M  # (C,) mean of x - shift
         mu = (x[0, :, 0, 0].astype(xp.float64) + d_mean).astype(x.dtype)  # (C,)
@@ -52,10 +50,6 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, num_batches,
         running_var += momentum * var * (M / (M - 1))  # the unbiased variance
         num_batches += 1
     else:
-        if int(num_batches[0]) == 0:
-            raise ValueError("batchnorm2d in eval mode before any training batch: its running "
-                             "statistics are still the initial mean 0, variance 1; train first "
-                             "or load trained buffers")
         mu, var = running_mean, running_var
     inv_std = (1.0 / xp.sqrt(var + eps)).astype(x.dtype, copy=False)  # (C,)
     xhat, out = backend.bn_normalize(x, mu, inv_std, gamma, beta)  # (N, C, H, W) each

@@ -1,4 +1,4 @@
-"""What a store of chunked prediction (minunet/inference/chunked.py) knows: the content of its input, and
+"""What a store of chunked prediction (inference/chunked.py) knows: the content of its input, and
 for each complete chunk the checksums of its files.
 
     OUT.zarr/done/<lead...>.<iy>.<ix>.json    one done-marker per complete chunk:

@@ -21,17 +21,17 @@ run's settings and a BLAKE2b digest of the input's bytes in the root attributes 
 and, when the input was OME-Zarr, OME-Zarr multiscales metadata (the version the input had: 0.4
 in zarr format 2, 0.5 in format 3) naming `prob` as the image.
 
-Exactness. Each chunk is one rectangle of the output, computed by `infer.predict_region`: the
-tiles the in-memory `infer.predict` runs for those pixels, on the same pixels, so the chunk
-equals the in-memory prediction bit for bit (float64 and float32 alike; same machine and
-MINUNET_CPU_THREADS, since the row blocks of the fast ops round differently for other thread
-counts). Why the chunk grid is tied to 16 = 2^depth: a 2x2 pool pairs pixels (2i, 2i+1), so a
-tile computes the whole-image numbers only when it starts at a multiple of 2^depth of the padded
-frame (minunet/models/sizes.py), and every boundary between the tiles' owned outputs lies on that grid
-(on multiples of the tile step: 384 for tile 572). A chunk edge off the 16-grid would cut through
-the middle of a tile's output wherever it is, so such chunk sizes are refused, naming the nearest
-multiples of 16; with the chunk a multiple of the tile step (the default, or the tile chosen to
-fit a given chunk) each chunk is made of whole tiles and no tile runs twice.
+Exactness. Each chunk is one rectangle of the output, computed by `infer.predict_region`: the tiles
+the in-memory `infer.predict` runs for those pixels, on the same pixels, so the chunk equals the
+in-memory prediction bit for bit (float64 and float32 alike; same machine and MINUNET_CPU_THREADS,
+since the row blocks of the fast ops round differently for other thread counts). Why the chunk grid
+is tied to 16 = 2^depth: a 2x2 pool pairs pixels (2i, 2i+1), so a tile computes the whole-image
+numbers only when it starts at a multiple of 2^depth of the padded frame (minunet/models/sizes.py),
+and every boundary between the tiles' owned outputs lies on that grid (on multiples of the tile
+step: 384 for tile 572). A chunk edge off the 16-grid would cut through the middle of a tile's
+output wherever it is, so such chunk sizes are refused, naming the nearest multiples of 16; with the
+chunk a multiple of the tile step (the default, or the tile chosen to fit a given chunk) each chunk
+is made of whole tiles and no tile runs twice.
 
 The halo. A chunk needs the real pixels around it: a tile's output pixel i lies on its input
 pixel i + 92 (the 184 px margin, half on each side), and the tile that starts at a chunk's
@@ -83,12 +83,14 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import threading
 import time
 import uuid
 import warnings
 import weakref
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,8 +108,8 @@ from minunet.inference.tiles import (
     predict_region,
     region_window,
 )
+from minunet.models import registry, standardize
 from minunet.models.sizes import as_geometry
-from minunet.models.unet import UNetConfig, build_model, standardize
 
 SCALE_EXTRA = 'pip install "minunet[scale]"'
 DEFAULT_CHUNK = 1024  # target chunk side; the default is the multiple of the tile step nearest it
@@ -326,6 +328,18 @@ def _guess_axes(shape, name: str) -> str:
                      "metadata; give a 2-D image, a (Z, Y, X) stack, or OME-Zarr")
 
 
+def ome_version(text) -> tuple[int, ...]:
+    """An OME-Zarr version as numbers, compared as numbers ("0.10" after "0.5", never before
+    it as the strings would be): "0.5" -> (0, 5), "0.4.1-dev" -> (0, 4, 1)."""
+    parts = []
+    for piece in str(text).split("."):
+        m = re.match(r"\d+", piece)
+        if m is None:
+            break
+        parts.append(int(m.group()))
+    return tuple(parts) or (0,)
+
+
 def _ome_of(attrs: dict) -> dict | None:
     """The first multiscale of OME-Zarr group attributes (0.4: top level; 0.5: under 'ome'),
     with its version; None if there is none."""
@@ -410,13 +424,17 @@ def open_source(input, name: str | None = None) -> Source:
 class ModelRef:
     """What a worker process needs to build the model once: config, parameters, device."""
 
-    config: str  # UNetConfig as JSON
+    config: str  # the model config as JSON (its arch names the architecture)
     state: dict  # parameter name -> host array
     device: str  # "auto", "cpu" or "cuda", resolved on the worker
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
-_MODELS: dict = {}  # ModelRef.token -> (model, lock): this process's models
+# the module caches of a (worker) process, evicted oldest first beyond CACHED entries: a long-
+# lived Dask worker that predicts with many checkpoints or into many stores keeps only the
+# last few models (their parameters) and open arrays
+CACHED = 2
+_MODELS: OrderedDict = OrderedDict()  # ModelRef.token -> (model, lock): this process's models
 _LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> lock
 _LOADS: dict = {}  # ModelRef.token -> times built in this process (the tests read it)
 _GUARD = threading.Lock()
@@ -435,12 +453,21 @@ def _model(ref):
         if not isinstance(ref, ModelRef):
             return ref, _LOCKS.setdefault(ref, threading.Lock())
         if ref.token not in _MODELS:
-            model = build_model(UNetConfig.from_json(ref.config))
+            conf = json.loads(ref.config)  # any architecture of the registry
+            model = registry.build_model(registry.config_for(conf["arch"], conf))
             model.load_state_dict(ref.state)
             model.eval().to(backend.resolve_device(ref.device))
             _MODELS[ref.token] = (model, threading.Lock())
             _LOADS[ref.token] = _LOADS.get(ref.token, 0) + 1
+            _evict(_MODELS)
+        _MODELS.move_to_end(ref.token)
         return _MODELS[ref.token]
+
+
+def _evict(cache: OrderedDict) -> None:
+    """Drop the oldest entries beyond CACHED (the caller holds _GUARD)."""
+    while len(cache) > CACHED:
+        cache.popitem(last=False)
 
 
 @dataclass
@@ -463,7 +490,7 @@ class _Context:
     stats: dict | None  # percentile normalisation: {leading index: [(p_lo, p_hi) per channel]}
 
 
-_ARRAYS: dict = {}
+_ARRAYS: OrderedDict = OrderedDict()  # store key -> (prob, mask) arrays opened for writing
 
 
 def _outputs(ctx: _Context):
@@ -475,6 +502,8 @@ def _outputs(ctx: _Context):
             # background (all fill value) must still be a file, or it is never counted done
             _ARRAYS[ctx.key] = (g["prob"].with_config(every),
                                 g["mask"].with_config(every) if ctx.mask else None)
+            _evict(_ARRAYS)
+        _ARRAYS.move_to_end(ctx.key)
         return _ARRAYS[ctx.key]
 
 
@@ -606,11 +635,13 @@ def predict_zarr(model, input, out, *, chunk=None, tile: int | None = None, batc
             check_chunk(c, model.geometry)
         if tile is None:
             budget = int(MEMORY_FRACTION * free_memory_bytes(model.xp))
-            tile = auto_tile(cfg, (model.geometry.padded_size(H), model.geometry.padded_size(W)), batch,
+            geo = model.geometry
+            tile = auto_tile(cfg, (geo.padded_size(H), geo.padded_size(W)), batch,
                              budget)
             if chunk is not None:
                 tile = tile_for_chunk((H, W), _pair(chunk), tile, model.geometry)
-        model.geometry.choose_tile((model.geometry.padded_size(H),), tile)  # refuses tiles too small
+        geo = model.geometry
+        geo.choose_tile((geo.padded_size(H),), tile)  # refuses tiles too small
         chunk = _pair(chunk) if chunk is not None else default_chunk((H, W), tile, model.geometry)
         _warn_if_tiles_run_twice((H, W), chunk, tile, model.geometry)
         if (small := small_chunk_message(chunk, (H, W), model.geometry)) is not None:
@@ -814,7 +845,7 @@ def _open_output(out: str, src: Source, settings: dict, grid: tuple, chunk: tupl
     resumes it, creating any array a killed first run did not get to); with `overwrite`, an
     existing minunet store is removed first. Returns whether this call created OUT."""
     zarr = require("zarr")
-    fmt = 2 if src.ome is not None and str(src.ome.get("version", "0.4")) < "0.5" else 3
+    fmt = 2 if src.ome is not None and ome_version(src.ome.get("version", "0.4")) < (0, 5) else 3
     lead_axes, lead = src.lead_axes, tuple(src.shape[:-2])
     H, W = src.shape[-2:]
     chunks = (1,) * len(lead) + tuple(chunk)
@@ -915,7 +946,7 @@ def _ome_attrs(src: Source, pdims: list[str]) -> dict:
           "metadata": {"description": "class probabilities predicted by minunet from "
                                       f"{src.name}"}}
     version = str(ome.get("version", "0.4"))
-    if version < "0.5":
+    if ome_version(version) < (0, 5):
         return {"multiscales": [{"version": version, **ms}]}
     return {"ome": {"version": version, "multiscales": [ms]}}
 

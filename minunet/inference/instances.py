@@ -170,7 +170,7 @@ def _hsv_to_rgb(h: np.ndarray, s: float, v: float) -> np.ndarray:
     return table[i, np.arange(h.size)]
 
 
-# ----------------------------------------------------------------------------- options shared by the commands
+# ------------------------------------------------------- options shared by the commands
 
 
 def add_instance_options(p, prefix: str = "") -> None:

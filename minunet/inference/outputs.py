@@ -15,7 +15,11 @@ from minunet import backend
 from minunet.data.loaders import IMAGE_SUFFIXES, DataError, read_array, to_float_image
 from minunet.files import atomic_write
 from minunet.inference.instances import colour_overlay, label_cells
-from minunet.training.checkpoint import load_checkpoint, model_from_checkpoint
+from minunet.training.checkpoint import (  # noqa: F401  (checkpoint_normalize: predict's)
+    checkpoint_normalize,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 
 
 @dataclass
@@ -162,13 +166,6 @@ def save_instances(out: Path, stem: str, stack: bool, grays: list, probs: list, 
     for k, (gray, lab) in enumerate(zip(grays, labels, strict=True)):
         name = f"{stem}_{k:03d}.png" if stack else f"{stem}.png"
         save_png(out / "instances_overlay" / name, colour_overlay(gray, lab))
-
-
-def checkpoint_normalize(ckpt) -> str:
-    """How the checkpoint's model saw its images (TrainConfig.normalize); 'max' for
-    checkpoints written before that option existed."""
-    train = ckpt.config.get("train")
-    return train.get("normalize", "max") if isinstance(train, dict) else "max"
 
 
 def load_model(checkpoint: str, device: str, ckpt=None):

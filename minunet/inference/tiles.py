@@ -72,6 +72,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minunet import backend
+from minunet.data.augment import mirror_index as reflect  # the one mirror of positions
 from minunet.models import registry, standardize
 from minunet.models.sizes import as_geometry
 
@@ -143,15 +144,6 @@ def _reflect_index(n: int, before: int, after: int) -> np.ndarray:
     """Source index of each padded position along an axis of length n (see mirror_pad)."""
     return reflect(np.arange(-before, n + after), n)
 
-
-
-def reflect(i: np.ndarray, n: int) -> np.ndarray:
-    """Mirror positions i (any integers) into 0..n-1 as mirror_pad does (numpy 'reflect')."""
-    if n == 1:
-        return np.zeros_like(i)
-    period = 2 * n - 2
-    i = np.mod(i, period)
-    return np.where(i >= n, period - i, i)
 
 
 # --- where the tiles go ----------------------------------------------------------------

@@ -12,7 +12,8 @@ tiles, export and the commands ask about sizes (instead of a `depth` threaded th
 Everything else (valid sizes near a size, the padded frame, tile steps and origins, the
 smallest tile that can be stepped) follows from those in the base class. An architecture
 gives its geometry as `model.geometry` (built from its config by `geometry(config)` in its
-models/ file); `ValidUNetGeometry(depth)` (minunet/models/sizes.py) is the 2015 U-Net's, `PaddedGeometry(grid)` is a network whose output has its input's size.
+models/ file); `ValidUNetGeometry(depth)` (minunet/models/sizes.py) is the 2015 U-Net's,
+`PaddedGeometry(grid)` a network whose output has its input's size.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ STEP_FLOAT64 = 1e-4  # central-difference step h for float64 inputs (see the doc
 # off by a few percent or more).
 STEP_FLOAT32 = 3e-2
 # THRESHOLD_FLOAT32: minunet/nn/opspec.py (ops that do arithmetic (conv, up-conv, softmax))
-# THRESHOLD_FLOAT32_EXACT: minunet/nn/opspec.py (ops that only copy, select or scale (relu, pool, crop, ...))
+# THRESHOLD_FLOAT32_EXACT: minunet/nn/opspec.py (ops that only copy, select or scale)
 FLOOR_FRACTION_FLOAT32 = 1e-2  # rel_error floor = this * max |numerical gradient|
 
 # The whole network (directional_check): many ops in a row, each adding rounding,

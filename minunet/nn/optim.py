@@ -81,3 +81,16 @@ class MomentumSGD:
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+
+def sgd_update(w, v, g, lr, momentum, weight_decay):
+    """Caffe's momentum SGD in place, in plain array code (the lesson's form):
+    v <- m v - lr (g + wd w); w <- w + v.
+
+    The backend's twins compute the same update in one pass (Numba on the CPU, a CUDA kernel
+    on the GPU: backend.sgd_update); tests/test_optim.py checks that they agree, and the
+    coursework's student copy, which has no twins, runs this one (coursework/make.py)."""
+    t = w.dtype.type
+    v *= t(momentum)
+    v -= t(lr) * (g + t(weight_decay) * w)
+    w += v

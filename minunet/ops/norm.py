@@ -62,7 +62,8 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, num_batches,
     Eval mode (training=False) uses the running statistics and refuses to run before any
     training batch (they would still be their initial 0 and 1).
     """
-    check_batchnorm2d(x, gamma, beta, running_mean, running_var, momentum, eps)
+    check_batchnorm2d(x, gamma, beta, running_mean, running_var, momentum, eps, num_batches,
+                      training)
     # BEGIN SOLUTION batchnorm2d.forward
     # canary: mu13-c988d20e3a6e
     xp = xp_of(x)
@@ -70,9 +71,6 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, num_batches,
     M = N * H * W
     axes = (0, 2, 3)  # the statistics of a channel run over the batch and the image
     if training:
-        if M < 2:
-            raise ValueError(f"batchnorm2d in training mode needs more than one value per "
-                             f"channel, got x of shape {x.shape}; use a larger tile or batch")
         mu = x.mean(axis=axes)  # (C,)
         var = x.var(axis=axes)  # (C,) biased: (1/M) sum (x - mu)^2
         running_mean *= 1 - momentum
@@ -81,10 +79,6 @@ def batchnorm2d_forward(x, gamma, beta, running_mean, running_var, num_batches,
         running_var += momentum * var * (M / (M - 1))  # the unbiased variance
         num_batches += 1
     else:
-        if int(num_batches[0]) == 0:
-            raise ValueError("batchnorm2d in eval mode before any training batch: its running "
-                             "statistics are still the initial mean 0, variance 1; train first "
-                             "or load trained buffers")
         mu, var = running_mean, running_var
     inv_std = 1.0 / xp.sqrt(var + eps)  # (C,)
     xhat = (x - mu[:, None, None]) * inv_std[:, None, None]  # (N, C, H, W)
@@ -113,9 +107,11 @@ def batchnorm2d_backward(dout, cache):
     # END SOLUTION
 
 
-def check_batchnorm2d(x, gamma, beta, running_mean, running_var, momentum, eps) -> None:
+def check_batchnorm2d(x, gamma, beta, running_mean, running_var, momentum, eps,
+                      num_batches=None, training: bool = True) -> None:
     """x (N, C, H, W) float; gamma, beta, running_mean, running_var (C,) of x's dtype;
-    momentum in [0, 1]; eps > 0."""
+    momentum in [0, 1]; eps > 0; in training more than one value per channel; in eval mode
+    at least one training batch seen (num_batches, when given)."""
     check_ndim("batchnorm2d input x", x, 4, "N, C, H, W")
     check_float("batchnorm2d input x", x)
     C = x.shape[1]
@@ -130,3 +126,11 @@ def check_batchnorm2d(x, gamma, beta, running_mean, running_var, momentum, eps) 
     if not 0.0 <= momentum <= 1.0 or not eps > 0:
         raise ValueError(f"batchnorm2d needs momentum in [0, 1] and eps > 0, got momentum "
                          f"{momentum}, eps {eps}")
+    N, _, H, W = x.shape
+    if training and N * H * W < 2:
+        raise ValueError(f"batchnorm2d in training mode needs more than one value per "
+                         f"channel, got x of shape {x.shape}; use a larger tile or batch")
+    if not training and num_batches is not None and int(num_batches[0]) == 0:
+        raise ValueError("batchnorm2d in eval mode before any training batch: its running "
+                         "statistics are still the initial mean 0, variance 1; train first "
+                         "or load trained buffers")

@@ -138,3 +138,10 @@ def model_from_checkpoint(ckpt: Checkpoint, path, seed: int = 0):
     model = registry.build_model(config, seed=seed)
     model.load_state_dict(ckpt.state())  # refuses missing, unexpected or misshapen arrays
     return model
+
+
+def checkpoint_normalize(ckpt) -> str:
+    """How the checkpoint's model saw its images (TrainConfig.normalize); 'max' for
+    checkpoints written before that option existed."""
+    train = ckpt.config.get("train")
+    return train.get("normalize", "max") if isinstance(train, dict) else "max"

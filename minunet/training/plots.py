@@ -16,7 +16,7 @@ def _figure(*args, **kw):
 
 
 def plot_loss(history: list[dict], train_losses: list[float], last_it: int, path) -> Path:
-    """Two different quantities on one log axis (minunet/training/runfolder.py, COLUMNS): the training
+    """Two different quantities on one log axis (training/runfolder.py, COLUMNS): the training
     loss per iteration (raw and smoothed), the weighted cross-entropy of training tiles with
     dropout on, and at each validation row the plain cross-entropy of the whole held-out images
     with dropout off (`val_xent`). history: metrics rows; train_losses: the losses of the

@@ -42,9 +42,9 @@ def test_workspace_is_reused_and_only_grows():
 
 
 def test_workspace_slots_and_dtypes_are_separate():
-    a = chunks.workspace(np, np.float64, 8, slot=(0, 0))
-    b = chunks.workspace(np, np.float64, 8, slot=(0, 1))
-    c = chunks.workspace(np, np.float32, 8, slot=(0, 0))
+    a = chunks.workspace(np, np.float64, 8, slot=chunks.Slot("cols", 0))
+    b = chunks.workspace(np, np.float64, 8, slot=chunks.Slot("cols", 1))
+    c = chunks.workspace(np, np.float32, 8, slot=chunks.Slot("cols", 0))
     assert not np.shares_memory(a, b) and not np.shares_memory(a, c)
     assert c.dtype == np.float32
 

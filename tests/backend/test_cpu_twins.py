@@ -253,3 +253,23 @@ def test_upconv_scatter_gather(rng, dtype):
     for n, c, i, j, y, x in np.ndindex(*cols.shape):
         dcols[n, c, i, j, y, x] = dout[n, c, 2 * y + i, 2 * x + j]
     np.testing.assert_array_equal(cpu.upconv_gather(dout), dcols)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("relu", [True, False])
+def test_bias_relu_rows_on_a_row_chunk(rng, dtype, relu):
+    """The epilogue on a chunk of rows where the GEMM wrote it: the (C, L) slice of (C, H*W)
+    planes; the rest of the planes untouched; a NaN passes the ReLU."""
+    planes = rng.standard_normal((3, 40)).astype(dtype)
+    planes[1, 12] = np.nan
+    b = rng.standard_normal(3).astype(dtype)
+    want = planes.copy()
+    for c in range(3):  # brute force
+        for s in range(10, 25):
+            v = want[c, s] + b[c]
+            want[c, s] = (0 if v <= 0 else v) if relu else v
+    got = cpu.bias_relu_rows(planes[:, 10:25], b, relu)
+    assert got.base is not None  # in place, in the view
+    np.testing.assert_array_equal(planes, want)
+    with pytest.raises(ValueError, match="bias_relu_rows"):
+        cpu.bias_relu_rows(planes[:, ::2], b, relu)
