@@ -24,7 +24,6 @@
 # minutes to read.
 
 # %%
-import inspect
 import time
 
 import matplotlib.pyplot as plt
@@ -216,7 +215,7 @@ print("the claims about the table hold")
 # V_rand and V_info are $\max_t F$ after thinning. The package's code for these formulas:
 
 # %%
-source = inspect.getsource(minunet.metrics)
+source = T.getsource(minunet.metrics)
 start = source.index("class Scores(NamedTuple)")
 print(source[start : source.index("# ---", start)])
 
@@ -298,7 +297,7 @@ assert r_m.split == 1 and i_m.split == 1 and r_m.merge < 1 and i_m.merge < 1
 # simply do not count.
 
 # %%
-print(inspect.getsource(thin_boundaries))
+print(T.getsource(thin_boundaries))
 
 # %%
 fig, ax = plt.subplots(1, 4, figsize=(10, 2.9))
