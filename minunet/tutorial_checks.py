@@ -57,12 +57,12 @@ class Verdict:
         return f"{self.exercise}: {self.status}" + (f". {self.message}" if self.message else "")
 
 
-def report(verdict: Verdict) -> Verdict:
-    """Print the verdict; a wrong answer raises AssertionError with the same message."""
+def report(verdict: Verdict) -> None:
+    """Print the verdict; a wrong answer raises AssertionError with the same message. Returns
+    nothing, so that a notebook cell ending with it shows the verdict once."""
     print(verdict)
     if verdict.status == WRONG:
         raise AssertionError(str(verdict))
-    return verdict
 
 
 class _NotAttempted(Exception):

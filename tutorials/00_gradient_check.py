@@ -165,7 +165,8 @@ ax.loglog(hs32, e32, "s-", ms=3, label="tanh, float32")
 ax.loglog(hs64, econv, "^-", ms=3, label="conv2d (linear), float64")
 ax.loglog(hs64, hs64**2 / 6, "k--", lw=0.8, label=r"truncation $h^2/6$")
 ax.loglog(hs64, np.finfo(np.float64).eps / hs64, "k:", lw=0.8, label=r"rounding $\varepsilon/h$")
-for h, style in ((minunet.nn.gradcheck.STEP_FLOAT64, "C0"), (minunet.nn.gradcheck.STEP_FLOAT32, "C1")):
+gc = minunet.nn.gradcheck
+for h, style in ((gc.STEP_FLOAT64, "C0"), (gc.STEP_FLOAT32, "C1")):
     ax.axvline(h, color=style, lw=0.8, alpha=0.6)
 ax.set_ylim(1e-16, 1)
 ax.set_xlabel("step h")

@@ -72,7 +72,8 @@ print(T.getsource(minunet.models.sizes.valid_sizes))
 
 # %%
 valid = minunet.models.sizes.valid_sizes(100, 600)
-print("output_size(572) =", minunet.models.sizes.output_size(572), "; margin", minunet.models.sizes.size_margin())
+sizes = minunet.models.sizes
+print("output_size(572) =", sizes.output_size(572), "; margin", sizes.size_margin())
 print("valid sizes:", valid)
 try:
     minunet.models.sizes.output_size(570)

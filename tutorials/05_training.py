@@ -385,9 +385,9 @@ else:
 # `--no-weight-map`, for each of three seeds, and scores the last checkpoint on the held-out
 # images by
 #
-# - **object F1**: cells found from P(cell) (`minunet.inference.instances.label_cells`) matched to the
-#   true cells at IoU $\ge 0.5$ (`minunet.evaluation.objects`; tutorial 09), and **SEG**, the mean IoU of
-#   each true cell with the predicted cell covering most of it;
+# - **object F1**: cells found from P(cell) (`minunet.inference.instances.label_cells`) matched
+#   to the true cells at IoU $\ge 0.5$ (`minunet.evaluation.objects`; tutorial 09), and **SEG**,
+#   the mean IoU of each true cell with the predicted cell covering most of it;
 # - **border as cell**: of the pixels on the separation borders between touching cells, the
 #   fraction predicted as cell, where two cells would merge;
 # - **error rate**: the fraction of all pixels classified wrong at 0.5.

@@ -26,7 +26,6 @@
 # minutes to read.
 
 # %%
-import inspect
 import time
 
 import matplotlib.pyplot as plt
@@ -68,7 +67,7 @@ print(f"tile side: {SIZE} px")
 cfg = AugmentConfig()
 print(f"elastic_grid  = {cfg.elastic_grid}   (coarse grid points per axis)")
 print(f"elastic_sigma = {cfg.elastic_sigma} (px, std of each displacement component)")
-print(inspect.getsource(draw_transform))
+print(T.getsource(draw_transform))
 
 # %% [markdown]
 # `draw_transform` draws *all* random parameters of one sample at once: the coarse grid
@@ -133,8 +132,8 @@ assert abs(draws.std() - cfg.elastic_sigma) < 0.3 and abs(draws.mean()) < 0.3
 # is the package's code, first $M$, then $D$:
 
 # %%
-print(inspect.getsource(cubic_spline_matrix))
-print(inspect.getsource(elastic_displacement))
+print(T.getsource(cubic_spline_matrix))
+print(T.getsource(elastic_displacement))
 
 # %% [markdown]
 # Two checks of that derivation, on an odd side $H = W$ (so that the middle node falls on a
@@ -201,7 +200,7 @@ assert stats[:, 2].min() > 0
 # we will see below what a second interpolation would cost.
 
 # %%
-print(inspect.getsource(coordinate_map))
+print(T.getsource(coordinate_map))
 
 # %%
 em = synthetic_em(SIZE, seed=T.seed)
@@ -266,7 +265,7 @@ plt.show()
 #   original range, no spline overshoot.
 
 # %%
-print(inspect.getsource(warp))
+print(T.getsource(warp))
 
 # %% [markdown]
 # The checks: nearest-neighbour labels contain **no** value outside the original label set; the
@@ -328,7 +327,7 @@ assert err_once == 0 and err_two > 1e-3
 # augmentation: elastic, rotation, flips and gray values.
 
 # %%
-print(inspect.getsource(random_tile).split('"""')[1])  # the docstring
+print(T.getsource(random_tile).split('"""')[1])  # the docstring
 
 # %%
 out = output_size(SIZE)  # the paper network's output side for this input side

@@ -21,7 +21,6 @@
 # minutes to read.
 
 # %%
-import inspect
 import time
 
 import matplotlib.pyplot as plt
@@ -71,7 +70,7 @@ print(f"image {H} x {H}, tiles of {TILE}, network base {BASE}")
 margin = size_margin()  # input side - output side
 print(f"size_margin() = {margin}: {margin // 2} px of context on each side; "
       f"receptive_field() = {receptive_field()}")
-print(inspect.getsource(mirror_pad))
+print(T.getsource(mirror_pad))
 row = np.arange(6.0).reshape(1, 6)
 print("row      ", row[0])
 print("padded 4 ", mirror_pad(row, 0, 0, 4, 4)[0])
@@ -110,9 +109,9 @@ assert inside == 0 and symmetric == 0
 # flush with the padded image.
 
 # %%
-print(inspect.getsource(padded_size))
-print(inspect.getsource(tile_offsets))
-print(inspect.getsource(choose_tile))
+print(T.getsource(padded_size))
+print(T.getsource(tile_offsets))
+print(T.getsource(choose_tile))
 
 # %%
 th, tw = choose_tile((P, P), 4, TILE)
@@ -195,8 +194,9 @@ assert gaps == 0 and off_grid == 0
 # with the end of a valid padded image, is on the grid too. The package states this once:
 
 # %%
-print(inspect.getsource(grid_step))
-exactness = next(p for p in minunet.inference.tiles.__doc__.split("\n\n") if p.startswith("Exactness"))
+print(T.getsource(grid_step))
+tiles_doc = minunet.inference.tiles.__doc__
+exactness = next(p for p in tiles_doc.split("\n\n") if p.startswith("Exactness"))
 print(exactness)  # the paragraph of minunet/inference/tiles.py's docstring that states it
 
 # %% [markdown]

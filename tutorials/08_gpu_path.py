@@ -24,7 +24,6 @@
 # a GPU; 30 minutes to read.
 
 # %%
-import inspect
 import re
 import time
 
@@ -68,8 +67,8 @@ REPEAT = T.pick(7, 3)
 # which is the plain op's layout with the batch axis removed.
 
 # %%
-print(inspect.getsource(minunet.backend.twins.im2col))
-print(inspect.getsource(minunet.backend.cpu.im2col))
+print(T.getsource(minunet.backend.twins.im2col))
+print(T.getsource(minunet.backend.cpu.im2col))
 
 # %% [markdown]
 # The CPU twin is $k^2$ NumPy slice copies (one per tap), each moving whole rows. The GPU twin is a
@@ -169,7 +168,7 @@ walk("im2col", {
 # and the geometry for the 3x3 layers of the paper's network on a 572 x 572 tile:
 
 # %%
-print(inspect.getsource(minunet.backend.gpu.im2col))
+print(T.getsource(minunet.backend.gpu.im2col))
 
 # %% [markdown]
 # On the GPU the fast conv cuts a layer into chunks of output rows whose column matrix fits in
@@ -255,7 +254,7 @@ walk("col2im", {
 # **0**.
 
 # %%
-print(inspect.getsource(minunet.backend.cpu.col2im))
+print(T.getsource(minunet.backend.cpu.col2im))
 dcols = rng.standard_normal(plain_cols.shape).astype(np.float32)  # (C*k*k, Ho*Wo)
 dx_plain = ops.col2im(dcols, x.shape, k)[0]  # (C, H, W)
 dx_twin = backend.col2im(dcols, k, 0, Ho, np.zeros((C, H, H), np.float32))

@@ -24,7 +24,6 @@
 # minutes to read.
 
 # %%
-import inspect
 import time
 
 import matplotlib.pyplot as plt
@@ -64,7 +63,8 @@ rng = np.random.default_rng(T.seed)
 # components of cell pixels (`segments`); the membrane pixels between them belong to no cell.
 
 # %%
-print(minunet.evaluation.metrics.__doc__[: minunet.evaluation.metrics.__doc__.index("Foreground-restricted scoring")])
+metrics_doc = minunet.evaluation.metrics.__doc__
+print(metrics_doc[: metrics_doc.index("Foreground-restricted scoring")])
 
 # %% [markdown]
 # ## 2. Six toy proposals, one error each
@@ -216,7 +216,7 @@ print("the claims about the table hold")
 # V_rand and V_info are $\max_t F$ after thinning. The package's code for these formulas:
 
 # %%
-source = inspect.getsource(minunet.evaluation.metrics)
+source = T.getsource(minunet.evaluation.metrics)
 start = source.index("class Scores(NamedTuple)")
 print(source[start : source.index("# ---", start)])
 
@@ -298,7 +298,7 @@ assert r_m.split == 1 and i_m.split == 1 and r_m.merge < 1 and i_m.merge < 1
 # simply do not count.
 
 # %%
-print(inspect.getsource(thin_boundaries))
+print(T.getsource(thin_boundaries))
 
 # %%
 fig, ax = plt.subplots(1, 4, figsize=(10, 2.9))

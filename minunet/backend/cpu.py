@@ -78,6 +78,96 @@ def col2im(cols, k, y0, y1, dx):
     return dx
 
 
+# --- direct convolution for few input channels -------------------------------------------
+# With Cin*k*k tiny (the U-Net's first layer: one channel, 3x3: 9 rows of columns) the
+# column matrix is 9 copies of the image and the GEMM a (Cout x 9) @ (9 x L) product that
+# BLAS runs at a few GFLOP/s; these loops read the image in place instead: for each output
+# row, k*k (times Cin) vectorised multiply-adds of a shifted input row.
+
+
+@njit(cache=True, nogil=True)
+def _direct_conv_rows(x1, w, b, y0, y1, relu, out3):
+    Cout, Cin, k, _ = w.shape
+    Wo = out3.shape[2]
+    z = out3.dtype.type(0)
+    for o in range(Cout):
+        bo = out3.dtype.type(b[o])
+        for y in range(y0, y1):
+            orow = out3[o, y]
+            orow[:] = z
+            for c in range(Cin):  # the products in the column matrix's row order
+                if k == 3:  # one pass per channel: 9 multiply-adds per pixel in registers
+                    r0, r1, r2 = x1[c, y], x1[c, y + 1], x1[c, y + 2]
+                    w00, w01, w02 = w[o, c, 0, 0], w[o, c, 0, 1], w[o, c, 0, 2]
+                    w10, w11, w12 = w[o, c, 1, 0], w[o, c, 1, 1], w[o, c, 1, 2]
+                    w20, w21, w22 = w[o, c, 2, 0], w[o, c, 2, 1], w[o, c, 2, 2]
+                    for xx in range(Wo):
+                        orow[xx] += (w00 * r0[xx] + w01 * r0[xx + 1] + w02 * r0[xx + 2]
+                                     + w10 * r1[xx] + w11 * r1[xx + 1] + w12 * r1[xx + 2]
+                                     + w20 * r2[xx] + w21 * r2[xx + 1] + w22 * r2[xx + 2])
+                    continue
+                for i in range(k):
+                    for j in range(k):
+                        wv = w[o, c, i, j]
+                        xrow = x1[c, y + i, j : j + Wo]
+                        for xx in range(Wo):
+                            orow[xx] += wv * xrow[xx]
+            for xx in range(Wo):  # the epilogue, as _bias_relu
+                v = orow[xx] + bo
+                orow[xx] = (z if v <= 0 else v) if relu else v
+
+
+def direct_conv_rows(x1, w, b, y0, y1, relu, out3):
+    """Output rows y0..y1-1 of a valid k x k conv of one image, without columns, in place.
+
+    x1 (Cin, H, W) and out3 (Cout, Ho, Wo) contiguous, w (Cout, Cin, k, k), b (Cout,):
+    out3[o, y, xx] = epilogue(sum_{c,i,j} w[o,c,i,j] * x1[c, y+i, xx+j] + b[o]), the sum
+    in (c, i, j) order, the epilogue max(., 0) if relu. Returns out3.
+    """
+    _direct_conv_rows(x1, w.astype(x1.dtype, copy=False), b.astype(x1.dtype, copy=False),
+                      y0, y1, relu, out3)
+    return out3
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _direct_dw_rows(x1, d3, y0, y1, k, dw, db):
+    Cout, Ho, Wo = d3.shape
+    Cin = x1.shape[0]
+    acc = np.zeros(k * k)  # float64, whatever the dtype
+    for o in range(Cout):
+        acc_b = 0.0
+        for y in range(y0, y1):
+            drow = d3[o, y]
+            for xx in range(Wo):
+                acc_b += drow[xx]
+        db[o] += acc_b
+        for c in range(Cin):
+            acc[:] = 0.0
+            for y in range(y0, y1):  # one pass over the rows: all k*k sums at once
+                drow = d3[o, y]
+                for i in range(k):
+                    xrow = x1[c, y + i]
+                    for j in range(k):
+                        a = 0.0
+                        for xx in range(Wo):
+                            a += drow[xx] * np.float64(xrow[xx + j])
+                        acc[i * k + j] += a
+            for i in range(k):
+                for j in range(k):
+                    dw[o, c, i, j] += acc[i * k + j]
+
+
+def direct_dw_rows(x1, d3, y0, y1, k, dw, db):
+    """dw (Cout, Cin, k, k) += sum over output rows y0..y1-1 of d3[o, y, xx] * x1[c, y+i, xx+j],
+    db (Cout,) += the sum of d3 over those rows; both float64 (partial sums of one worker).
+
+    x1 (Cin, H, W), d3 (Cout, Ho, Wo) contiguous (the gradient after the ReLU mask). Each
+    sum runs in float64 in a fixed order for a given build (fastmath lets Numba vectorise
+    the reduction: the same order run to run, not necessarily the written one).
+    """
+    _direct_dw_rows(x1, d3, y0, y1, k, dw, db)
+
+
 # --- 2x2 max-pool -------------------------------------------------------------
 
 

@@ -273,3 +273,34 @@ def test_bias_relu_rows_on_a_row_chunk(rng, dtype, relu):
     np.testing.assert_array_equal(planes, want)
     with pytest.raises(ValueError, match="bias_relu_rows"):
         cpu.bias_relu_rows(planes[:, ::2], b, relu)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("relu", [True, False])
+def test_direct_conv_rows_and_dw_against_loops(rng, dtype, relu):
+    """The direct conv loops (few input channels) against brute-force loops, rows 2..5 of 7."""
+    Cin, Cout, k, H, W = 1, 3, 3, 9, 8
+    x = rng.standard_normal((Cin, H, W)).astype(dtype)
+    w = rng.standard_normal((Cout, Cin, k, k)).astype(dtype)
+    b = rng.standard_normal(Cout).astype(dtype)
+    Ho, Wo = H - k + 1, W - k + 1
+    out = np.full((Cout, Ho, Wo), 7.0, dtype)
+    cpu.direct_conv_rows(x, w, b, 2, 5, relu, out)
+    d = rng.standard_normal((Cout, Ho, Wo)).astype(dtype)
+    dw, db = np.zeros((Cout, Cin, k, k)), np.zeros(Cout)
+    cpu.direct_dw_rows(x, d, 2, 5, k, dw, db)
+    want_dw, want_db = np.zeros_like(dw), np.zeros_like(db)
+    for o in range(Cout):
+        for y in range(Ho):
+            for xx in range(Wo):
+                v = float(b[o]) + sum(float(w[o, c, i, j]) * float(x[c, y + i, xx + j])
+                                      for c in range(Cin) for i in range(k) for j in range(k))
+                want = (max(v, 0.0) if relu else v) if 2 <= y < 5 else 7.0
+                assert out[o, y, xx] == pytest.approx(want, rel=1e-5, abs=1e-5)
+                if 2 <= y < 5:
+                    want_db[o] += d[o, y, xx]
+                    for i in range(k):
+                        for j in range(k):
+                            want_dw[o, 0, i, j] += float(d[o, y, xx]) * float(x[0, y + i, xx + j])
+    np.testing.assert_allclose(dw, want_dw, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(db, want_db, rtol=1e-10, atol=1e-10)

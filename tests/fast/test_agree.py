@@ -77,7 +77,8 @@ def run_both(xp, fwd_args, dout_of, name, dtype, **kw):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N,C,H,W,Cout,k,relu", [
     (1, 3, 12, 9, 4, 3, True), (3, 2, 11, 13, 5, 3, False), (3, 4, 7, 7, 2, 1, False),
-    (1, 5, 20, 17, 3, 3, False), (1, 1, 3, 3, 2, 3, True)])
+    (1, 5, 20, 17, 3, 3, False), (1, 1, 3, 3, 2, 3, True),
+    (3, 1, 10, 11, 4, 3, False), (1, 1, 15, 9, 3, 3, True)])  # Cin = 1: the direct loops
 def test_conv2d(xp, rng, cpu_setup, dtype, N, C, H, W, Cout, k, relu):
     x, w, b = arrays(xp, rng, dtype, (N, C, H, W), (Cout, C, k, k), (Cout,))
     run_both(xp, (x, w, b), lambda o: xp.asarray(rng.standard_normal(o.shape).astype(dtype)),
@@ -175,3 +176,13 @@ def test_whole_unet_plain_equals_fast(xp, rng, cpu_setup, upconv_relu):
     agree(out["fast"][1], out["plain"][1], "float64", "loss")
     for k in out["plain"][2]:
         agree(out["fast"][2][k], out["plain"][2][k], "float64", f"gradient of {k}")
+
+
+def test_the_first_layer_runs_the_direct_loops():
+    """One input channel, 3x3 (the U-Net's first layer) takes fast/conv.py's direct path on the
+    CPU, so test_conv2d's Cin = 1 cases test it; wider layers keep the columns."""
+    from minunet.fast import conv
+
+    assert conv._direct(np.zeros((1, 1, 8, 8)), 3)
+    assert not conv._direct(np.zeros((1, 2, 8, 8)), 3)  # 18 rows of columns: the GEMM
+    assert not conv._direct(np.zeros((1, 1, 8, 8)), 1)  # 1x1: no columns to save
