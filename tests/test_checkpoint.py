@@ -97,3 +97,21 @@ def test_an_unknown_architecture_names_the_known_ones(tmp_path):
     save_checkpoint(tmp_path / "t.npz", m.state_dict(), {}, 0, config, {}, arch="transunet")
     with pytest.raises(ValueError, match=r"t\.npz: unknown architecture 'transunet'; known: unet"):
         model_from_checkpoint(load_checkpoint(tmp_path / "t.npz"), tmp_path / "t.npz")
+
+
+def test_a_checkpoint_written_before_the_house_move_still_loads_and_predicts_the_same():
+    """tests/data/checkpoint_pre_house_base2.npz was written by `python -m minunet.train` (base 2,
+    2 iterations) before issue 31 moved the house; its logits on a fixed input were saved
+    beside it by that code. Today's code rebuilds the same model from it (the registry, the
+    legacy config: no `loss` then) and computes the same logits."""
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data"
+    path = data / "checkpoint_pre_house_base2.npz"
+    ckpt = load_checkpoint(path)
+    assert ckpt.arch == "unet" and "loss" not in ckpt.config["model"]
+    model = model_from_checkpoint(ckpt, path).eval()
+    assert type(model).__name__ == "UNet" and model.config.base == 2
+    assert model.config.loss == "softmax_cross_entropy"
+    with np.load(data / "checkpoint_pre_house_base2_logits.npz") as ref:
+        np.testing.assert_allclose(model.forward(ref["x"]), ref["logits"], rtol=1e-5, atol=1e-6)

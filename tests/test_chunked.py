@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from minunet.inference import chunked
+from minunet.inference import chunked, sources
 from minunet.inference.chunked import ChunkWarning, check_chunk, open_source, predict_zarr
 from minunet.inference.outputs import to_channels
 from minunet.inference.tiles import predict
@@ -188,7 +188,7 @@ def test_percentile_normalisation_uses_the_whole_slice(model64, tmp_path, monkey
     """16-bit images are stretched between the percentiles of the WHOLE slice, as in memory,
     though every chunk sees only its window (the counting pass reads the slice in bands)."""
     img = np.random.default_rng(4).gamma(2.0, 700.0, (300, 250)).clip(0, 65535).astype(np.uint16)
-    monkeypatch.setattr(chunked, "BAND_BYTES", 250 * 2 * 37)  # bands of 37 rows
+    monkeypatch.setattr(sources, "BAND_BYTES", 250 * 2 * 37)  # bands of 37 rows
     predict_zarr(model64, img, tmp_path / "n.zarr", tile=252, chunk=64, progress=False,
                  normalize="percentile:1,99.8")
     want = predict(model64, to_channels(img, 1, "a", "percentile:1,99.8"), tile=252)[1]
@@ -202,7 +202,7 @@ def test_percentiles_from_counts_are_numpys():
         q = (1.0, 99.8) if t % 2 else tuple(sorted(rng.uniform(0, 100, 2)))
         offset = 32768
         counts = np.bincount((a.astype(np.int64) + offset).ravel(), minlength=2**16)
-        got = chunked._percentiles_from_counts(counts, a.size, q, offset)
+        got = sources._percentiles_from_counts(counts, a.size, q, offset)
         want = np.percentile(a.astype(np.float32), q)
         assert got[0] == want[0] and got[1] == want[1], (a.shape, q, got, want)
 
