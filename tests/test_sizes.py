@@ -91,3 +91,33 @@ def test_input_window_is_what_the_network_depends_on(depth):
     for p in range(2**depth):
         rows = [q for q in range(size) if p in moved[q]]
         assert (min(rows), max(rows)) == input_window(p, depth), (depth, p)
+
+
+def test_the_geometry_object_is_the_size_arithmetic():
+    """minunet/nn/geometry.py: the valid U-Net's Geometry answers exactly as the functions of
+    minunet/models/sizes.py, which inference and chunked prediction asked before (depth 2..5);
+    a padded network's is multiples of its grid with margin 0."""
+    from minunet.models import sizes
+    from minunet.nn.geometry import PaddedGeometry
+
+    for depth in (2, 3, 4, 5):
+        g = sizes.ValidUNetGeometry(depth)
+        assert g.margin == sizes.size_margin(depth) and g.grid == sizes.grid_step(depth)
+        assert g.min_tile() == sizes.min_tile(depth)
+        for s in range(1, 700):
+            assert g.is_valid(s) == sizes.is_valid_size(s, depth)
+            assert g.nearest_valid_sizes(s) == sizes.nearest_valid_sizes(s, depth)
+            if g.is_valid(s):
+                assert g.output_size(s) == sizes.output_size(s, depth)
+        for n in (1, 50, 333, 1000):
+            assert g.padded_size(n) == sizes.padded_size(n, depth)
+            total = sizes.padded_size(n, depth)
+            for tile in (sizes.min_tile(depth), 572):
+                t = g.choose_tile((total,), tile)[0]
+                assert (t,) == sizes.choose_tile((total,), depth, tile)
+                assert g.tile_offsets(total, t) == sizes.tile_offsets(total, t, depth)
+    p = PaddedGeometry(grid=8)
+    assert p.margin == 0 and p.is_valid(64) and not p.is_valid(60) and p.output_size(64) == 64
+    assert p.nearest_valid_sizes(60) == (56, 64) and p.padded_size(61) == 64
+    with pytest.raises(ValueError, match="nearest valid sizes are 56 or 64"):
+        p.output_size(60)
