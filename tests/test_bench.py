@@ -1,9 +1,12 @@
 """The benchmark CLI: checks before timing, prints its tables (a tiny config, no timing asserts)."""
 
+import pytest
+
 from minunet import bench
 from minunet.backend import cpu
 
 
+@pytest.mark.slow  # 5-12 s on a 2-core CPU
 def test_bench_runs_and_prints_every_section(capsys):
     rc = bench.main(["--device", "cpu", "--size", "188", "--base", "2", "--repeat", "1",
                      "--warmup", "0", "--no-torch", "--data"])

@@ -86,6 +86,7 @@ def test_chunked_equals_in_memory_float32(image_zarr, image, tmp_path):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow  # 5-12 s on a 2-core CPU
 def test_local_cluster_of_two_processes_equals_serial(model64, image_zarr, serial64, tmp_path):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:

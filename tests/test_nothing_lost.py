@@ -139,6 +139,7 @@ def test_out_of_an_existing_run_is_refused_and_overwrite_removes_the_old_files(t
     assert [p.name for p in other.iterdir()] == ["holiday.jpg"]
 
 
+@pytest.mark.slow  # 5-12 s on a 2-core CPU
 def test_the_default_run_folder_never_reuses_a_name(tmp_path, monkeypatch):
     import time
 

@@ -47,6 +47,7 @@ def _interrupt_at(trainer, k):
     trainer.step = interrupted_step
 
 
+@pytest.mark.slow  # 5-12 s on a 2-core CPU
 def test_timed_run_is_repeated_by_its_iterations_and_resumes_to_the_same_end(tmp_path):
     timed = Trainer(TrainConfig(**TINY, time="4s", out=str(tmp_path / "timed")), quiet=True)
     n = timed.cfg.iters

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from coursework_helpers import OPS_FILE, make_copy, plant
 
 from minunet.coursework.bundle import load
@@ -79,6 +80,7 @@ def plant_from_solution(copy: Path, file: str, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
+@pytest.mark.slow  # 5-12 s on a 2-core CPU
 def test_hidden_checks_show_no_inputs_or_values_and_grading_is_deterministic(made, solved,
                                                                             tmp_path):
     """A failing hidden check shows its op, input and hint: not its name, inputs or values.
@@ -114,6 +116,7 @@ def test_hidden_checks_show_no_inputs_or_values_and_grading_is_deterministic(mad
     assert "[conv2d.db_first_image]" in out
 
 
+@pytest.mark.slow  # 5-12 s on a 2-core CPU
 def test_raising_hanging_none_wrong_shape_dtype_and_crashing_code(tmp_path):
     """Each op's misbehaviour becomes failed tests with its message; the JSON is valid."""
     copy = tmp_path / "s"

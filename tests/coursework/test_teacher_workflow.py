@@ -49,6 +49,7 @@ def grade(py, *args, cwd):
     return p.returncode, p.stdout
 
 
+@pytest.mark.slow  # 5-12 s on a 2-core CPU
 def test_make_install_grade_solve_grade_train(tmp_path):
     student, teacher = tmp_path / "student", tmp_path / "teacher"
     out = sh(sys.executable, "-m", "minunet.coursework", "make", student, "--teacher",
