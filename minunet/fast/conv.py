@@ -202,16 +202,17 @@ def conv2d_backward(dout, cache, need_dx=True):
         image's input row r0)."""
         n, y0, y1 = chunk
         dchunk = dout[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo]  # (Cout, L), L=(y1-y0)*Wo
+        if direct:  # dw, db from the rows in place, the ReLU mask read there: no columns
+            cpu.direct_dw_rows(x[n], dout[n], dout[n] if out is None else out[n],
+                               out is not None, y0, y1, k, dw_parts[worker].reshape(w.shape),
+                               db_parts[worker])
+            if not need_dx:
+                return
         if out is not None:  # the fused ReLU: the gradient passes where the output is > 0
             o_chunk = out[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo]  # (Cout, L)
             mbuf = backend.workspace(xp, x.dtype, Cout * (y1 - y0) * Wo, slot=(2, worker))
             dchunk = backend.relu_backward(dchunk, o_chunk, mbuf.reshape(Cout, (y1 - y0) * Wo))
-        if direct:  # dw, db from the image's rows in place: no columns
-            d3 = (dchunk.reshape(Cout, y1 - y0, Wo) if out is not None
-                  else xp.ascontiguousarray(dout[n][:, y0:y1]))  # (Cout, rows, Wo)
-            cpu.direct_dw_rows(x[n][:, y0 : y1 + k - 1], d3, 0, y1 - y0, k,
-                               dw_parts[worker].reshape(w.shape), db_parts[worker])
-        else:
+        if not direct:
             db_parts[worker] += dchunk.sum(axis=1)
             cols = _columns(x[n], k, y0, y1, worker)  # (Cin*k*k, L)
             dw_parts[worker] += (cols @ dchunk.T).T  # (Cout, Cin*k*k); this operand order
