@@ -130,42 +130,46 @@ def direct_conv_rows(x1, w, b, y0, y1, relu, out3):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def _direct_dw_rows(x1, d3, y0, y1, k, dw, db):
+def _direct_dw_rows(x1, d3, o3, relu, y0, y1, k, dw, db):
     Cout, Ho, Wo = d3.shape
     Cin = x1.shape[0]
     acc = np.zeros(k * k)  # float64, whatever the dtype
+    g = np.empty(Wo)  # one row of the gradient after the ReLU mask, float64
     for o in range(Cout):
         acc_b = 0.0
         for y in range(y0, y1):
-            drow = d3[o, y]
+            drow, orow = d3[o, y], o3[o, y]
             for xx in range(Wo):
-                acc_b += drow[xx]
+                acc_b += drow[xx] if (not relu or orow[xx] > 0) else 0.0
         db[o] += acc_b
         for c in range(Cin):
             acc[:] = 0.0
             for y in range(y0, y1):  # one pass over the rows: all k*k sums at once
-                drow = d3[o, y]
+                drow, orow = d3[o, y], o3[o, y]
+                for xx in range(Wo):
+                    g[xx] = drow[xx] if (not relu or orow[xx] > 0) else 0.0
                 for i in range(k):
                     xrow = x1[c, y + i]
                     for j in range(k):
                         a = 0.0
                         for xx in range(Wo):
-                            a += drow[xx] * np.float64(xrow[xx + j])
+                            a += g[xx] * xrow[xx + j]
                         acc[i * k + j] += a
             for i in range(k):
                 for j in range(k):
                     dw[o, c, i, j] += acc[i * k + j]
 
 
-def direct_dw_rows(x1, d3, y0, y1, k, dw, db):
-    """dw (Cout, Cin, k, k) += sum over output rows y0..y1-1 of d3[o, y, xx] * x1[c, y+i, xx+j],
-    db (Cout,) += the sum of d3 over those rows; both float64 (partial sums of one worker).
+def direct_dw_rows(x1, d3, o3, relu, y0, y1, k, dw, db):
+    """dw (Cout, Cin, k, k) += sum over output rows y0..y1-1 of g[o, y, xx] * x1[c, y+i, xx+j]
+    and db (Cout,) += the sum of g over those rows, both float64 (one worker's partial sums),
+    where g = d3 where o3 > 0 else 0 if relu (the fused ReLU's mask, read in place), else d3.
 
-    x1 (Cin, H, W), d3 (Cout, Ho, Wo) contiguous (the gradient after the ReLU mask). Each
-    sum runs in float64 in a fixed order for a given build (fastmath lets Numba vectorise
-    the reduction: the same order run to run, not necessarily the written one).
+    x1 (Cin, H, W), d3 and o3 (Cout, Ho, Wo): views with contiguous rows. Each sum runs in
+    float64 in a fixed order for a given build (fastmath lets Numba vectorise the reduction:
+    the same order run to run, not necessarily the written one).
     """
-    _direct_dw_rows(x1, d3, y0, y1, k, dw, db)
+    _direct_dw_rows(x1, d3, o3, relu, y0, y1, k, dw, db)
 
 
 # --- 2x2 max-pool -------------------------------------------------------------

@@ -56,14 +56,15 @@ from ..ops.conv import Conv2dCache
 def _row_chunks(N, Ho, k, xp, row_bytes):
     """Chunks (n, y0, y1) of output rows, image by image, for `backend.parallel_for`.
 
-    Each chunk's column matrix fits `backend.chunk_bytes`; an image has at least two
-    chunks per worker when it is tall enough (so a run's halo is at most half of it),
-    and every chunk is at least k-1 rows tall (so that only neighbouring chunks touch
-    the same input rows).
+    Each chunk's column matrix fits `backend.chunk_bytes`; an image has at least one
+    chunk per worker when it is tall enough (the deep, small layers get one chunk per
+    worker: each chunk costs some 10-20 Python calls, and at 316/8 two chunks per
+    worker made the step 18% slower), and every chunk is at least k-1 rows tall (so
+    that only neighbouring chunks touch the same input rows).
     """
     fit = backend.chunk_bytes(xp) // max(1, row_bytes)
     T = backend.workers(xp)
-    per_worker = -(-Ho // (2 * T)) if T > 1 else Ho  # ceil(Ho / 2T)
+    per_worker = -(-Ho // T)  # ceil(Ho / T): one run per worker needs no more
     step = max(1, k - 1, min(fit, per_worker))
     return [(n, y0, min(Ho, y0 + step)) for n in range(N) for y0 in range(0, Ho, step)]
 
@@ -202,17 +203,18 @@ def conv2d_backward(dout, cache, need_dx=True):
         image's input row r0)."""
         n, y0, y1 = chunk
         dchunk = dout[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo]  # (Cout, L), L=(y1-y0)*Wo
+        if direct:  # dw, db from the rows in place, the ReLU mask read there: no columns
+            cpu.direct_dw_rows(x[n], dout[n], dout[n] if out is None else out[n],
+                               out is not None, y0, y1, k, dw_parts[worker].reshape(w.shape),
+                               db_parts[worker])
+            if not need_dx:
+                return
         if out is not None:  # the fused ReLU: the gradient passes where the output is > 0
             o_chunk = out[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo]  # (Cout, L)
             mbuf = backend.workspace(xp, x.dtype, Cout * (y1 - y0) * Wo,
                                      slot=backend.Slot("relu_mask", worker))
             dchunk = backend.relu_backward(dchunk, o_chunk, mbuf.reshape(Cout, (y1 - y0) * Wo))
-        if direct:  # dw, db from the image's rows in place: no columns
-            d3 = (dchunk.reshape(Cout, y1 - y0, Wo) if out is not None
-                  else xp.ascontiguousarray(dout[n][:, y0:y1]))  # (Cout, rows, Wo)
-            cpu.direct_dw_rows(x[n][:, y0 : y1 + k - 1], d3, 0, y1 - y0, k,
-                               dw_parts[worker].reshape(w.shape), db_parts[worker])
-        else:
+        if not direct:
             db_parts[worker] += dchunk.sum(axis=1)
             cols = _columns(x[n], k, y0, y1, worker)  # (Cin*k*k, L)
             dw_parts[worker] += (cols @ dchunk.T).T  # (Cout, Cin*k*k); this operand order

@@ -287,8 +287,10 @@ def test_direct_conv_rows_and_dw_against_loops(rng, dtype, relu):
     out = np.full((Cout, Ho, Wo), 7.0, dtype)
     cpu.direct_conv_rows(x, w, b, 2, 5, relu, out)
     d = rng.standard_normal((Cout, Ho, Wo)).astype(dtype)
+    mask = rng.standard_normal((Cout, Ho, Wo)).astype(dtype)  # the ReLU's output: > 0 passes
     dw, db = np.zeros((Cout, Cin, k, k)), np.zeros(Cout)
-    cpu.direct_dw_rows(x, d, 2, 5, k, dw, db)
+    cpu.direct_dw_rows(x, d, mask, relu, 2, 5, k, dw, db)
+    d = np.where(mask > 0, d, 0) if relu else d
     want_dw, want_db = np.zeros_like(dw), np.zeros_like(db)
     for o in range(Cout):
         for y in range(Ho):
