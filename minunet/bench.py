@@ -286,9 +286,7 @@ def bench_model(cfg: UNetConfig, size, batch, device, timer, repeat, warmup) -> 
 
 def _peak_mb(xp) -> float:
     if xp is np:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        return backend.peak_rss_mb()  # this process's own pages (not its parent's)
     return xp.get_default_memory_pool().total_bytes() / 2**20
 
 
@@ -479,7 +477,6 @@ def _predict_big_in_subprocess(a, device: str) -> dict | None:
 def _predict_big(a, device: str) -> int:
     """Child of _predict_big_in_subprocess: one JSON line (seconds, MP/s, peak memory)."""
     import json
-    import resource
     import tempfile
 
     from minunet.inference import chunked
@@ -490,7 +487,7 @@ def _predict_big(a, device: str) -> int:
         s = chunked.predict_zarr(model, GeneratedImage(a.big, a.big), f"{tmp}/big.zarr",
                                  tile=a.size)
     res = {"seconds": s.seconds, "mp_per_s": s.mp_per_s, "chunk": f"{s.chunk[0]}x{s.chunk[1]}",
-           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+           "peak_mb": backend.peak_rss_mb()}
     if device == "cuda":
         res["gpu_mb"] = model.xp.get_default_memory_pool().total_bytes() / 2**20
     print(json.dumps(res))

@@ -44,6 +44,7 @@ from .device import (
     gpu_status,
     is_gpu_array,
     is_out_of_memory,
+    peak_rss_mb,
     resolve_device,
     set_tf32,
     to_device,
@@ -81,7 +82,7 @@ from .twins import (
 __all__ = [
     # device.py
     "is_gpu_array", "xp_of", "GpuStatus", "gpu_status", "device_info", "resolve_device",
-    "to_device", "to_host", "is_out_of_memory", "set_tf32",
+    "to_device", "to_host", "is_out_of_memory", "set_tf32", "peak_rss_mb",
     # chunks.py
     "WORKSPACE_BYTES", "CPU_CHUNK_BYTES", "chunk_bytes", "Slot", "workspace", "release_workspaces",
     "workers", "split", "parallel_for",

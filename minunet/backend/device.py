@@ -147,3 +147,22 @@ def set_tf32(enabled: bool) -> None:
     before the first GPU computation.
     """
     os.environ["CUPY_TF32"] = "1" if enabled else "0"
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident host memory in MiB. On Linux VmHWM of /proc/self/status,
+    which counts this process's own pages: ru_maxrss would also carry over the pages of the
+    process that started it (across fork and exec), hundreds of MB under a test runner.
+    Elsewhere ru_maxrss (KiB on Linux and BSD, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024

@@ -107,7 +107,7 @@ def bench(cfg: UNetConfig, size, batch, device, repeat, warmup, tf32=False) -> d
     if device == "cuda":
         res["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
-        import resource
+        from minunet import backend
 
-        res["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        res["peak_mb"] = backend.peak_rss_mb()  # this process's own pages
     return res
