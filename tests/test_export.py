@@ -96,21 +96,6 @@ def test_cli_onnx_then_three_lines_of_onnxruntime(tmp_path, ckpt, capsys):
     assert meta["minunet.normalize"] == "auto"
 
 
-def torch_name(name: str) -> str:
-    """minunet's parameter name -> the module path in minunet/exporters/torch_mirror.py's network
-    (double conv blocks are Sequential(conv, relu, conv, relu): conv j sits at index 2j)."""
-    layer, _, kind = name.rpartition(".")
-    parts = layer.split(".")
-    if parts[0] == "bottleneck":
-        return f"mid.{2 * int(parts[1][-1])}.{kind}"
-    if parts[0] == "final":
-        return f"final.{kind}"
-    i = parts[0][-1]
-    if parts[1] == "upconv":
-        return f"ups.{i}.{kind}"
-    return f"{'down' if parts[0].startswith('down') else 'up'}.{i}.{2 * int(parts[1][-1])}.{kind}"
-
-
 def test_safetensors_round_trip_and_into_the_pytorch_reference(tmp_path, ckpt):
     from safetensors import safe_open
     from safetensors.numpy import load_file
@@ -134,7 +119,7 @@ def test_safetensors_round_trip_and_into_the_pytorch_reference(tmp_path, ckpt):
     from minunet.exporters import torch_mirror as torch_ref
 
     net = torch_ref.build(model.config).eval()
-    state = {torch_name(k): torch.from_numpy(v) for k, v in tensors.items()}
+    state = {k: torch.from_numpy(v) for k, v in tensors.items()}  # minunet's names as they are
     net.load_state_dict(state, strict=True)  # every name and shape fits
     x = np.random.default_rng(4).random((1, 1, 220, 204), dtype=np.float32)
     with torch.no_grad():

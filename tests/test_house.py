@@ -108,6 +108,27 @@ def test_the_toy_trains_predicts_and_exports_from_the_command_line(toy, tmp_path
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
+def test_the_toy_gets_a_torch_mirror_that_agrees_with_its_forward(toy):
+    """The torch mirror is built from the toy's traced forward (nothing written for it): its
+    state dict takes the toy's parameters under their own names, and it gives the same logits
+    in float64 (and float32) on a size other than the traced one."""
+    torch = pytest.importorskip("torch")
+    from minunet.exporters import torch_mirror
+
+    for dtype, tol in (("float64", 1e-12), ("float32", 1e-5)):
+        model = registry.build_model(toy.ToyConfig(dtype=dtype, width=3), seed=2)
+        net = torch_mirror.build(model.config).to(getattr(torch, dtype)).eval()
+        net.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in
+                             model.params.items()}, strict=True)
+        x = np.random.default_rng(3).standard_normal((2, 1, 20, 28)).astype(dtype)
+        want = model.forward(x)
+        model.release_caches()
+        with torch.no_grad():
+            got = net(torch.from_numpy(x)).numpy()
+        assert got.shape == want.shape == (2, 2, 20, 28)
+        assert np.abs(got - want).max() <= tol * np.abs(want).max(), dtype
+
+
 # --- the imports ---------------------------------------------------------------------------
 
 

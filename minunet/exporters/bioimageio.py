@@ -1,6 +1,7 @@
 """A bioimage.io model package (model description format 0.5): rdf.yaml, the ONNX weights
 (minunet/exporters/onnx.py), with torch installed also `pytorch_state_dict` weights (loaded by
-the stand-alone module minunet/exporters/bioimageio_torch.py, copied into the package), the
+the stand-alone module minunet/exporters/bioimageio_torch.py, copied into the package with the
+network's traced graph), the
 safetensors file as an attachment, a test input and its expected output, a cover image and a
 README. `python -m minunet.export --to bioimageio` calls `export_bioimageio`.
 """
@@ -340,21 +341,21 @@ def write_package(folder: Path, ckpt, model, sample: np.ndarray, sample_from: st
 
 def write_torch_weights(folder: Path, params: dict, cfg) -> dict | None:
     """weights.pt (a torch.save state dict: the parameters under minunet's names, PyTorch's
-    layouts) and the stand-alone module that loads it (minunet/exporters/bioimageio_torch.py, copied
-    as unet_torch.py); their rdf.yaml entry. None when torch is not installed: the package then has
-    the ONNX weights only (and the safetensors file as an attachment)."""
+    layouts) and the stand-alone module that loads it (minunet/exporters/bioimageio_torch.py with
+    the network's traced graph appended, as unet_torch.py: torch_mirror.package_source); their
+    rdf.yaml entry. None when torch is not installed: the package then has the ONNX weights
+    only (and the safetensors file as an attachment)."""
     try:
         import torch
     except ImportError:
         return None
-    from minunet.exporters import bioimageio_torch
+    from minunet.exporters import torch_mirror
 
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in params.items()}
     atomic_write(folder / "weights.pt", lambda f: torch.save(state, f))
-    source = Path(bioimageio_torch.__file__).read_text()
-    atomic_write_text(folder / "unet_torch.py", source)
     kwargs = {"in_channels": cfg.in_channels, "n_classes": cfg.n_classes, "depth": cfg.depth,
               "base": cfg.base, "upconv_relu": cfg.upconv_relu}
+    atomic_write_text(folder / "unet_torch.py", torch_mirror.package_source(cfg, kwargs))
     return {"source": "weights.pt", "sha256": _sha256(folder / "weights.pt"),
             "architecture": {"source": "unet_torch.py", "sha256": _sha256(folder /
                                                                           "unet_torch.py"),

@@ -1,76 +1,108 @@
-"""The U-Net as a stand-alone PyTorch module, for the `pytorch_state_dict` weights of a
-bioimage.io package (`python -m minunet.export --to bioimageio` copies this file into the
-package, where it imports nothing but torch).
+"""A network as a stand-alone PyTorch module, run from its op sequence: the nodes that
+minunet/nn/trace.py records from the network's own forward (minunet/exporters/torch_mirror.py,
+`graph_of`), each node one torch call (`TracedNet`). This file imports nothing but torch, so
+`python -m minunet.export --to bioimageio` copies it into the package (as unet_torch.py) with
+the exported network's graph appended (`package_source`): bioimage.io's `pytorch_state_dict`
+weights need such an architecture file.
 
-The parameter names and layouts are minunet's (docs/DESIGN.md, "Parameter names and layouts"):
-`down{i}.conv0.weight` (Cout, Cin, 3, 3), ..., `bottleneck.conv1.bias`, `up{i}.upconv.weight`
-(Cin, Cout, 2, 2), `final.weight`, so a state dict of the safetensors export loads as it is.
-Like the package's ONNX graph, the module takes images in [0, 1] (the package's preprocessing
-gets them there), standardises them with (x - 0.5) / 0.25 as minunet's training did, and returns
-the class probabilities (softmax over the channels) of the input's centre: 184 pixels smaller at
-depth 4, for the valid sizes 188 + 16k.
+The parameters are registered under minunet's names and in its layouts (docs/DESIGN.md,
+"Parameter names and layouts"): `down0.conv0.weight` (Cout, Cin, 3, 3), `up0.upconv.weight`
+(Cin, Cout, 2, 2), `final.bias`, so a state dict of the safetensors export loads as it is.
+In the package the module takes images in [0, 1] (the package's preprocessing gets them there),
+standardises them with (x - 0.5) / 0.25 as minunet's training did, and returns the class
+probabilities (softmax over the channels); `standardize` and `softmax` in the graph say so.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
-class DoubleConv(nn.Module):
-    """Two valid 3x3 convolutions, each followed by a ReLU."""
+def _crop(x, size):
+    """The centre (size[0], size[1]) of x (N, C, H, W), as minunet's center_crop."""
+    dy, dx = (x.shape[2] - size[0]) // 2, (x.shape[3] - size[1]) // 2
+    return x[:, :, dy:dy + size[0], dx:dx + size[1]]
 
-    def __init__(self, cin: int, cout: int):
+
+def _conv(x, w, b, n, values):
+    out = F.conv2d(x, w, b)
+    return torch.relu(out) if n["attrs"].get("relu") else out
+
+
+def _conv_general(x, w, b, n, values):
+    a = n["attrs"]
+    return F.conv2d(x, w, b, stride=tuple(a["stride"]), padding=tuple(a["padding"]),
+                    groups=a["groups"])
+
+
+def _center_crop(x, n, values):
+    like = n["attrs"].get("like")
+    return _crop(x, values[like].shape[2:] if like else n["attrs"]["size"])
+
+
+def _maxpool(x, n, values):
+    k = n["attrs"]["k"]
+    return F.max_pool2d(x, k, ceil_mode=n["attrs"]["ceil_mode"])
+
+
+# trace op -> torch: (inputs..., node, values) -> output; parameters come in as tensors
+OPS = {
+    "conv2d": _conv,
+    "conv2d_general": _conv_general,
+    "upconv2x2": lambda x, w, b, n, v: F.conv_transpose2d(x, w, b, stride=2),
+    "maxpool2x2": lambda x, n, v: F.max_pool2d(x, 2),
+    "maxpool": _maxpool,
+    "global_avgpool": lambda x, n, v: x.mean(dim=(2, 3), keepdim=True),
+    "global_maxpool": lambda x, n, v: x.amax(dim=(2, 3), keepdim=True),
+    "nearest_upsample2": lambda x, n, v: F.interpolate(x, scale_factor=2, mode="nearest"),
+    "bilinear_upsample": lambda x, n, v: F.interpolate(
+        x, scale_factor=n["attrs"]["factor"], mode="bilinear",
+        align_corners=n["attrs"]["align_corners"]),
+    "center_crop": _center_crop,
+    "concat": lambda a, b, n, v: torch.cat([a, b], dim=1),  # a's channels first
+    "relu": lambda x, n, v: torch.relu(x),
+    "sigmoid": lambda x, n, v: torch.sigmoid(x),
+    "relu6": lambda x, n, v: F.relu6(x),
+    "silu": lambda x, n, v: F.silu(x),
+    "add": lambda a, b, n, v: a + b,
+    "channel_scale": lambda x, s, n, v: x * s,
+}
+
+
+class TracedNet(nn.Module):
+    """(N, C, H, W) -> the network's output, computed node by node. `graph`: {"nodes": [{"op",
+    "inputs", "attrs", "out"}, ...] in forward order, "params": {name: shape}, "output": the
+    output value's name, "dropout": p (applied where the network has dropout, in training
+    mode), "standardize" and "softmax": booleans (module doc)}."""
+
+    def __init__(self, graph: dict):
         super().__init__()
-        self.conv0 = nn.Conv2d(cin, cout, 3)
-        self.conv1 = nn.Conv2d(cout, cout, 3)
+        self.graph = graph
+        for name, shape in graph["params"].items():
+            *path, leaf = name.split(".")
+            module = self
+            for part in path:  # nested modules, so the state dict keys are minunet's names
+                if not hasattr(module, part):
+                    module.add_module(part, nn.Module())
+                module = getattr(module, part)
+            module.register_parameter(leaf, nn.Parameter(torch.zeros(*shape)))
+        for n in graph["nodes"]:
+            if n["op"] not in OPS and n["op"] != "dropout":
+                raise NotImplementedError(f"the torch mirror has no rule for {n['op']}: add one "
+                                          f"to minunet/exporters/bioimageio_torch.py (OPS)")
 
     def forward(self, x):
-        return torch.relu(self.conv1(torch.relu(self.conv0(x))))
-
-
-class UpBlock(DoubleConv):
-    """A 2x2 up-convolution, the skip's centre crop concatenated before it, two convolutions."""
-
-    def __init__(self, cin: int, cout: int, upconv_relu: bool):
-        super().__init__(2 * cout, cout)
-        self.upconv = nn.ConvTranspose2d(cin, cout, 2, stride=2)
-        self.upconv_relu = upconv_relu
-
-    def forward(self, x, skip):
-        x = self.upconv(x)
-        if self.upconv_relu:
-            x = torch.relu(x)
-        dy = (skip.shape[2] - x.shape[2]) // 2
-        dx = (skip.shape[3] - x.shape[3]) // 2
-        crop = skip[:, :, dy:dy + x.shape[2], dx:dx + x.shape[3]]
-        return super().forward(torch.cat([crop, x], dim=1))  # the skip's channels first
-
-
-class MinUNet(nn.Module):
-    """(N, in_channels, H, W) in [0, 1] -> (N, n_classes, H - margin, W - margin) probabilities."""
-
-    def __init__(self, in_channels: int = 1, n_classes: int = 2, depth: int = 4, base: int = 64,
-                 upconv_relu: bool = False):
-        super().__init__()
-        self.depth = depth
-        width = [base * 2**i for i in range(depth + 1)]
-        for i in range(depth):
-            self.add_module(f"down{i}", DoubleConv(in_channels if i == 0 else width[i - 1],
-                                                   width[i]))
-        self.bottleneck = DoubleConv(width[depth - 1], width[depth])
-        for i in range(depth):
-            self.add_module(f"up{i}", UpBlock(width[i + 1], width[i], upconv_relu))
-        self.final = nn.Conv2d(base, n_classes, 1)
-
-    def forward(self, x):
-        x = (x - 0.5) / 0.25  # minunet's standardisation (minunet/models/unet.py, standardize)
-        skips = []
-        for i in range(self.depth):
-            x = getattr(self, f"down{i}")(x)
-            skips.append(x)
-            x = torch.max_pool2d(x, 2)
-        x = self.bottleneck(x)  # dropout is off at inference
-        for i in reversed(range(self.depth)):
-            x = getattr(self, f"up{i}")(x, skips[i])
-        return torch.softmax(self.final(x), dim=1)
+        if self.graph.get("standardize"):
+            x = (x - 0.5) / 0.25  # minunet's standardisation (minunet/models/unet.py)
+        values, params = {"input": x}, dict(self.named_parameters())
+        for n in self.graph["nodes"]:
+            args = [values[i] if i in values else params.get(i) for i in n["inputs"]]
+            if n["op"] == "dropout":
+                out = F.dropout(args[0], self.graph.get("dropout", 0.0), self.training)
+            else:
+                out = OPS[n["op"]](*args, n, values)
+            values[n["out"]] = out
+        out = values[self.graph["output"]]
+        return torch.softmax(out, dim=1) if self.graph.get("softmax") else out

@@ -1,58 +1,80 @@
-"""The same U-Net in PyTorch, only for the benchmark's comparison (torch is never a dependency).
+"""Any registered network in PyTorch, built from its own forward: the op sequence that
+minunet/nn/trace.py records (as minunet/exporters/onnx.py builds the ONNX graph from it), each
+node one torch call (minunet/exporters/bioimageio_torch.py, `TracedNet`). Used for the
+benchmark's comparison, the parity tests and the bioimage.io package's `pytorch_state_dict`
+weights (torch is never a dependency).
 
-Same layers, sizes, parameter names and layouts (docs/DESIGN.md, "Parameter names
-and layouts"), loss (weighted pixel-wise cross-entropy, mean over pixels; "Loss"),
-dropout placement and optimiser cost (SGD, momentum 0.99).
+The module's state dict holds minunet's parameter names and layouts (docs/DESIGN.md,
+"Parameter names and layouts"), so `load_state_dict` takes minunet's parameters as they are;
+in training mode dropout sits where the network's forward has it (p = config.dropout), and
+`bench` times it with minunet's loss (weighted pixel-wise cross-entropy, mean over pixels;
+"Loss") and optimiser cost (SGD, momentum 0.99).
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
+from minunet.models import registry
 from minunet.models.sizes import output_size
-from minunet.models.unet import UNetConfig, channels
+from minunet.models.unet import UNetConfig
+from minunet.nn import trace as tracing
 
 
-def build(cfg: UNetConfig):
-    import torch
-    from torch import nn
+def graph_of(cfg, standardize: bool = False, softmax: bool = False) -> dict:
+    """The traced forward of the network `cfg` describes, as plain data for `TracedNet`:
+    nodes (op, inputs, attrs, out), parameter shapes, the output's name. Traced at the
+    smallest tile; crops read their size from the runtime shape, so any valid size runs."""
+    cls = registry.get(cfg.arch)
+    geometry = cls.geometry_of(cfg)
+    t = tracing.trace(cls, cfg, geometry.nearest_valid_sizes(geometry.min_tile())[1])
+    nodes = [{"op": n.op, "inputs": list(n.inputs), "attrs": n.attrs, "out": n.out}
+             for n in t.nodes]
+    return {"nodes": json.loads(json.dumps(nodes)),  # tuples -> lists: plain JSON data
+            "params": {k: list(v) for k, v in t.param_shapes.items()}, "output": t.output,
+            "dropout": float(getattr(cfg, "dropout", 0.0)), "standardize": standardize,
+            "softmax": softmax}
 
-    def double(cin, cout):
-        return nn.Sequential(nn.Conv2d(cin, cout, 3), nn.ReLU(inplace=True),
-                             nn.Conv2d(cout, cout, 3), nn.ReLU(inplace=True))
 
-    class TorchUNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            d = cfg.depth
-            cins = [cfg.in_channels] + [channels(cfg, i) for i in range(d)]
-            self.down = nn.ModuleList(double(cins[i], channels(cfg, i)) for i in range(d))
-            self.mid = double(channels(cfg, d - 1), channels(cfg, d))
-            self.ups = nn.ModuleList(nn.ConvTranspose2d(channels(cfg, i + 1), channels(cfg, i), 2,
-                                                        stride=2) for i in range(d))
-            self.up = nn.ModuleList(double(2 * channels(cfg, i), channels(cfg, i))
-                                    for i in range(d))
-            self.final = nn.Conv2d(cfg.base, cfg.n_classes, 1)
-            self.drop = nn.Dropout(cfg.dropout)
+def build(cfg, standardize: bool = False, softmax: bool = False):
+    """The torch module (a `TracedNet`) of the network `cfg` describes: logits by default."""
+    from minunet.exporters.bioimageio_torch import TracedNet
 
-        def forward(self, x):
-            skips = []
-            for i, block in enumerate(self.down):
-                x = block(x)
-                if i == len(self.down) - 1:
-                    x = self.drop(x)
-                skips.append(x)
-                x = torch.nn.functional.max_pool2d(x, 2)
-            x = self.drop(self.mid(x))
-            for i in reversed(range(len(self.up))):
-                x = self.ups[i](x)
-                s = skips[i]
-                t = (s.shape[2] - x.shape[2]) // 2
-                x = torch.cat([s[:, :, t:t + x.shape[2], t:t + x.shape[3]], x], 1)
-                x = self.up[i](x)
-            return self.final(x)
+    return TracedNet(graph_of(cfg, standardize, softmax))
 
-    return TorchUNet()
+
+PACKAGE_TAIL = '''
+
+# --- the exported network (written by minunet/exporters/torch_mirror.py, package_source) ---
+
+import json  # noqa: E402
+
+GRAPH = json.loads(r"""{graph}""")
+CONFIG = json.loads(r"""{config}""")
+
+
+class MinUNet(TracedNet):
+    """The exported network: (N, C, H, W) in [0, 1] -> class probabilities. The keyword
+    arguments (the rdf.yaml's kwargs) must be the exported network's config."""
+
+    def __init__(self, **kwargs):
+        differ = {{k: v for k, v in kwargs.items() if CONFIG.get(k) != v}}
+        if differ:
+            raise ValueError(f"this module holds the network {{CONFIG}}; got {{differ}}")
+        super().__init__(GRAPH)
+'''
+
+
+def package_source(cfg, kwargs: dict) -> str:
+    """The package's architecture file: bioimageio_torch.py (torch only) with the network's
+    graph appended and `MinUNet(**kwargs)` to build it (standardised input, probabilities)."""
+    from minunet.exporters import bioimageio_torch
+
+    graph = graph_of(cfg, standardize=True, softmax=True)
+    return Path(bioimageio_torch.__file__).read_text() + PACKAGE_TAIL.format(
+        graph=json.dumps(graph), config=json.dumps(kwargs))
 
 
 def bench(cfg: UNetConfig, size, batch, device, repeat, warmup, tf32=False) -> dict:
