@@ -25,6 +25,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from minunet.nn import gradcheck
+from minunet.nn import opspec as spec
+from minunet.nn.opspec import (  # noqa: F401  (the shared makers, named here for hidden.py)
+    concat_inputs,
+    conv_general_inputs,
+    crop_inputs,
+    distinct_inputs,
+    normal,
+    relu_inputs,
+    softmax_inputs,
+    upconv_inputs,
+)
 
 # --- the kinds of op: how to call their forward and backward on a namespace of ops -------------
 
@@ -234,8 +245,8 @@ def floor_fraction(dtype: str, floor64: float = 0.0) -> float:
 # --- input makers ---------------------------------------------------------------------------
 
 
-def normal(rng, shape, dtype):
-    return rng.standard_normal(shape).astype(dtype)
+# normal, upconv, distinct (max-pool), relu, crop, concat and softmax inputs are the gradcheck
+# command's own makers (minunet/nn/opspec.py): one spec per op, read by both
 
 
 def image_inputs(shape):
@@ -251,78 +262,16 @@ def im2col_inputs(shape, k):
 
 
 def conv_inputs(n, cin, cout, k, h, w, relu=False):
-    """x, w, b; with relu, redrawn until every pre-activation is far from the kink at 0:
-    a step of one input moves a pre-activation by at most step * max(|x|, |w|, 1)."""
-    def make(rng, dtype):
-        from minunet import ops  # the reference (bundles are built in a source checkout)
-
-        reach_step = step("conv2d", np.dtype(dtype).name, STEP_CONV_RELU)
-        for _ in range(1000):
-            inputs = {"x": normal(rng, (n, cin, h, w), dtype),
-                      "w": normal(rng, (cout, cin, k, k), dtype),
-                      "b": normal(rng, (cout,), dtype), "relu": relu}
-            if not relu:
-                return inputs
-            z, _ = ops.conv2d_forward(inputs["x"], inputs["w"], inputs["b"])
-            reach = reach_step * max(np.abs(inputs["x"]).max(), np.abs(inputs["w"]).max(), 1.0)
-            if np.abs(z).min() > 2 * reach:
-                return inputs
-        raise RuntimeError("found no conv2d inputs away from the ReLU kink")
-    return make
-
-
-def upconv_inputs(n, cin, cout, h, w):
-    def make(rng, dtype):
-        return {"x": normal(rng, (n, cin, h, w), dtype),
-                "w": normal(rng, (cin, cout, 2, 2), dtype),
-                "b": normal(rng, (cout,), dtype)}
-    return make
-
-
-def distinct_inputs(shape):
-    """Distinct values 0.1 apart in random order: no ties, and no step crosses a kink."""
-    def make(rng, dtype):
-        n = int(np.prod(shape))
-        return {"x": ((rng.permutation(n) - n / 2) * 0.1).reshape(shape).astype(dtype)}
-    return make
+    """opspec.conv_inputs with the grader's step (STEP_CONV_RELU in float64) and the plain
+    reference's pre-activations: x, w, b, relu, away from the ReLU's kink."""
+    return spec.conv_inputs(n, cin, cout, k, h, w, relu,
+                            reach_step=lambda dtype: step("conv2d", dtype, STEP_CONV_RELU))
 
 
 def tie_inputs(shape, levels=3):
     """Values from a few levels: most windows have tied maxima (the tie rule decides)."""
     def make(rng, dtype):
         return {"x": rng.integers(0, levels, shape).astype(dtype)}
-    return make
-
-
-def relu_inputs(shape):
-    """|x| in [0.1, 1] with a random sign: far from the kink at 0."""
-    def make(rng, dtype):
-        mag = rng.uniform(0.1, 1.0, shape)
-        return {"x": (mag * rng.choice([-1.0, 1.0], shape)).astype(dtype)}
-    return make
-
-
-def crop_inputs(shape, size):
-    def make(rng, dtype):
-        return {"x": normal(rng, shape, dtype), "size": tuple(size)}
-    return make
-
-
-def concat_inputs(n, ca, cb, h, w):
-    def make(rng, dtype):
-        return {"a": normal(rng, (n, ca, h, w), dtype), "b": normal(rng, (n, cb, h, w), dtype)}
-    return make
-
-
-def softmax_inputs(n, k, h, w, offset=0.0, spread=1.0, label_dtype=np.int64):
-    """Logits offset + spread * normal; labels; weights in [0.5, 2] with a quarter at 0."""
-    def make(rng, dtype):
-        weights = rng.uniform(0.5, 2.0, (n, h, w))
-        weights[rng.random((n, h, w)) < 0.25] = 0.0  # ignored pixels
-        logits = offset + spread * rng.standard_normal((n, k, h, w))
-        return {"logits": logits.astype(dtype),
-                "labels": rng.integers(0, k, (n, h, w)).astype(label_dtype),
-                "weights": weights.astype(dtype)}
     return make
 
 
@@ -337,16 +286,6 @@ def dropout_inputs(shape, p=0.5):
 def im2col_general_inputs(shape, k, stride=1, padding=0):
     def make(rng, dtype):
         return {"x": normal(rng, shape, dtype), "k": k, "stride": stride, "padding": padding}
-    return make
-
-
-def conv_general_inputs(n, cin, cout, h, w, k, stride=1, padding=0, groups=1, bias=True):
-    """x, w (Cout, Cin/groups, k, k), b (or None), stride, padding, groups."""
-    def make(rng, dtype):
-        return {"x": normal(rng, (n, cin, h, w), dtype),
-                "w": normal(rng, (cout, cin // groups, k, k), dtype),
-                "b": normal(rng, (cout,), dtype) if bias else None,
-                "stride": stride, "padding": padding, "groups": groups}
     return make
 
 

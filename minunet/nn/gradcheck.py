@@ -312,71 +312,17 @@ def op_checks(kind: str = "plain", family: bool = False) -> list[OpCheck]:
 
     kind: "plain" checks the lesson's ops (minunet/ops), "fast" the fast ones (minunet/fast).
     """
+    from minunet.nn import opspec as spec  # the input makers, shared with the coursework
     from minunet.nn.layers import op_module  # imported here: the machinery above needs no ops
 
     ops = op_module(kind)
 
-    def normal(rng, shape, dtype):
-        return rng.standard_normal(shape).astype(dtype)
-
-    def conv_inputs(cin, cout, k, h, w):
-        def make(rng, dtype):
-            return {"x": normal(rng, (2, cin, h, w), dtype),
-                    "w": normal(rng, (cout, cin, k, k), dtype),
-                    "b": normal(rng, (cout,), dtype)}
-        return make
-
-    def conv_relu_inputs(rng, dtype):
-        # conv2d(..., relu=True), the U-Net's 3x3 layers. A step h of one input moves
-        # a pre-activation z by at most h * max(|x|, |w|, 1); redraw until every z is
-        # twice that far from the ReLU's kink at 0, so that no step crosses it
-        make = conv_inputs(3, 4, 3, 6, 5)
-        h = STEP_FLOAT64 if np.dtype(dtype) == np.float64 else STEP_FLOAT32
-        for _ in range(1000):
-            inputs = make(rng, dtype)
-            z, _ = ops.conv2d_forward(inputs["x"], inputs["w"], inputs["b"])
-            reach = h * max(np.abs(inputs["x"]).max(), np.abs(inputs["w"]).max(), 1.0)
-            if np.abs(z).min() > 2 * reach:
-                return {**inputs, "relu": True}
-        raise RuntimeError("conv2d (k=3, relu): found no inputs away from the ReLU kink")
-
-    def upconv_inputs(rng, dtype):
-        return {"x": normal(rng, (2, 3, 3, 4), dtype),
-                "w": normal(rng, (3, 4, 2, 2), dtype),
-                "b": normal(rng, (4,), dtype)}
-
-    def distinct_inputs(rng, dtype):
-        # a random order of distinct values 0.1 apart: no two in a window tie, and a
-        # step h < 0.05 never changes which one is the maximum (no kink is crossed)
-        shape = (2, 3, 4, 6)
-        n = int(np.prod(shape))
-        return {"x": ((rng.permutation(n) - n / 2) * 0.1).reshape(shape).astype(dtype)}
-
-    def relu_inputs(rng, dtype):
-        # |x| in [0.1, 1], random sign: far from the kink at 0 compared with h
-        shape = (2, 3, 5, 4)
-        mag = rng.uniform(0.1, 1.0, shape)
-        sign = rng.choice([-1.0, 1.0], shape)
-        return {"x": (mag * sign).astype(dtype)}
-
-    def crop_inputs(rng, dtype):
-        # margins 9-5 = 4 and 8-3 = 5 (odd: one more row/column below/right)
-        return {"x": normal(rng, (2, 3, 9, 8), dtype), "size": (5, 3)}
-
-    def concat_inputs(rng, dtype):
-        return {"a": normal(rng, (2, 3, 4, 5), dtype), "b": normal(rng, (2, 2, 4, 5), dtype)}
-
-    def softmax_inputs(rng, dtype):
-        shape = (2, 3, 5, 4)  # N, K, H, W
-        weights = rng.uniform(0.5, 2.0, (2, 5, 4))
-        weights[rng.random((2, 5, 4)) < 0.25] = 0.0  # ignored pixels (w = 0)
-        return {"logits": normal(rng, shape, dtype),
-                "labels": rng.integers(0, 3, (2, 5, 4)),
-                "weights": weights.astype(dtype)}
+    def reach_step(dtype):  # conv2d(..., relu=True): no step of this size reaches the kink
+        return STEP_FLOAT64 if dtype == "float64" else STEP_FLOAT32
 
     def dropout_inputs(rng, dtype):
         shape = (2, 3, 4, 5)
-        return {"x": normal(rng, shape, dtype),
+        return {"x": spec.normal(rng, shape, dtype),
                 "scale_mask": ops.dropout_mask(shape, 0.5, rng, dtype)}  # a fixed mask
 
     exact = THRESHOLD_FLOAT32_EXACT
@@ -386,24 +332,26 @@ def op_checks(kind: str = "plain", family: bool = False) -> list[OpCheck]:
         return op_checks(kind) + family_checks(kind)
     return [
         OpCheck("conv2d (k=3)", "conv2d", ops.conv2d_forward, ops.conv2d_backward,
-                conv_inputs(3, 4, 3, 7, 6), ("x", "w", "b")),
+                spec.conv_inputs(2, 3, 4, 3, 7, 6), ("x", "w", "b")),
         OpCheck("conv2d (k=1)", "conv2d", ops.conv2d_forward, ops.conv2d_backward,
-                conv_inputs(5, 2, 1, 4, 3), ("x", "w", "b")),
+                spec.conv_inputs(2, 5, 2, 1, 4, 3), ("x", "w", "b")),
         OpCheck("conv2d (k=3, relu)", "conv2d", ops.conv2d_forward, ops.conv2d_backward,
-                conv_relu_inputs, ("x", "w", "b")),
+                spec.conv_inputs(2, 3, 4, 3, 6, 5, relu=True, reach_step=reach_step,
+                                 conv=ops.conv2d_forward), ("x", "w", "b")),
         OpCheck("upconv2x2", "upconv2x2", ops.upconv2x2_forward, ops.upconv2x2_backward,
-                upconv_inputs, ("x", "w", "b")),
+                spec.upconv_inputs(2, 3, 4, 3, 4), ("x", "w", "b")),
         OpCheck("maxpool2x2", "maxpool2x2", ops.maxpool2x2_forward, ops.maxpool2x2_backward,
-                distinct_inputs, ("x",), threshold_float32=exact),
+                spec.distinct_inputs((2, 3, 4, 6)), ("x",), threshold_float32=exact),
         OpCheck("relu", "relu", ops.relu_forward, ops.relu_backward,
-                relu_inputs, ("x",), threshold_float32=exact),
+                spec.relu_inputs((2, 3, 5, 4)), ("x",), threshold_float32=exact),
         OpCheck("center_crop", "center_crop", ops.center_crop_forward,
-                ops.center_crop_backward, crop_inputs, ("x",), threshold_float32=exact),
+                ops.center_crop_backward, spec.crop_inputs((2, 3, 9, 8), (5, 3)), ("x",),
+                threshold_float32=exact),  # margins 4 and 5 (odd: one more below/right)
         OpCheck("concat", "concat", ops.concat_forward, ops.concat_backward,
-                concat_inputs, ("a", "b"), threshold_float32=exact),
+                spec.concat_inputs(2, 3, 2, 4, 5), ("a", "b"), threshold_float32=exact),
         OpCheck("softmax_cross_entropy", "softmax_cross_entropy",
                 ops.softmax_cross_entropy_forward, ops.softmax_cross_entropy_backward,
-                softmax_inputs, ("logits",)),
+                spec.softmax_inputs(2, 3, 5, 4), ("logits",)),
         OpCheck("dropout", "dropout", ops.dropout_forward, ops.dropout_backward,
                 dropout_inputs, ("x",), threshold_float32=exact),
     ]

@@ -36,13 +36,11 @@ def _module(name: str, kind: str):
 
 def family_checks(kind: str = "plain") -> list:
     """The OpCheck of every family op and loss, on the plain or the fast door."""
-    from minunet.nn.opspec import THRESHOLD_FLOAT32_EXACT, OpCheck
+    from minunet.nn import opspec as spec
+    from minunet.nn.opspec import THRESHOLD_FLOAT32_EXACT, OpCheck, normal
 
     norm, conv, resample, pool, act, elem, loss = (_module(m, kind) for m in FAMILY_MODULES)
     exact = THRESHOLD_FLOAT32_EXACT
-
-    def normal(rng, shape, dtype):
-        return rng.standard_normal(shape).astype(dtype)
 
     def batchnorm_inputs(training, shape):
         def make(rng, dtype):
@@ -55,13 +53,7 @@ def family_checks(kind: str = "plain") -> list:
                     "num_batches": np.array([3], np.int64), "training": training}
         return make
 
-    def conv_inputs(n, cin, cout, h, w, k, stride, padding, groups, bias=True):
-        def make(rng, dtype):
-            inputs = {"x": normal(rng, (n, cin, h, w), dtype),
-                      "w": normal(rng, (cout, cin // groups, k, k), dtype),
-                      "b": normal(rng, (cout,), dtype) if bias else None}
-            return {**inputs, "stride": stride, "padding": padding, "groups": groups}
-        return make
+    conv_inputs = spec.conv_general_inputs  # the coursework's too
 
     def upsample_inputs(factor=None, align_corners=False):
         def make(rng, dtype):
@@ -71,12 +63,9 @@ def family_checks(kind: str = "plain") -> list:
         return make
 
     def distinct_inputs(k=None, ceil_mode=False, shape=(2, 2, 11, 9)):
-        def make(rng, dtype):
-            n = int(np.prod(shape))  # distinct values 0.1 apart: no ties, and no step (float32:
-            # 3e-2) changes which one is a window's maximum
-            x = {"x": ((rng.permutation(n) - n / 2) * 0.1).reshape(shape).astype(dtype)}
-            return x if k is None else {**x, "k": k, "ceil_mode": ceil_mode}
-        return make
+        # distinct values 0.1 apart (opspec.distinct_inputs, the U-Net's max-pool's too)
+        return spec.distinct_inputs(shape, **({} if k is None else {"k": k,
+                                                                    "ceil_mode": ceil_mode}))
 
     def away_from_kinks(rng, dtype):
         x = rng.uniform(0.1, 5.9, (2, 3, 4, 5)) * rng.choice([-1.0, 1.0], (2, 3, 4, 5))
