@@ -47,6 +47,16 @@ def _maxpool(x, n, values):
     return F.max_pool2d(x, k, ceil_mode=n["attrs"]["ceil_mode"])
 
 
+def _batchnorm(x, w, b, mean, var, n, values):
+    a = n["attrs"]
+    training = bool(values.get("__training__"))
+    if training:  # PyTorch's BatchNorm2d counts the batches; F.batch_norm does not
+        count = n["inputs"][3][:-len("running_mean")] + "num_batches_tracked"
+        values["__tensors__"][count].add_(1)
+    return F.batch_norm(x, mean, var, w, b, training=training, momentum=a.get("momentum", 0.1),
+                        eps=a.get("eps", 1e-5))
+
+
 # trace op -> torch: (inputs..., node, values) -> output; parameters come in as tensors
 OPS = {
     "conv2d": _conv,
@@ -67,7 +77,9 @@ OPS = {
     "relu6": lambda x, n, v: F.relu6(x),
     "silu": lambda x, n, v: F.silu(x),
     "add": lambda a, b, n, v: a + b,
-    "channel_scale": lambda x, s, n, v: x * s,
+    "channel_scale": lambda x, s, n, v: x * s[:, :, None, None],
+    "binary_logits": lambda z, n, v: torch.cat([torch.zeros_like(z), z], dim=1),
+    "batchnorm2d": _batchnorm,
 }
 
 
@@ -88,6 +100,15 @@ class TracedNet(nn.Module):
                     module.add_module(part, nn.Module())
                 module = getattr(module, part)
             module.register_parameter(leaf, nn.Parameter(torch.zeros(*shape)))
+        for name, shape in graph.get("buffers", {}).items():  # BatchNorm's running statistics
+            *path, leaf = name.split(".")
+            module = self
+            for part in path:
+                if not hasattr(module, part):
+                    module.add_module(part, nn.Module())
+                module = getattr(module, part)
+            dtype = torch.long if leaf == "num_batches_tracked" else None
+            module.register_buffer(leaf, torch.zeros(*shape, dtype=dtype))
         for n in graph["nodes"]:
             if n["op"] not in OPS and n["op"] != "dropout":
                 raise NotImplementedError(f"the torch mirror has no rule for {n['op']}: add one "
@@ -96,7 +117,8 @@ class TracedNet(nn.Module):
     def forward(self, x):
         if self.graph.get("standardize"):
             x = (x - 0.5) / 0.25  # minunet's standardisation (minunet/models/unet.py)
-        values, params = {"input": x}, dict(self.named_parameters())
+        params = dict(self.named_parameters()) | dict(self.named_buffers())
+        values = {"input": x, "__training__": self.training, "__tensors__": params}
         for n in self.graph["nodes"]:
             args = [values[i] if i in values else params.get(i) for i in n["inputs"]]
             if n["op"] == "dropout":

@@ -148,6 +148,47 @@ def _silu(op, const, ins, n, label, names):
     return op("Mul", [ins[0], op("Sigmoid", ins, f"{label}.sigmoid")], label)
 
 
+def _batchnorm(op, const, ins, n, label, names):
+    # inputs x, gamma, beta, running mean, running var: the eval-mode affine map (an export
+    # is for inference)
+    return op("BatchNormalization", ins[:5], label, epsilon=float(n.attrs.get("eps", 1e-5)))
+
+
+def _resize(op, const, ins, n, label, names, factor, **attrs):
+    scales = const(f"scales_{factor}", np.array([1, 1, factor, factor], np.float32))
+    return op("Resize", [ins[0], "", scales], label, **attrs)
+
+
+def _nearest(op, const, ins, n, label, names):
+    # PyTorch's nearest: source pixel floor(o / 2)
+    return _resize(op, const, ins, n, label, names, 2, mode="nearest",
+                   coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+
+
+def _bilinear(op, const, ins, n, label, names):
+    corners = "align_corners" if n.attrs["align_corners"] else "half_pixel"
+    return _resize(op, const, ins, n, label, names, n.attrs["factor"], mode="linear",
+                   coordinate_transformation_mode=corners)
+
+
+def _channel_scale(op, const, ins, n, label, names):
+    gate = op("Unsqueeze", [ins[1], const("axes_hw", np.array([2, 3]))], f"{label}.gate")
+    return op("Mul", [ins[0], gate], label)
+
+
+def _binary_logits(op, const, ins, n, label, names):
+    # [0, z]: a zero channel of z's shape before z (minunet/ops/elementwise.py)
+    zeros = op("ConstantOfShape", [op("Shape", ins, f"{label}.shape")], f"{label}.zeros",
+               value=_float_tensor(0.0))
+    return op("Concat", [zeros, ins[0]], label, axis=1)
+
+
+def _float_tensor(v):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.array([v], np.float32), "value")
+
+
 NODES = {
     "conv2d": _conv,
     "conv2d_general": _conv_general,
@@ -163,6 +204,11 @@ NODES = {
     "sigmoid": _simple("Sigmoid"),
     "relu6": _relu6,
     "silu": _silu,
+    "batchnorm2d": _batchnorm,
+    "nearest_upsample2": _nearest,
+    "bilinear_upsample": _bilinear,
+    "channel_scale": _channel_scale,
+    "binary_logits": _binary_logits,
 }
 
 

@@ -33,7 +33,8 @@ def graph_of(cfg, standardize: bool = False, softmax: bool = False) -> dict:
     nodes = [{"op": n.op, "inputs": list(n.inputs), "attrs": n.attrs, "out": n.out}
              for n in t.nodes]
     return {"nodes": json.loads(json.dumps(nodes)),  # tuples -> lists: plain JSON data
-            "params": {k: list(v) for k, v in t.param_shapes.items()}, "output": t.output,
+            "params": {k: list(v) for k, v in t.param_shapes.items()},
+            "buffers": {k: list(v) for k, v in t.buffer_shapes.items()}, "output": t.output,
             "dropout": float(getattr(cfg, "dropout", 0.0)), "standardize": standardize,
             "softmax": softmax}
 

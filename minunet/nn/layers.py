@@ -31,7 +31,7 @@ FAMILY_MODULES = {
     "sigmoid": "activation", "relu6": "activation", "silu": "activation",
     "batchnorm2d": "norm", "maxpool": "pool_general", "global_avgpool": "pool_general",
     "global_maxpool": "pool_general", "bilinear_upsample": "resample",
-    "nearest_upsample2": "resample",
+    "nearest_upsample2": "resample", "binary_logits": "elementwise",
 }
 
 
@@ -195,7 +195,7 @@ class ConvGeneral(Layer):
         self.relu = relu
 
     def forward(self, params, x):
-        w, b = params[self.name + ".weight"], params[self.name + ".bias"]
+        w, b = params[self.name + ".weight"], params.get(self.name + ".bias")  # bias optional
         out, self.cache = family_op(self.ops, "conv2d_general_forward")(
             x, w, b, stride=self.stride, padding=self.padding, groups=self.groups)
         if self.relu:
@@ -207,7 +207,8 @@ class ConvGeneral(Layer):
             dout = self.ops.relu_backward(dout, self.relu_cache)
         dx, dw, db = family_op(self.ops, "conv2d_general_backward")(dout, self.cache)
         grads[self.name + ".weight"] += dw
-        grads[self.name + ".bias"] += db
+        if db is not None:
+            grads[self.name + ".bias"] += db
         self.release()
         return dx
 
@@ -249,3 +250,176 @@ class Concat(Layer):
         grads = self.ops.concat_backward(dout, self.cache)
         self.release()
         return grads
+
+
+class Act(Layer):
+    """An activation without parameters, any shape: "relu", "relu6", "silu" or "sigmoid"
+    (minunet/ops/relu.py, minunet/ops/activation.py)."""
+
+    KINDS = ("relu", "relu6", "silu", "sigmoid")
+
+    def __init__(self, ops, kind: str):
+        if kind not in self.KINDS:
+            raise ValueError(f"activation must be one of {', '.join(self.KINDS)}, got {kind!r}")
+        super().__init__(ops)
+        self.kind = kind
+
+    def forward(self, x):
+        out, self.cache = family_op(self.ops, self.kind + "_forward")(x)
+        return out
+
+    def backward(self, dout):
+        dx = family_op(self.ops, self.kind + "_backward")(dout, self.cache)
+        self.release()
+        return dx
+
+
+class BatchNorm(Layer):
+    """Batch normalisation per channel (minunet/ops/norm.py): (N, C, H, W) -> the same.
+
+    Its scale and shift are the parameters `name.weight` and `name.bias` (gamma, beta); its
+    running statistics are the model's buffers `name.running_mean`, `name.running_var` and
+    `name.num_batches_tracked` (PyTorch's names: minunet/nn/model.py, `norm_shapes`), updated
+    in place in training mode. `model` is the network that owns it: its `training` flag picks
+    batch statistics (training) or running statistics (eval)."""
+
+    def __init__(self, ops, name: str, model, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__(ops)
+        self.name, self.model, self.momentum, self.eps = name, model, momentum, eps
+
+    def forward(self, params, x):
+        b, n = self.model.buffers, self.name
+        out, self.cache = family_op(self.ops, "batchnorm2d_forward")(
+            x, params[n + ".weight"], params[n + ".bias"], b[n + ".running_mean"],
+            b[n + ".running_var"], b[n + ".num_batches_tracked"], training=self.model.training,
+            momentum=self.momentum, eps=self.eps)
+        return out
+
+    def backward(self, grads, dout):
+        dx, dgamma, dbeta = family_op(self.ops, "batchnorm2d_backward")(dout, self.cache)
+        grads[self.name + ".weight"] += dgamma
+        grads[self.name + ".bias"] += dbeta
+        self.release()
+        return dx
+
+
+class ConvNormAct(Layer):
+    """The successors' unit: k x k convolution (no bias) -> BatchNorm -> activation (or none).
+
+    Parameters `name.conv.weight` (Cout, Cin/groups, k, k), `name.bn.weight`, `name.bn.bias`;
+    buffers `name.bn.running_*` (`conv_norm_shapes` in minunet/nn/model.py makes their shapes).
+    (N, Cin, H, W) -> (N, Cout, (H + 2p - k) // s + 1, ...)."""
+
+    cache_names = ()
+
+    def __init__(self, ops, name: str, model, k: int = 3, stride: int = 1, padding=None,
+                 groups: int = 1, act: str | None = "relu"):
+        super().__init__(ops)
+        self.conv = ConvGeneral(ops, name + ".conv", padding=k // 2 if padding is None
+                                else padding, stride=stride, groups=groups, relu=False)
+        self.bn = BatchNorm(ops, name + ".bn", model)
+        self.act = Act(ops, act) if act else None
+
+    def forward(self, params, x):
+        h = self.bn.forward(params, self.conv.forward(params, x))
+        return self.act.forward(h) if self.act else h
+
+    def backward(self, grads, dout):
+        if self.act:
+            dout = self.act.backward(dout)
+        return self.conv.backward(grads, self.bn.backward(grads, dout))
+
+    def release(self) -> None:
+        for part in ("conv", "bn", "act"):
+            layer = getattr(self, part, None)
+            if layer is not None:
+                layer.release()
+
+
+class Pool(Layer):
+    """k x k max-pool, stride k, optionally in ceil mode (minunet/ops/pool_general.py):
+    (N, C, H, W) -> (N, C, H // k, W // k) (ceil: rounded up)."""
+
+    def __init__(self, ops, k: int = 2, ceil_mode: bool = False):
+        super().__init__(ops)
+        self.k, self.ceil_mode = k, ceil_mode
+
+    def forward(self, x):
+        out, self.cache = family_op(self.ops, "maxpool_forward")(x, k=self.k,
+                                                                 ceil_mode=self.ceil_mode)
+        return out
+
+    def backward(self, dout):
+        dx = family_op(self.ops, "maxpool_backward")(dout, self.cache)
+        self.release()
+        return dx
+
+
+class Upsample(Layer):
+    """Up-sampling without weights (minunet/ops/resample.py): "nearest" by 2, or "bilinear" by
+    an integer factor: (N, C, H, W) -> (N, C, f*H, f*W)."""
+
+    def __init__(self, ops, mode: str = "bilinear", factor: int = 2,
+                 align_corners: bool = False):
+        if mode not in ("nearest", "bilinear") or (mode == "nearest" and factor != 2):
+            raise ValueError(f"Upsample: 'nearest' by 2 or 'bilinear' by any integer factor, got "
+                             f"{mode!r} by {factor}")
+        super().__init__(ops)
+        self.mode, self.factor, self.align_corners = mode, factor, align_corners
+
+    def forward(self, x):
+        if self.mode == "nearest":
+            out, self.cache = family_op(self.ops, "nearest_upsample2_forward")(x)
+        else:
+            out, self.cache = family_op(self.ops, "bilinear_upsample_forward")(
+                x, self.factor, align_corners=self.align_corners)
+        return out
+
+    def backward(self, dout):
+        name = "nearest_upsample2" if self.mode == "nearest" else "bilinear_upsample"
+        dx = family_op(self.ops, name + "_backward")(dout, self.cache)
+        self.release()
+        return dx
+
+
+class GlobalAvgPool(Layer):
+    """The mean over each channel's H x W (minunet/ops/pool_general.py): (N, C, H, W) ->
+    (N, C, 1, 1)."""
+
+    def forward(self, x):
+        out, self.cache = family_op(self.ops, "global_avgpool_forward")(x)
+        return out
+
+    def backward(self, dout):
+        dx = family_op(self.ops, "global_avgpool_backward")(dout, self.cache)
+        self.release()
+        return dx
+
+
+class ChannelScale(Layer):
+    """x * s per channel (squeeze-excitation's gate, minunet/ops/elementwise.py): x (N, C, H, W),
+    s (N, C) -> (N, C, H, W); backward returns (dx, ds)."""
+
+    def forward(self, x, s):
+        out, self.cache = family_op(self.ops, "channel_scale_forward")(x, s)
+        return out
+
+    def backward(self, dout):
+        grads = family_op(self.ops, "channel_scale_backward")(dout, self.cache)
+        self.release()
+        return grads
+
+
+class BinaryHead(Layer):
+    """The logits of a sigmoid head as two-class logits [0, z] (minunet/ops/elementwise.py,
+    `binary_logits`): z (N, 1, H, W) -> (N, 2, H, W). With it a one-output network (UNet++,
+    UNet 3+ as published) serves every command that reads class probabilities."""
+
+    def forward(self, z):
+        out, self.cache = family_op(self.ops, "binary_logits_forward")(z)
+        return out
+
+    def backward(self, dout):
+        dz = family_op(self.ops, "binary_logits_backward")(dout, self.cache)
+        self.release()
+        return dz

@@ -37,7 +37,12 @@ def standardize(image):
 
 # --- the config --------------------------------------------------------------------
 
-LOSSES = ("softmax_cross_entropy",)  # losses with the (logits, labels, weights) signature
+# The training losses a config can name (`loss`), each on (logits (N, K, H, W), labels
+# (N, H, W), weights (N, H, W)): the U-Net's weighted cross-entropy (on a sigmoid head's [0, z],
+# the weighted binary cross-entropy), UNet++'s 0.5 * BCE + (1 - Dice) and UNet 3+'s focal +
+# (1 - MS-SSIM) + (1 - IoU) (minunet/ops/loss/combined.py) on the foreground logit
+# z = logits[:, 1] - logits[:, 0] against labels == 1 (two classes only; no weight map)
+LOSSES = ("softmax_cross_entropy", "bce_dice", "hybrid")
 
 
 @dataclass
@@ -62,6 +67,9 @@ class ModelConfig:
             raise ValueError(f"ops must be 'fast' or 'plain', got {self.ops!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.loss != "softmax_cross_entropy" and self.n_classes != 2:
+            raise ValueError(f"loss {self.loss!r} is a two-class loss; n_classes is "
+                             f"{self.n_classes}: use loss=softmax_cross_entropy")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -88,9 +96,41 @@ def fan_in(name: str, shape: tuple) -> int:
     return n
 
 
-def conv_shapes(name: str, cin: int, cout: int, k: int) -> dict[str, tuple]:
-    """A convolution's weight (Cout, Cin, k, k) and bias (Cout,) under `name`."""
-    return {name + ".weight": (cout, cin, k, k), name + ".bias": (cout,)}
+def conv_shapes(name: str, cin: int, cout: int, k: int, groups: int = 1,
+                bias: bool = True) -> dict[str, tuple]:
+    """A convolution's weight (Cout, Cin/groups, k, k) and bias (Cout,) under `name`."""
+    return {name + ".weight": (cout, cin // groups, k, k)} | (
+        {name + ".bias": (cout,)} if bias else {})
+
+
+def norm_shapes(name: str, c: int) -> dict[str, tuple]:
+    """A BatchNorm's scale and shift (C,) under `name` (initialised to 1 and 0). Its running
+    statistics follow from these names (`Model.buffer_shapes`): the last part of a BatchNorm's
+    name starts with "bn" ("up0.conv1.bn", "stem.bn0")."""
+    if not name.rsplit(".", 1)[-1].startswith("bn"):
+        raise ValueError(f"a BatchNorm's name must end in a part that starts with 'bn', got "
+                         f"{name!r}")
+    return {name + ".weight": (c,), name + ".bias": (c,)}
+
+
+def conv_norm_shapes(name: str, cin: int, cout: int, k: int,
+                     groups: int = 1) -> dict[str, tuple]:
+    """The parameters of a ConvNormAct unit (minunet/nn/layers.py): `name.conv.weight`
+    (Cout, Cin/groups, k, k), no bias, and the BatchNorm `name.bn`."""
+    return conv_shapes(name + ".conv", cin, cout, k, groups, bias=False) | norm_shapes(
+        name + ".bn", cout)
+
+
+def is_norm_scale(name: str) -> bool:
+    """Whether `name` is a BatchNorm's scale (gamma): "<...>.bn<...>.weight"."""
+    parts = name.split(".")
+    return len(parts) >= 2 and parts[-1] == "weight" and parts[-2].startswith("bn")
+
+
+class Heads(tuple):
+    """The outputs of a deeply supervised network in training (UNet++'s four heads, UNet 3+'s
+    five): a tuple of logits (N, K, H, W), one per head. The model's loss is the mean of its
+    loss over the heads (Model.loss_forward), and `backward` takes a Heads of gradients."""
 
 
 # --- the model ---------------------------------------------------------------------
@@ -123,12 +163,15 @@ class Model:
         self.params = {}
         for name, shape in self.parameter_shapes().items():
             if name.endswith(".bias"):
-                self.params[name] = np.zeros(shape, dtype=dtype)  # biases 0
+                self.params[name] = np.zeros(shape, dtype=dtype)  # biases (and BN shifts) 0
+            elif is_norm_scale(name):
+                self.params[name] = np.ones(shape, dtype=dtype)  # BN scales 1 (PyTorch's)
             else:  # He normal: std = sqrt(2 / N) (Ronneberger et al. 2015, Sec. 3)
                 std = math.sqrt(2.0 / fan_in(name, shape))
                 self.params[name] = (rng.standard_normal(shape) * std).astype(dtype)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
-        self.buffers: dict = {}
+        self.buffers = {name: (np.ones if name.endswith("running_var") else np.zeros)(
+            shape, dtype=dtype) for name, shape in self.buffer_shapes().items()}
         self.training = True
         self.ops = op_module(config.ops)  # the lesson's ops or the fast ones
         self.build(self.ops)
@@ -137,6 +180,19 @@ class Model:
 
     def parameter_shapes(self) -> dict[str, tuple]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def buffer_shapes(self) -> dict[str, tuple]:
+        """State that gradients do not train: a BatchNorm's running statistics
+        (`name.running_mean`, `name.running_var` (C,), `name.num_batches_tracked` (1,), kept
+        in the model's float dtype so checkpoints hold float arrays), one set per BatchNorm
+        of `parameter_shapes` (`norm_shapes`)."""
+        out = {}
+        for name, shape in self.parameter_shapes().items():
+            if is_norm_scale(name):
+                bn = name[:-len(".weight")]
+                out |= {bn + ".running_mean": shape, bn + ".running_var": shape,
+                        bn + ".num_batches_tracked": (1,)}
+        return out
 
     def build(self, ops) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -172,12 +228,37 @@ class Model:
     # -- the loss: the model's own (its config names it) ---------------------------------
 
     def loss_forward(self, logits, labels, weights):
-        """(loss, cache) of the config's loss on the logits (N, K, H, W)."""
-        return getattr(self.ops, self.config.loss + "_forward")(logits, labels, weights)
+        """(loss, cache) of the config's loss (LOSSES) on the logits (N, K, H, W); on a Heads
+        (deep supervision) the mean of the loss over the heads."""
+        if isinstance(logits, Heads):
+            parts = [self._loss_forward(h, labels, weights) for h in logits]
+            return sum(p[0] for p in parts) / len(parts), Heads(p[1] for p in parts)
+        return self._loss_forward(logits, labels, weights)
 
     def loss_backward(self, cache):
-        """dL/dlogits of `loss_forward`'s loss."""
-        return getattr(self.ops, self.config.loss + "_backward")(1.0, cache)
+        """dL/dlogits of `loss_forward`'s loss (a Heads of them for a Heads)."""
+        if isinstance(cache, Heads):
+            return Heads(self._loss_backward(c) / len(cache) for c in cache)
+        return self._loss_backward(cache)
+
+    def _loss_forward(self, logits, labels, weights):
+        loss = self.config.loss
+        if loss == "softmax_cross_entropy":
+            return getattr(self.ops, loss + "_forward")(logits, labels, weights)
+        from minunet.ops.loss import combined
+
+        z = logits[:, 1:2] - logits[:, 0:1]  # (N, 1, H, W): softmax([a, b])_1 = sigma(b - a)
+        targets = (labels == 1).astype(logits.dtype)[:, None]  # (N, 1, H, W)
+        fwd = combined.unetpp_loss_forward if loss == "bce_dice" else combined.unet3p_loss_forward
+        return fwd(z, targets)
+
+    def _loss_backward(self, cache):
+        if self.config.loss == "softmax_cross_entropy":
+            return getattr(self.ops, "softmax_cross_entropy_backward")(1.0, cache)
+        from minunet.ops.loss import combined
+
+        dz = combined.weighted_sum_backward(1.0, cache)  # (N, 1, H, W)
+        return self.xp.concatenate([-dz, dz], axis=1)  # d/d(logits[:, 0]) = -dz
 
     # -- bookkeeping ---------------------------------------------------------------------
 

@@ -82,6 +82,7 @@ class Trace:
     output: str = ""
     dtype: str = "float32"
     param_shapes: dict = field(default_factory=dict)
+    buffer_shapes: dict = field(default_factory=dict)
 
     def node(self, name: str) -> Node | None:
         return next((n for n in self.nodes if n.out == name), None)
@@ -201,9 +202,13 @@ class ShapeOps:
         return self._same("dropout", x)
 
     def batchnorm2d_forward(self, x, gamma, beta, running_mean, running_var, num_batches,
-                            *args, **kwargs):
+                            training: bool = True, momentum: float = 0.1, eps: float = 1e-5):
         return self._add("batchnorm2d", (x, gamma, beta, running_mean, running_var), x.shape,
-                         {}, 4 * math.prod(x.shape), (gamma, beta))
+                         {"momentum": momentum, "eps": eps}, 4 * math.prod(x.shape),
+                         (gamma, beta))
+
+    def binary_logits_forward(self, z):
+        return self._add("binary_logits", (z,), (z.shape[0], 2, *z.shape[2:]))
 
     def dropout_mask_hashed(self, shape, p, key, dtype, like=None):
         return ShapeArray(shape, dtype, "mask")
@@ -217,7 +222,8 @@ def abstract_model(cls, config, ops=None):
     model.config = config
     shapes = model.parameter_shapes()
     model.params = {k: ShapeArray(s, config.dtype, k) for k, s in shapes.items()}
-    model.grads, model.buffers, model.training = {}, {}, False
+    model.grads, model.training = {}, False
+    model.buffers = {k: ShapeArray(s, config.dtype, k) for k, s in model.buffer_shapes().items()}
     model.ops = ops
     model.build(ops)
     return model
@@ -232,7 +238,8 @@ def trace(cls, config, size: int | tuple, batch: int = 1) -> Trace:
     x = ShapeArray((batch, config.in_channels, *hw), config.dtype, "input")
     out = model.forward(x)
     return Trace(input=tuple(x.shape), nodes=ops.nodes, output=out.name, dtype=config.dtype,
-                 param_shapes={k: tuple(v.shape) for k, v in model.params.items()})
+                 param_shapes={k: tuple(v.shape) for k, v in model.params.items()},
+                 buffer_shapes={k: tuple(v.shape) for k, v in model.buffers.items()})
 
 
 # --- the per-layer table -----------------------------------------------------------------
@@ -244,7 +251,7 @@ WORKSPACE_BYTES = backend.WORKSPACE_BYTES
 # (their outputs are counted by the op that consumes them); short names of ops without
 # parameters that make a new map
 RIDE_ALONG = ("relu", "dropout", "sigmoid", "relu6", "silu", "center_crop", "concat", "add",
-              "channel_scale")
+              "channel_scale", "batchnorm2d", "binary_logits")
 SHORT = {"maxpool2x2": "pool", "maxpool": "pool", "global_avgpool": "gap",
          "global_maxpool": "gmp", "nearest_upsample2": "upsample", "bilinear_upsample": "upsample"}
 
@@ -264,9 +271,12 @@ def layer_table(cls, config, size: int, batch: int = 1) -> list[dict]:
             owner = labels.get(n.inputs[0], n.op).rsplit(".", 1)[0]
             labels[n.out] = labels.get(n.inputs[0], n.op) if n.op in RIDE_ALONG else \
                 f"{owner}.{SHORT.get(n.op, n.op)}"
-        if n.op in RIDE_ALONG:
-            continue
         params = sum(math.prod(t.param_shapes[p]) for p in n.params)
+        if n.op in RIDE_ALONG:
+            if rows and (params or n.flops):  # a BatchNorm's parameters and FLOPs: its conv's
+                rows[-1]["params"] += params
+                rows[-1]["gflop"] += n.flops / 1e9
+            continue
         cols = 0
         if n.op in ("conv2d", "conv2d_general"):
             k = n.attrs["kernel"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..backend.device import xp_of
 from ._check import check_dout, check_float, check_ndim, check_same_dtype
 
 
@@ -59,3 +60,31 @@ def channel_scale_backward(dout, cache):
     """dout: (N, C, H, W). Returns (dx (N, C, H, W), ds (N, C))."""
     check_dout("channel_scale", dout, cache.x.shape)
     return dout * cache.s[:, :, None, None], (dout * cache.x).sum(axis=(2, 3))
+
+
+class BinaryLogitsCache(NamedTuple):
+    shape: tuple  # z's shape (N, 1, H, W)
+
+
+def binary_logits_forward(z):
+    """z: (N, 1, H, W), the logit of a sigmoid head. Returns ([0, z] (N, 2, H, W), a cache).
+
+    A one-channel sigmoid output is a two-class softmax with the first logit held at 0:
+    softmax([0, z]) = [1 - sigma(z), sigma(z)], so a network with a sigmoid head (UNet++,
+    UNet 3+) serves every command that reads class probabilities, and the U-Net's weighted
+    cross-entropy on [0, z] is the weighted binary cross-entropy on z. backward: dz = dout[:, 1]
+    (the constant channel passes no gradient)."""
+    check_ndim("binary_logits input z", z, 4, "N, 1, H, W")
+    check_float("binary_logits input z", z)
+    if z.shape[1] != 1:
+        raise ValueError(f"binary_logits takes the one channel of a sigmoid head, got z of "
+                         f"shape {z.shape}")
+    xp = xp_of(z)
+    return xp.concatenate([xp.zeros_like(z), z], axis=1), BinaryLogitsCache(tuple(z.shape))
+
+
+def binary_logits_backward(dout, cache):
+    """dout: (N, 2, H, W). Returns dz (N, 1, H, W) = dout[:, 1:]."""
+    n, _, h, w = cache.shape
+    check_dout("binary_logits", dout, (n, 2, h, w))
+    return dout[:, 1:].copy()
