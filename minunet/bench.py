@@ -290,6 +290,22 @@ def _peak_mb(xp) -> float:
     return xp.get_default_memory_pool().total_bytes() / 2**20
 
 
+def net_config(a, ops: str = "fast"):
+    """The network of section 3: the U-Net (--base, --depth) or --arch with --model options
+    (and --base/--depth where its config has them), at --dtype on the `ops` door."""
+    if a.arch == "unet" and not a.model:
+        return UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype, ops=ops)
+    from dataclasses import fields
+
+    from minunet.training.config import parse_model_options
+
+    cls = registry.get(a.arch).config_class
+    known = {f.name for f in fields(cls)}
+    shared = {k: getattr(a, k) for k in ("base", "depth") if k in known}
+    return registry.config_for(a.arch, {**shared, **parse_model_options(a.model, cls),
+                                        "dtype": a.dtype, "ops": ops})
+
+
 def _in_subprocess(which: str, a, device: str) -> dict | None:
     """Run one network benchmark in a fresh process (so peak memory is its own) -> dict."""
     import json
@@ -303,7 +319,8 @@ def _in_subprocess(which: str, a, device: str) -> dict | None:
     argv = [sys.executable, "-m", "minunet.bench", "--_worker", which, "--device", device,
             "--size", str(a.size), "--base", str(a.base), "--depth", str(a.depth),
             "--batch", str(a.batch), "--dtype", a.dtype, "--repeat", str(a.repeat),
-            "--warmup", str(a.warmup), "--rounds", str(a.rounds)] + (["--tf32"] if a.tf32 else [])
+            "--warmup", str(a.warmup), "--rounds", str(a.rounds), "--arch", a.arch,
+            "--model", a.model] + (["--tf32"] if a.tf32 else [])
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode != 0:
         print(f"   {which} benchmark failed:\n{r.stderr[-2000:]}", file=sys.stderr)
@@ -346,10 +363,10 @@ def _worker(which: str, a, device: str) -> int:
     elif which == "torch":
         from minunet.exporters import torch_mirror as torch_ref
 
-        cfg = UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype)
+        cfg = net_config(a)
         res = torch_ref.bench(cfg, a.size, a.batch, device, a.repeat, a.warmup, a.tf32)
     else:
-        cfg = UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype, ops=which)
+        cfg = net_config(a, ops=which)
         xp = np if device == "cpu" else backend._cupy()
         res = bench_model(cfg, a.size, a.batch, device, Timer(xp), a.repeat, a.warmup)
     print(json.dumps(res))
@@ -808,6 +825,12 @@ def main(argv=None) -> int:
     p.add_argument("--base", type=int, default=64,
                    help="channels at level 0 (paper 64; 16 is the CPU preset)")
     p.add_argument("--depth", type=int, default=4, help="number of 2x2 poolings (paper 4)")
+    p.add_argument("--arch", default="unet",
+                   help=f"the network of section 3: {', '.join(registry.names())} (default "
+                        "unet; --base and --depth apply where its config has them)")
+    p.add_argument("--model", default="",
+                   help="the architecture's options, e.g. 'width=0.5,head=softmax' (as "
+                        "`train --model`)")
     p.add_argument("--batch", type=int, default=1, help="tiles per step (paper 1)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="float32 (training) or float64")
@@ -851,10 +874,20 @@ def main(argv=None) -> int:
     if device == "cuda" and a.tf32:
         backend.set_tf32(True)
     xp = np if device == "cpu" else backend._cupy()
-    cfg = UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype)  # for the FLOP count
+    try:
+        cfg = net_config(a)  # for the FLOP count
+        registry.geometry(cfg).output_size(a.size)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if cfg.arch != "unet" and (a.layers or a.predict):
+        print("error: --layers and --predict time the U-Net; leave --arch out", file=sys.stderr)
+        return 2
     timer = Timer(xp)
     print(f"minunet.bench: {backend.device_info()}")
-    print(f"config: input {a.batch}x{a.size}x{a.size}, base {a.base}, depth {a.depth}, "
+    net = (f"base {a.base}, depth {a.depth}" if cfg.arch == "unet" else
+           f"{cfg.arch} ({', '.join(f'{k}={v}' for k, v in vars(cfg).items() if k not in ('dtype', 'ops'))})")
+    print(f"config: input {a.batch}x{a.size}x{a.size}, {net}, "
           f"{a.dtype}, median of {a.rounds} rounds x {a.repeat} runs, each after {a.warmup} "
           f"warm-up (ours and PyTorch take turns)")
 
@@ -897,8 +930,10 @@ def main(argv=None) -> int:
                 return 1
             print(f"   {name:<26}{err:10.1e}{tf * 1e3:10.2f}{tp * 1e3:10.2f}{tp / tf:11.1f}x")
 
-    flops = sum(r["gflop"] for r in layer_table(cfg, a.size, a.batch))
-    print(f"\n3. U-Net {a.size}/{a.base}: forward {flops:.1f} GFLOP, training step "
+    flops = sum(r["gflop"] for r in registry.get(cfg.arch).layer_table(cfg, a.size, a.batch))
+    n_params = sum(r["params"] for r in registry.get(cfg.arch).layer_table(cfg, a.size, 1))
+    what = f"U-Net {a.size}/{a.base}" if cfg.arch == "unet" else f"{cfg.arch} at {a.size}"
+    print(f"\n3. {what}: {n_params:,} parameters, forward {flops:.1f} GFLOP, training step "
           f"~{3 * flops:.0f} GFLOP")
     times = _alternate(a, device)
     if not any(k in times for k in ("fast", "plain")):

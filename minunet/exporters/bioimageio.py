@@ -29,7 +29,7 @@ from minunet.exporters.onnx import OPSET, check_onnx, onnx_model, run_onnx, save
 from minunet.exporters.safetensors import export_metadata, float32_params, safetensors_bytes
 from minunet.files import atomic_write, atomic_write_text, default_dir_mode
 from minunet.inference.outputs import save_tiff
-from minunet.models.sizes import nearest_valid_sizes, size_margin, valid_sizes
+from minunet.models import registry
 from minunet.models.unet import channels, standardize
 from minunet.training.checkpoint import checkpoint_normalize
 
@@ -89,7 +89,7 @@ def default_sample(ckpt) -> tuple[np.ndarray, str]:
                     "sample image from; give one with --sample IMAGE")
 
 
-def test_input(raw: np.ndarray, in_channels: int, depth: int, name: str) -> np.ndarray:
+def test_input(raw: np.ndarray, in_channels: int, geometry, name: str) -> np.ndarray:
     """The raw sample as the package's test input (1, C, S_h, S_w), in its own dtype: the
     centre crop of the largest valid size up to 316 px (mirror-padded up to the smallest
     valid size if the image is smaller)."""
@@ -110,10 +110,10 @@ def test_input(raw: np.ndarray, in_channels: int, depth: int, name: str) -> np.n
                         f"{in_channels} input channel(s); give a "
                         f"{'gray' if in_channels == 1 else f'{in_channels}-channel'} image "
                         "with --sample")
-    smallest = nearest_valid_sizes(1, depth)[1]
+    smallest = geometry.nearest_valid_sizes(1)[1]
     crop = []
     for n in a.shape[1:]:
-        fits = valid_sizes(smallest, min(n, 316), depth)
+        fits = geometry.valid_sizes(smallest, min(n, 316))
         crop.append(fits[-1] if fits else smallest)
     pad = [(0, 0)] + [(max(0, (s - n + 1) // 2), max(0, s - n - (s - n + 1) // 2))
                       for s, n in zip(crop, a.shape[1:], strict=True)]
@@ -155,12 +155,12 @@ def describe_normalization(dtype, normalize: str) -> str:
             "[0, 1]")
 
 
-def cover_image(x01: np.ndarray, probs: np.ndarray, depth: int) -> np.ndarray:
+def cover_image(x01: np.ndarray, probs: np.ndarray, margin: int) -> np.ndarray:
     """RGB uint8 (h, 2w): the input's centre (the region the output covers) beside the
     prediction: P(class 1) in gray for two classes, the arg-max class in colours for more."""
     from minunet.inference.outputs import overlay
 
-    m = size_margin(depth) // 2
+    m = margin // 2
     h, w = probs.shape[-2:]
     gray = x01[0].mean(0)[m : m + h, m : m + w]
     left = np.repeat((np.clip(gray, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2)
@@ -253,7 +253,8 @@ def write_package(folder: Path, ckpt, model, sample: np.ndarray, sample_from: st
     atomic_write(folder / "weights.safetensors", lambda f: f.write(data))
     torch_entry = write_torch_weights(folder, params, cfg)  # None without torch
 
-    x_raw = test_input(sample, cfg.in_channels, cfg.depth, sample_from)  # (1, C, S, S')
+    geometry = model.geometry
+    x_raw = test_input(sample, cfg.in_channels, geometry, sample_from)  # (1, C, S, S')
     x01 = normalized(x_raw, normalize, sample_from)
     probs = minunet_probabilities(model, x01)  # (1, K, S - 184, S' - 184)
     try:
@@ -267,26 +268,25 @@ def write_package(folder: Path, ckpt, model, sample: np.ndarray, sample_from: st
         atomic_write(folder / fname, lambda f, a=arr: np.save(f, a, allow_pickle=False))
     for fname, arr in (("sample_input.tif", x_raw[0]), ("sample_output.tif", probs[0])):
         save_tiff(folder / fname, arr[0] if arr.shape[0] == 1 else arr)  # (C|K, H, W)
-    cover = cover_image(x01, probs, cfg.depth)
+    cover = cover_image(x01, probs, geometry.margin)
     atomic_write(folder / "cover.png", lambda f: Image.fromarray(cover).save(f, format="PNG"))
 
-    lo, step, margin = nearest_valid_sizes(1, cfg.depth)[1], 2**cfg.depth, size_margin(cfg.depth)
+    lo, step, margin = geometry.nearest_valid_sizes(1)[1], geometry.grid, geometry.margin
     classes = ["background", "cell"] if cfg.n_classes == 2 else \
         [f"class{k}" for k in range(cfg.n_classes)]
     in_names = ["gray"] if cfg.in_channels == 1 else [f"channel{c}" for c in
                                                       range(cfg.in_channels)]
     atomic_write_text(folder / "README.md", _package_readme(
-        name, cfg, ckpt, normalize, x_raw.dtype, sample_from, lo, step, margin, classes, diff,
+        name, model, ckpt, normalize, x_raw.dtype, sample_from, lo, step, margin, classes, diff,
         torch_entry is not None))
     rdf = {
         "format_version": FORMAT_VERSION,
         "type": "model",
         "name": name,
-        "description": (f"The U-Net of Ronneberger et al. (2015), {cfg.depth} poolings, "
-                        f"{cfg.base} base channels, {cfg.n_classes} classes, trained from "
+        "description": (f"{architecture_line(model)}, {cfg.n_classes} classes, trained from "
                         "scratch with minunet (hand-written forward and backward)."),
         "authors": [{"name": a} for a in authors],
-        "cite": [{"text": PAPER, "doi": PAPER_DOI}],
+        "cite": citations(model),
         "license": "MIT",
         "documentation": "README.md",
         "covers": ["cover.png"],
@@ -353,8 +353,7 @@ def write_torch_weights(folder: Path, params: dict, cfg) -> dict | None:
 
     state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in params.items()}
     atomic_write(folder / "weights.pt", lambda f: torch.save(state, f))
-    kwargs = {"in_channels": cfg.in_channels, "n_classes": cfg.n_classes, "depth": cfg.depth,
-              "base": cfg.base, "upconv_relu": cfg.upconv_relu}
+    kwargs = architecture_kwargs(cfg)
     atomic_write_text(folder / "unet_torch.py", torch_mirror.package_source(cfg, kwargs))
     return {"source": "weights.pt", "sha256": _sha256(folder / "weights.pt"),
             "architecture": {"source": "unet_torch.py", "sha256": _sha256(folder /
@@ -369,20 +368,73 @@ TORCH_FILES = """- `weights.pt`, `unet_torch.py`: the same weights as a PyTorch 
 """
 
 
-def _package_readme(name, cfg, ckpt, normalize, dtype, sample_from, lo, step, margin,
+def architecture_line(model) -> str:
+    """One line on the network: the first line of its models/ file's docstring and its size."""
+    import sys
+
+    doc = (sys.modules[type(model).__module__].__doc__ or model.config.arch).strip()
+    first = doc.splitlines()[0].rstrip(".:")
+    return f"{first} ({model.config.arch}, {model.num_parameters():,} parameters)"
+
+
+def citations(model) -> list[dict]:
+    """The rdf's cite entries: the architecture's paper (its model class's `CITE`: (text,
+    doi or url) pairs), then the U-Net's."""
+    out = []
+    for text, ref in getattr(type(model), "CITE", ()):
+        out.append({"text": text, "doi" if ref.startswith("10.") else "url": ref})
+    if not any(c.get("doi") == PAPER_DOI for c in out):
+        out.append({"text": PAPER, "doi": PAPER_DOI})
+    return out
+
+
+def architecture_kwargs(cfg) -> dict:
+    """The keyword arguments of the package's torch module: the architecture's options (its
+    config without the run's dtype, op door and local file paths)."""
+    import dataclasses
+
+    return {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in ("dtype", "ops", "encoder_weights")}
+
+
+def _model_lines(model, classes) -> str:
+    cfg = model.config
+    if cfg.arch == "unet":
+        return f"""- depth {cfg.depth} (poolings), {cfg.base} channels at the first level, {channels(cfg, cfg.depth)}
+  at the bottleneck; valid (unpadded) 3x3 convolutions with ReLU, 2x2 max-pooling, 2x2
+  up-convolutions{' with ReLU' if cfg.upconv_relu else ''}, skip connections by centre crop"""
+    options = ", ".join(f"{k} {v}" for k, v in architecture_kwargs(cfg).items()
+                        if k not in ("arch", "in_channels", "n_classes"))
+    return f"""- {architecture_line(model)}
+- options: {options} (docstring of minunet/models/, `python -m minunet.train --arch
+  {cfg.arch} --describe` prints its layers)"""
+
+
+def _output_lines(model, margin: int) -> str:
+    if margin:
+        return f"""- output `output`: class probabilities, {margin} pixels smaller than the input in height and
+  width (the network consumes {margin // 2} px of context on every side). To segment a whole
+  image, mirror-pad it by {margin // 2} px and run tiles whose outputs cover it (overlap-tile,
+  as `python -m minunet.predict` does)."""
+    return """- output `output`: class probabilities, the input's size (padded convolutions). Pixels near a
+  tile's border see the zeros of the padding instead of their neighbours: to segment an image
+  larger than one tile, overlap the tiles and keep only their centres (the output axes' `halo`;
+  `python -m minunet.predict` does this exactly)."""
+
+
+def _package_readme(name, model, ckpt, normalize, dtype, sample_from, lo, step, margin,
                     classes, diff, torch_weights: bool) -> str:
+    cfg = model.config
     train = ckpt.config.get("train") if isinstance(ckpt.config.get("train"), dict) else {}
     return f"""# {name}
 
-The U-Net of Ronneberger, Fischer and Brox (2015, [arXiv:1505.04597](https://arxiv.org/abs/1505.04597)),
-trained with minunet (the network written from scratch, every layer's forward and backward by
-hand).
+{architecture_line(model)}, built on the U-Net of Ronneberger, Fischer and Brox (2015,
+[arXiv:1505.04597](https://arxiv.org/abs/1505.04597)), trained with minunet (the network written
+from scratch, every layer's forward and backward by hand).
 
 ## Model
 
-- depth {cfg.depth} (poolings), {cfg.base} channels at the first level, {channels(cfg, cfg.depth)}
-  at the bottleneck; valid (unpadded) 3x3 convolutions with ReLU, 2x2 max-pooling, 2x2
-  up-convolutions{' with ReLU' if cfg.upconv_relu else ''}, skip connections by centre crop
+{_model_lines(model, classes)}
 - {cfg.in_channels} input channel(s), {cfg.n_classes} classes: {', '.join(classes)}
 - trained for {ckpt.iteration} iterations on `{train.get('data', '?')}`
   (mask kind `{train.get('mask_kind', 'binary')}`, tile {train.get('tile', '?')})
@@ -392,10 +444,7 @@ hand).
 - input `input`: height and width {lo} + {step}k pixels (k = 0, 1, 2, ...).
   Preprocessing: {describe_normalization(dtype, normalize)} (the model's training normalisation
   `{normalize}`); the standardisation (x - 0.5) / 0.25 is the first operation of the ONNX graph.
-- output `output`: class probabilities, {margin} pixels smaller than the input in height and
-  width (the network consumes {margin // 2} px of context on every side). To segment a whole
-  image, mirror-pad it by {margin // 2} px and run tiles whose outputs cover it (overlap-tile,
-  as `python -m minunet.predict` does).
+{_output_lines(model, margin)}
 
 ## Files
 
@@ -491,9 +540,6 @@ def export_bioimageio(ckpt, model, out: Path, sample: str | None, name: str | No
                       authors: list[str] | None, overwrite: bool) -> dict:
     """Build the package in a hidden folder beside `out`, validate it, then move it into
     place (a folder) or zip it (out.zip). Returns write_package's figures and 'validated'."""
-    if ckpt.arch != "unet":  # its README, cover and torch module describe the U-Net
-        raise ValueError(f"a bioimage.io package is written for the U-Net ('unet') so far; "
-                         f"this checkpoint holds {ckpt.arch!r}: export it --to onnx")
     import tempfile
 
     if sample:

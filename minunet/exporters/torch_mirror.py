@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 
 from minunet.models import registry
-from minunet.models.sizes import output_size
-from minunet.models.unet import UNetConfig
 from minunet.nn import trace as tracing
 
 
@@ -78,7 +76,7 @@ def package_source(cfg, kwargs: dict) -> str:
         graph=json.dumps(graph), config=json.dumps(kwargs))
 
 
-def bench(cfg: UNetConfig, size, batch, device, repeat, warmup, tf32=False) -> dict:
+def bench(cfg, size, batch, device, repeat, warmup, tf32=False) -> dict:
     import torch
 
     if device == "cuda":
@@ -88,7 +86,7 @@ def bench(cfg: UNetConfig, size, batch, device, repeat, warmup, tf32=False) -> d
     dtype = getattr(torch, cfg.dtype)
     net = build(cfg).to(device=device, dtype=dtype).train()
     opt = torch.optim.SGD(net.parameters(), lr=1e-6, momentum=0.99)
-    n = output_size(size, cfg.depth)
+    n = registry.geometry(cfg).output_size(size)
     x = torch.randn(batch, cfg.in_channels, size, size, device=device, dtype=dtype)
     labels = torch.randint(0, cfg.n_classes, (batch, n, n), device=device)
     weights = torch.ones(batch, n, n, device=device, dtype=dtype)
