@@ -192,8 +192,24 @@ def resolve_config(given: dict) -> TrainConfig:
                          "measures the step and chooses the iterations; --iters N repeats them)")
     preset = given.get("preset") or ("paper" if device == "cuda" else "cpu")
     timed = {"schedule": "poly"} if given.get("time") else {}  # the rate ends with the budget
-    return TrainConfig(**{**PRESETS[preset], **timed, **given, "preset": preset,
-                          "device": device})
+    chosen = {**PRESETS[preset], **timed, **given, "preset": preset, "device": device}
+    if "tile" not in given and given.get("arch", "unet") != "unet":
+        chosen["tile"] = preset_tile(chosen)
+    return TrainConfig(**chosen)
+
+
+def preset_tile(chosen: dict) -> int:
+    """The preset's tile for another architecture: its valid size nearest below the preset's
+    (316 -> 288 for a padded network on a 32-px grid), so that a preset fits every --arch."""
+    probe = TrainConfig.__new__(TrainConfig)  # unchecked: only the model's options are read
+    for f in fields(TrainConfig):
+        setattr(probe, f.name, chosen.get(f.name, f.default))
+    try:
+        geometry = registry.geometry(model_config(probe, 2))
+    except (ValueError, TypeError):
+        return chosen["tile"]  # the full check (TrainConfig) says what is wrong
+    below, above = geometry.nearest_valid_sizes(chosen["tile"])
+    return below if below is not None else above
 
 
 def model_config(cfg: TrainConfig, n_classes: int, in_channels: int = 1):
