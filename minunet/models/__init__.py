@@ -4,13 +4,17 @@ itself) and one file per architecture.
     registry.py   register, build_model, config_for, names
     sizes.py      the valid U-Net's size arithmetic and its geometry object
     unet.py       the U-Net of Ronneberger, Fischer and Brox (2015)
+    unet_bn.py    the U-Net with BatchNorm and padded convs (milesial/Pytorch-UNet's layout)
 
 Each architecture is described once, by its own file: its parameter shapes, its layers, its
 forward and backward, its geometry. Its per-layer table, ONNX graph and PyTorch mirror are
 read off its forward by minunet/nn/trace.py.
 """
 
-from minunet.models import unet  # noqa: F401  (registers "unet")
+from minunet.models import (
+    unet,  # noqa: F401  (registers "unet")
+    unet_bn,  # noqa: F401  (registers "unet-bn")
+)
 from minunet.models.registry import ARCHITECTURES, build_model, config_for, get, names, register
 from minunet.nn.model import INPUT_MEAN, INPUT_STD, standardize
 
