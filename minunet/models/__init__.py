@@ -5,6 +5,7 @@ itself) and one file per architecture.
     sizes.py      the valid U-Net's size arithmetic and its geometry object
     unet.py       the U-Net of Ronneberger, Fischer and Brox (2015)
     unet_bn.py    the U-Net with BatchNorm and padded convs (milesial/Pytorch-UNet's layout)
+    resunet.py    the deep residual U-Net of Zhang, Liu and Wang (2018)
 
 Each architecture is described once, by its own file: its parameter shapes, its layers, its
 forward and backward, its geometry. Its per-layer table, ONNX graph and PyTorch mirror are
@@ -12,6 +13,7 @@ read off its forward by minunet/nn/trace.py.
 """
 
 from minunet.models import (
+    resunet,  # noqa: F401  (registers "resunet")
     unet,  # noqa: F401  (registers "unet")
     unet_bn,  # noqa: F401  (registers "unet-bn")
 )
