@@ -77,7 +77,7 @@ OPS = {
     "relu6": lambda x, n, v: F.relu6(x),
     "silu": lambda x, n, v: F.silu(x),
     "add": lambda a, b, n, v: a + b,
-    "channel_scale": lambda x, s, n, v: x * s[:, :, None, None],
+    "channel_scale": lambda x, s, n, v: x * s.reshape(s.shape[0], s.shape[1], 1, 1),
     "binary_logits": lambda z, n, v: torch.cat([torch.zeros_like(z), z], dim=1),
     "batchnorm2d": _batchnorm,
 }

@@ -172,7 +172,8 @@ def _bilinear(op, const, ins, n, label, names):
 
 
 def _channel_scale(op, const, ins, n, label, names):
-    gate = op("Unsqueeze", [ins[1], const("axes_hw", np.array([2, 3]))], f"{label}.gate")
+    gate = ins[1] if n.attrs.get("gate_ndim", 2) == 4 else op(  # (N, C) -> (N, C, 1, 1)
+        "Unsqueeze", [ins[1], const("axes_hw", np.array([2, 3]))], f"{label}.gate")
     return op("Mul", [ins[0], gate], label)
 
 

@@ -196,7 +196,7 @@ class ShapeOps:
         return self._same("add", a, b)
 
     def channel_scale_forward(self, x, s):
-        return self._same("channel_scale", x, s)
+        return self._same("channel_scale", x, s, gate_ndim=len(s.shape))  # (N, C) or (N, C, 1, 1)
 
     def dropout_forward(self, x, scale_mask):
         return self._same("dropout", x)

@@ -6,7 +6,8 @@ the add and another layer, its gradients from the two uses are summed (docs/DESI
 "Gradients accumulate").
 
 Channel scale (squeeze-excitation, Hu et al. 2018, in EfficientNet's MBConv blocks): a gate
-s (N, C), one number per image and channel, multiplies the whole channel:
+s (N, C), one number per image and channel, multiplies the whole channel (the gate may also come
+as (N, C, 1, 1), the shape a global pool and 1x1 convolutions give it; ds then has that shape):
 
     out[n, c, y, x] = x[n, c, y, x] * s[n, c]
     dx = dout * s[n, c]        ds[n, c] = sum over (y, x) of dout * x
@@ -41,25 +42,30 @@ def add_backward(dout, cache):
 
 class ChannelScaleCache(NamedTuple):
     x: object  # (N, C, H, W)
-    s: object  # (N, C)
+    s: object  # (N, C), or (N, C, 1, 1) as the gate came
 
 
 def channel_scale_forward(x, s):
-    """x: (N, C, H, W); s: (N, C). Returns out (N, C, H, W) = x * s per channel and a cache."""
+    """x: (N, C, H, W); s: (N, C) or (N, C, 1, 1). Returns out (N, C, H, W) = x * s per
+    channel and a cache."""
     check_ndim("channel_scale input x", x, 4, "N, C, H, W")
-    check_ndim("channel_scale gate s", s, 2, "N, C")
+    if getattr(s, "ndim", None) != 4:
+        check_ndim("channel_scale gate s", s, 2, "N, C")
     check_float("channel_scale input x", x)
     check_same_dtype(x=x, s=s)
-    if tuple(s.shape) != tuple(x.shape[:2]):
-        raise ValueError(f"channel_scale: gate s {s.shape} must be (N, C) = {x.shape[:2]} of "
-                         f"x {x.shape}")
-    return x * s[:, :, None, None], ChannelScaleCache(x, s)
+    if tuple(s.shape) not in (tuple(x.shape[:2]), (*x.shape[:2], 1, 1)):
+        raise ValueError(f"channel_scale: gate s {s.shape} must be (N, C) = {x.shape[:2]} or "
+                         f"(N, C, 1, 1) of x {x.shape}")
+    return x * s.reshape(*s.shape[:2], 1, 1), ChannelScaleCache(x, s)  # gate (N, C, 1, 1)
 
 
 def channel_scale_backward(dout, cache):
-    """dout: (N, C, H, W). Returns (dx (N, C, H, W), ds (N, C))."""
+    """dout: (N, C, H, W). Returns (dx (N, C, H, W), ds of the gate's shape: (N, C) or
+    (N, C, 1, 1))."""
     check_dout("channel_scale", dout, cache.x.shape)
-    return dout * cache.s[:, :, None, None], (dout * cache.x).sum(axis=(2, 3))
+    s = cache.s
+    ds = (dout * cache.x).sum(axis=(2, 3))  # (N, C)
+    return dout * s.reshape(*s.shape[:2], 1, 1), ds.reshape(s.shape)
 
 
 class BinaryLogitsCache(NamedTuple):
