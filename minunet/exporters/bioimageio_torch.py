@@ -15,6 +15,8 @@ probabilities (softmax over the channels); `standardize` and `softmax` in the gr
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,6 +59,13 @@ def _batchnorm(x, w, b, mean, var, n, values):
                         eps=a.get("eps", 1e-5))
 
 
+def _log_mean_softmax(*args):
+    # args: the heads' logits, then the node and the values: log of their mean softmax
+    heads = args[:-2]
+    return (torch.logsumexp(torch.stack([F.log_softmax(a, dim=1) for a in heads]), dim=0)
+            - math.log(len(heads)))
+
+
 # trace op -> torch: (inputs..., node, values) -> output; parameters come in as tensors
 OPS = {
     "conv2d": _conv,
@@ -80,6 +89,7 @@ OPS = {
     "channel_scale": lambda x, s, n, v: x * s.reshape(s.shape[0], s.shape[1], 1, 1),
     "binary_logits": lambda z, n, v: torch.cat([torch.zeros_like(z), z], dim=1),
     "batchnorm2d": _batchnorm,
+    "log_mean_softmax": _log_mean_softmax,
 }
 
 

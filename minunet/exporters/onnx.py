@@ -184,6 +184,17 @@ def _binary_logits(op, const, ins, n, label, names):
     return op("Concat", [zeros, ins[0]], label, axis=1)
 
 
+def _log_mean_softmax(op, const, ins, n, label, names):
+    # log of the heads' mean softmax (minunet/ops/elementwise.py): each head's LogSoftmax,
+    # stacked on a new axis 0, ReduceLogSumExp over it, minus log J
+    axis0 = const("axis0", np.array([0], np.int64))
+    logp = [op("Unsqueeze", [op("LogSoftmax", [a], f"{label}.logp{j}", axis=1), axis0],
+               f"{label}.stack{j}") for j, a in enumerate(ins)]
+    stacked = op("Concat", logp, f"{label}.stacked", axis=0) if len(logp) > 1 else logp[0]
+    lse = op("ReduceLogSumExp", [stacked], f"{label}.lse", axes=[0], keepdims=0)
+    return op("Sub", [lse, const(f"log_{len(ins)}", np.float32(np.log(len(ins))))], label)
+
+
 def _float_tensor(v):
     from onnx import numpy_helper
 
@@ -210,6 +221,7 @@ NODES = {
     "bilinear_upsample": _bilinear,
     "channel_scale": _channel_scale,
     "binary_logits": _binary_logits,
+    "log_mean_softmax": _log_mean_softmax,
 }
 
 

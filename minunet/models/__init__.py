@@ -5,6 +5,7 @@ itself) and one file per architecture.
     sizes.py      the valid U-Net's size arithmetic and its geometry object
     unet.py       the U-Net of Ronneberger, Fischer and Brox (2015)
     unet_bn.py    the U-Net with BatchNorm and padded convs (milesial/Pytorch-UNet's layout)
+    unetpp.py     UNet++, the nested U-Net of Zhou et al. (2018), deep supervision
     resunet.py    the deep residual U-Net of Zhang, Liu and Wang (2018)
 
 Each architecture is described once, by its own file: its parameter shapes, its layers, its
@@ -16,6 +17,7 @@ from minunet.models import (
     resunet,  # noqa: F401  (registers "resunet")
     unet,  # noqa: F401  (registers "unet")
     unet_bn,  # noqa: F401  (registers "unet-bn")
+    unetpp,  # noqa: F401  (registers "unetpp")
 )
 from minunet.models.registry import ARCHITECTURES, build_model, config_for, get, names, register
 from minunet.nn.model import INPUT_MEAN, INPUT_STD, standardize

@@ -32,6 +32,7 @@ FAMILY_MODULES = {
     "batchnorm2d": "norm", "maxpool": "pool_general", "global_avgpool": "pool_general",
     "global_maxpool": "pool_general", "bilinear_upsample": "resample",
     "nearest_upsample2": "resample", "binary_logits": "elementwise",
+    "log_mean_softmax": "elementwise",
 }
 
 
@@ -423,3 +424,19 @@ class BinaryHead(Layer):
         dz = family_op(self.ops, "binary_logits_backward")(dout, self.cache)
         self.release()
         return dz
+
+
+class LogMeanSoftmax(Layer):
+    """The log of the mean of J heads' class probabilities (minunet/ops/elementwise.py,
+    `log_mean_softmax`): J logits (N, K, H, W) -> logits (N, K, H, W) whose softmax is the mean
+    of the heads' softmaxes (UNet++'s deep supervision averaged at inference). backward returns
+    the J gradients as a tuple."""
+
+    def forward(self, *logits):
+        out, self.cache = family_op(self.ops, "log_mean_softmax_forward")(*logits)
+        return out
+
+    def backward(self, dout):
+        grads = family_op(self.ops, "log_mean_softmax_backward")(dout, self.cache)
+        self.release()
+        return grads

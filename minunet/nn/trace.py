@@ -210,6 +210,9 @@ class ShapeOps:
     def binary_logits_forward(self, z):
         return self._add("binary_logits", (z,), (z.shape[0], 2, *z.shape[2:]))
 
+    def log_mean_softmax_forward(self, *logits):
+        return self._add("log_mean_softmax", logits, logits[0].shape)
+
     def dropout_mask_hashed(self, shape, p, key, dtype, like=None):
         return ShapeArray(shape, dtype, "mask")
 
@@ -251,7 +254,7 @@ WORKSPACE_BYTES = backend.WORKSPACE_BYTES
 # (their outputs are counted by the op that consumes them); short names of ops without
 # parameters that make a new map
 RIDE_ALONG = ("relu", "dropout", "sigmoid", "relu6", "silu", "center_crop", "concat", "add",
-              "channel_scale", "batchnorm2d", "binary_logits")
+              "channel_scale", "batchnorm2d", "binary_logits", "log_mean_softmax")
 SHORT = {"maxpool2x2": "pool", "maxpool": "pool", "global_avgpool": "gap",
          "global_maxpool": "gmp", "nearest_upsample2": "upsample", "bilinear_upsample": "upsample"}
 

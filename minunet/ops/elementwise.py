@@ -15,6 +15,7 @@ as (N, C, 1, 1), the shape a global pool and 1x1 convolutions give it; ds then h
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 from ..backend.device import xp_of
@@ -94,3 +95,55 @@ def binary_logits_backward(dout, cache):
     n, _, h, w = cache.shape
     check_dout("binary_logits", dout, (n, 2, h, w))
     return dout[:, 1:].copy()
+
+
+class LogMeanSoftmaxCache(NamedTuple):
+    logp: tuple  # each input's log-softmax over the classes, (N, K, H, W) each
+    out: object  # the output (N, K, H, W)
+
+
+def log_mean_softmax_forward(*logits):
+    """logits: J >= 1 arrays (N, K, H, W), the class logits of J heads (UNet++'s deep
+    supervision, averaged at inference). Returns (out (N, K, H, W), a cache) with
+
+        out = log((1/J) sum_j softmax(a_j))       (softmax over the K classes)
+
+    so that softmax(out) = exp(out) is the mean of the heads' class probabilities (the sum
+    of exp(out) over K is already 1). Computed in log space, stably for any finite logits:
+    log softmax(a_j) = a_j - logsumexp_K(a_j), then a log-sum-exp over the heads minus log J;
+    no probability is formed, so heads that saturate (p = 1 in float32) stay finite.
+
+    backward: with p_j = softmax(a_j) and w_j = p_j / (J * exp(out)) (the share of head j in
+    the mean at each class, sum_j w_j = 1),
+        da_j = dout * w_j - p_j * sum_K(dout * w_j)."""
+    if not logits:
+        raise ValueError("log_mean_softmax needs at least one array of logits")
+    for a in logits:
+        check_ndim("log_mean_softmax logits", a, 4, "N, K, H, W")
+        check_float("log_mean_softmax logits", a)
+        if tuple(a.shape) != tuple(logits[0].shape):
+            raise ValueError(f"log_mean_softmax: the heads' shapes differ ({a.shape} and "
+                             f"{logits[0].shape})")
+    check_same_dtype(**{f"a{j}": a for j, a in enumerate(logits)})
+    xp = xp_of(logits[0])
+    logp = []
+    for a in logits:
+        m = a.max(axis=1, keepdims=True)  # (N, 1, H, W)
+        logp.append(a - m - xp.log(xp.exp(a - m).sum(axis=1, keepdims=True)))
+    stacked = xp.stack(logp)  # (J, N, K, H, W)
+    m = stacked.max(axis=0)  # (N, K, H, W)
+    out = m + xp.log(xp.exp(stacked - m).sum(axis=0)) - math.log(len(logits))
+    return out.astype(logits[0].dtype, copy=False), LogMeanSoftmaxCache(tuple(logp), out)
+
+
+def log_mean_softmax_backward(dout, cache):
+    """dout: (N, K, H, W). Returns (da_1, ..., da_J), each (N, K, H, W) (a tuple, also for
+    J = 1)."""
+    check_dout("log_mean_softmax", dout, cache.out.shape)
+    xp = xp_of(dout)
+    log_j = math.log(len(cache.logp))
+    grads = []
+    for logp in cache.logp:
+        dw = dout * xp.exp(logp - log_j - cache.out)  # dout * w_j
+        grads.append(dw - xp.exp(logp) * dw.sum(axis=1, keepdims=True))
+    return tuple(grads)
