@@ -8,17 +8,18 @@ is the encoder, and each later node sees every earlier node of its level and the
     x^{i,0} = H(pool(x^{i-1,0}))                                 (x^{0,0} = H(input))
     x^{i,j} = H([U(x^{i+1,j-1}), x^{i,0}, ..., x^{i,j-1}])       j >= 1
 
-    level 0   x00 ----> x01 ----> x02 ----> x03 ----> x04      32 ch   S
-               |  \\  /  | \\   /  | \\   /  | \\   /            heads 1..4: conv1x1 on x01..x04
-    level 1   x10 ----> x11 ----> x12 ----> x13                64 ch   S/2
-               |  \\  /  | \\   /  | \\   /
-    level 2   x20 ----> x21 ----> x22                         128 ch   S/4
-               |  \\  /  | \\   /
-    level 3   x30 ----> x31                                   256 ch   S/8
-               |  \\  /
-    level 4   x40                                             512 ch   S/16
+    level 0   x00 -----> x01 -----> x02 -----> x03 -----> x04     32 ch  S
+               |        /          /          /          /        heads 1..4: conv1x1
+    level 1   x10 -----> x11 -----> x12 -----> x13                64 ch  S/2   on x01..x04
+               |        /          /          /
+    level 2   x20 -----> x21 -----> x22                          128 ch  S/4
+               |        /          /
+    level 3   x30 -----> x31                                     256 ch  S/8
+               |        /
+    level 4   x40                                                512 ch  S/16
 
-    ("|" pool down, "/" U: up from x^{i+1,j-1}, "---->" all of the level's earlier nodes)
+    ("|": pool down; "/": U, up from x^{i+1,j-1} to x^{i,j}; "----->": the skips, each node
+    to every later node of its level)
 
 H is the Keras code's `standard_unit`: two 3x3 convolutions (padding 1, with bias), each
 followed by ReLU and dropout. U is a 2x2 stride-2 transposed convolution (with bias, no ReLU)
@@ -329,7 +330,7 @@ class UNetPP(Model):
         def accumulate(node, d):
             dxs[node] = d if node not in dxs else dxs[node] + d
 
-        for j, d in reversed(list(zip(heads, dheads))):  # the heads, in reverse
+        for j, d in reversed(list(zip(heads, dheads, strict=True))):  # the heads, in reverse
             if self.config.head == "sigmoid":
                 d = self.binary[j].backward(d)
             accumulate((0, j), self.head[j].backward(g, d))
