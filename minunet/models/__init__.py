@@ -5,6 +5,7 @@ itself) and one file per architecture.
     sizes.py      the valid U-Net's size arithmetic and its geometry object
     unet.py       the U-Net of Ronneberger, Fischer and Brox (2015)
     unet_bn.py    the U-Net with BatchNorm and padded convs (milesial/Pytorch-UNet's layout)
+    unet3p.py     UNet 3+ (Huang et al. 2020): full-scale skips, deep supervision, CGM
     unetpp.py     UNet++, the nested U-Net of Zhou et al. (2018), deep supervision
     resunet.py    the deep residual U-Net of Zhang, Liu and Wang (2018)
 
@@ -17,6 +18,7 @@ from minunet.models import (
     resunet,  # noqa: F401  (registers "resunet")
     unet,  # noqa: F401  (registers "unet")
     unet_bn,  # noqa: F401  (registers "unet-bn")
+    unet3p,  # noqa: F401  (registers "unet3p")
     unetpp,  # noqa: F401  (registers "unetpp")
 )
 from minunet.models.registry import ARCHITECTURES, build_model, config_for, get, names, register

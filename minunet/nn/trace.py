@@ -335,6 +335,7 @@ KINKS = {
     "maxpool2x2_forward": lambda a, kw, out: _windows_argmax(a[0], 2),
     "maxpool_forward": lambda a, kw, out: _windows_argmax(a[0], kw.get("k", a[1] if len(a) > 1
                                                                        else 2)),
+    "global_maxpool_forward": lambda a, kw, out: out[1].arg,  # each channel's winner (N, C)
 }
 
 
