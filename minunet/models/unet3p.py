@@ -396,7 +396,8 @@ class UNet3P(Model):
             raise ValueError(f"unet3p: the hybrid loss's MS-SSIM needs training tiles of at "
                              f"least {MSSSIM_MIN_SIZE} x {MSSSIM_MIN_SIZE} px (its 11-px window "
                              f"at 1/16 scale), got {labels.shape[1]} x {labels.shape[2]}: "
-                             f"train on tiles of {MSSSIM_MIN_SIZE} px or more, or choose "
+                             f"train on tiles of {MSSSIM_MIN_SIZE} px or more (train --tile "
+                             f"{MSSSIM_MIN_SIZE}), or choose "
                              f"loss='bce_dice' or 'softmax_cross_entropy'")
         scores = getattr(logits, "presence", None)
         if scores is None:

@@ -116,7 +116,6 @@ def test_whole_network_gradcheck(ops, variant):
     assert all(r.passed for r in results), [r for r in results if not r.passed]
 
 
-@pytest.mark.slow
 def test_hybrid_loss_gradcheck():
     # MS-SSIM needs 176 px; batch 1, base 1, two directions
     m = build_model(UNet3PConfig(base=1, dtype="float64", deep_supervision=True, cgm=True))
