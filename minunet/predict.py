@@ -78,7 +78,13 @@ from minunet.inference.outputs import (
     to_channels,
     to_uint8,
 )
-from minunet.inference.tiles import predict
+from minunet.inference.tiles import (
+    auto_tile_halo,
+    default_halo,
+    inference_geometry,
+    predict,
+    seam_note,
+)
 
 TTA_CHOICES = (1, 4, 8)
 
@@ -105,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input tile side, a valid U-Net size (e.g. 572); default: chosen from "
                         "free memory (whole image in one pass when it fits)")
     p.add_argument("--batch", type=int, default=1, help="tiles per forward pass (default 1)")
+    p.add_argument("--halo", type=int, default=None, metavar="PX",
+                   help="padded networks (the family): the overlap around each tile, cropped "
+                        "from its output; default: the network's receptive radius rounded up "
+                        "to its grid (tiles exact); a smaller one is faster, and the measured "
+                        "seam error is printed once (the valid U-Net's margin is its halo)")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="cell probability above which a pixel is 'cell' in the mask (default 0.5)")
     p.add_argument("--float", dest="float_prob", action="store_true",
@@ -165,11 +176,12 @@ def run(args) -> int:
     cfg = model.config
     if args.tile is not None and not model.geometry.is_valid(args.tile):
         raise DataError(f"--tile: {model.geometry.invalid_size_message(args.tile)}")
+    check_halo(model, args.halo)
     out = Path(args.out)
     print(f"minunet.predict: {backend.device_info()}; {len(files)} file(s) -> {out}",
           file=sys.stderr)
     bar = tqdm(total=len(files), desc="predict", unit="image", disable=None, dynamic_ncols=True)
-    written = 0
+    written, measured = 0, False
     for path in files:
         item = read_item(path)
         probs_pages, masks, grays = [], [], []
@@ -177,7 +189,12 @@ def run(args) -> int:
             name = f"{path.name}[{k}]" if item.stack else path.name
             x = to_channels(page, cfg.in_channels, name, normalize)  # (C, H, W)
             probs = backend.to_host(predict(model, x, tile=args.tile, batch=args.batch,
-                                            tta=args.tta)).astype(np.float32)  # (K, H, W)
+                                            tta=args.tta, halo=args.halo)
+                                    ).astype(np.float32)  # (K, H, W)
+            if not measured:  # an inexact halo: the seam error, measured once
+                measured = True
+                if (note := seam_of(model, x, args)) is not None:
+                    print(f"{name}: {note}", file=sys.stderr)
             prob, mask = outputs(probs, args.threshold)
             probs_pages.append(prob)
             masks.append(mask)
@@ -207,6 +224,30 @@ def run(args) -> int:
     return 0
 
 
+def check_halo(model, halo) -> None:
+    """--halo: an integer >= 0, for a padded network only (usage error otherwise)."""
+    if halo is not None:
+        try:
+            inference_geometry(model.geometry, halo)
+        except ValueError as e:
+            raise DataError(f"--halo: {e}") from e
+
+
+def seam_of(model, x, args) -> str | None:
+    """The seam line of image x (C, H, W) with this run's tile and halo (tiles.seam_note)."""
+    from minunet.models import standardize
+
+    if model.geometry.margin > 0 or (args.halo is None and default_halo(model.config) is not None):
+        return None  # the valid U-Net, or the default halo: exact
+    img = standardize(model.xp.asarray(x, dtype=model.config.dtype))
+    shape = img.shape[1:]
+    tile, halo = args.tile, args.halo
+    if tile is None:
+        tile, halo = auto_tile_halo(model, shape, args.batch, halo)
+    return seam_note(model, lambda r: img[:, r[0] : r[1], r[2] : r[3]], shape, tile,
+                     args.batch, halo)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -232,6 +273,7 @@ def run_cli(args) -> int:
     model = load_model(args.checkpoint, args.device, ckpt)
     if args.tile is not None and not model.geometry.is_valid(args.tile):
         raise DataError(f"--tile: {model.geometry.invalid_size_message(args.tile)}")
+    check_halo(model, args.halo)
     if args.chunk is not None:
         try:
             check_chunk(args.chunk, model.geometry)
@@ -248,7 +290,7 @@ def run_cli(args) -> int:
         model, args.inputs[0], args.out, chunk=args.chunk, tile=args.tile, batch=args.batch,
         tta=args.tta, threshold=args.threshold, mask=args.mask, scheduler=args.scheduler,
         workers=args.workers, device=args.device, normalize=checkpoint_normalize(ckpt),
-        overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
+        overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr), halo=args.halo)
     arrays = "prob, mask" if args.mask else "prob"
     print(f"wrote {summary.computed} chunk(s) ({summary.megapixels:.1f} MP) of {arrays} to "
           f"{summary.out} in {summary.seconds:.1f} s: {summary.mp_per_s:.2f} MP/s"

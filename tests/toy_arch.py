@@ -56,6 +56,10 @@ class ToyResUNet(Model):
     def geometry_of(cls, config):
         return PaddedGeometry(grid=2)  # one pool: even sides; padded convs: output = input
 
+    @classmethod
+    def test_config(cls, **common):
+        return ToyConfig(**{"width": 3, **common})
+
     def layers(self) -> list:
         return [self.enc, self.pool, self.down, self.res0, self.res1, self.add, self.res_relu,
                 self.upconv, self.cat, self.dec, self.final]

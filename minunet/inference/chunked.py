@@ -120,12 +120,13 @@ from minunet.inference.sources import (  # noqa: F401
     require,
 )
 from minunet.inference.tiles import (
-    MEMORY_FRACTION,
-    auto_tile,
+    auto_tile_halo,
     effective_tile,
-    free_memory_bytes,
+    inference_geometry,
     predict_region,
     region_window,
+    resolve_halo,
+    seam_note,
 )
 from minunet.models import registry, standardize
 from minunet.models.sizes import as_geometry
@@ -200,6 +201,7 @@ class _Context:
     tile: int
     batch: int
     tta: int
+    halo: int  # a padded network's overlap halo (infer.inference_geometry); 0 for the U-Net
     threshold: float
     mask: bool
     classes: int
@@ -233,18 +235,13 @@ def _chunk_keys(arrays: dict, job: tuple, lead_axes: str, classes: int) -> dict:
         for name, a in arrays.items()}
 
 
-def _run_chunk(job: tuple, ctx: _Context) -> int:
-    """Compute, write and mark one chunk; returns its pixel count. job = (*leading, iy, ix)."""
+def _reader(ctx: _Context, model, lead: tuple):
+    """read(rect) -> the standardised pixels (C, h, w) of slice `lead` in rect (y0, y1, x0,
+    x1), on the model's device."""
     from minunet.data.loaders import stretch
-    from minunet.inference.outputs import outputs, to_channels
+    from minunet.inference.outputs import to_channels
 
-    model, lock = _model(ctx.model)
     cfg = model.config
-    *lead, iy, ix = job
-    lead = tuple(lead)
-    H, W = ctx.shape[-2:]
-    cy, cx = ctx.chunk
-    region = (iy * cy, min(H, (iy + 1) * cy), ix * cx, min(W, (ix + 1) * cx))
     label = f"{ctx.source.name}{list(lead) if lead else ''}"
 
     def read(rect):
@@ -255,8 +252,22 @@ def _run_chunk(job: tuple, ctx: _Context) -> int:
             x = np.stack([stretch(c.astype(np.float32), *st) for c, st in
                           zip(_gray_channels(raw), ctx.stats[lead], strict=True)])
         return standardize(model.xp.asarray(x, dtype=cfg.dtype))
+    return read
 
-    rect = region_window((H, W), region, effective_tile(model, ctx.tile), model.geometry, ctx.tta)
+
+def _run_chunk(job: tuple, ctx: _Context) -> int:
+    """Compute, write and mark one chunk; returns its pixel count. job = (*leading, iy, ix)."""
+    from minunet.inference.outputs import outputs
+
+    model, lock = _model(ctx.model)
+    *lead, iy, ix = job
+    lead = tuple(lead)
+    H, W = ctx.shape[-2:]
+    cy, cx = ctx.chunk
+    region = (iy * cy, min(H, (iy + 1) * cy), ix * cx, min(W, (ix + 1) * cx))
+    read = _reader(ctx, model, lead)
+    geometry = inference_geometry(model.geometry, ctx.halo)
+    rect = region_window((H, W), region, effective_tile(model, ctx.tile), geometry, ctx.tta)
     window = read(rect)  # read before taking the lock: I/O overlaps another chunk's forward
 
     def from_window(r):
@@ -266,7 +277,7 @@ def _run_chunk(job: tuple, ctx: _Context) -> int:
 
     with lock:
         p = backend.to_host(predict_region(model, from_window, (H, W), region, ctx.tile,
-                                           ctx.batch, ctx.tta))  # (K, h, w)
+                                           ctx.batch, ctx.tta, ctx.halo))  # (K, h, w)
     window = None  # noqa: F841 -- free the window before writing
     prob_a, mask_a = _outputs(ctx)
     prob, mask = outputs(p, ctx.threshold)
@@ -311,6 +322,8 @@ class Summary:
     seconds: float
     tile: int
     chunk: tuple
+    halo: int = 0  # a padded network's overlap halo (0 for the U-Net)
+    seam: str | None = None  # the measured seam error when the halo is not exact (seam_note)
 
     @property
     def mp_per_s(self) -> float:
@@ -321,7 +334,7 @@ def predict_zarr(model, input, out, *, chunk=None, tile: int | None = None, batc
                  tta: int = 1, threshold: float = 0.5, mask: bool = False, scheduler=None,
                  workers: int = LOCAL_THREADS, device: str = "auto", progress: bool = True,
                  normalize: str = "max", name: str | None = None, overwrite: bool = False,
-                 log=None) -> Summary:
+                 log=None, halo: int | None = None) -> Summary:
     """Predict `input` chunk by chunk into the zarr store `out` (module doc); resumes.
 
     model:     a UNet (eval mode is set per call, as infer.predict does).
@@ -338,6 +351,9 @@ def predict_zarr(model, input, out, *, chunk=None, tile: int | None = None, batc
                each worker: one GPU each when every worker sees one GPU).
     overwrite: replace an existing store made with other settings or from another input
                (else refused, naming this).
+    halo:      a padded network's overlap halo (infer.predict; None: exact, its receptive
+               radius rounded up to the grid); one below the radius is measured on the
+               first slice (`seam_note`: logged, and in the Summary).
     Returns a Summary (chunks computed and skipped, megapixels per second). Errors are
     DataError (a ValueError) in one line, saying whether OUT was removed or kept to resume.
     """
@@ -351,17 +367,16 @@ def predict_zarr(model, input, out, *, chunk=None, tile: int | None = None, batc
         for c in _pair(chunk) if chunk is not None else ():
             check_chunk(c, model.geometry)
         if tile is None:
-            budget = int(MEMORY_FRACTION * free_memory_bytes(model.xp))
-            geo = model.geometry
-            tile = auto_tile(cfg, (geo.padded_size(H), geo.padded_size(W)), batch,
-                             budget)
+            tile, halo = auto_tile_halo(model, (H, W), batch, halo)
             if chunk is not None:
-                tile = tile_for_chunk((H, W), _pair(chunk), tile, model.geometry)
-        geo = model.geometry
+                tile = tile_for_chunk((H, W), _pair(chunk), tile,
+                                      inference_geometry(model.geometry, halo))
+        halo = resolve_halo(model, halo, tile, (H, W))
+        geo = inference_geometry(model.geometry, halo)  # the network's own for the U-Net
         geo.choose_tile((geo.padded_size(H),), tile)  # refuses tiles too small
-        chunk = _pair(chunk) if chunk is not None else default_chunk((H, W), tile, model.geometry)
-        _warn_if_tiles_run_twice((H, W), chunk, tile, model.geometry)
-        if (small := small_chunk_message(chunk, (H, W), model.geometry)) is not None:
+        chunk = _pair(chunk) if chunk is not None else default_chunk((H, W), tile, geo)
+        _warn_if_tiles_run_twice((H, W), chunk, tile, geo)
+        if (small := small_chunk_message(chunk, (H, W), geo)) is not None:
             warnings.warn(small, SmallChunkWarning, stacklevel=2)
         _check_first_pixels(src, cfg, normalize)
 
@@ -373,7 +388,7 @@ def predict_zarr(model, input, out, *, chunk=None, tile: int | None = None, batc
             "tile": int(tile), "chunk": list(chunk), "tta": int(tta),
             "threshold": float(threshold), "mask": bool(mask), "dtype": cfg.dtype,
             "normalize": normalize,
-        }
+        } | ({"halo": int(halo)} if model.geometry.margin == 0 else {})  # padded networks
         grid = tuple(shape[:-2]) + (-(-H // chunk[0]), -(-W // chunk[1]))
         out = str(Path(out).absolute())
         created = _open_output(out, src, settings, grid, chunk, cfg, mask, overwrite)
@@ -382,15 +397,21 @@ def predict_zarr(model, input, out, *, chunk=None, tile: int | None = None, batc
             todo = [tuple(int(i) for i in j) for j in zip(*np.nonzero(~done), strict=True)]
             ctx = _Context(model=model, source=src, out=out, key=hashlib.sha256(
                 json.dumps(settings, sort_keys=True).encode()).hexdigest() + out, shape=shape,
-                chunk=chunk, tile=int(tile), batch=batch, tta=tta, threshold=threshold, mask=mask,
+                chunk=chunk, tile=int(tile), batch=batch, tta=tta, halo=halo,
+                threshold=threshold, mask=mask,
                 classes=cfg.n_classes, normalize=normalize, stats=None)
             if log:
                 log(f"{src.name} {'x'.join(map(str, shape))} ({src.axes}, {src.dtype}) -> {out}: "
                     f"chunks {chunk[0]}x{chunk[1]}, tile {tile}, tta {tta}; {done.size} chunk(s), "
                     f"{done.size - len(todo)} already complete")
             t0 = time.perf_counter()
+            seam = None
             if todo:
                 ctx.stats = percentile_stats(src, cfg, normalize)
+                seam = seam_note(model, _reader(ctx, model, (0,) * len(src.lead_axes)),
+                                 (H, W), tile, batch, halo)
+                if seam and log:
+                    log(seam)
             pixels = _run(todo, ctx, scheduler, workers, device, progress)
         except Exception as e:
             state = _after_failure(out, created, int(np.prod(grid)), scheduler,
@@ -405,7 +426,7 @@ def predict_zarr(model, input, out, *, chunk=None, tile: int | None = None, batc
     seconds = time.perf_counter() - t0
     return Summary(out=out, chunks=int(done.size), skipped=int(done.size) - len(todo),
                    computed=len(todo), megapixels=pixels / 1e6, seconds=seconds,
-                   tile=int(tile), chunk=tuple(chunk))
+                   tile=int(tile), chunk=tuple(chunk), halo=int(halo), seam=seam)
 
 
 def _complete(out: str, grid: tuple, lead_axes: str, classes: int, mask: bool) -> np.ndarray:

@@ -33,6 +33,23 @@ between owners lies on the tile step, which is what lets chunked prediction
 The stitched map equals `model.forward(padded image)` to float rounding
 (tested in float64 to 1e-12), so the tile size changes speed and memory only.
 
+Padded networks (the family: output side = input side, margin 0). A tile's border pixels see
+the zeros of the padding where one pass over the image sees neighbours, so each tile gets an
+overlap halo h: its input is the part it outputs plus h px on every side (mirrored at the
+image's border, as the U-Net's 92 px are), and its output is cropped by h on each side before
+stitching. That is the same tiling with margin 2h: the inference geometry
+(`inference_geometry`) of a padded network is PaddedGeometry(grid, margin=2h), a tile of side T
+outputs T - 2h, and everything above (axis_plan, the owners, region_window, chunks) runs on it
+unchanged. With h at least the network's receptive radius (minunet/nn/trace.py,
+`receptive_radius`: read off its forward) and tiles on its grid, every kept pixel equals one
+pass over the image padded by h (`model.forward` itself away from the image's border when h
+is a multiple of the grid and the sides are), to float rounding (tests/family/
+test_tiling.py). The default halo is the radius rounded up to the grid (`default_halo`: tile
+outputs stay whole grid steps); a smaller halo is faster and inexact: predict then prints the
+measured `seam_error` once (`seam_note`). A network with no exact halo (global pooling,
+align_corners=True) runs in one tile when the image fits, else with `largest_halo` (half the
+tile's side as output) and the seam error printed.
+
 Streaming. No padded copy of the image is made and no full-size buffer is kept
 per test-time transform: each tile is gathered from the image through mirrored
 index vectors, run (`batch` tiles of one shape at a time), and the part it owns,
@@ -75,6 +92,8 @@ from minunet import backend
 from minunet.data.augment import mirror_index as reflect  # the one mirror of positions
 from minunet.models import registry, standardize
 from minunet.models.sizes import as_geometry
+from minunet.nn import trace
+from minunet.nn.geometry import PaddedGeometry
 
 # Fraction of the free memory that one forward pass may plan to use, and the
 # factor on the layer outputs that covers what the layers keep for backward
@@ -111,10 +130,11 @@ def free_memory_bytes(xp) -> int:
     return int(free + xp.get_default_memory_pool().free_bytes())
 
 
-def auto_tile(config, padded: tuple[int, int], batch: int, budget: int) -> int:
+def auto_tile(config, padded: tuple[int, int], batch: int, budget: int, geometry=None) -> int:
     """The largest valid tile side whose forward pass (batch tiles) fits in `budget` bytes;
-    the whole padded image when it fits; `min_tile` if nothing fits."""
-    geometry = registry.geometry(config)
+    the whole padded image when it fits; `min_tile` if nothing fits. `geometry`: the
+    inference geometry (`inference_geometry`; default the network's own)."""
+    geometry = geometry or registry.geometry(config)
     smallest = geometry.min_tile()
     sizes = geometry.valid_sizes(smallest, max(smallest, *padded))
     best = sizes[0]
@@ -144,6 +164,73 @@ def _reflect_index(n: int, before: int, after: int) -> np.ndarray:
     """Source index of each padded position along an axis of length n (see mirror_pad)."""
     return reflect(np.arange(-before, n + after), n)
 
+
+
+# --- padded networks: the halo ---------------------------------------------------------
+
+_REACH: dict = {}  # (arch, config JSON) -> trace.Reach
+
+
+def network_reach(config) -> trace.Reach:
+    """The receptive radius of the network `config` describes (minunet/nn/trace.py,
+    `receptive_radius`), with its reason; computed once per config."""
+    key = (config.arch, config.to_json())
+    if key not in _REACH:
+        _REACH[key] = trace.reach(registry.get(config.arch), config)
+    return _REACH[key]
+
+
+def default_halo(config) -> int | None:
+    """The exact halo of a padded network: its receptive radius rounded up to the grid (so
+    that tile outputs stay whole grid steps); 0 for a valid network (its margin is its
+    halo); None when no halo is exact (global pooling, ...: `network_reach`)."""
+    geometry = registry.geometry(config)
+    if geometry.margin > 0:
+        return 0
+    r = network_reach(config).radius
+    return None if r is None else -(-r // geometry.grid) * geometry.grid
+
+
+def largest_halo(tile: int, grid: int) -> int:
+    """The halo of a network that cannot tile exactly, on tiles of side `tile` that do not
+    cover the image: the largest multiple of the grid that leaves half the tile's side as
+    output (4 times the work of a tile without halo)."""
+    return (tile // 4) // grid * grid
+
+
+def inference_geometry(geometry, halo: int = 0):
+    """The geometry the tiling runs on (module doc, "Padded networks"): a valid network's
+    own (its margin is the context; halo 0); for a padded network (margin 0) with a halo h,
+    PaddedGeometry(grid, margin=2h): a tile of side T outputs T - 2h once the network's
+    output is cropped by h on each side, and the image is mirrored by h at its border."""
+    geometry = as_geometry(geometry)
+    if geometry.margin > 0:
+        if halo:
+            raise ValueError(f"a halo applies to padded networks; {geometry.name} has a "
+                             f"{geometry.margin} px margin, which makes its tiles exact: "
+                             f"leave the halo out")
+        return geometry
+    if isinstance(halo, bool) or not isinstance(halo, (int, np.integer)) or halo < 0:
+        raise ValueError(f"the halo must be an integer >= 0, got {halo!r}")
+    return PaddedGeometry(grid=geometry.grid, margin=2 * int(halo))
+
+
+def resolve_halo(model, halo: int | None, tile: int, shape) -> int:
+    """The halo `predict` and `predict_region` use: `halo` if given, else `default_halo`;
+    for a network without an exact halo, 0 when the tile covers the image, else
+    `largest_halo` of the tile."""
+    geo = model.geometry
+    if halo is not None or geo.margin > 0:
+        inference_geometry(geo, halo or 0)  # checks it
+        return int(halo or 0)
+    h = default_halo(model.config)
+    if h is not None:
+        return h
+    whole = PaddedGeometry(grid=geo.grid)
+    padded = (whole.padded_size(shape[0]), whole.padded_size(shape[1]))
+    T = whole.choose_tile(padded, tile)
+    cut = [t for t, p in zip(T, padded, strict=True) if t < p]  # the axes that are tiled
+    return largest_halo(min(cut), geo.grid) if cut else 0
 
 
 # --- where the tiles go ----------------------------------------------------------------
@@ -256,7 +343,8 @@ class TileRetryWarning(RuntimeWarning):
 _TILE_LIMIT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> largest tile
 
 
-def predict(model, image, tile: int | None = None, batch: int = 1, tta: int = 1):
+def predict(model, image, tile: int | None = None, batch: int = 1, tta: int = 1,
+            halo: int | None = None):
     """Class probabilities (K, H, W) for one image (H, W) or (C, H, W), any size.
 
     model: a model of the registry (on the CPU or the GPU; the image is moved there once).
@@ -268,6 +356,9 @@ def predict(model, image, tile: int | None = None, batch: int = 1, tta: int = 1)
            images); the probabilities of the transformed copies, transformed back,
            are averaged (the dihedral group of the square, as the paper's rotated
            copies).
+    halo:  a padded network's overlap halo in px (module doc, "Padded networks"); None: its
+           receptive radius rounded up to the grid (exact), or for a network that cannot
+           tile exactly one tile over the image when it fits, else `largest_halo`.
     Returns probabilities in the model's array module (NumPy or CuPy) and dtype.
     """
     cfg = model.config
@@ -284,14 +375,26 @@ def predict(model, image, tile: int | None = None, batch: int = 1, tta: int = 1)
                          f"{tuple(image.shape)}")
     _, H, W = img.shape
     if tile is None:
-        padded = (model.geometry.padded_size(H), model.geometry.padded_size(W))
-        tile = auto_tile(cfg, padded, batch, int(MEMORY_FRACTION * free_memory_bytes(xp)))
+        tile, halo = auto_tile_halo(model, (H, W), batch, halo)
     return predict_region(model, lambda r: img[:, r[0]:r[1], r[2]:r[3]], (H, W), (0, H, 0, W),
-                          tile, batch, tta)
+                          tile, batch, tta, halo)
+
+
+def auto_tile_halo(model, shape, batch: int, halo: int | None = None) -> tuple[int, int]:
+    """(tile, halo) for an image of `shape` when no tile is given: the tile from the free
+    memory (`auto_tile`) on the inference geometry of the halo (`resolve_halo`; a network
+    without an exact halo: one tile over the image if it fits, else that tile's
+    `largest_halo`)."""
+    budget = int(MEMORY_FRACTION * free_memory_bytes(model.xp))
+    h = halo if halo is not None else default_halo(model.config)
+    geo = inference_geometry(model.geometry, h or 0)
+    tile = auto_tile(model.config, (geo.padded_size(shape[0]), geo.padded_size(shape[1])),
+                     batch, budget, geo)
+    return tile, resolve_halo(model, halo, tile, shape)
 
 
 def predict_region(model, read, shape: tuple[int, int], region, tile: int,
-                   batch: int = 1, tta: int = 1):
+                   batch: int = 1, tta: int = 1, halo: int | None = None):
     """Probabilities (K, y1 - y0, x1 - x0) of `region` = (y0, y1, x0, x1) of an image of
     `shape` (H, W): exactly what `predict` gives there for the whole image with this tile.
 
@@ -299,6 +402,7 @@ def predict_region(model, read, shape: tuple[int, int], region, tile: int,
            standardised, in the model's array module and dtype; called with
            `region_window(...)` (again after an out-of-memory retry, for the smaller tiles).
     tile:  the largest input tile side (rounded down to a valid one).
+    halo:  a padded network's overlap halo (`predict`; None: `resolve_halo`).
     """
     if tta not in (1, 4, 8):
         raise ValueError(f"tta must be 1, 4 or 8, got {tta}")
@@ -310,15 +414,16 @@ def predict_region(model, read, shape: tuple[int, int], region, tile: int,
     was_training = model.training
     model.eval()  # no dropout; restored on the way out
     first = tile = effective_tile(model, tile)
+    geometry = inference_geometry(model.geometry, resolve_halo(model, halo, tile, shape))
     try:
         while True:
             try:
-                out = _predict_region(model, read, shape, region, tile, batch, tta)
+                out = _predict_region(model, read, shape, region, tile, batch, tta, geometry)
                 break
             except Exception as e:  # only out-of-memory errors are retried
                 if not backend.is_out_of_memory(e):
                     raise
-                smaller = _smaller_tile(shape, tile, model.geometry)
+                smaller = _smaller_tile(shape, tile, geometry)
                 if smaller is None:
                     raise
             _free_memory(model)  # outside the except: the traceback's arrays are gone
@@ -331,6 +436,53 @@ def predict_region(model, read, shape: tuple[int, int], region, tile: int,
                       f"to float rounding: overlap-tile inference is exact); later predictions "
                       f"with this model start there", TileRetryWarning, stacklevel=2)
     return out
+
+
+def seam_error(model, read, shape, tile: int, batch: int = 1, halo: int | None = None):
+    """max |tiled - single pass| of the probabilities on a probe: the top-left part of the
+    image that the first pair of tiles owns along a tiled axis (the first tile along the
+    other), predicted as an image of its own with these tiles and in one tile. Returns
+    (error, (y1, x1) the probe's size), or None when one tile covers the image (no seam).
+    read: as `predict_region`'s."""
+    tile = effective_tile(model, tile)
+    h = resolve_halo(model, halo, tile, shape)
+    geo = inference_geometry(model.geometry, h)
+    plans = [axis_plan(n, tile, geo) for n in shape]
+    if all(len(p) == 1 for p in plans):
+        return None
+    ax = 1 if len(plans[1]) > 1 else 0
+    y1, x1 = (p[1].stop if a == ax else p[0].stop for a, p in enumerate(plans))
+    probe = read((0, y1, 0, x1))
+
+    def crop(r):
+        return probe[:, r[0] : r[1], r[2] : r[3]]
+
+    tiled = predict_region(model, crop, (y1, x1), (0, y1, 0, x1), tile, batch, 1, h)
+    one = geo.padded_size(max(y1, x1))  # a tile that covers the probe
+    single = predict_region(model, crop, (y1, x1), (0, y1, 0, x1), one, 1, 1, h)
+    return float(model.xp.abs(tiled - single).max()), (y1, x1)
+
+
+def seam_note(model, read, shape, tile: int, batch: int = 1, halo: int | None = None):
+    """The line that predict prints once when its tiles are not exact (a halo below the
+    receptive radius, or a network without one): the measured `seam_error` and the exact
+    halo; None when the tiles are exact or one tile covers the image."""
+    if model.geometry.margin > 0:
+        return None
+    tile = effective_tile(model, tile)
+    h = resolve_halo(model, halo, tile, shape)
+    reach = network_reach(model.config)
+    if reach.radius is not None and h >= reach.radius:
+        return None
+    found = seam_error(model, read, shape, tile, batch, h)
+    if found is None:
+        return None
+    err, (py, px) = found
+    why = (f"halo {h} px < the receptive radius {reach.radius} px (leave --halo out for "
+           f"{default_halo(model.config)} px: exact)" if reach.radius is not None else
+           f"halo {h} px: {reach.reason}")
+    return (f"seam error: max |tiled - single pass| = {err:.3g} on a {py}x{px} probe across "
+            f"the first tile seam; {why}")
 
 
 def effective_tile(model, tile: int) -> int:
@@ -355,19 +507,19 @@ def _free_memory(model) -> None:
         model.xp.get_default_memory_pool().free_all_blocks()
 
 
-def _predict_region(model, read, shape, region, tile, batch, tta):
-    """The body of `predict_region` for one tile size."""
+def _predict_region(model, read, shape, region, tile, batch, tta, geometry):
+    """The body of `predict_region` for one tile size, on the inference geometry."""
     cfg = model.config
     xp = model.xp
-    half = model.geometry.margin // 2  # 92 for the U-Net: the context mirrored at the border
+    half = geometry.margin // 2  # 92 for the U-Net, the halo of a padded net: mirrored context
     y0, y1, x0, x1 = region
-    wy0, wy1, wx0, wx1 = region_window(shape, region, tile, model.geometry, tta)
+    wy0, wy1, wx0, wx1 = region_window(shape, region, tile, geometry, tta)
     window = read((wy0, wy1, wx0, wx1))  # (C, h, w) standardised
     origin = (wy0, wx0)
     out = xp.empty((cfg.n_classes, y1 - y0, x1 - x0), dtype=window.dtype)
     for k in range(tta):
         f = _frame(k)
-        plan = _plan(shape, region, tile, model.geometry, k)
+        plan = _plan(shape, region, tile, geometry, k)
         index = {}  # (frame axis, piece) -> positions in the window, on the device
 
         def idx(d, piece, f=f, index=index):
@@ -383,13 +535,24 @@ def _predict_region(model, read, shape, region, tile, batch, tta):
                 chunk = group[i : i + batch]
                 xb = xp.stack([_gather(window, idx(0, t.rows), idx(1, t.cols), f[0][0] == 1)
                                for t in chunk])  # (B, C, th, tw)
-                pb = softmax(model.forward(xb))  # (B, K, th - margin, tw - margin)
+                pb = softmax(_crop_halo(model.forward(xb), geometry, shape_))
+                # (B, K, th - margin, tw - margin)
                 model.release_caches()  # inference never runs the backward
                 for t, p in zip(chunk, pb, strict=True):
                     _stitch(out, p, t, f, shape, region, add=k > 0)
     if tta > 1:
         out /= tta
     return out
+
+
+def _crop_halo(logits, geometry, tile_shape):
+    """A padded network's output (B, K, th, tw) cropped by its halo to the geometry's output
+    (th - margin, tw - margin); a valid network's output is that already (returned as is)."""
+    oh, ow = (geometry.output_size(t) for t in tile_shape)
+    cy, cx = (logits.shape[2] - oh) // 2, (logits.shape[3] - ow) // 2
+    if cy == cx == 0:
+        return logits
+    return logits[:, :, cy : cy + oh, cx : cx + ow]
 
 
 def _gather(window, iy, ix, transposed: bool):

@@ -5,7 +5,8 @@ tiles, export and the commands ask about sizes (instead of a `depth` threaded th
     geometry.output_size(s)     output side for an input side s (ValueError if s is invalid)
     geometry.is_valid(s)        whether s passes every layer
     geometry.margin             input side - output side: the context a tile loses
-                                (184 for the paper's valid U-Net; 0 for a padded network)
+                                (184 for the paper's valid U-Net; 0 for a padded network,
+                                2 x its halo when inference tiles it)
     geometry.grid               tile origins must be multiples of it for tiles to compute the
                                 whole-image numbers (2^poolings: 16 for the paper's U-Net)
 
@@ -109,16 +110,19 @@ class Geometry:
 @dataclass(frozen=True)
 class PaddedGeometry(Geometry):
     """A network whose output has its input's size (padded convolutions), with `grid` = the
-    product of its strides: valid sides are multiples of the grid, margin 0. (Tiles of such a
-    network agree with the whole image only where the overlap covers its receptive radius;
-    without a margin, tiles are cut at the image border: use a tile that covers the image.)"""
+    product of its strides: valid sides are multiples of the grid, margin 0. Inference runs it
+    with an overlap halo h as PaddedGeometry(grid, margin=2h): a tile of side T outputs T - 2h
+    once the network's output is cropped by h on each side, exactly the single pass when h
+    covers the receptive radius (minunet/inference/tiles.py, `inference_geometry`;
+    minunet/nn/trace.py, `receptive_radius`)."""
 
     grid: int = 16
     margin: int = 0
 
     @property
     def name(self) -> str:
-        return f"a padded network on a {self.grid}-px grid"
+        halo = f" with a {self.margin // 2}-px halo" if self.margin else ""
+        return f"a padded network on a {self.grid}-px grid{halo}"
 
     def _output(self, size: int) -> int | None:
         return size - self.margin if size % self.grid == 0 and size > self.margin else None

@@ -209,6 +209,14 @@ class Model:
     def geometry(self):
         return self.geometry_of(self.config)
 
+    @classmethod
+    def test_config(cls, **common):
+        """A small configuration of this architecture for the tests that run every registered
+        one (tests/family/test_tiling.py): a few channels, fast in float64; `common` (dtype,
+        in_channels, n_classes, ...) passed to its config. NotImplementedError (the default)
+        where an architecture has none: those tests skip it."""
+        raise NotImplementedError(f"{cls.__name__} has no test configuration")
+
     # -- what follows from forward (minunet/nn/trace.py) ----------------------------------
 
     @classmethod

@@ -375,3 +375,175 @@ class KinkRecorder:
                 self._hash.update(backend.to_host(side).tobytes())
             return out
         return wrapped
+
+# --- the receptive radius: how much overlap makes the tiles of a padded network exact -----
+
+# How each op moves dependencies (receptive_radius's docstring). "read": output position o
+# reads the input positions reads(o, n_in, n_out, attrs, axis) -> (n_out, taps) int array;
+# "pointwise": o reads position o of every traced input; "global": every position reads the
+# whole image; "refuse": the op is not translation-equivariant (a reason). Another op joins by
+# adding its entry here.
+def _taps(k, s, p):
+    return lambda o, a: s * o[:, None] - p + np.arange(k)[None, :]
+
+
+def _conv_reads(o, n_in, attrs, ax):
+    k, s, p = (_pair(attrs[name])[ax] for name in ("kernel", "stride", "padding"))
+    return _taps(k, s, p)(o, attrs)
+
+
+def _bilinear_reads(o, n_in, attrs, ax):
+    f = attrs["factor"]
+    i0 = (2 * o + 1 - f) // (2 * f)  # floor((o + 1/2) / f - 1/2), before the border clamp
+    return np.stack([i0, i0 + 1], axis=1)
+
+
+RADIUS_RULES = {
+    "conv2d": ("read", lambda o, n, a, ax: _taps(a["kernel"], 1, 0)(o, a)),
+    "conv2d_general": ("read", _conv_reads),
+    "maxpool2x2": ("read", lambda o, n, a, ax: _taps(2, 2, 0)(o, a)),
+    "maxpool": ("read", lambda o, n, a, ax: _taps(a["k"], a["k"], 0)(o, a)),
+    "upconv2x2": ("read", lambda o, n, a, ax: (o // 2)[:, None]),
+    "nearest_upsample2": ("read", lambda o, n, a, ax: (o // 2)[:, None]),
+    "bilinear_upsample": ("read", _bilinear_reads),
+    "center_crop": ("read", lambda o, n, a, ax: (o + (n - len(o)) // 2)[:, None]),
+    **{op: ("pointwise", None) for op in (
+        "relu", "sigmoid", "relu6", "silu", "dropout", "batchnorm2d", "binary_logits",
+        "concat", "add", "channel_scale", "log_mean_softmax")},
+    "global_avgpool": ("global", None),
+    "global_maxpool": ("global", None),
+}
+
+
+@dataclass(frozen=True)
+class Reach:
+    """What `reach` found: `radius` (None when no halo makes tiles exact, `reason` says why),
+    `blind` the radius a grid-blind count gives (the widest reach of any output pixel from
+    the pixel it sits on, over all positions modulo the grid), `size` the traced tile side."""
+
+    radius: int | None
+    reason: str
+    blind: int | None = None
+    size: int = 0
+
+
+def receptive_radius(cls, config) -> int | None:
+    """The receptive radius of the network (model class `cls`, its `config`) for tiling: the
+    smallest halo h such that a tile on the network's grid, its output cropped by h on each
+    side, computes exactly the numbers of one pass over the whole image; None when no halo
+    does (global pooling, align_corners=True: `reach(cls, config).reason`). Read off the
+    traced forward (docs/DESIGN.md, "Exact tiling"); 92 for the paper's U-Net (its margin/2).
+
+    Dependencies. A value of the forward is a map whose position i (along one axis) depends
+    on the input pixels [lo(i), hi(i)]. In closed form, for a map of jump j (input pixels per
+    position: 1 for the input, 2^d after d strides, a fraction after up-sampling) position i
+    depends on [j*i - a, j*i + j - 1 + b] (its own cell of j pixels widened by the extents
+    (a, b)), with (a, b) = (0, 0) at the input and
+
+        conv (kernel k, stride s, padding p; valid: p = 0): o reads s*o - p .. s*o - p + k - 1
+                        a' = a + j*p,  b' = b + j*(k - 1 - p) - j*(s - 1),  j' = j*s
+        max-pool k (stride k; ceil mode is the same inside the image): the conv, p = 0, s = k
+        up-conv 2x2, nearest x2: o reads o // 2
+                        a' = a + j/2,  b' = b + j/2,  j' = j/2
+        bilinear x f, align_corners False: o reads i0 = floor((o + 1/2)/f - 1/2) and i0 + 1
+                        a' = a + j*max_o(o/f - i0),  b' = b + j*max_o(i0 + 2 - (o + 1)/f),
+                        j' = j/f  (f = 2: a' = a + j, b' = b + j)
+        centre crop by c = (S - So) // 2: o reads o + c
+                        a' = a - j*c,  b' = b + j*c
+        concat, add, channel scale, log-mean-softmax: the max of the inputs' extents
+        elementwise ops, BatchNorm (eval mode: pointwise), binary logits: unchanged
+        global pooling: the whole image (None: cannot tile exactly)
+        bilinear, align_corners True: o reads o*(S-1)/(So-1), which depends on the map's size
+                        S and not only on o: not translation-equivariant (None)
+
+    The closed form's extents are a maximum over positions, though: after an up-sampling the
+    even and the odd positions reach differently far (j/2 apart), and a tile on the grid fixes
+    every position's phase. So the rules are applied per position: each value carries the
+    arrays lo, hi over its positions on a traced tile of side T (`RADIUS_RULES`: which input
+    positions each output position reads), and a position that reads outside its map (a zero
+    of the padding, a clamped interpolation tap, a partial ceil-mode window) is marked as
+    reaching outside the tile (lo = -inf or hi = +inf): in one pass over a larger image it
+    would read real neighbours. Output position o sits on input pixel o + (T - To)/2; the
+    radius is the smallest h such that every output pixel on [h, T - h) reaches only [0, T).
+    T starts at 4 grid steps and doubles until T >= 2h + 4 grid steps (so the left and the
+    right border cannot both reach one pixel).
+
+    The paper's U-Net (valid convolutions, margin 184): every output pixel of a tile reaches
+    inside it by construction, and the one just beyond does not, so the radius is 92 =
+    margin/2, exactly. The closed form (its grid-blind radius, `Reach.blind`) gives 107 at
+    depth 4 and 9 at depth 1, one more than the margin/2 of 8: its extents are (15, 199)
+    around the output pixel's input position o (the four up-convs add j/2 = 8 + 4 + 2 + 1 on
+    the left), i.e. the window [o - 15, o + 199] that minunet/models/sizes.py's input_window
+    finds as the union over the 16 phases (receptive_field: 204 px for one phase). On the grid
+    the pixels that see 15 px further left are 15 px further from the tile's edge.
+    """
+    return reach(cls, config).radius
+
+
+def reach(cls, config, max_size: int = 1 << 14) -> Reach:
+    """The receptive radius with its reason (`receptive_radius`)."""
+    geometry = cls.geometry_of(config)
+    g = geometry.grid
+    size = geometry.padded_size(4 * g)
+    while True:
+        t = trace(cls, config, size)
+        found = _reach_of(t, config)
+        if found.radius is None or size >= 2 * found.radius + 4 * g:
+            return Reach(found.radius, found.reason, found.blind, size)
+        if size >= max_size:
+            return Reach(None, f"the receptive radius exceeds {max_size // 2} px", size=size)
+        size = geometry.padded_size(2 * size)
+
+
+def _reach_of(t: Trace, config) -> Reach:
+    """The radius on the traced tile t (both axes; the larger)."""
+    radius = blind = 0
+    for ax in (0, 1):
+        T = t.input[2 + ax]
+        pos = np.arange(T, dtype=float)
+        values = {"input": (pos, pos)}  # name -> (lo, hi) per position; None: global
+        why = {}
+        for n in t.nodes:
+            kind, reads = RADIUS_RULES.get(n.op, (None, None))
+            if kind is None:
+                raise NotImplementedError(
+                    f"receptive_radius has no rule for op {n.op!r}: add one to RADIUS_RULES "
+                    f"in minunet/nn/trace.py")
+            ins = [i for i in n.inputs if i in values]
+            if any(values[i] is None for i in ins) or kind == "global":
+                values[n.out] = None
+                why.setdefault("", f"{n.op} ({n.out}) depends on the whole image: the "
+                                   f"network cannot tile exactly")
+                continue
+            if kind == "refuse" or (n.op == "bilinear_upsample" and n.attrs["align_corners"]):
+                return Reach(None, f"{n.op} ({n.out}) with align_corners=True is not "
+                                   f"translation-equivariant: the network cannot tile exactly")
+            n_out = n.shape[2 + ax]
+            if kind == "pointwise":
+                lo = np.min([values[i][0] for i in ins], axis=0)
+                hi = np.max([values[i][1] for i in ins], axis=0)
+            else:
+                lo_in, hi_in = values[ins[0]]
+                idx = reads(np.arange(n_out), len(lo_in), n.attrs, ax)  # (n_out, taps)
+                inside = (idx >= 0) & (idx < len(lo_in))
+                at = np.clip(idx, 0, len(lo_in) - 1)
+                edge = np.where(idx < 0, -np.inf, np.inf)  # reads a padding: outside the tile
+                lo = np.where(inside, lo_in[at], edge).min(axis=1)
+                hi = np.where(inside, hi_in[at], edge).max(axis=1)
+            values[n.out] = (lo, hi)
+        if values[t.output] is None:
+            return Reach(None, why[""])
+        lo, hi = values[t.output]
+        shift2 = T - len(lo)
+        if shift2 < 0 or shift2 % 2:
+            raise ValueError(f"{config.arch}: the output ({len(lo)} px) is not the input "
+                             f"({T} px) less an even margin: no tiling radius")
+        x = np.arange(len(lo)) + shift2 // 2  # the input pixel each output pixel sits on
+        exact = (lo >= 0) & (hi <= T - 1)
+        left, right = x < T // 2, x >= T // 2
+        h = max([0, shift2 // 2, *(x[left & ~exact] + 1), *(T - x[right & ~exact])])
+        radius = max(radius, int(h))
+        mid = exact & (x >= h + T // 8) & (x < T - h - T // 8)  # away from both borders
+        if mid.any():
+            blind = max(blind, int(max((x - lo)[mid].max(), (hi - x)[mid].max())))
+    return Reach(radius, "read off the traced forward", blind)

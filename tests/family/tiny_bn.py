@@ -48,6 +48,10 @@ class TinyBN(Model):
     def geometry_of(cls, config):
         return PaddedGeometry(grid=2)
 
+    @classmethod
+    def test_config(cls, **common):
+        return TinyBNConfig(**common)
+
     def layers(self):
         return [self.a, self.pool, self.b, self.up, self.cat, self.c, self.head, self.bin,
                 self.head2, self.bin2]
