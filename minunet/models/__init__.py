@@ -5,6 +5,9 @@ itself) and one file per architecture.
     sizes.py      the valid U-Net's size arithmetic and its geometry object
     unet.py       the U-Net of Ronneberger, Fischer and Brox (2015)
     unet_bn.py    the U-Net with BatchNorm and padded convs (milesial/Pytorch-UNet's layout)
+    mobile_unet.py  smp's Unet with a MobileNetV2 encoder (Sandler et al. 2018)
+    eff_unet.py   smp's Unet with an EfficientNet-B0..B7 encoder (Tan and Le 2019)
+    smp_decoder.py  segmentation_models_pytorch's Unet decoder, shared by the encoder U-Nets
     unet3p.py     UNet 3+ (Huang et al. 2020): full-scale skips, deep supervision, CGM
     unetpp.py     UNet++, the nested U-Net of Zhou et al. (2018), deep supervision
     resunet.py    the deep residual U-Net of Zhang, Liu and Wang (2018)
@@ -15,6 +18,8 @@ read off its forward by minunet/nn/trace.py.
 """
 
 from minunet.models import (
+    eff_unet,  # noqa: F401  (registers "eff-unet")
+    mobile_unet,  # noqa: F401  (registers "mobile-unet")
     resunet,  # noqa: F401  (registers "resunet")
     unet,  # noqa: F401  (registers "unet")
     unet_bn,  # noqa: F401  (registers "unet-bn")

@@ -20,6 +20,9 @@ is a multiple of 32 (PaddedGeometry(grid=32)), so they never do.
 
 Parameters `dec.block{i}.conv{1,2}.conv.weight`, `.bn.weight|bias` (smp:
 `decoder.blocks.{i}.conv{1,2}.{0,1}`) and `final.weight|bias` (smp: `segmentation_head.0`).
+
+Also shared by the two encoders: `read_torch_state_dict` and `load_encoder_weights`, which put a
+torchvision ImageNet state dict into an encoder through the model's own name mapping.
 """
 
 from __future__ import annotations

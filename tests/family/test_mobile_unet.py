@@ -13,6 +13,7 @@ The helpers `_mirror_parity`, `_onnx_agrees` and `_trains` serve tests/family/te
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -90,11 +91,28 @@ def test_gradcheck_sigmoid_head_bce_dice():
 # --- PyTorch parity (the mirror read off the forward), ONNX, training ----------------------
 
 
+@contextlib.contextmanager
+def _one_torch_thread(torch):
+    """torch on one thread: on a shared 2-core machine its threads and the fast ops' workers
+    contend (a float64 forward of the tiny eff-unet took 4.4 s on two threads, 0.06 s on one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _mirror_parity(cfg, x, dropout_key=None, tol=1e-10):
     """Our float64 logits, parameter gradients and BatchNorm buffers against the PyTorch
     mirror's on the same weights, in training mode (batch statistics), then eval mode.
     Returns the largest errors (logits, gradients relative to their scale)."""
     torch = pytest.importorskip("torch")
+    with _one_torch_thread(torch):
+        return _mirror_parity_1(torch, cfg, x, dropout_key, tol)
+
+
+def _mirror_parity_1(torch, cfg, x, dropout_key, tol):
     from minunet.exporters import torch_mirror
 
     m = build_model(cfg, seed=3)
@@ -258,7 +276,8 @@ def test_encoder_weights_give_torchvisions_features(tmp_path):
     assert m.buffers["enc.block7.dw.bn.num_batches_tracked"][0] == 17
     x = np.random.default_rng(9).standard_normal((1, 3, 64, 64))
     skips, bottom = m.encode(x)
-    ref = _features(net, torch.from_numpy(x), (1, 3, 6, 13, 18))
+    with _one_torch_thread(torch):
+        ref = _features(net, torch.from_numpy(x), (1, 3, 6, 13, 18))
     for ours, theirs in zip([*skips, bottom], ref, strict=True):
         assert ours.shape == theirs.shape
         assert np.abs(ours - theirs).max() < 1e-10 * max(1.0, np.abs(theirs).max())
