@@ -43,6 +43,9 @@ def standardize(image):
 # (1 - MS-SSIM) + (1 - IoU) (minunet/ops/loss/combined.py) on the foreground logit
 # z = logits[:, 1] - logits[:, 0] against labels == 1 (two classes only; no weight map)
 LOSSES = ("softmax_cross_entropy", "bce_dice", "hybrid")
+# the smallest output side a loss can take: MS-SSIM's coarsest of five scales (1/16) must hold
+# its 11-px window (minunet/ops/loss/msssim.py): 11 * 16
+LOSS_MIN_OUTPUT = {"hybrid": 176}
 
 
 @dataclass

@@ -23,6 +23,7 @@ from dataclasses import dataclass, fields
 from minunet import backend
 from minunet.models import registry
 from minunet.nn.door import DEFAULT_OPS
+from minunet.nn.model import LOSS_MIN_OUTPUT
 
 # Presets: what suits the device. "cpu" finishes in minutes on 2 cores and is
 # already good on the synthetic data; "paper" is the paper's network and tile;
@@ -126,9 +127,17 @@ def check_config(cfg: TrainConfig) -> None:
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"{_flag(name)} must be one of {', '.join(filter(None, allowed))}, "
                              f"got {getattr(cfg, name)!r}")
-    geometry = registry.geometry(model_config(cfg, 2))  # an unknown --arch or --model: said
+    mcfg = model_config(cfg, 2)  # an unknown --arch or --model: said
+    geometry = registry.geometry(mcfg)
     if not geometry.is_valid(cfg.tile):
         raise ValueError(f"--tile: {geometry.invalid_size_message(cfg.tile)}")
+    least = LOSS_MIN_OUTPUT.get(mcfg.loss, 1)
+    if geometry.output_size(cfg.tile) < least:
+        fits = next(s for s in range(cfg.tile, cfg.tile + 4096) if geometry.is_valid(s)
+                    and geometry.output_size(s) >= least)
+        raise ValueError(f"--tile {cfg.tile} gives outputs of {geometry.output_size(cfg.tile)} "
+                         f"px; the loss {mcfg.loss!r} needs at least {least}: use --tile "
+                         f"{fits}, or another loss (--model loss=bce_dice)")
     as_index_list(cfg.val)  # DataError (a ValueError) if --val cannot be read
     as_holdout(cfg.holdout)  # likewise --holdout
     if cfg.time:
@@ -193,9 +202,26 @@ def resolve_config(given: dict) -> TrainConfig:
     preset = given.get("preset") or ("paper" if device == "cuda" else "cpu")
     timed = {"schedule": "poly"} if given.get("time") else {}  # the rate ends with the budget
     chosen = {**PRESETS[preset], **timed, **given, "preset": preset, "device": device}
-    if "tile" not in given and given.get("arch", "unet") != "unet":
-        chosen["tile"] = preset_tile(chosen)
+    if given.get("arch", "unet") != "unet":
+        chosen |= own_defaults(given)
+        if "tile" not in given:
+            chosen["tile"] = preset_tile(chosen)
     return TrainConfig(**chosen)
+
+
+MODEL_FIELDS = ("base", "depth", "dropout", "upconv_relu")  # TrainConfig's model options
+
+
+def own_defaults(given: dict) -> dict:
+    """A preset's base, depth and dropout are the U-Net's recipe: another architecture takes
+    its own defaults (its reference configuration, e.g. UNet++'s base 32) for those its config
+    has, unless given on the command line."""
+    try:
+        cls = registry.get(given["arch"]).config_class
+    except ValueError:
+        return {}  # TrainConfig's check names the unknown architecture
+    defaults = {f.name: f.default for f in fields(cls)}
+    return {k: defaults[k] for k in MODEL_FIELDS if k in defaults and k not in given}
 
 
 def preset_tile(chosen: dict) -> int:
