@@ -302,6 +302,12 @@ class EffUNet(Model):
     def geometry_of(cls, config):
         return PaddedGeometry(grid=32)  # five stride-2 stages
 
+    @classmethod
+    def test_config(cls, **common):
+        """B0 at width 0.25 (encoder channels 8 .. 80, head 320), decoder 32 .. 2, stochastic
+        depth off (a training forward then needs no key)."""
+        return EffUNetConfig(**{"width": 0.25, "decoder_base": 2, "drop_connect": 0.0, **common})
+
     def layers(self):
         return [self.stem, *self.blocks, self.head, *self.decoder.layers()]
 

@@ -216,6 +216,11 @@ class MobileUNet(Model):
     def geometry_of(cls, config):
         return PaddedGeometry(grid=32)  # five stride-2 stages
 
+    @classmethod
+    def test_config(cls, **common):
+        """Width 0.25 (encoder channels 8 .. 80, the 1280 head kept), decoder 32 .. 2."""
+        return MobileUNetConfig(**{"width": 0.25, "decoder_base": 2, **common})
+
     def layers(self):
         return [self.stem, *self.blocks, self.head, *self.decoder.layers()]
 
