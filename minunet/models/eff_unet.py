@@ -232,9 +232,7 @@ class MBConv(Layer):
     def forward(self, params, x, key):
         h = self.expand.forward(params, x) if self.expand else x
         h = self.dw.forward(params, h)
-        s = self.pool.forward(h)  # squeeze: the mean of each channel, (N, C)
-        if s.ndim == 2:  # the op gives (N, C); the trace, ONNX and the mirror (N, C, 1, 1)
-            s = s.reshape(*s.shape, 1, 1)  # (N, C, 1, 1), for the 1x1 convolutions
+        s = self.pool.forward(h)  # squeeze: the mean of each channel, (N, C, 1, 1)
         s = self.fc2.forward(params, self.act.forward(self.fc1.forward(params, s)))
         h = self.scale.forward(h, self.gate.forward(s))  # excite: h * gate per channel
         h = self.project.forward(params, h)
@@ -251,7 +249,7 @@ class MBConv(Layer):
         dh, ds = self.scale.backward(d)
         ds = self.fc1.backward(grads, self.act.backward(self.fc2.backward(grads,
                                                                            self.gate.backward(ds))))
-        dh = dh + self.pool.backward(ds.reshape(ds.shape[:2]))  # h fed the scale and the squeeze
+        dh = dh + self.pool.backward(ds)  # h fed the scale and the squeeze
         d = self.dw.backward(grads, dh)
         dx = self.expand.backward(grads, d) if self.expand else d
         return dx + dx_skip if self.add else dx  # x fed the block and the residual sum

@@ -201,6 +201,11 @@ class ResUNet(Model):
         self.binary = BinaryHead(o)
 
     @classmethod
+    def test_config(cls, **common):
+        """base 2 (2, 4, 8 and a bridge of 16 channels)."""
+        return ResUNetConfig(**{"base": 2, **common})
+
+    @classmethod
     def geometry_of(cls, config: ResUNetConfig) -> PaddedGeometry:
         """Output side = input side; sides (and tile origins) multiples of 2^depth (8)."""
         return PaddedGeometry(grid=2**config.depth)

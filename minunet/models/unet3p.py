@@ -192,7 +192,7 @@ class GlobalMaxPool(Layer):
 
 class PresenceHeads(Heads):
     """The training output with the CGM: the heads' (gated) logits, one or five, and
-    `presence`, the branch's two scores (N, 2) [absent, present] before the sigmoid. The
+    `presence`, the branch's two scores (N, 2, 1, 1) [absent, present] before the sigmoid. The
     gradient the loss gives back has the same form (`presence` = dL/dscores of the BCE)."""
 
     presence = None
@@ -250,6 +250,11 @@ class UNet3P(Model):
         self.gates = [ChannelScale(o) for _ in range(n_heads)]
 
     @classmethod
+    def test_config(cls, **common):
+        """base 2 (2 .. 32 channels, stages of 2 x 5), dropout off."""
+        return UNet3PConfig(**{"base": 2, "dropout": 0.0, **common})
+
+    @classmethod
     def geometry_of(cls, config: UNet3PConfig) -> PaddedGeometry:
         """Padded: output = input; sides multiples of 16 (four 2x2 poolings)."""
         return PaddedGeometry(grid=2 ** (LEVELS - 1))
@@ -295,8 +300,8 @@ class UNet3P(Model):
         gate = None
         if c.cgm:  # classification-guided module on the bottleneck
             t = self.cls_drop.forward(h[L - 1], _subkey(dropout_key, 0))
-            scores = self.cls_pool.forward(self.cls_conv.forward(p, t))  # (N, 2)
-            gate = self.cls_act.forward(scores)  # (N, 2) [sigma(c_absent), sigma(c_present)]
+            scores = self.cls_pool.forward(self.cls_conv.forward(p, t))  # (N, 2, 1, 1)
+            gate = self.cls_act.forward(scores)  # [sigma(c_absent), sigma(c_present)]
         hd = [None] * (L - 1) + [h[L - 1]]  # decoder maps hd_0 .. hd_3, and hd_4 = h_4
         for i in reversed(range(L - 1)):  # decoder stages up3 (hd4) .. up0 (hd1)
             hd[i] = self._stage_forward(i, h, hd)
@@ -404,15 +409,14 @@ class UNet3P(Model):
             return super().loss_forward(logits, labels, weights)
         seg, seg_cache = super().loss_forward(Heads(logits), labels, weights)
         targets = presence_targets(labels, self.xp, scores.dtype)  # (N, 2)
-        cls, cls_cache = bce_with_logits_forward(scores[:, :, None, None],
-                                                 targets[:, :, None, None])  # (N, 2, 1, 1)
+        cls, cls_cache = bce_with_logits_forward(scores, targets[:, :, None, None])  # (N,2,1,1)
         return seg + cls, PresenceLossCache(seg_cache, cls_cache)
 
     def loss_backward(self, cache):
         """dL/dlogits of `loss_forward`'s loss: with the CGM a PresenceHeads carrying
-        dL/dscores (N, 2) as `presence`."""
+        dL/dscores (N, 2, 1, 1) as `presence`."""
         if not isinstance(cache, PresenceLossCache):
             return super().loss_backward(cache)
         out = PresenceHeads(super().loss_backward(cache.seg))
-        out.presence = bce_with_logits_backward(1.0, cache.cls)[:, :, 0, 0]  # (N, 2)
+        out.presence = bce_with_logits_backward(1.0, cache.cls)  # (N, 2, 1, 1)
         return out

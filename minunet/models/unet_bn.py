@@ -158,6 +158,11 @@ class UNetBN(Model):
         self.binary = BinaryHead(o)
 
     @classmethod
+    def test_config(cls, **common):
+        """base 2, depth 2 (radius 22: tiles of a few dozen px)."""
+        return UNetBNConfig(**{"base": 2, "depth": 2, **common})
+
+    @classmethod
     def geometry_of(cls, config: UNetBNConfig) -> PaddedGeometry:
         """Output side = input side; sides (and tile origins) multiples of 2^depth."""
         return PaddedGeometry(grid=2**config.depth)

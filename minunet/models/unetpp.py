@@ -226,6 +226,11 @@ class UNetPP(Model):
         self._ran = None  # what the last forward computed: (last node column, heads, output)
 
     @classmethod
+    def test_config(cls, **common):
+        """base 2, depth 2, deep supervision, dropout off (a training forward then needs no key)."""
+        return UNetPPConfig(**{"base": 2, "depth": 2, "dropout": 0.0, **common})
+
+    @classmethod
     def geometry_of(cls, config: UNetPPConfig) -> PaddedGeometry:
         """Padded convolutions: output size = input size, sides multiples of 2^depth."""
         return PaddedGeometry(grid=2**config.depth)

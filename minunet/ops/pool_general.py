@@ -16,8 +16,10 @@ Tie rule (docs/DESIGN.md, "Max-pool ties", carried over): each window is read ro
 (0,0), (0,1), ..., (k-1,k-1), and the FIRST maximum in that order gets the gradient. The
 backward puts each window's gradient at its arg-max, zero elsewhere.
 
-Global average: out[n, c] = mean over (H, W); dx = dout / (H*W) at every pixel.
-Global max: out[n, c] = max over (H, W); dx = dout at the first maximum in row-major order.
+Global average: out[n, c, 0, 0] = mean over (H, W); dx = dout / (H*W) at every pixel.
+Global max: out[n, c, 0, 0] = max over (H, W); dx = dout at the first maximum in row-major
+order. Both keep the two spatial axes, (N, C, 1, 1) as PyTorch's AdaptiveAvgPool2d(1) and
+ONNX's GlobalAveragePool do, so a 1x1 convolution can follow (squeeze-excitation).
 """
 
 from __future__ import annotations
@@ -78,38 +80,40 @@ class GlobalPoolCache(NamedTuple):
 
 
 def global_avgpool_forward(x):
-    """x: (N, C, H, W). Returns out (N, C), the mean of each channel, and a GlobalPoolCache."""
+    """x: (N, C, H, W). Returns out (N, C, 1, 1), the mean of each channel, and a
+    GlobalPoolCache."""
     check_pool("global_avgpool", x)
-    return x.mean(axis=(2, 3)), GlobalPoolCache(tuple(x.shape), None)
+    return x.mean(axis=(2, 3), keepdims=True), GlobalPoolCache(tuple(x.shape), None)
 
 
 def global_avgpool_backward(dout, cache):
-    """dout: (N, C). Returns dx (N, C, H, W) = dout / (H*W) at every pixel."""
+    """dout: (N, C, 1, 1). Returns dx (N, C, H, W) = dout / (H*W) at every pixel."""
     N, C, H, W = cache.x_shape
-    check_dout("global_avgpool", dout, (N, C))
+    check_dout("global_avgpool", dout, (N, C, 1, 1))
     xp = xp_of(dout)
-    return xp.broadcast_to((dout / (H * W))[:, :, None, None], (N, C, H, W)).copy()
+    return xp.broadcast_to(dout / (H * W), (N, C, H, W)).copy()
 
 
 def global_maxpool_forward(x):
-    """x: (N, C, H, W). Returns out (N, C), the maximum of each channel, and a GlobalPoolCache
-    (its first position in row-major order)."""
+    """x: (N, C, H, W). Returns out (N, C, 1, 1), the maximum of each channel, and a
+    GlobalPoolCache (its first position in row-major order)."""
     check_pool("global_maxpool", x)
     xp = xp_of(x)
     N, C, H, W = x.shape
     flat = x.reshape(N, C, H * W)  # (N, C, H*W)
     arg = xp.argmax(flat, axis=-1)  # (N, C), the first maximum
-    return xp.take_along_axis(flat, arg[..., None], axis=-1)[..., 0], GlobalPoolCache(
-        (N, C, H, W), arg)
+    out = xp.take_along_axis(flat, arg[..., None], axis=-1)  # (N, C, 1)
+    return out[..., None], GlobalPoolCache((N, C, H, W), arg)
 
 
 def global_maxpool_backward(dout, cache):
-    """dout: (N, C). Returns dx (N, C, H, W): dout at each channel's arg-max, 0 elsewhere."""
+    """dout: (N, C, 1, 1). Returns dx (N, C, H, W): dout at each channel's arg-max, 0
+    elsewhere."""
     N, C, H, W = cache.x_shape
-    check_dout("global_maxpool", dout, (N, C))
+    check_dout("global_maxpool", dout, (N, C, 1, 1))
     xp = xp_of(dout)
     dx = xp.zeros((N, C, H * W), dtype=dout.dtype)  # (N, C, H*W)
-    xp.put_along_axis(dx, cache.arg[..., None], dout[..., None], axis=-1)
+    xp.put_along_axis(dx, cache.arg[..., None], dout.reshape(N, C, 1), axis=-1)
     return dx.reshape(N, C, H, W)
 
 

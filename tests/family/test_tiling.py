@@ -130,7 +130,9 @@ def _overlapping_image(model, halo, rng):
     return rng.random((model.config.in_channels, H, W)), tile
 
 
-PADDED = [n for n in registry.names() if registry.get(n).config_class is not UNetConfig]
+SLOW = {"mobile-unet"}  # a radius of 319 px: tiles of ~700 px in float64 (12 s and 35 s)
+PADDED = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+          for n in registry.names() if registry.get(n).config_class is not UNetConfig]
 
 
 @pytest.mark.parametrize("name", PADDED)

@@ -84,7 +84,7 @@ def test_outputs_by_mode():
     x = rng.standard_normal((2, 1, 32, 32))
     m = build_model(UNet3PConfig(base=2, dtype="float64", deep_supervision=True, cgm=True))
     out = m.forward(x, dropout_key=1)
-    assert isinstance(out, Heads) and len(out) == 5 and out.presence.shape == (2, 2)
+    assert isinstance(out, Heads) and len(out) == 5 and out.presence.shape == (2, 2, 1, 1)
     assert all(h.shape == (2, 2, 32, 32) and np.all(h[:, 0] == 0) for h in out)
     with pytest.raises(ValueError, match="dropout_key"):
         m.forward(x)
@@ -160,7 +160,7 @@ def test_cgm_loss_and_branch_gradient(deep_supervision):
     out = m.forward(x, dropout_key=4)
     loss, _ = m.loss_forward(out, labels, weights)
     seg, _ = type(m).__mro__[1].loss_forward(m, Heads(out), labels, weights)
-    bce, _ = bce_with_logits_forward(out.presence[:, :, None, None],
+    bce, _ = bce_with_logits_forward(out.presence,
                                      np.array([[0.0, 1], [1, 0]])[:, :, None, None])
     assert float(loss) == pytest.approx(float(seg) + float(bce), rel=1e-12)
     m.release_caches()
