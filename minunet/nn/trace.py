@@ -376,6 +376,7 @@ class KinkRecorder:
             return out
         return wrapped
 
+
 # --- the receptive radius: how much overlap makes the tiles of a padded network exact -----
 
 # How each op moves dependencies (receptive_radius's docstring). "read": output position o
