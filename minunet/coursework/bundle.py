@@ -40,9 +40,7 @@ from .checks import (
     Check,
     call_backward,
     call_forward,
-    floor_fraction,
     function,
-    step,
 )
 
 FORMAT = 2  # bumped when the layout below changes
@@ -58,7 +56,7 @@ class CheckData:
     mode: str  # "numerical" or "expected"
     threshold: float  # of the gradient tests
     step: float  # central-difference step
-    floor_fraction: float  # float32: rel error floor = this * max |numerical gradient|
+    floor_fraction: float  # rel error floor = this * max |numerical gradient| (its spec's)
     forward_tol: float  # max |out - expected| / max |expected|
     wrt: tuple
     strided: tuple
@@ -164,7 +162,7 @@ def build(checks: list[Check], seed: int, hidden: bool = False, reference=None,
         timed = getattr(c, "time_factor", 0.0)
         d = CheckData(
             name=c.name, kind=c.kind, dtype=c.dtype, mode=c.mode, threshold=c.threshold,
-            step=step(c.kind, c.dtype, c.h), floor_fraction=floor_fraction(c.dtype, c.floor64),
+            step=c.step(inputs), floor_fraction=c.floor_fraction,
             forward_tol=FORWARD_TOL[c.dtype], wrt=tuple(c.wrt), strided=tuple(c.strided),
             points=c.points, hidden=hidden, order=tuple(inputs), arrays=arrays, params=params,
             dout=dout, expected_out=_as_array(out),

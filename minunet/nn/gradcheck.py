@@ -32,11 +32,13 @@ What is here, from the bottom up:
     check_op(...)                       one op: random dy, analytic vs numerical, per input
     directional_check(...)              big functions (the whole U-Net): a few random
                                         directions instead of every parameter
-    op_checks(), run_checks(...)        the named check of every U-Net op
+    op_checks(), run_checks(...)        the named check of every op: its spec
+                                        (minunet/nn/opspec.py) bound to a door
     (python -m minunet.gradcheck, minunet/gradcheck.py, runs them from the command line)
 
-This module imports only the backend and NumPy at the top: the ops are imported
-inside `op_checks`, so the numerical machinery works for any function, including
+This module imports only the backend, NumPy and the specs (minunet/nn/opspec.py, which
+imports nothing of minunet) at the top: the ops are imported inside `op_checks`, so
+the numerical machinery works for any function, including
 the student copies of the ops made for the coursework.
 """
 
@@ -48,17 +50,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from minunet import backend
-from minunet.nn.opspec import (  # noqa: F401  (the thresholds, named here too)
+from minunet.nn.opspec import (  # noqa: F401  (the steps and thresholds, named here too)
+    FLOOR_FRACTION_FLOAT32,
+    STEP_FLOAT32,
+    STEP_FLOAT64,
     THRESHOLD_FLOAT32,
     THRESHOLD_FLOAT32_EXACT,
     THRESHOLD_FLOAT64,
-    OpCheck,
+    OpSpec,
+    checked_specs,
 )
 
 # --- step sizes and thresholds (the numbers a student may want to change) ------------
 
-STEP_FLOAT64 = 1e-4  # central-difference step h for float64 inputs (see the docstring)
-# THRESHOLD_FLOAT64: minunet/nn/opspec.py (max relative error of one op's gradient in float64)
+# STEP_FLOAT64 = 1e-4: central-difference step h for float64 inputs (see the docstring)
+# THRESHOLD_FLOAT64 = 1e-7: max relative error of one op's gradient in float64
 # (reached with h = 1e-4 over 150 seeds: worst 3e-8, for a conv2d dx entry that
 # happened to be tiny; typically 1e-9 to 1e-10; ops that only copy: ~1e-16)
 
@@ -71,10 +77,11 @@ STEP_FLOAT64 = 1e-4  # central-difference step h for float64 inputs (see the doc
 # softmax, ~5e-4 for conv.) Only the float64 check proves a gradient right; the
 # float32 one catches errors in the float32 code path (a wrong cast, a gradient
 # off by a few percent or more).
-STEP_FLOAT32 = 3e-2
-# THRESHOLD_FLOAT32: minunet/nn/opspec.py (ops that do arithmetic (conv, up-conv, softmax))
-# THRESHOLD_FLOAT32_EXACT: minunet/nn/opspec.py (ops that only copy, select or scale)
-FLOOR_FRACTION_FLOAT32 = 1e-2  # rel_error floor = this * max |numerical gradient|
+# STEP_FLOAT32 = 3e-2
+# THRESHOLD_FLOAT32: ops that do arithmetic (conv, up-conv, softmax)
+# THRESHOLD_FLOAT32_EXACT: ops that only copy, select or scale
+# FLOOR_FRACTION_FLOAT32 = 1e-2: rel_error floor = this * max |numerical gradient|
+# (all of them are defined in minunet/nn/opspec.py, beside the per-op thresholds of OpSpec)
 
 # The whole network (directional_check): many ops in a row, each adding rounding,
 # and thousands of ReLU / max-pool kinks that a step along d could cross, so a
@@ -238,6 +245,22 @@ def check_op(op: str, forward: Callable, backward: Callable, inputs: dict,
     return results
 
 
+def check_spec(op: str, forward: Callable, backward: Callable, inputs: dict,
+               rng: np.random.Generator, name: str | None = None) -> list[GradCheckResult]:
+    """check_op with what the op's spec (minunet/nn/opspec.py) says: its differentiable inputs
+    (those of `inputs` that are given: a conv without bias has no db), the threshold and floor
+    of the inputs' dtype, the command's step. For tests that check an op on inputs of their
+    own (tests/ops): they list no wrt or threshold of their own."""
+    from minunet.nn.opspec import command_step, spec
+
+    s = spec(op)
+    wrt = tuple(n for n in s.wrt if inputs.get(n) is not None)
+    dtype = next(v.dtype for k, v in inputs.items() if k in wrt)
+    return check_op(name or op, forward, backward, inputs, wrt, rng,
+                    threshold=s.threshold(dtype), h=command_step(dtype),
+                    floor_fraction=s.floor(dtype))
+
+
 # --- a big function: random directions --------------------------------------------------
 
 
@@ -303,58 +326,62 @@ def directional_check(f_loss: Callable[[dict], float], params: dict, grads: dict
     return results
 
 
-# --- the named checks of the U-Net's ops --------------------------------------------------
+# --- the named checks: every op's spec (minunet/nn/opspec.py) bound to a door ----------------
+
+
+@dataclass(frozen=True)
+class OpCheck:
+    """One row of the command: a case of an op's spec, its forward and backward taken from a
+    door (plain or fast). Its wrt and thresholds are the spec's."""
+
+    spec: OpSpec
+    name: str  # the row label, e.g. "conv2d (k=3)"
+    make_inputs: Callable  # (rng, dtype) -> dict of host inputs in the forward's order
+    forward: Callable
+    backward: Callable
+
+    @property
+    def op(self) -> str:  # what --op selects (one op can have several rows)
+        return self.spec.op
+
+    @property
+    def wrt(self) -> tuple:
+        return self.spec.wrt_of(self.make_inputs)
+
+    @property
+    def threshold_float64(self) -> float:
+        return self.spec.threshold_float64
+
+    @property
+    def threshold_float32(self) -> float:
+        return self.spec.threshold_float32
+
+    @property
+    def floor_float64(self) -> float:
+        return self.spec.floor_float64
+
+    @property
+    def float32(self) -> bool:
+        return self.spec.float32
 
 
 def op_checks(kind: str = "plain", family: bool = False) -> list[OpCheck]:
-    """The gradient check of every U-Net op: small float shapes, N = 2, odd and even sizes;
-    with family=True also those of the U-Net family's ops and losses (gradcheck_family.py).
+    """The gradient check of every U-Net op (the cases of its spec: small float shapes, N = 2,
+    odd and even sizes); with family=True also those of the U-Net family's ops and losses.
 
-    kind: "plain" checks the lesson's ops (minunet/ops), "fast" the fast ones (minunet/fast).
+    kind: "plain" checks the lesson's ops (minunet/ops), "fast" the fast ones (minunet/fast;
+    a family op without a fast twin is checked on its plain op, the fast door's too).
     """
-    from minunet.nn import opspec as spec  # the input makers, shared with the coursework
-    from minunet.nn.layers import op_module  # imported here: the machinery above needs no ops
+    from minunet.nn.gradcheck_family import door_module  # imported here: the machinery
+    from minunet.nn.layers import op_module  # above needs no ops
 
     ops = op_module(kind)
-
-    def reach_step(dtype):  # conv2d(..., relu=True): no step of this size reaches the kink
-        return STEP_FLOAT64 if dtype == "float64" else STEP_FLOAT32
-
-    def dropout_inputs(rng, dtype):
-        shape = (2, 3, 4, 5)
-        return {"x": spec.normal(rng, shape, dtype),
-                "scale_mask": ops.dropout_mask(shape, 0.5, rng, dtype)}  # a fixed mask
-
-    exact = THRESHOLD_FLOAT32_EXACT
-    if family:
-        from minunet.nn.gradcheck_family import family_checks
-
-        return op_checks(kind) + family_checks(kind)
-    return [
-        OpCheck("conv2d (k=3)", "conv2d", ops.conv2d_forward, ops.conv2d_backward,
-                spec.conv_inputs(2, 3, 4, 3, 7, 6), ("x", "w", "b")),
-        OpCheck("conv2d (k=1)", "conv2d", ops.conv2d_forward, ops.conv2d_backward,
-                spec.conv_inputs(2, 5, 2, 1, 4, 3), ("x", "w", "b")),
-        OpCheck("conv2d (k=3, relu)", "conv2d", ops.conv2d_forward, ops.conv2d_backward,
-                spec.conv_inputs(2, 3, 4, 3, 6, 5, relu=True, reach_step=reach_step,
-                                 conv=ops.conv2d_forward), ("x", "w", "b")),
-        OpCheck("upconv2x2", "upconv2x2", ops.upconv2x2_forward, ops.upconv2x2_backward,
-                spec.upconv_inputs(2, 3, 4, 3, 4), ("x", "w", "b")),
-        OpCheck("maxpool2x2", "maxpool2x2", ops.maxpool2x2_forward, ops.maxpool2x2_backward,
-                spec.distinct_inputs((2, 3, 4, 6)), ("x",), threshold_float32=exact),
-        OpCheck("relu", "relu", ops.relu_forward, ops.relu_backward,
-                spec.relu_inputs((2, 3, 5, 4)), ("x",), threshold_float32=exact),
-        OpCheck("center_crop", "center_crop", ops.center_crop_forward,
-                ops.center_crop_backward, spec.crop_inputs((2, 3, 9, 8), (5, 3)), ("x",),
-                threshold_float32=exact),  # margins 4 and 5 (odd: one more below/right)
-        OpCheck("concat", "concat", ops.concat_forward, ops.concat_backward,
-                spec.concat_inputs(2, 3, 2, 4, 5), ("a", "b"), threshold_float32=exact),
-        OpCheck("softmax_cross_entropy", "softmax_cross_entropy",
-                ops.softmax_cross_entropy_forward, ops.softmax_cross_entropy_backward,
-                spec.softmax_inputs(2, 3, 5, 4), ("logits",)),
-        OpCheck("dropout", "dropout", ops.dropout_forward, ops.dropout_backward,
-                dropout_inputs, ("x",), threshold_float32=exact),
-    ]
+    checks = []
+    for s in checked_specs(family):
+        where = door_module(s.module, kind) if s.family else ops
+        forward, backward = getattr(where, s.forward), getattr(where, s.backward)
+        checks += [OpCheck(s, c.label, c.make, forward, backward) for c in s.cases]
+    return checks
 
 
 def op_names(family: bool = False) -> list[str]:
@@ -368,7 +395,7 @@ def run_checks(ops: Sequence[str] | None = None, dtype: str = "float64",
     """Run the named checks of `ops` (all when None) in `dtype` on `device` ('cpu'/'cuda'),
     on the plain ops (kind="plain", minunet/ops) or the fast ones (kind="fast", minunet/fast);
     family=True adds the U-Net family's ops and losses. A check without a float32 row
-    (OpCheck.float32 False) is left out of a float32 run.
+    (its spec's float32 False) is left out of a float32 run.
 
     Every check draws from its own generator, seeded by (seed, its position in the
     list), so checking one op gives the same numbers as checking all of them.
@@ -382,8 +409,7 @@ def run_checks(ops: Sequence[str] | None = None, dtype: str = "float64",
         if unknown:
             raise ValueError(f"unknown op(s) {', '.join(unknown)}; valid ops: "
                              f"{', '.join(op_names(family))}")
-    h = STEP_FLOAT64 if dtype == np.float64 else STEP_FLOAT32
-    floor_fraction = 0.0 if dtype == np.float64 else FLOOR_FRACTION_FLOAT32
+    h = STEP_FLOAT64 if dtype == np.float64 else STEP_FLOAT32  # one step for every op
     results = []
     for position, c in enumerate(checks):
         if (ops is not None and c.op not in ops) or (dtype == np.float32 and not c.float32):
@@ -393,10 +419,9 @@ def run_checks(ops: Sequence[str] | None = None, dtype: str = "float64",
         if device == "cuda":
             inputs = {k: (backend.to_device(v) if _is_array(v) else v)
                       for k, v in inputs.items()}
-        threshold = c.threshold_float64 if dtype == np.float64 else c.threshold_float32
-        floor = c.floor_float64 if dtype == np.float64 else floor_fraction
         results += check_op(c.name, c.forward, c.backward, inputs, c.wrt, rng,
-                            threshold=threshold, h=h, floor_fraction=floor)
+                            threshold=c.spec.threshold(dtype), h=h,
+                            floor_fraction=c.spec.floor(dtype))
     return results
 
 
