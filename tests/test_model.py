@@ -116,7 +116,7 @@ def test_release_caches_drops_every_layer_cache():
 
 def test_build_model_buffers_and_arch():
     m = build_model(UNetConfig(base=2))
-    assert isinstance(m, UNet) and m.arch == "unet" and set(ARCHITECTURES) == {"unet"}
+    assert isinstance(m, UNet) and m.arch == "unet" and ARCHITECTURES["unet"] is UNet
     assert m.buffers == {}
     with pytest.raises(ValueError, match="unknown architecture 'resnet'; known: .*unet"):
         UNetConfig(arch="resnet")

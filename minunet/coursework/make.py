@@ -68,6 +68,8 @@ LEFT_OUT = {
     "tests/fast": "the fast ops",
     "tests/backend": "the twins and kernels",
     "tests/coursework": "the grader's tests (wrong versions, canaries)",
+    "tests/family": "the U-Net family's networks, built on ops that are exercises here or left "
+                    "out (the registry imports a network when first asked for)",
     "tests/test_tutorials.py": "the copy's tutorials run once the exercises are done",
     "tests/test_tutorial_checks.py": "the right answers of the tutorials' exercises",
     "tutorials/08_gpu_path.py": "reads the fast path's twins and CUDA kernels",

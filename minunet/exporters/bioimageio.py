@@ -89,7 +89,8 @@ def default_sample(ckpt) -> tuple[np.ndarray, str]:
                     "sample image from; give one with --sample IMAGE")
 
 
-def test_input(raw: np.ndarray, in_channels: int, geometry, name: str) -> np.ndarray:
+def test_input(raw: np.ndarray, in_channels: int, geometry, name: str,
+               smallest: int | None = None) -> np.ndarray:
     """The raw sample as the package's test input (1, C, S_h, S_w), in its own dtype: the
     centre crop of the largest valid size up to 316 px (mirror-padded up to the smallest
     valid size if the image is smaller)."""
@@ -110,10 +111,10 @@ def test_input(raw: np.ndarray, in_channels: int, geometry, name: str) -> np.nda
                         f"{in_channels} input channel(s); give a "
                         f"{'gray' if in_channels == 1 else f'{in_channels}-channel'} image "
                         "with --sample")
-    smallest = geometry.nearest_valid_sizes(1)[1]
+    smallest = smallest or geometry.nearest_valid_sizes(1)[1]
     crop = []
     for n in a.shape[1:]:
-        fits = geometry.valid_sizes(smallest, min(n, 316))
+        fits = geometry.valid_sizes(smallest, min(n, max(316, smallest)))
         crop.append(fits[-1] if fits else smallest)
     pad = [(0, 0)] + [(max(0, (s - n + 1) // 2), max(0, s - n - (s - n + 1) // 2))
                       for s, n in zip(crop, a.shape[1:], strict=True)]
@@ -221,7 +222,7 @@ def _default_name(ckpt) -> str:
     kind = str(train.get("data", "synthetic")).partition(":")[0]
     what = {"synthetic": "synthetic EM", "cells": "touching cells", "isbi2012": "ISBI 2012 EM",
             "folder": "cells"}.get(kind, "cells")
-    return f"minunet U-Net {what}"
+    return f"minunet {'U-Net' if ckpt.arch == 'unet' else ckpt.arch} {what}"
 
 
 def _check_name(name: str) -> str:
@@ -254,7 +255,9 @@ def write_package(folder: Path, ckpt, model, sample: np.ndarray, sample_from: st
     torch_entry = write_torch_weights(folder, params, cfg)  # None without torch
 
     geometry = model.geometry
-    x_raw = test_input(sample, cfg.in_channels, geometry, sample_from)  # (1, C, S, S')
+    halo = package_halo(cfg)  # {"halo": px} for a padded network: tiles overlap by it
+    lo = geometry.nearest_valid_sizes(2 * halo.get("halo", 0) + 1)[1]  # more than the halos
+    x_raw = test_input(sample, cfg.in_channels, geometry, sample_from, lo)  # (1, C, S, S')
     x01 = normalized(x_raw, normalize, sample_from)
     probs = minunet_probabilities(model, x01)  # (1, K, S - 184, S' - 184)
     try:
@@ -271,7 +274,7 @@ def write_package(folder: Path, ckpt, model, sample: np.ndarray, sample_from: st
     cover = cover_image(x01, probs, geometry.margin)
     atomic_write(folder / "cover.png", lambda f: Image.fromarray(cover).save(f, format="PNG"))
 
-    lo, step, margin = geometry.nearest_valid_sizes(1)[1], geometry.grid, geometry.margin
+    step, margin = geometry.grid, geometry.margin
     classes = ["background", "cell"] if cfg.n_classes == 2 else \
         [f"class{k}" for k in range(cfg.n_classes)]
     in_names = ["gray"] if cfg.in_channels == 1 else [f"channel{c}" for c in
@@ -314,9 +317,11 @@ def write_package(folder: Path, ckpt, model, sample: np.ndarray, sample_from: st
             "axes": [{"type": "batch"},
                      {"type": "channel", "channel_names": classes},
                      {"type": "space", "id": "y",
-                      "size": {"tensor_id": "input", "axis_id": "y", "offset": -margin}},
+                      "size": {"tensor_id": "input", "axis_id": "y", "offset": -margin},
+                      **halo},
                      {"type": "space", "id": "x",
-                      "size": {"tensor_id": "input", "axis_id": "x", "offset": -margin}}],
+                      "size": {"tensor_id": "input", "axis_id": "x", "offset": -margin},
+                      **halo}],
             "test_tensor": {"source": "test_output.npy", "sha256": _sha256(folder /
                                                                            "test_output.npy")},
             "sample_tensor": {"source": "sample_output.tif",
@@ -333,7 +338,8 @@ def write_package(folder: Path, ckpt, model, sample: np.ndarray, sample_from: st
         "config": {"minunet": {"arch": ckpt.arch, "model": json.loads(meta["config"]),
                                "normalize": normalize, "iteration": ckpt.iteration,
                                "standardization": "inside the ONNX graph: (x - 0.5) / 0.25",
-                               "valid_size": f"{lo} + {step}k, output = input - {margin}"}},
+                               "valid_size": f"{lo} + {step}k, output = input - {margin}",
+                               **({"tile_halo": halo["halo"]} if halo else {})}},
     }
     atomic_write_text(folder / "rdf.yaml", _yaml(rdf) + "\n")
     return {"test_input": tuple(x_raw.shape), "onnx_vs_minunet": diff}
@@ -366,6 +372,18 @@ TORCH_FILES = """- `weights.pt`, `unet_torch.py`: the same weights as a PyTorch 
   module (`MinUNet`, torch only) that takes them: bioimage.io's `pytorch_state_dict` weights;
   its output equals the ONNX graph's
 """
+
+
+def package_halo(cfg) -> dict:
+    """The output axes' halo of a padded network (model description 0.5: the pixels at each
+    border of a tile's output that a consumer discards when it tiles): its exact halo, the
+    receptive radius rounded up to the grid (minunet/inference/tiles.py, `default_halo`), so
+    tiled predictions equal one pass. {} for the valid U-Net (its output already excludes the
+    context) and for a network that cannot tile exactly (global pooling: no halo is exact)."""
+    from minunet.inference.tiles import default_halo
+
+    h = default_halo(cfg)
+    return {"halo": h} if h else {}
 
 
 def architecture_line(model) -> str:

@@ -1,7 +1,8 @@
 """The networks: a registry (name -> model class, which names its config class and builds
 itself) and one file per architecture.
 
-    registry.py   register, build_model, config_for, names
+    registry.py   register, build_model, config_for, names; BUILT_IN: the architectures
+                  below, each imported when first asked for
     sizes.py      the valid U-Net's size arithmetic and its geometry object
     unet.py       the U-Net of Ronneberger, Fischer and Brox (2015)
     mobile_unet.py  smp's Unet with a MobileNetV2 encoder (Sandler et al. 2018)
@@ -17,15 +18,8 @@ forward and backward, its geometry. Its per-layer table, ONNX graph and PyTorch 
 read off its forward by minunet/nn/trace.py.
 """
 
-from minunet.models import (
-    eff_unet,  # noqa: F401  (registers "eff-unet")
-    mobile_unet,  # noqa: F401  (registers "mobile-unet")
-    resunet,  # noqa: F401  (registers "resunet")
-    unet,  # noqa: F401  (registers "unet")
-    unet_bn,  # noqa: F401  (registers "unet-bn")
-    unet3p,  # noqa: F401  (registers "unet3p")
-    unetpp,  # noqa: F401  (registers "unetpp")
-)
+from minunet.models import unet  # noqa: F401  (registers "unet"; the others on first use:
+# registry.BUILT_IN)
 from minunet.models.registry import ARCHITECTURES, build_model, config_for, get, names, register
 from minunet.nn.model import INPUT_MEAN, INPUT_STD, standardize
 

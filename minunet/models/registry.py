@@ -16,7 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 
-ARCHITECTURES: dict = {}  # arch name (config.arch, checkpoints) -> model class
+ARCHITECTURES: dict = {}  # arch name (config.arch, checkpoints) -> model class, once imported
+
+# The architectures of this package, name -> the module that registers it, imported when first
+# asked for (`get`): `import minunet` does not load six networks, and a copy of the project
+# without some of their ops (a coursework student copy) still runs the U-Net.
+BUILT_IN = {
+    "unet": "minunet.models.unet", "unet-bn": "minunet.models.unet_bn",
+    "resunet": "minunet.models.resunet", "unetpp": "minunet.models.unetpp",
+    "unet3p": "minunet.models.unet3p", "mobile-unet": "minunet.models.mobile_unet",
+    "eff-unet": "minunet.models.eff_unet",
+}
 
 
 def register(name: str):
@@ -29,11 +39,20 @@ def register(name: str):
 
 
 def names() -> list[str]:
-    return sorted(ARCHITECTURES)
+    return sorted(set(ARCHITECTURES) | set(BUILT_IN))
 
 
 def get(name: str):
-    """The model class of `name`; ValueError naming the known ones."""
+    """The model class of `name` (its module imported on first use); ValueError naming the
+    known ones, or the module that this copy of minunet lacks."""
+    if name not in ARCHITECTURES and name in BUILT_IN:
+        import importlib
+
+        try:
+            importlib.import_module(BUILT_IN[name])
+        except ImportError as e:
+            raise ValueError(f"architecture {name!r} needs {e.name}, which this copy of "
+                             f"minunet does not have") from None
     try:
         return ARCHITECTURES[name]
     except KeyError:

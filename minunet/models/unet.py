@@ -54,9 +54,9 @@ class UNetConfig(ModelConfig):
                              f"and n_classes >= 2")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {self.arch!r}; known: "
-                             f"{', '.join(sorted(ARCHITECTURES))}")
+        from minunet.models.registry import get
+
+        get(self.arch)  # ValueError naming the known ones
 
 
 # --- the network -----------------------------------------------------------------
