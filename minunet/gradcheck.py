@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from minunet import backend
+from minunet.models import registry
 from minunet.nn.gradcheck import (
     FLOOR_FRACTION_FLOAT32,
     REL_ERROR_FLOOR,
@@ -60,7 +61,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="plain (default): the lesson's whole-array ops in minunet/ops; "
                              "fast: the chunked, threaded, fused ops in minunet/fast that the "
                              "network runs by default")
+    parser.add_argument("--arch", metavar="NAME",
+                        help="check a whole network's backward instead (float64, along random "
+                             "directions of all its parameters, in training mode): one of "
+                             + ", ".join(registry.names()))
+    parser.add_argument("--model", default="", metavar="OPTS",
+                        help="with --arch: the architecture's options ('base=4,depth=2'); "
+                             "default: its small test configuration")
+    parser.add_argument("--size", type=int, default=0,
+                        help="with --arch: the input side (default: the smallest valid side "
+                             ">= 32 and >= twice the network's grid that its loss takes)")
     args = parser.parse_args(argv)
+    if args.arch:
+        try:
+            return whole_network(args.arch, args.model, args.size, args.ops, args.seed)
+        except ValueError as e:
+            parser.error(str(e))
 
     family = family and not args.unet_only
     selected = _parse_ops(args.op, parser, family)
@@ -98,6 +114,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(summary_line(results))
     return 0 if all(r.passed for r in results) else 1
+
+
+def whole_network(arch: str, options: str, size: int, ops: str, seed: int) -> int:
+    """--arch: the whole-network float64 gradient check of one architecture (module doc of
+    minunet/nn/gradcheck.py, `model_gradcheck`); exit 1 if a direction fails."""
+    import dataclasses
+
+    import numpy as np
+
+    from minunet.nn.gradcheck import THRESHOLD_DIRECTIONAL_FLOAT64, model_gradcheck
+    from minunet.nn.model import LOSS_MIN_OUTPUT
+    from minunet.training.config import parse_model_options
+
+    cls = registry.get(arch)
+    common = {"dtype": "float64", "ops": ops}
+    if options:
+        config = registry.config_for(arch, {**parse_model_options(options, cls.config_class),
+                                            **common})
+    else:
+        try:
+            config = cls.test_config(**common)
+        except NotImplementedError:
+            config = registry.config_for(arch, common)
+    geometry = registry.geometry(config)
+    least = LOSS_MIN_OUTPUT.get(config.loss, 1)
+    # at least 2 x 2 pixels at the deepest level: a BatchNorm over 2 values per channel (a
+    # 1 x 1 map, batch 2) maps them to -1 and +1 whatever they are, and the central difference
+    # of so curved a function is off by its third derivative
+    size = size or next(s for s in range(max(32, 2 * geometry.grid), 4096)
+                        if geometry.is_valid(s) and geometry.output_size(s) >= least)
+    if not geometry.is_valid(size):
+        raise ValueError(f"--size: {geometry.invalid_size_message(size)}")
+    rng = np.random.default_rng(seed)
+    model = registry.build_model(config, seed=seed)
+    for k in model.params:  # non-zero biases and shifts: no bias gradient is trivially exact
+        if k.endswith(".bias"):
+            model.params[k] = rng.standard_normal(model.params[k].shape) * 0.1
+    n = geometry.output_size(size)
+    x = rng.standard_normal((2, config.in_channels, size, size))
+    labels = rng.integers(0, config.n_classes, (2, n, n))
+    weights = rng.random((2, n, n)) + 0.5
+    fields = ", ".join(f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config)
+                       if f.name not in ("dtype", "ops", "arch"))
+    print(f"minunet whole-network gradient check: {arch} ({fields}), {model.num_parameters():,}"
+          f" parameters, {ops} ops, float64, input 2x{config.in_channels}x{size}x{size}, "
+          f"loss {config.loss}, training mode, seed {seed}")
+    print("<grad L, d> (the backward) against (L(p + h d) - L(p - h d)) / 2h along random unit "
+          f"directions d of all parameters; pass: rel error <= {THRESHOLD_DIRECTIONAL_FLOAT64:g}")
+    results = model_gradcheck(model, x, labels, weights, dropout_key=seed + 1, seed=seed)
+    print(f"{'direction':>10}{'backward':>16}{'difference':>16}{'rel error':>12}{'step':>10}")
+    for r in results:
+        print(f"{r.direction:>10}{r.analytic:>16.8e}{r.numeric:>16.8e}{r.rel_error:>12.2e}"
+              f"{r.step:>10.1e}  {'ok' if r.passed else 'FAIL'}")
+    ok = all(r.passed for r in results)
+    print(f"\n{arch}: {sum(r.passed for r in results)} of {len(results)} directions pass"
+          + ("" if ok else " - the network's backward disagrees with its forward"))
+    return 0 if ok else 1
 
 
 def _family_available() -> bool:

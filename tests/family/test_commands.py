@@ -103,3 +103,11 @@ def test_bioimageio_package(name, runs, tmp_path):
     rdf = (tmp_path / "pkg" / "rdf.yaml").read_text()
     assert f'arch: "{name}"' in rdf
     assert ("halo" in rdf) == (name == "unetpp")  # eff-unet's global pooling has no exact halo
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_whole_network_gradient_check_command(name, capsys):
+    from minunet import gradcheck
+
+    assert gradcheck.main(["--arch", name]) == 0
+    assert f"{name}: 4 of 4 directions pass" in capsys.readouterr().out
