@@ -84,6 +84,7 @@ class MobileUNetConfig(ModelConfig):
     head: str = "softmax"  # softmax: n_classes logits; sigmoid: one logit z as [0, z] (smp's
     # classes=1), n_classes must be 2
     encoder_weights: str = ""  # a torchvision mobilenet_v2 state dict (.pth) for the encoder
+    init_only = ("encoder_weights",)  # the checkpoint holds the weights afterwards
 
     def __post_init__(self):
         super().__post_init__()

@@ -74,6 +74,11 @@ class ModelConfig:
             raise ValueError(f"loss {self.loss!r} is a two-class loss; n_classes is "
                              f"{self.n_classes}: use loss=softmax_cross_entropy")
 
+    # options that only decide the initial weights (a file of pretrained encoder weights):
+    # a model rebuilt from a checkpoint takes its weights from the checkpoint, so they are
+    # cleared then (minunet/training/checkpoint.py, `model_from_checkpoint`)
+    init_only = ()
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 

@@ -135,6 +135,11 @@ def model_from_checkpoint(ckpt: Checkpoint, path, seed: int = 0):
                          f"({e})") from e
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
+    import dataclasses
+
+    # the weights come from the checkpoint: options that only chose initial weights (a file of
+    # pretrained encoder weights, which need not be on this machine) are not read again
+    config = dataclasses.replace(config, **{k: "" for k in config.init_only})
     model = registry.build_model(config, seed=seed)
     model.load_state_dict(ckpt.state())  # refuses missing, unexpected or misshapen arrays
     return model

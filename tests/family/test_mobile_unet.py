@@ -308,3 +308,26 @@ def test_encoder_weights_without_torch_name_the_fix(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_torch)
     with pytest.raises(ValueError, match="pip install torch"):
         build_model(MobileUNetConfig(encoder_weights="weights.pth"))
+
+
+def test_a_checkpoint_does_not_need_the_encoder_weights_file(tmp_path):
+    """train --model encoder_weights=FILE: the run's checkpoints hold the weights, so predict
+    and --resume rebuild the model without FILE (which may be on another machine)."""
+    torch = pytest.importorskip("torch")
+    from minunet import train
+    from minunet.training.checkpoint import load_checkpoint, model_from_checkpoint
+
+    net = _randomize(torch, _tv_mobilenet_v2(torch), seed=1)
+    path = tmp_path / "mobilenet_v2.pth"
+    torch.save(net.state_dict(), path)
+    run = tmp_path / "run"
+    assert train.main(["--arch", "mobile-unet", "--model", f"width=1.0,decoder_base=2,"
+                       f"encoder_weights={path}", "--tile", "64", "--iters", "1",
+                       "--val-every", "1", "--device", "cpu", "--prefetch", "0",
+                       "--data", "synthetic:n=3,size=96", "--out", str(run)]) == 0
+    path.unlink()
+    ckpt = load_checkpoint(run / "last.npz")
+    assert ckpt.config["model"]["encoder_weights"] == str(path)  # where they came from
+    model = model_from_checkpoint(ckpt, run / "last.npz")
+    assert np.array_equal(model.params["enc.stem.conv.weight"],
+                          ckpt.state()["enc.stem.conv.weight"])
