@@ -36,20 +36,22 @@ def fit_budget(trainer, seconds: float) -> None:
         timed = times[WARM_STEPS:]
         if len(timed) >= 3 and sum(timed) > MEASURE_SHARE * seconds:
             break
-    trainer.model.load_state_dict(params)
-    trainer.opt.load_state_dict(velocity)
     trainer.model.release_caches()
-    trainer.sampler.close()
-    trainer.sampler = trainer._sampler(0)
     step = float(np.median(times[WARM_STEPS:]))  # a slow outlier says little
     run_folder = trainer.folder
     with tempfile.TemporaryDirectory() as tmp:  # nothing in the run folder before it fits
         trainer.folder = RunFolder(tmp)
+        # validated after the timed steps (BatchNorm's running statistics have seen batches)
         trainer.validate_and_save(quiet=True)  # the first one also imports and compiles
         t = time.perf_counter()
         trainer.validate_and_save(quiet=True)
         validation = time.perf_counter() - t
     trainer.folder, trainer.val_preds, trainer.best = run_folder, [], math.inf
+    trainer.model.load_state_dict(params)  # undo the timed steps: parameters, buffers
+    trainer.opt.load_state_dict(velocity)
+    trainer.model.train()
+    trainer.sampler.close()
+    trainer.sampler = trainer._sampler(0)
     left = seconds - (time.monotonic() - trainer.started)
     reserve = 0.03 * seconds + 0.5  # the step time drifts; closing the run takes a moment
     n = int(max(0.0, left - reserve) / (step + validation / cfg.val_every))

@@ -111,3 +111,18 @@ def test_whole_network_gradient_check_command(name, capsys):
 
     assert gradcheck.main(["--arch", name]) == 0
     assert f"{name}: 4 of 4 directions pass" in capsys.readouterr().out
+
+
+def test_a_timed_run_of_a_batchnorm_network(tmp_path):
+    """--time measures the step, then a validation (in eval mode: BatchNorm's running
+    statistics must have seen the timed steps' batches), then undoes the timed steps."""
+    from minunet import train
+    from minunet.training.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    assert train.main(["--arch", "unet-bn", "--model", "base=2,depth=2", "--tile", "64",
+                       "--time", "6s", "--device", "cpu", "--prefetch", "0",
+                       "--data", "synthetic:n=3,size=96", "--out", str(run)]) == 0
+    ckpt = load_checkpoint(run / "last.npz")
+    batches = ckpt.state()["down0.conv0.bn.num_batches_tracked"][0]
+    assert batches == ckpt.iteration  # the timed steps were undone, buffers included
