@@ -11,6 +11,9 @@
 #      batch 1, float32): ours (fast and plain ops) against PyTorch/cuDNN, TF32 off, then a
 #      TF32 row (fast ops and PyTorch only);
 #   3. overlap-tile inference of one 512x512 and one 4096x4096 image, timed;
+#   5. the U-Net family (unet-bn, resunet, unetpp, unet3p, mobile-unet, eff-unet): one bench
+#      row each at 512, reference configuration, ours against the PyTorch mirror (the GPU
+#      tests of stage 1 include tests/family/test_family_gpu.py: CPU vs GPU per network);
 #   4. if at least 3 minutes are left: the paper preset trained on the ISBI 2012 slices
 #      00-22 (best.npz chosen on 23-24) with --time set to the time that is left, then
 #      predict the held-out slices 25-29 and score them.
@@ -37,7 +40,7 @@
 # Environment (defaults in brackets):
 #   GPU_CHECK_DRY_RUN=1       print every command, run none; every stage is SKIPPED
 #   GPU_CHECK_BUDGET [480]    seconds for the whole run
-#   GPU_CHECK_STAGES ["1 2 3 4"]  the stages to run (the others are listed as SKIPPED)
+#   GPU_CHECK_STAGES ["1 2 3 5 4"]  the stages to run (the others are listed as SKIPPED)
 #   GPU_CHECK_DEVICE [cuda]   device of stages 2-4 (cpu only to try the script without a GPU)
 #   GPU_CHECK_TRAIN_ARGS ["--preset paper"]  training options of stage 4
 #   GPU_CHECK_KEEP=1          keep the scratch folder (its path is in summary.md)
@@ -67,7 +70,7 @@ cd "$REPO" || exit 2
 PY=${PYTHON:-python3}
 DRY_RUN=${GPU_CHECK_DRY_RUN:-0}
 BUDGET=${GPU_CHECK_BUDGET:-480}
-STAGE_LIST=${GPU_CHECK_STAGES:-1 2 3 4}
+STAGE_LIST=${GPU_CHECK_STAGES:-1 2 3 5 4}
 STAGES=" $STAGE_LIST "
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 TRAIN_ARGS=${GPU_CHECK_TRAIN_ARGS:---preset paper}
@@ -331,6 +334,32 @@ infer_run() {
     row "$id" "$what" "$STATUS" "$WALL" "$LIMIT" "$(explain "$part" "$key")"
 }
 
+# --- stage 5: the U-Net family, one benchmark row each --------------------------------------------
+
+# 5a-5f. `python -m minunet.bench --device cuda --arch NAME --size 512` for each network of the
+# family at its reference configuration (float32, batch 1, TF32 off): forward, forward+backward
+# and training step on our fast ops against its PyTorch mirror (cuDNN) in the same run, and
+# peak memory. Runs before stage 4, which takes the time that is left.
+FAMILY_ARCHS=(unet-bn resunet unetpp unet3p mobile-unet eff-unet)
+stage_family() {
+    local i=0 a ids=(5a 5b 5c 5d 5e 5f) part key
+    for a in "${FAMILY_ARCHS[@]}"; do
+        part=$WORK/bench_family_$a.log
+        echo "== ${ids[$i]} bench $a 512 fp32"
+        : >"$part"
+        run_limited "$part" 30 "$PY" -m minunet.bench --device "$DEVICE" --arch "$a" \
+            --size 512 --batch 1 --dtype float32 --rounds 1 --repeat 3 --warmup 1 --ops fast \
+            --no-ops
+        cat "$part" >>"$OUT/bench.log"
+        key=$(grep -E '^ +(training step|peak memory MB) ' "$part" |
+            sed -E 's/^ +//; s/  +/ /g' | paste -sd ';' -)
+        [[ $STATUS == PASS && -z $key ]] && STATUS=FAIL key="no network table (see bench.log)"
+        row "${ids[$i]}" "bench $a 512 fp32 (fast, torch)" "$STATUS" "$WALL" "$LIMIT" \
+            "$(explain "$part" "$key")"
+        i=$((i + 1))
+    done
+}
+
 # --- stage 4: the paper preset on ISBI 2012, for the time that is left ----------------------------
 
 # 4a. Train by the ISBI protocol of docs/DESIGN.md (the default split: 00-22 train, 23-24
@@ -444,6 +473,11 @@ main() {
     else
         skip_row 3a "inference 512x512 and 4096x4096, fp32" "$not"
         skip_row 3b "inference 512x512, TF32" "$not"
+    fi
+    if selected 5; then
+        stage_family
+    else
+        skip_row 5 "bench of the U-Net family (6 networks, 512 fp32)" "$not"
     fi
     if selected 4; then
         stage_isbi
