@@ -301,7 +301,7 @@ def net_config(a, ops: str = "fast"):
 
     cls = registry.get(a.arch).config_class
     known = {f.name for f in fields(cls)}
-    shared = {k: getattr(a, k) for k in ("base", "depth") if k in known}
+    shared = {k: getattr(a, k) for k in ("base", "depth") if k in known and k in a.explicit}
     return registry.config_for(a.arch, {**shared, **parse_model_options(a.model, cls),
                                         "dtype": a.dtype, "ops": ops})
 
@@ -316,8 +316,10 @@ def _in_subprocess(which: str, a, device: str) -> dict | None:
 
         if importlib.util.find_spec("torch") is None:
             return None
+    sizes = [f"--{k}={getattr(a, k)}" for k in ("base", "depth")
+             if k in a.explicit or a.arch == "unet"]
     argv = [sys.executable, "-m", "minunet.bench", "--_worker", which, "--device", device,
-            "--size", str(a.size), "--base", str(a.base), "--depth", str(a.depth),
+            "--size", str(a.size), *sizes,
             "--batch", str(a.batch), "--dtype", a.dtype, "--repeat", str(a.repeat),
             "--warmup", str(a.warmup), "--rounds", str(a.rounds), "--arch", a.arch,
             "--model", a.model] + (["--tf32"] if a.tf32 else [])
@@ -822,9 +824,12 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where to run: auto (the GPU when CuPy sees one, else the CPU)")
     p.add_argument("--size", type=int, default=572, help="input tile side (valid size)")
-    p.add_argument("--base", type=int, default=64,
-                   help="channels at level 0 (paper 64; 16 is the CPU preset)")
-    p.add_argument("--depth", type=int, default=4, help="number of 2x2 poolings (paper 4)")
+    p.add_argument("--base", type=int, default=None,
+                   help="channels at level 0 (paper 64, the default for the U-Net; 16 is the "
+                        "CPU preset; another --arch: its own default unless given)")
+    p.add_argument("--depth", type=int, default=None,
+                   help="number of 2x2 poolings (paper 4; another --arch: its own default "
+                        "unless given)")
     p.add_argument("--arch", default="unet",
                    help=f"the network of section 3: {', '.join(registry.names())} (default "
                         "unet; --base and --depth apply where its config has them)")
@@ -866,6 +871,8 @@ def main(argv=None) -> int:
                    help=argparse.SUPPRESS)
     p.add_argument("--_predict_big", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    a.explicit = {k for k in ("base", "depth") if getattr(a, k) is not None}
+    a.base, a.depth = a.base or 64, a.depth or 4
     device = backend.resolve_device(a.device)
     if a._worker:
         return _worker(a._worker, a, device)
