@@ -24,6 +24,7 @@ PACKAGE = ROOT / "minunet"
 # the commands (argument parsing plus calls); no library module may import one
 COMMANDS = {"minunet.train", "minunet.predict", "minunet.evaluate", "minunet.export",
             "minunet.bench", "minunet.curve", "minunet.instances", "minunet.gradcheck",
+            "minunet.compare",
             "minunet.coursework.cli", "minunet.coursework.__main__", "minunet.data.__main__"}
 
 

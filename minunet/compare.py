@@ -1,0 +1,212 @@
+"""Compare the U-Net family on ISBI 2012: `python -m minunet.compare --data isbi2012:PATH`.
+
+For each entry (a network, its options and its loss; --nets) and each seed (--seeds), by the
+ISBI 2012 protocol (docs/DESIGN.md): train for the same wall-clock budget (--time, default 10m)
+with --keep-checkpoints, predict the held-out slices (the run's config.json names them; by
+default 25-29 of 30) from best.npz without and with --tta 8, score both with `evaluate`, and
+score every kept checkpoint with `curve` (held-out V_rand against wall-clock time). Each step
+is a subprocess of the command a user would type, logged beside its output, so a run that
+fails is reported as failed and the others go on (exit status 1 at the end).
+
+    OUT/compare.json                the settings every training shares (a rerun must match)
+    OUT/<entry>/seed<K>/            run/ (the training's run folder), train.log, train.json,
+                                    heldout/, pred/, pred_tta8/, eval.csv, eval_tta8.csv,
+                                    result.json (every number and the file it came from)
+    OUT/table.md, OUT/table.csv     one row per entry: mean and min-max over seeds of the
+                                    four ISBI scores without and with TTA, parameters, GFLOP
+                                    at 512 x 512, steps, peak memory, seeds done
+    OUT/figure.png                  held-out V_rand against minutes, mean and min-max band
+
+Resumable: run it again with the same options and it skips every entry+seed with a
+result.json, and redoes a half-done one from its first missing step. A training that was
+interrupted starts again from iteration 0 (--overwrite): a time budget cannot be resumed
+fairly. The library half is minunet/training/comparison.py (the runs) and
+minunet/evaluation/comparison_table.py (the table and the figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from minunet.evaluation.comparison_table import load_results, markdown, plot, summarize, write_csv
+from minunet.exits import DONE, FAILED, INTERRUPTED, usage_error
+from minunet.files import atomic_write_text
+from minunet.training.comparison import (
+    ENTRIES,
+    Interrupted,
+    Settings,
+    check_entry,
+    entry_cost,
+    run_pair,
+    select_entries,
+)
+
+FORWARDED = ("val", "holdout", "tile", "val_every")  # train options every training gets
+
+
+def build_parser() -> argparse.ArgumentParser:
+    entries = "; ".join(f"{e.name} ({e.arch}" + "".join(
+        f" --{k.replace('_', '-')} {v}" for k, v in e.options.items()) + ")"
+        for e in ENTRIES.values())
+    p = argparse.ArgumentParser(
+        prog="python -m minunet.compare",
+        description="Train, predict and score every network of the U-Net family on ISBI 2012 "
+                    "by the same protocol and time budget, several seeds each, resumably; "
+                    "OUT/table.md, OUT/table.csv and OUT/figure.png.")
+    p.add_argument("--data", required=True, metavar="isbi2012:PATH",
+                   help="the ISBI 2012 slices (images/ and labels/) or stacks")
+    p.add_argument("--out", default="runs/compare",
+                   help="the comparison's folder (default runs/compare); a rerun with the "
+                        "same --out goes on where the last one stopped")
+    p.add_argument("--nets", default="", metavar="ENTRY,...",
+                   help=f"the entries to run, in this order (default all): {entries}")
+    p.add_argument("--seeds", default="0,1,2", help="seeds, '0,1,2' or '0-2' (default 0,1,2)")
+    p.add_argument("--time", default=None,
+                   help="the wall-clock budget of every training (default 10m)")
+    p.add_argument("--iters", type=int, default=None,
+                   help="train every run for N iterations instead of a --time budget (tests "
+                        "and quick looks; not the protocol: the networks' steps cost unlike "
+                        "amounts of time)")
+    p.add_argument("--preset", default="cpu",
+                   help="the train preset of every entry (default cpu: the U-Net's CPU recipe; "
+                        "a family network keeps its entry's widths)")
+    for name, text in (("val", "validation slices (default: the ISBI split, 23-24 of 30)"),
+                       ("holdout", "held-out slices (default: the ISBI split, 25-29 of 30)"),
+                       ("tile", "training tile of every entry (default: the preset's, for "
+                                "each network its nearest valid size below)"),
+                       ("val_every", "iterations between validations (default the preset's)")):
+        p.add_argument("--" + name.replace("_", "-"), dest=name,
+                       type=int if name in ("tile", "val_every") else str, help=text)
+    p.add_argument("--device", default="", choices=("", "auto", "cpu", "cuda"),
+                   help="device of training and prediction (default: train's, auto)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run again the entry+seeds whose result.json says failed (otherwise "
+                        "they are kept as failed, like the finished ones)")
+    p.add_argument("--table-only", action="store_true",
+                   help="run nothing: write the table and the figure from the results so far")
+    return p
+
+
+def parse_seeds(text: str) -> list[int]:
+    seeds = []
+    for part in filter(None, (s.strip() for s in text.split(","))):
+        lo, dash, hi = part.partition("-")
+        if not (lo.isdigit() and (hi.isdigit() if dash else True)) or (dash and int(hi) < int(lo)):
+            raise ValueError(f"--seeds {text!r} not understood: give seeds '0,1,2' or '0-2'")
+        seeds += range(int(lo), int(hi if dash else lo) + 1)
+    if not seeds or len(set(seeds)) < len(seeds):
+        raise ValueError(f"--seeds {text!r}: give each seed once, at least one")
+    return seeds
+
+
+def settings_of(args) -> Settings:
+    """The checked settings: data an ISBI 2012 folder holding slices out, a budget or
+    iterations; ValueError (DataError) naming what is wrong."""
+    from minunet.data.loaders import as_holdout, as_index_list, load_dataset
+    from minunet.training.config import parse_duration
+
+    kind, _, path = args.data.partition(":")
+    if kind != "isbi2012" or not path:
+        raise ValueError(f"--data {args.data}: the comparison follows the ISBI 2012 protocol; "
+                         "give --data isbi2012:PATH")
+    data = f"isbi2012:{Path(path).resolve()}"
+    loaded = load_dataset(data, as_index_list(args.val or ""), "binary", "auto",
+                          as_holdout(args.holdout or ""))
+    if not loaded.holdout:
+        raise ValueError(f"--data {args.data} holds no slice out to score; give --holdout")
+    if args.iters is not None and args.time is not None:
+        raise ValueError("--time and --iters both set the length of the trainings: give one")
+    if args.iters is not None and args.iters < 1:
+        raise ValueError(f"--iters must be an integer >= 1, got {args.iters}")
+    time = "" if args.iters else (args.time or "10m")
+    if time:
+        parse_duration(time)
+    forwarded = {k: getattr(args, k) for k in FORWARDED if getattr(args, k) is not None}
+    if args.device:
+        forwarded["device"] = args.device
+    return Settings(data, time, args.iters, args.preset, forwarded)
+
+
+def check_same_settings(out: Path, settings: Settings) -> None:
+    """A rerun into OUT must share its settings: results of other budgets are not mixed."""
+    saved = out / "compare.json"
+    if not saved.is_file():
+        return
+    before = json.loads(saved.read_text())["settings"]
+    now = settings.record()
+    differ = [f"{k} {now.get(k)!r} (there: {before.get(k)!r})"
+              for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    if differ:
+        raise ValueError(f"--out {out} holds a comparison with other settings: "
+                         f"{'; '.join(differ)}; give the same options, or name another --out")
+
+
+def write_outputs(out: Path, entries, seeds: list[int], settings: Settings) -> list[dict]:
+    results = load_results(out, [e.name for e in entries], seeds)
+    rows = []
+    for e in entries:
+        done = [r for r in results[e.name] if r.get("status") == "done"]
+        cost = None if done else entry_cost(e, settings)
+        rows.append(summarize(e.name, results[e.name], len(seeds), cost,
+                              {"arch": e.arch, "loss": e.loss, "options": e.options}))
+    length = f"--iters {settings.iters}" if settings.iters else f"--time {settings.time}"
+    title = f"The U-Net family on ISBI 2012: {length}, seeds {','.join(map(str, seeds))}"
+    atomic_write_text(out / "table.md", markdown(rows, title))
+    write_csv(rows, out / "table.csv")
+    plot(results, out / "figure.png", f"held-out V_rand, {length}: mean over seeds, band "
+                                      "min-max")
+    return rows
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    try:
+        entries = select_entries(args.nets)
+        seeds = parse_seeds(args.seeds)
+        settings = settings_of(args)
+        for e in entries:
+            check_entry(e, settings)
+        check_same_settings(out, settings)
+    except (ValueError, FileNotFoundError) as e:  # DataError is a ValueError
+        raise usage_error(e) from e
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise usage_error(f"--out {out}: cannot create it ({e.strerror})") from e
+    atomic_write_text(out / "compare.json", json.dumps(
+        {"settings": settings.record(),
+         "entries": {e.name: {"arch": e.arch, "options": e.options, "loss": e.loss,
+                              "note": e.note} for e in ENTRIES.values()}}, indent=1))
+    status = DONE
+    if not args.table_only:
+        try:
+            for e in entries:
+                for seed in seeds:
+                    path = out / e.name / f"seed{seed}" / "result.json"
+                    if path.is_file():
+                        before = json.loads(path.read_text())
+                        if before.get("status") == "done" or not args.retry_failed:
+                            print(f"{e.name} seed {seed}: {before.get('status')}, skipped "
+                                  f"({path})")
+                            continue
+                    run_pair(e, seed, settings, out, args.device or "")
+        except (Interrupted, KeyboardInterrupt) as e:
+            print(f"\ninterrupted{f': {e}' if str(e) else ''}; run the same command again to "
+                  "go on (an interrupted training starts again from iteration 0)",
+                  file=sys.stderr)
+            status = INTERRUPTED
+    rows = write_outputs(out, entries, seeds, settings)
+    print((out / "table.md").read_text())
+    print(f"wrote {out / 'table.md'}, {out / 'table.csv'}, {out / 'figure.png'}")
+    if status == DONE and any(r["seeds_failed"] for r in rows):
+        print("error: some runs failed (table.md lists them with their logs)", file=sys.stderr)
+        status = FAILED
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

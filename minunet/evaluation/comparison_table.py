@@ -1,0 +1,189 @@
+"""The family comparison's table and figure (`python -m minunet.compare`), read from the
+result.json files of its runs (minunet/training/comparison.py), so that every number in them
+traces back to a run folder:
+
+    OUT/table.md    one row per entry: the mean over the seeds done and, in brackets, the
+                    min-max over them, of the held-out pixel error, Rand error, V_rand and
+                    V_info from best.npz without and with --tta 8; parameters, GFLOP at 512 x
+                    512 (the valid U-Net at 572 x 572), steps in the budget, peak memory of
+                    the training process, seeds done; failed runs with their logs below
+    OUT/table.csv   the same numbers unrounded (mean, min, max in columns), and the result.json
+                    files each row comes from (column results; paths relative to OUT)
+    OUT/figure.png  held-out V_rand against wall-clock minutes of training for every entry:
+                    the mean over seeds (line) and the min-max band, each seed's curve.csv
+                    interpolated linearly on a common grid of the minutes all its seeds cover
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from minunet.files import atomic_write_text, save_figure
+
+SCORES = ("pixel_error", "rand_error", "v_rand", "v_info")
+SCORE_NAMES = {"pixel_error": "pixel error", "rand_error": "Rand error", "v_rand": "V_rand",
+               "v_info": "V_info"}
+KINDS = {"plain": "", "tta8": "_tta8"}  # result.json's scores -> the column suffix
+GRID = 200  # points of the common time grid of the figure
+
+
+def load_results(out: Path, names: list[str], seeds: list[int]) -> dict[str, list[dict]]:
+    """{entry: [result.json of each seed that has one, in seed order]} (the path added as
+    'result', relative to OUT)."""
+    found = {}
+    for name in names:
+        found[name] = []
+        for seed in seeds:
+            path = out / name / f"seed{seed}" / "result.json"
+            if path.is_file():
+                found[name].append({**json.loads(path.read_text()),
+                                    "result": str(path.relative_to(out))})
+    return found
+
+
+def _spread(values: list[float], prefix: str) -> dict:
+    if not values:
+        return {f"{prefix}_mean": "", f"{prefix}_min": "", f"{prefix}_max": ""}
+    a = np.asarray(values, float)
+    return {f"{prefix}_mean": float(a.mean()), f"{prefix}_min": float(a.min()),
+            f"{prefix}_max": float(a.max())}
+
+
+def summarize(name: str, results: list[dict], n_seeds: int, cost: dict | None = None,
+              about: dict | None = None) -> dict:
+    """One table row (CSV columns) of an entry from its results. cost: the network's
+    parameters and GFLOP when no run of it finished (they come from the runs otherwise);
+    about: arch, loss, options where no result says them."""
+    done = [r for r in results if r.get("status") == "done"]
+    failed = [r for r in results if r.get("status") != "done"]
+    first = (done or results or [about or {}])[0]
+    net = done[0]["network"] if done else (cost or {})
+    row = {"entry": name, "arch": first.get("arch", ""), "loss": first.get("loss", ""),
+           "options": " ".join(f"{k}={v}" for k, v in first.get("options", {}).items()),
+           "seeds": n_seeds, "seeds_done": len(done), "seeds_failed": len(failed),
+           "params": net.get("params", ""), "gflop": net.get("gflop", ""),
+           "gflop_size": net.get("size", "")}
+    for kind, suffix in KINDS.items():
+        for s in SCORES:
+            row |= _spread([r["scores"][kind][s] for r in done], s + suffix)
+    row |= _spread([r["train"]["steps"] for r in done], "steps")
+    row |= _spread([r["train"]["wall_s"] for r in done], "train_s")
+    peaks = [r["train"]["peak_rss_mb"] for r in done if r["train"].get("peak_rss_mb")]
+    row["peak_rss_mb"] = max(peaks) if peaks else ""
+    row["results"] = ";".join(r["result"] for r in done)
+    row["failed"] = ";".join(f"seed{r['seed']}: {r.get('step', '?')} exit {r.get('returncode')}"
+                             f" ({r.get('log', '')})" for r in failed)
+    return row
+
+
+def columns() -> list[str]:
+    cols = ["entry", "arch", "loss", "options", "seeds", "seeds_done", "seeds_failed", "params",
+            "gflop", "gflop_size"]
+    for suffix in KINDS.values():
+        cols += [f"{s}{suffix}_{m}" for s in SCORES for m in ("mean", "min", "max")]
+    cols += [f"{k}_{m}" for k in ("steps", "train_s") for m in ("mean", "min", "max")]
+    return cols + ["peak_rss_mb", "results", "failed"]
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    text = io.StringIO()
+    w = csv.DictWriter(text, columns(), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return atomic_write_text(path, text.getvalue())
+
+
+def _cell(row: dict, key: str, fmt: str = "{:.3f}") -> str:
+    mean, lo, hi = row[f"{key}_mean"], row[f"{key}_min"], row[f"{key}_max"]
+    if mean == "":
+        return "-"
+    if row["seeds_done"] < 2:
+        return fmt.format(mean)
+    return f"{fmt.format(mean)} ({fmt.format(lo)}-{fmt.format(hi)})"
+
+
+def markdown(rows: list[dict], title: str = "") -> str:
+    """table.md: the rows, then what the numbers are and the failed runs."""
+    head = ["entry", "loss", "parameters", "GFLOP@512", "steps", "peak MB"]
+    for s in ("v_rand", "v_info", "pixel_error", "rand_error"):
+        head += [SCORE_NAMES[s], f"{SCORE_NAMES[s]} +TTA"]
+    lines = [f"# {title}", ""] if title else []
+    lines += ["| " + " | ".join([*head, "seeds"]) + " |", "|" + "---|" * (len(head) + 1)]
+    for r in rows:
+        gflop = "-" if r["gflop"] == "" else \
+            f"{r['gflop']:.2f}" + ("" if r["gflop_size"] == 512 else f" (at {r['gflop_size']})")
+        cells = [r["entry"], r["loss"] or "-",
+                 "-" if r["params"] == "" else f"{r['params']:,}", gflop,
+                 _cell(r, "steps", "{:,.0f}"),
+                 "-" if r["peak_rss_mb"] == "" else f"{r['peak_rss_mb']:,.0f}"]
+        for s in ("v_rand", "v_info", "pixel_error", "rand_error"):
+            cells += [_cell(r, s), _cell(r, s + "_tta8")]
+        seeds = f"{r['seeds_done']}/{r['seeds']}" + \
+            (f", {r['seeds_failed']} failed" if r["seeds_failed"] else "")
+        lines.append("| " + " | ".join([*cells, seeds]) + " |")
+    lines += ["", "Mean over the seeds done, in brackets the min-max over them (two or more "
+              "seeds). Scores of best.npz (chosen on the validation slices) on the held-out "
+              "slices only, as the ISBI 2012 challenge's Fiji code computes them, each at its "
+              "best threshold; +TTA: `predict --tta 8`. GFLOP: forward, 2 per multiply-add, at "
+              "512 x 512 from the network's own layer table (the valid U-Net, which takes no "
+              "512 x 512 tile, at 572 x 572: marked). Steps: the iterations the time budget "
+              "chose (run/config.json). Peak MB: the largest peak resident memory (VmHWM) of "
+              "the training processes. Every number comes from the result.json files that "
+              "table.csv names (column results)."]
+    failed = [(r["entry"], f) for r in rows for f in r["failed"].split(";") if f]
+    if failed:
+        lines += ["", "Failed:", ""] + [f"- {e} {f}" for e, f in failed]
+    return "\n".join(lines) + "\n"
+
+
+def curves_of(results: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(minutes, V_rand) of each finished seed's curve.csv (rows with a time)."""
+    out = []
+    for r in results:
+        if r.get("status") != "done":
+            continue
+        rows = [c for c in r["curve"]["rows"] if c["elapsed_s"] is not None]
+        if rows:
+            out.append((np.array([c["elapsed_s"] / 60 for c in rows]),
+                        np.array([c["v_rand"] for c in rows])))
+    return out
+
+
+def band(curves: list[tuple[np.ndarray, np.ndarray]]):
+    """(grid, mean, min, max): the curves interpolated linearly on GRID minutes from the
+    latest first point to the earliest last point of them (the minutes every seed covers)."""
+    lo = max(t[0] for t, _ in curves)
+    hi = min(t[-1] for t, _ in curves)
+    grid = np.linspace(lo, hi, GRID) if hi > lo else np.array([lo])
+    ys = np.stack([np.interp(grid, t, y) for t, y in curves])
+    return grid, ys.mean(0), ys.min(0), ys.max(0)
+
+
+def plot(results: dict[str, list[dict]], path: Path, title: str = "") -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5), dpi=100)
+    ax = fig.subplots()
+    for c, (name, res) in enumerate(results.items()):
+        curves = curves_of(res)
+        if not curves:
+            continue
+        grid, mean, lo, hi = band(curves)
+        color = f"C{c % 10}"
+        ax.plot(grid, mean, "-" if len(grid) > 1 else "o", color=color,
+                label=f"{name} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+        if len(curves) > 1:
+            ax.fill_between(grid, lo, hi, color=color, alpha=0.2, lw=0)
+    ax.set_xlabel("wall-clock minutes of training")
+    ax.set_ylabel("held-out V_rand (higher is better)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+    ax.set_title(title or "held-out V_rand: mean over seeds, band min-max")
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -1,0 +1,189 @@
+"""`python -m minunet.compare`: the family comparison, end to end on a tiny ISBI-like folder
+(two entries, --iters 4 instead of a --time budget, one seed), resumable, its table traceable
+to result.json; failed trainings reported while the others go on; usage errors in one line."""
+
+import csv
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import minunet.training.comparison as comparison
+from minunet.compare import main as compare
+from minunet.evaluation.comparison_table import band
+
+TINY = ["--seeds", "0", "--iters", "4", "--val-every", "2", "--preset", "tiny", "--device",
+        "cpu"]
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def isbi_like(tmp_path):
+    """Six 200 x 200 slices in the ISBI layout (as tests/test_curve.py): the default split of
+    six trains on 00-03, validates on 04 and holds 05 out."""
+    rng = np.random.default_rng(3)
+    for sub in ("images", "labels"):
+        (tmp_path / "isbi" / sub).mkdir(parents=True)
+    for i in range(6):
+        label = np.full((200, 200), 255, np.uint8)
+        for c in rng.integers(20, 180, 4):
+            label[:, c:c + 3] = 0
+            label[c + 5:c + 8, :] = 0
+        image = np.where(label > 0, 170, 60) + rng.integers(0, 40, label.shape)
+        Image.fromarray(image.astype(np.uint8)).save(tmp_path / "isbi" / "images" / f"{i:02d}.png")
+        Image.fromarray(label).save(tmp_path / "isbi" / "labels" / f"{i:02d}.png")
+    return tmp_path / "isbi"
+
+
+@pytest.mark.slow
+def test_compare_end_to_end_resumable_and_traceable(isbi_like, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["--data", f"isbi2012:{isbi_like}", "--out", str(out), "--nets", "unet,unetpp", *TINY]
+    assert compare(args) == 0
+    for name in ("table.md", "table.csv", "figure.png", "compare.json"):
+        assert (out / name).stat().st_size > 0, name
+    table = {r["entry"]: r for r in rows(out / "table.csv")}
+    assert list(table) == ["unet", "unetpp"]
+    for row in table.values():
+        result = json.loads((out / row["results"]).read_text())
+        assert result["status"] == "done" and row["seeds_done"] == "1"
+        assert result["heldout"] == ["05"]  # the run's own held-out slice, never trained on
+        for kind, suffix in (("plain", ""), ("tta8", "_tta8")):
+            scores = result["scores"][kind]
+            by_evaluate = rows(out / scores["csv"])[-1]  # the 'all' row of evaluate --csv
+            assert by_evaluate["slice"] == "all"
+            for s in ("pixel_error", "rand_error", "v_rand", "v_info"):
+                assert float(row[f"{s}{suffix}_mean"]) == scores[s] == float(by_evaluate[s])
+        assert result["scores"]["tta8"]["tta"] == 8
+        assert float(row["steps_mean"]) == result["train"]["steps"] == 4
+        assert int(row["params"]) == result["network"]["params"] > 0
+        assert float(row["peak_rss_mb"]) == result["train"]["peak_rss_mb"] > 50
+        curve = rows(out / result["curve"]["csv"])
+        assert [int(r["iteration"]) for r in curve] == [2, 4]
+        assert (out / result["run"] / "config.json").is_file()
+    assert table["unet"]["gflop_size"] == "572" and table["unetpp"]["gflop_size"] == "512"
+    assert table["unetpp"]["loss"] == "bce_dice"
+    md = (out / "table.md").read_text()
+    assert "| unet | softmax_cross_entropy | 121,658 | 1.20 (at 572) | 4 |" in md
+
+    # again: everything is done, nothing runs
+    capsys.readouterr()
+    logs = {p: p.stat().st_mtime_ns for p in out.rglob("*.log")}
+    assert compare(args) == 0
+    said = capsys.readouterr().out
+    assert said.count("skipped") == 2 and ": training" not in said and "predicting" not in said
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.log")} == logs
+
+    # half done: the TTA scores missing; only they are made again, the training is kept
+    before = json.loads((out / "unetpp/seed0/result.json").read_text())
+    (out / "unetpp/seed0/result.json").unlink()
+    (out / "unetpp/seed0/eval_tta8.csv").unlink()
+    assert compare(args) == 0
+    said = capsys.readouterr().out
+    assert "unetpp seed 0: predicting the held-out slices with --tta 8" in said
+    assert ": training" not in said and "(curve)" not in said
+    assert "predicting the held-out slices\n" not in said
+    after = json.loads((out / "unetpp/seed0/result.json").read_text())
+    assert after["scores"] == before["scores"] and after["train"] == before["train"]
+
+    # a training that did not finish (no train.json): trained again from iteration 0
+    (out / "unet/seed0/result.json").unlink()
+    (out / "unet/seed0/train.json").unlink()
+    assert compare(args) == 0
+    said = capsys.readouterr().out
+    assert "unet seed 0: training again from the start (--overwrite" in said
+    assert json.loads((out / "unet/seed0/result.json").read_text())["status"] == "done"
+
+
+def test_a_failed_training_is_reported_and_the_others_go_on(isbi_like, tmp_path, capsys,
+                                                            monkeypatch):
+    def failing(given, overwrite=False):
+        return [sys.executable, "-c", f"print('diverged: {given['arch']}'); raise SystemExit(1)"]
+
+    monkeypatch.setattr(comparison, "train_command", failing)
+    out = tmp_path / "cmp"
+    args = ["--data", f"isbi2012:{isbi_like}", "--out", str(out), "--nets", "unet,unetpp", *TINY]
+    assert compare(args) == 1  # every entry was tried; the comparison failed
+    table = {r["entry"]: r for r in rows(out / "table.csv")}
+    assert [table[n]["seeds_failed"] for n in ("unet", "unetpp")] == ["1", "1"]
+    assert "train exit 1 (unetpp/seed0/train.log)" in table["unetpp"]["failed"]
+    assert "diverged: unetpp" in (out / "unetpp/seed0/train.log").read_text()
+    assert int(table["unetpp"]["params"]) == 141_816  # from the entry, as no run finished
+    md = (out / "table.md").read_text()
+    assert "- unetpp seed0: train exit 1 (unetpp/seed0/train.log)" in md
+    assert "| unetpp | bce_dice | 141,816 | 3.74 | - |" in md
+    capsys.readouterr()
+    assert compare(args) == 1  # kept as failed ...
+    assert capsys.readouterr().out.count("failed, skipped") == 2
+    assert compare([*args, "--retry-failed", "--nets", "unetpp"]) == 1  # ... unless retried
+    assert "unetpp seed 0: train FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--nets", "unet,unet4"], "--nets: unknown entry 'unet4'; known: unet, unet-bn"),
+    (["--seeds", "2-0"], "--seeds '2-0' not understood"),
+    (["--time", "10m", "--iters", "5"], "--time and --iters both"),
+    (["--time", "ten minutes"], "--time 'ten minutes' not understood"),
+    (["--tile", "190"], "entry unet: --tile"),
+    (["--holdout", "none"], "holds no slice out to score; give --holdout"),
+])
+def test_usage_errors_are_one_line_and_leave_nothing(isbi_like, tmp_path, capsys, extra,
+                                                     message):
+    out = tmp_path / "cmp"
+    with pytest.raises(SystemExit) as e:
+        compare(["--data", f"isbi2012:{isbi_like}", "--out", str(out), *extra])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_data_must_be_isbi_and_a_rerun_must_share_the_settings(isbi_like, tmp_path, capsys):
+    for data, message in ((f"folder:{isbi_like}", "give --data isbi2012:PATH"),
+                          (f"isbi2012:{tmp_path / 'nowhere'}", "does not exist")):
+        with pytest.raises(SystemExit) as e:
+            compare(["--data", data, "--out", str(tmp_path / "x")])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    out = tmp_path / "cmp"
+    (out).mkdir()
+    (out / "compare.json").write_text(json.dumps({"settings": {
+        "data": f"isbi2012:{isbi_like}", "time": "10m", "iters": None, "preset": "cpu"}}))
+    with pytest.raises(SystemExit):
+        compare(["--data", f"isbi2012:{isbi_like}", "--out", str(out), "--time", "5m"])
+    err = capsys.readouterr().err
+    assert "holds a comparison with other settings: time '5m' (there: '10m')" in err
+
+
+def test_default_entries_separate_the_architecture_from_the_loss():
+    entries = comparison.select_entries("")
+    assert [e.name for e in entries] == ["unet", "unet-bn", "resunet", "unetpp", "unetpp-xent",
+                                         "unet3p", "unet3p-xent", "mobile-unet", "eff-unet"]
+    loss = {e.name: e.loss for e in entries}
+    assert loss["unetpp"] == "bce_dice" and loss["unet3p"] == "hybrid"
+    assert {loss[n] for n in loss if n not in ("unetpp", "unet3p")} == {"softmax_cross_entropy"}
+    settings = comparison.Settings("isbi2012:/d", time="10m")
+    cmd = comparison.train_command(settings.given(comparison.ENTRIES["unetpp-xent"], 2,
+                                                  "OUT/unetpp-xent/seed2/run"))
+    assert cmd[1:] == ["-m", "minunet.train", "--data", "isbi2012:/d", "--time", "10m",
+                       "--preset", "cpu", "--seed", "2", "--arch", "unetpp", "--base", "4",
+                       "--model", "loss=softmax_cross_entropy", "--keep-checkpoints", "--out",
+                       "OUT/unetpp-xent/seed2/run"]
+    unet = comparison.entry_cost(comparison.ENTRIES["unet"], settings)  # the CPU preset, base 8
+    assert unet["size"] == 572 and unet["params"] == 485_682
+
+
+def test_band_interpolates_the_seeds_on_the_minutes_they_all_cover():
+    curves = [(np.array([1.0, 3.0]), np.array([0.5, 0.7])),
+              (np.array([0.5, 2.0, 4.0]), np.array([0.4, 0.6, 0.8]))]
+    grid, mean, lo, hi = band(curves)
+    assert grid[0] == 1.0 and grid[-1] == 3.0
+    at2 = np.argmin(abs(grid - 2.0))
+    assert np.interp(2.0, grid, mean) == pytest.approx((0.6 + 0.6) / 2, abs=1e-3)
+    assert lo[0] == pytest.approx(0.4 + 0.2 / 1.5 * 0.5) and hi[0] == 0.5
+    assert lo[at2] <= mean[at2] <= hi[at2]
