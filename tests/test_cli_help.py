@@ -27,7 +27,7 @@ def _parser_of(main):
     return caught["parser"]
 
 
-@pytest.mark.parametrize("name", ["bench", "gradcheck", "export", "curve", "instances"])
+@pytest.mark.parametrize("name", ["bench", "gradcheck", "export", "curve", "instances", "compare"])
 def test_every_option_has_help(name):
     import importlib
 

@@ -9,7 +9,7 @@ import pytest
 
 from minunet import gradcheck as gradcheck_cli
 from minunet.nn import gradcheck
-from minunet.nn.gradcheck_family import family_checks
+from minunet.nn.gradcheck import family_checks
 from minunet.ops import norm
 
 

@@ -365,6 +365,11 @@ class OpCheck:
         return self.spec.float32
 
 
+def family_checks(kind: str = "plain") -> list[OpCheck]:
+    """The OpCheck of every family op and loss, on the plain or the fast door."""
+    return [c for c in op_checks(kind, family=True) if c.spec.family]
+
+
 def op_checks(kind: str = "plain", family: bool = False) -> list[OpCheck]:
     """The gradient check of every U-Net op (the cases of its spec: small float shapes, N = 2,
     odd and even sizes); with family=True also those of the U-Net family's ops and losses.

@@ -32,10 +32,3 @@ def door_module(name: str, kind: str):
     if kind == "fast" and importlib.util.find_spec(f"minunet.fast.{name}") is not None:
         return importlib.import_module(f"minunet.fast.{name}")
     return importlib.import_module(f"minunet.ops.{name}")
-
-
-def family_checks(kind: str = "plain") -> list:
-    """The OpCheck of every family op and loss, on the plain or the fast door."""
-    from minunet.nn.gradcheck import op_checks
-
-    return [c for c in op_checks(kind, family=True) if c.spec.family]
