@@ -209,13 +209,14 @@ def resolve_config(given: dict) -> TrainConfig:
     return TrainConfig(**chosen)
 
 
-MODEL_FIELDS = ("base", "depth", "dropout", "upconv_relu")  # TrainConfig's model options
+MODEL_FIELDS = ("base", "depth")  # TrainConfig's options that size the network
 
 
 def own_defaults(given: dict) -> dict:
-    """A preset's base, depth and dropout are the U-Net's recipe: another architecture takes
-    its own defaults (its reference configuration, e.g. UNet++'s base 32) for those its config
-    has, unless given on the command line."""
+    """A preset's base and depth are the U-Net's widths: another architecture takes its own
+    (its reference configuration, e.g. UNet++'s base 32) for those its config has, unless
+    given on the command line. The preset's training recipe (dropout included: none on the
+    CPU preset's narrow networks) applies to every architecture."""
     try:
         cls = registry.get(given["arch"]).config_class
     except ValueError:
