@@ -892,8 +892,8 @@ def main(argv=None) -> int:
         return 2
     timer = Timer(xp)
     print(f"minunet.bench: {backend.device_info()}")
-    net = (f"base {a.base}, depth {a.depth}" if cfg.arch == "unet" else
-           f"{cfg.arch} ({', '.join(f'{k}={v}' for k, v in vars(cfg).items() if k not in ('dtype', 'ops'))})")
+    options = ", ".join(f"{k}={v}" for k, v in vars(cfg).items() if k not in ("dtype", "ops"))
+    net = f"base {a.base}, depth {a.depth}" if cfg.arch == "unet" else f"{cfg.arch} ({options})"
     print(f"config: input {a.batch}x{a.size}x{a.size}, {net}, "
           f"{a.dtype}, median of {a.rounds} rounds x {a.repeat} runs, each after {a.warmup} "
           f"warm-up (ours and PyTorch take turns)")

@@ -95,7 +95,8 @@ def test_an_unknown_architecture_names_the_known_ones(tmp_path):
     m = UNet(UNetConfig(base=2))
     config = {"model": {**asdict(m.config), "arch": "transunet"}}
     save_checkpoint(tmp_path / "t.npz", m.state_dict(), {}, 0, config, {}, arch="transunet")
-    with pytest.raises(ValueError, match=r"t\.npz: unknown architecture 'transunet'; known: .*unet"):
+    with pytest.raises(ValueError,
+                       match=r"t\.npz: unknown architecture 'transunet'; known: .*unet"):
         model_from_checkpoint(load_checkpoint(tmp_path / "t.npz"), tmp_path / "t.npz")
 
 

@@ -29,7 +29,6 @@ from minunet.exporters.onnx import OPSET, check_onnx, onnx_model, run_onnx, save
 from minunet.exporters.safetensors import export_metadata, float32_params, safetensors_bytes
 from minunet.files import atomic_write, atomic_write_text, default_dir_mode
 from minunet.inference.outputs import save_tiff
-from minunet.models import registry
 from minunet.models.unet import channels, standardize
 from minunet.training.checkpoint import checkpoint_normalize
 
@@ -418,7 +417,8 @@ def architecture_kwargs(cfg) -> dict:
 def _model_lines(model, classes) -> str:
     cfg = model.config
     if cfg.arch == "unet":
-        return f"""- depth {cfg.depth} (poolings), {cfg.base} channels at the first level, {channels(cfg, cfg.depth)}
+        top = channels(cfg, cfg.depth)
+        return f"""- depth {cfg.depth} (poolings), {cfg.base} channels at the first level, {top}
   at the bottleneck; valid (unpadded) 3x3 convolutions with ReLU, 2x2 max-pooling, 2x2
   up-convolutions{' with ReLU' if cfg.upconv_relu else ''}, skip connections by centre crop"""
     options = ", ".join(f"{k} {v}" for k, v in architecture_kwargs(cfg).items()
@@ -430,12 +430,12 @@ def _model_lines(model, classes) -> str:
 
 def _output_lines(model, margin: int) -> str:
     if margin:
-        return f"""- output `output`: class probabilities, {margin} pixels smaller than the input in height and
-  width (the network consumes {margin // 2} px of context on every side). To segment a whole
-  image, mirror-pad it by {margin // 2} px and run tiles whose outputs cover it (overlap-tile,
-  as `python -m minunet.predict` does)."""
-    return """- output `output`: class probabilities, the input's size (padded convolutions). Pixels near a
-  tile's border see the zeros of the padding instead of their neighbours: to segment an image
+        return f"""- output `output`: class probabilities, {margin} pixels smaller than the input in
+  height and width (the network consumes {margin // 2} px of context on every side). To segment
+  a whole image, mirror-pad it by {margin // 2} px and run tiles whose outputs cover it
+  (overlap-tile, as `python -m minunet.predict` does)."""
+    return """- output `output`: class probabilities, the input's size (padded convolutions). Pixels
+  near a tile's border see the zeros of the padding instead of their neighbours: to segment an image
   larger than one tile, overlap the tiles and keep only their centres (the output axes' `halo`;
   `python -m minunet.predict` does this exactly)."""
 

@@ -19,6 +19,7 @@ read off its forward by minunet/nn/trace.py.
 """
 
 from minunet.models import unet  # noqa: F401  (registers "unet"; the others on first use:
+
 # registry.BUILT_IN)
 from minunet.models.registry import ARCHITECTURES, build_model, config_for, get, names, register
 from minunet.nn.model import INPUT_MEAN, INPUT_STD, standardize

@@ -270,7 +270,7 @@ class Model:
 
     def _loss_backward(self, cache):
         if self.config.loss == "softmax_cross_entropy":
-            return getattr(self.ops, "softmax_cross_entropy_backward")(1.0, cache)
+            return self.ops.softmax_cross_entropy_backward(1.0, cache)
         from minunet.ops.loss import combined
 
         dz = combined.weighted_sum_backward(1.0, cache)  # (N, 1, H, W)
