@@ -1334,3 +1334,136 @@ def check_wrong_steps(answer, passes: dict) -> Verdict:
                    "truncation (h^2) against rounding (eps/h) for a RIGHT gradient; a wrong "
                    "formula (overlapping windows overwrite instead of add) is wrong by its own "
                    "amount, the same at every step")
+
+
+# --- 12: the U-Net family ---------------------------------------------------------------------
+
+
+def _unetpp_copy(model, **changes):
+    """A new UNet++ with the weights of `model` and its config changed by `changes`."""
+    from dataclasses import replace
+
+    from minunet.models import registry
+
+    copy = registry.build_model(replace(model.config, **changes))
+    copy.load_state_dict(model.state_dict())
+    return copy
+
+
+def check_unetpp_fast(to_fast, model, x, levels=None) -> Verdict:
+    """12, exercise 1: to_fast(model, L) -> a UNet++ whose inference (eval mode) is the fast
+    mode pruned at L, with the weights of `model` (deep supervision, accurate mode). Right when,
+    for every L, its eval-mode output equals the training-mode head L of the same weights
+    (dropout off), to rounding. The message says what the check measured: the forward's time
+    in accurate and in fast mode and how much the probabilities move."""
+    import time
+
+    from minunet.inference.tiles import softmax
+
+    exercise = "12, exercise 1 (UNet++ in fast mode)"
+
+    def judge() -> Verdict:
+        depth = model.config.depth
+        heads = _unetpp_copy(model, dropout=0.0).train().forward(x)  # Heads of depth logits
+        accurate_model = _unetpp_copy(model, mode="accurate").eval()
+        start = time.perf_counter()
+        accurate = accurate_model.forward(x)
+        t_accurate = time.perf_counter() - start
+        p_accurate = softmax(accurate)
+        measured = []
+        for L in levels or range(1, depth + 1):
+            mine = _call(to_fast, _unetpp_copy(model), L)
+            if not hasattr(mine, "forward") or not hasattr(mine, "eval"):
+                return Verdict(exercise, WRONG, f"to_fast must return a model; got "
+                               f"{type(mine).__name__}")
+            mine.eval()
+            start = time.perf_counter()
+            got = _call(mine.forward, x)
+            seconds = time.perf_counter() - start
+            if _same(got, heads[L - 1], 1e-6):
+                measured.append(f"L={L}: {1e3 * seconds:.0f} ms, probabilities move by up to "
+                                f"{float(np.abs(softmax(got) - p_accurate).max()):.3f}")
+                continue
+            where = f"prune={L}: the output is not head {L}'s (x^(0,{L}))"
+            if _same(got, accurate, 1e-6):
+                return Verdict(exercise, WRONG, f"{where}; it is the accurate mode's (the mean "
+                               "of the heads). Hint: fast mode is mode='fast'; prune alone "
+                               "changes nothing in accurate mode")
+            other = [k + 1 for k in range(len(heads)) if _same(got, heads[k], 1e-6)]
+            if other:
+                hint = ("prune=0 means the full depth" if other[0] == depth else
+                        "prune=L keeps the head on x^(0,L)")
+                return Verdict(exercise, WRONG, f"{where}; it is head {other[0]}'s. Hint: "
+                               f"{hint}")
+            return Verdict(exercise, WRONG, f"{where} nor any head's of these weights. Hint: "
+                           "keep the model's weights (a new model starts from new ones: "
+                           "load_state_dict(model.state_dict()))")
+        return Verdict(exercise, RIGHT, f"every pruned output equals its training-mode head. "
+                       f"Accurate mode: {1e3 * t_accurate:.0f} ms; " + "; ".join(measured))
+
+    return _attempt(exercise, judge, graded=False)
+
+
+def check_xent_value(answer, logits, labels, weights) -> Verdict:
+    """12, exercise 2: the U-Net's weighted cross-entropy on UNet 3+'s logits [0, z] (its config
+    moved to loss='softmax_cross_entropy'); right when it equals the weighted binary
+    cross-entropy of z = logits[:, 1] - logits[:, 0] against labels == 1, the mean over the
+    pixels of w * (log(1 + e^z) - y z), to a relative 1e-5 (float32 logits)."""
+    exercise = "12, exercise 2 (UNet 3+ with the U-Net's loss)"
+    if answer is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "Compute the loss and rerun the cell")
+    try:
+        value = float(np.asarray(answer, np.float64))
+    except (TypeError, ValueError):
+        return Verdict(exercise, WRONG, f"{answer!r} is not one number")
+    z = np.asarray(logits, np.float64)[:, 1] - np.asarray(logits, np.float64)[:, 0]  # (N, H, W)
+    y = (np.asarray(labels) == 1).astype(np.float64)
+    w = np.asarray(weights, np.float64)
+    per_pixel = np.logaddexp(0.0, z) - y * z  # -[y log sigma(z) + (1 - y) log(1 - sigma(z))]
+    truth = float((w * per_pixel).mean())
+
+    def near(v):
+        return abs(value - v) <= 1e-5 * abs(v) + 1e-12
+
+    if near(truth):
+        return Verdict(exercise, RIGHT, "equals the weighted binary cross-entropy of "
+                       "z = a_1 - a_0 to a relative 1e-5")
+    if near(float(per_pixel.mean())):
+        return Verdict(exercise, WRONG, "that is the binary cross-entropy without the weight "
+                       "map. Hint: the U-Net's loss weighs every pixel by w(x)")
+    if near(float((w * per_pixel).sum())) or near(float(per_pixel.sum())):
+        return Verdict(exercise, WRONG, "that is a sum over the pixels. Hint: the loss is a "
+                       "mean, 1 / (N H W) times the sum")
+    if z.shape[-1] >= 176 and z.shape[-2] >= 176:
+        from minunet.ops.loss import combined
+
+        hybrid = float(combined.unet3p_loss_forward(z[:, None], y[:, None])[0])
+        if near(hybrid):
+            return Verdict(exercise, WRONG, "that is UNet 3+'s own hybrid loss (focal + "
+                           "MS-SSIM + IoU). Hint: change the config's loss to "
+                           "'softmax_cross_entropy' and build the model again")
+    return Verdict(exercise, WRONG, "not the U-Net's weighted cross-entropy on these logits. "
+                   "Hint: the model's loss_forward(logits, labels, weights) with "
+                   "loss='softmax_cross_entropy'")
+
+
+def check_stack_radius(answer, cls, config) -> Verdict:
+    """12, exercise 3: the receptive radius of a small network (model class `cls`, its
+    `config`) counted by hand; right when it equals minunet.nn.trace.receptive_radius."""
+    from minunet.nn import trace
+
+    exercise = "12, exercise 3 (a receptive radius by hand)"
+    if answer is None:
+        return Verdict(exercise, NOT_ATTEMPTED, "Write your count and rerun the cell")
+    found = trace.reach(cls, config)
+    if isinstance(answer, bool) or not isinstance(answer, int | np.integer):
+        return Verdict(exercise, WRONG, f"a radius is a whole number of pixels; got {answer!r}")
+    if int(answer) == found.radius:
+        return Verdict(exercise, RIGHT, f"receptive_radius says {found.radius} px too")
+    hint = ("a 3x3 convolution at half resolution reaches 2 input pixels, not 1; and an output "
+            "pixel on the odd phase of the 2-px grid reads the half-resolution cell that starts "
+            "one pixel to its left: the pool and the up-sampling add a pixel"
+            if int(answer) < found.radius else
+            "a padded k x k convolution reaches (k - 1) / 2 pixels of its own map on each side, "
+            "and the pool and the up-sampling together add at most one input pixel")
+    return Verdict(exercise, WRONG, f"{answer} px is not the radius. Hint: {hint}")

@@ -698,3 +698,102 @@ def test_wrong_steps():
     _not_attempted(tc.check_wrong_steps(None, measured))
     _wrong(tc.check_wrong_steps([1e-6], measured), "a wrong formula")
     _wrong(tc.check_wrong_steps([1e-4, 1e-6, 1e-9], measured), "truncation")
+
+
+# --- 12: the U-Net family ----------------------------------------------------------------------
+
+
+def _unetpp_and_input():
+    from minunet.models import registry
+
+    model = registry.build_model(registry.config_for("unetpp", {"base": 2, "depth": 3}),
+                                 seed=2).eval()
+    x = np.random.default_rng(0).standard_normal((1, 1, 32, 32)).astype(np.float32)
+    return model, x
+
+
+def _fast_copy(model, **changes):
+    from dataclasses import replace
+
+    from minunet.models import registry
+
+    copy = registry.build_model(replace(model.config, **changes), seed=9)
+    copy.load_state_dict(model.state_dict())
+    return copy
+
+
+def test_unetpp_fast():
+    from dataclasses import replace
+
+    from minunet.models import registry
+
+    model, x = _unetpp_and_input()
+
+    def in_place(m, L):  # the config is read at every forward: changing it in place works too
+        m.config = replace(m.config, mode="fast", prune=L)
+        return m
+
+    _right(tc.check_unetpp_fast(lambda m, L: _fast_copy(m, mode="fast", prune=L), model, x))
+    _right(tc.check_unetpp_fast(in_place, model, x))
+    _not_attempted(tc.check_unetpp_fast(stub, model, x))
+    _wrong(tc.check_unetpp_fast(lambda m, L: m, model, x), "accurate mode")
+    _wrong(tc.check_unetpp_fast(lambda m, L: _fast_copy(m, prune=L), model, x), "mode='fast'")
+    _wrong(tc.check_unetpp_fast(lambda m, L: _fast_copy(m, mode="fast", prune=0), model, x),
+           "prune=0 means the full depth")
+    _wrong(tc.check_unetpp_fast(lambda m, L: _fast_copy(m, mode="fast", prune=min(L + 1, 3)),
+                                model, x), "x^(0,L)")
+    _wrong(tc.check_unetpp_fast(lambda m, L: registry.build_model(
+        replace(m.config, mode="fast", prune=L), seed=5), model, x), "load_state_dict")
+    _wrong(tc.check_unetpp_fast(lambda m, L: _fast_copy(
+        m, mode="fast", prune=L, deep_supervision=False), model, x), "raised")
+    _wrong(tc.check_unetpp_fast(lambda m, L: m.forward, model, x), "must return a model")
+
+
+def _xent_inputs(side=176):
+    from minunet.models import registry
+
+    rng = np.random.default_rng(3)
+    model = registry.build_model(registry.config_for("unet3p", {"base": 2}), seed=3)
+    x = rng.standard_normal((1, 1, side, side)).astype(np.float32)
+    model.forward(x, dropout_key=0)  # BatchNorm's running statistics
+    model.eval()
+    labels = rng.integers(0, 2, (1, side, side))
+    weights = rng.uniform(0.5, 3.0, (1, side, side)).astype(np.float32)
+    return model, model.forward(x), labels, weights
+
+
+def test_xent_value():
+    from dataclasses import replace
+
+    from minunet.models import registry
+
+    model, logits, labels, weights = _xent_inputs()
+    xent = registry.build_model(replace(model.config, loss="softmax_cross_entropy"))
+    right = float(xent.loss_forward(logits, labels, weights)[0])
+    _right(tc.check_xent_value(right, logits, labels, weights))
+    _right(tc.check_xent_value(np.float32(right), logits, labels, weights))
+    _not_attempted(tc.check_xent_value(None, logits, labels, weights))
+    hybrid = float(model.loss_forward(logits, labels, weights)[0])
+    _wrong(tc.check_xent_value(hybrid, logits, labels, weights), "hybrid")
+    plain = float(xent.loss_forward(logits, labels, np.ones_like(weights))[0])
+    _wrong(tc.check_xent_value(plain, logits, labels, weights), "weight map")
+    _wrong(tc.check_xent_value(right * labels.size, logits, labels, weights), "mean")
+    _wrong(tc.check_xent_value(right * 1.01, logits, labels, weights), "loss_forward")
+    _wrong(tc.check_xent_value([right, right], logits, labels, weights), "not one number")
+    _right(tc.check_xent_value(xent.loss_forward(logits, labels, weights)[0], logits, labels,
+                               weights))  # the 0-d array loss_forward returns
+
+
+def test_stack_radius():
+    from minunet.models import registry
+    from minunet.nn.trace import receptive_radius
+
+    cls = registry.get("unet-bn")
+    cfg = registry.config_for("unet-bn", {"depth": 1, "base": 2})
+    r = receptive_radius(cls, cfg)  # 8: a hand count that ignores the grid's phases says 9
+    _right(tc.check_stack_radius(r, cls, cfg))
+    _right(tc.check_stack_radius(np.int64(r), cls, cfg))
+    _not_attempted(tc.check_stack_radius(None, cls, cfg))
+    _wrong(tc.check_stack_radius(r - 1, cls, cfg), "half resolution")
+    _wrong(tc.check_stack_radius(r + 1, cls, cfg), "(k - 1) / 2")
+    _wrong(tc.check_stack_radius(float(r), cls, cfg), "whole number")

@@ -84,6 +84,12 @@ LEFT_OUT = {
                                                     "(BatchNorm's backward, padded im2col)",
     "tutorials/11_normalisation_padding_stride.ipynb": "walks through the family's exercises "
                                                        "(BatchNorm's backward, padded im2col)",
+    # 12 builds the family's networks, on BatchNorm and the padded/strided/grouped conv: ops
+    # that a copy hands out as exercises or leaves out (as tests/family)
+    "tutorials/12_unet_family.py": "builds the U-Net family's networks on ops the copy hands "
+                                   "out or leaves out",
+    "tutorials/12_unet_family.ipynb": "builds the U-Net family's networks on ops the copy "
+                                      "hands out or leaves out",
 }
 JUNK_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", ".ipynb_checkpoints",
              ".venv", "venv", "build", "dist", "runs", ".device_data", ".mypy_cache"}
