@@ -129,6 +129,10 @@ def read_torch_state_dict(path: str) -> dict:
     """The arrays of a PyTorch state dict file (`torch.save(model.state_dict(), path)`) as
     float64 NumPy arrays, by name. torch is imported here only (never a dependency of
     minunet); the file is read with `weights_only=True` (tensors, no arbitrary pickles)."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise ValueError(f"encoder_weights {path!r}: no such file")
     try:
         import torch
     except ImportError:

@@ -100,6 +100,9 @@ class TrainConfig:
     arch: str = "unet"  # the network: a name in the models/ registry (minunet/models)
     model: str = ""  # the architecture's other options, 'name=value,name=value' (fields of
     # its config class that have no option here, e.g. a width or a block count)
+    encoder_weights: str = ""  # a torchvision state dict (.pth) for the encoder of
+    # mobile-unet (mobilenet_v2) or eff-unet (efficientnet_<variant>): transfer learning;
+    # read once (with torch), then the run's checkpoints hold the weights
 
     def __post_init__(self):
         check_config(self)
@@ -127,6 +130,10 @@ def check_config(cfg: TrainConfig) -> None:
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"{_flag(name)} must be one of {', '.join(filter(None, allowed))}, "
                              f"got {getattr(cfg, name)!r}")
+    if cfg.encoder_weights and "encoder_weights" not in {
+            f.name for f in fields(registry.get(cfg.arch).config_class)}:
+        raise ValueError(f"--encoder-weights: {cfg.arch} has no pretrained encoder to load "
+                         "(mobile-unet and eff-unet have); leave it out")
     mcfg = model_config(cfg, 2)  # an unknown --arch or --model: said
     geometry = registry.geometry(mcfg)
     if not geometry.is_valid(cfg.tile):

@@ -295,7 +295,7 @@ def test_encoder_weights_refuse_another_network(tmp_path):
         build_model(MobileUNetConfig(encoder_weights=str(path)))
 
 
-def test_encoder_weights_without_torch_name_the_fix(monkeypatch):
+def test_encoder_weights_without_torch_name_the_fix(monkeypatch, tmp_path):
     import builtins
 
     real_import = builtins.__import__
@@ -306,8 +306,12 @@ def test_encoder_weights_without_torch_name_the_fix(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_torch)
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"not read")
     with pytest.raises(ValueError, match="pip install torch"):
-        build_model(MobileUNetConfig(encoder_weights="weights.pth"))
+        build_model(MobileUNetConfig(encoder_weights=str(path)))
+    with pytest.raises(ValueError, match="no such file"):
+        build_model(MobileUNetConfig(encoder_weights=str(tmp_path / "gone.pth")))
 
 
 def test_a_checkpoint_does_not_need_the_encoder_weights_file(tmp_path):
@@ -321,8 +325,8 @@ def test_a_checkpoint_does_not_need_the_encoder_weights_file(tmp_path):
     path = tmp_path / "mobilenet_v2.pth"
     torch.save(net.state_dict(), path)
     run = tmp_path / "run"
-    assert train.main(["--arch", "mobile-unet", "--model", f"width=1.0,decoder_base=2,"
-                       f"encoder_weights={path}", "--tile", "64", "--iters", "1",
+    assert train.main(["--arch", "mobile-unet", "--model", "width=1.0,decoder_base=2",
+                       "--encoder-weights", str(path), "--tile", "64", "--iters", "1",
                        "--val-every", "1", "--device", "cpu", "--prefetch", "0",
                        "--data", "synthetic:n=3,size=96", "--out", str(run)]) == 0
     path.unlink()
@@ -331,3 +335,4 @@ def test_a_checkpoint_does_not_need_the_encoder_weights_file(tmp_path):
     model = model_from_checkpoint(ckpt, run / "last.npz")
     assert np.array_equal(model.params["enc.stem.conv.weight"],
                           ckpt.state()["enc.stem.conv.weight"])
+    assert train.main(["--resume", str(run / "last.npz"), "--iters", "2"]) == 0
