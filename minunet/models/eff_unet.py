@@ -207,7 +207,7 @@ class MBConv(Layer):
     """EfficientNet's block (module doc): x (N, Cin, H, W) -> (N, Cout, H/s, W/s)."""
 
     cache_names = ()
-    PARTS = ("expand", "dw", "pool", "fc1", "act", "fc2", "gate", "scale", "project", "drop",
+    parts = ("expand", "dw", "pool", "fc1", "act", "fc2", "gate", "scale", "project", "drop",
              "add")
 
     def __init__(self, ops, name: str, model, cin: int, cout: int, k: int, stride: int, t: int,
@@ -255,11 +255,6 @@ class MBConv(Layer):
         dx = self.expand.backward(grads, d) if self.expand else d
         return dx + dx_skip if self.add else dx  # x fed the block and the residual sum
 
-    def release(self) -> None:
-        for part in self.PARTS:
-            layer = getattr(self, part, None)
-            if layer is not None:
-                layer.release()
 
 
 @register("eff-unet")

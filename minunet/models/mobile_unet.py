@@ -156,6 +156,7 @@ class InvertedResidual(Layer):
     """MobileNetV2's block (module doc): x (N, Cin, H, W) -> (N, Cout, H/s, W/s)."""
 
     cache_names = ()
+    parts = ("expand", "dw", "project", "add")
 
     def __init__(self, ops, name: str, model, cin: int, cout: int, stride: int, t: int):
         super().__init__(ops)
@@ -180,11 +181,6 @@ class InvertedResidual(Layer):
         dx = self.expand.backward(grads, d) if self.expand else d
         return dx + dx_skip if self.add else dx  # x fed the block and the residual sum
 
-    def release(self) -> None:
-        for part in ("expand", "dw", "project", "add"):
-            layer = getattr(self, part, None)
-            if layer is not None:
-                layer.release()
 
 
 @register("mobile-unet")

@@ -118,6 +118,7 @@ class ResidualUnit(Layer):
     straight into conv0. x (N, Cin, H, W) -> (N, Cout, H / stride, W / stride)."""
 
     cache_names = ()
+    parts = ("bn0", "act0", "conv0", "bn1", "act1", "conv1", "skip_conv", "skip_bn", "add")
 
     def __init__(self, ops, name: str, model, stride: int = 1, first: bool = False):
         super().__init__(ops)
@@ -148,12 +149,6 @@ class ResidualUnit(Layer):
             dh = self.bn0.backward(grads, self.act0.backward(dh))
         return dx + dh  # x fed both the main path and the shortcut
 
-    def release(self) -> None:
-        for part in ("bn0", "act0", "conv0", "bn1", "act1", "conv1", "skip_conv", "skip_bn",
-                     "add"):
-            layer = getattr(self, part, None)
-            if layer is not None:
-                layer.release()
 
 
 # --- the network -----------------------------------------------------------------

@@ -57,6 +57,7 @@ class DecoderBlock(Layer):
     x (N, Cin, H, W), skip (N, Cs, 2H, 2W) or None -> (N, Cout, 2H, 2W)."""
 
     cache_names = ()
+    parts = ("up", "cat", "conv1", "conv2")
 
     def __init__(self, ops, name: str, model, has_skip: bool):
         super().__init__(ops)
@@ -80,11 +81,6 @@ class DecoderBlock(Layer):
             d, dskip = self.cat.backward(d)
         return self.up.backward(d), dskip
 
-    def release(self) -> None:
-        for part in ("up", "cat", "conv1", "conv2"):
-            layer = getattr(self, part, None)
-            if layer is not None:
-                layer.release()
 
 
 class UnetDecoder:

@@ -58,6 +58,7 @@ class Layer:
     """What every layer has: its op module, and `release()` to drop its caches."""
 
     cache_names = ("cache",)
+    parts = ()  # a composite's sub-layers (attribute names), released with it
 
     def __init__(self, ops):
         self.ops = ops
@@ -66,6 +67,10 @@ class Layer:
     def release(self) -> None:
         for name in self.cache_names:
             setattr(self, name, None)
+        for name in self.parts:  # absent (not built yet) or None (an optional part): skipped
+            layer = getattr(self, name, None)
+            if layer is not None:
+                layer.release()
 
 
 class Conv(Layer):
@@ -312,6 +317,7 @@ class ConvNormAct(Layer):
     (N, Cin, H, W) -> (N, Cout, (H + 2p - k) // s + 1, ...)."""
 
     cache_names = ()
+    parts = ("conv", "bn", "act")
 
     def __init__(self, ops, name: str, model, k: int = 3, stride: int = 1, padding=None,
                  groups: int = 1, act: str | None = "relu"):
@@ -330,11 +336,6 @@ class ConvNormAct(Layer):
             dout = self.act.backward(dout)
         return self.conv.backward(grads, self.bn.backward(grads, dout))
 
-    def release(self) -> None:
-        for part in ("conv", "bn", "act"):
-            layer = getattr(self, part, None)
-            if layer is not None:
-                layer.release()
 
 
 class Pool(Layer):

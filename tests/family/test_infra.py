@@ -104,3 +104,16 @@ def test_torch_mirror_train_and_eval():
     m.eval()
     net.eval()
     assert np.abs(m.forward(x) - net(torch.from_numpy(x)).detach().numpy()).max() < 1e-12
+
+
+def test_release_frees_the_caches_of_composite_layers():
+    """Layer.parts: a composite (ConvNormAct) releases its conv, BatchNorm and activation."""
+    m = build_model(TinyBNConfig())
+    x, _, _ = _batch(np.random.default_rng(8))
+    m.forward(x.astype(np.float32))
+    held = lambda: [n for layer in m.layers() for part in (layer, *(getattr(  # noqa: E731
+        layer, p) for p in layer.parts)) if part is not None for n in part.cache_names
+        if getattr(part, n) is not None]
+    assert held()
+    m.release_caches()
+    assert held() == []
