@@ -1,27 +1,41 @@
-"""Compare the U-Net family on ISBI 2012: `python -m minunet.compare --data isbi2012:PATH`.
+"""Compare the U-Net family: `python -m minunet.compare --data isbi2012:PATH`, or on the README's
+cells walk-through, `python -m minunet.compare --data cells[:n=16,size=384]`.
 
-For each entry (a network, its options and its loss; --nets) and each seed (--seeds), by the
-ISBI 2012 protocol (docs/DESIGN.md): train for the same wall-clock budget (--time, default 10m)
-with --keep-checkpoints, predict the held-out slices (the run's config.json names them; by
-default 25-29 of 30) from best.npz without and with --tta 8, score both with `evaluate`, and
-score every kept checkpoint with `curve` (held-out V_rand against wall-clock time). Each step
-is a subprocess of the command a user would type, logged beside its output, so a run that
-fails is reported as failed and the others go on (exit status 1 at the end).
+For each entry (a network, its options and its loss; --nets) and each seed (--seeds), train for
+the same wall-clock budget (--time, default 10m) and score best.npz on held-out data without and
+with --tta 8, each with the commands a user would type. The data kind chooses the task:
+
+- isbi2012:PATH, by the ISBI 2012 protocol (docs/DESIGN.md): train with --keep-checkpoints,
+  predict the held-out slices (the run's config.json names them; by default 25-29 of 30), score
+  them with `evaluate`, and score every kept checkpoint with `curve` (held-out V_rand against
+  wall-clock time);
+- cells (alone: n=16,size=384, the walk-through's; n, size and seed may be given), as the
+  README's "Cells: instances, object scores": train on touching cells, predict the three
+  held-out images touching_cells(size, seed=(99, i)), i = 0..2 (written once into OUT/heldout)
+  with `predict --instances`, score the cells with `evaluate --instances` (F1, SEG, AP).
+
+Each step is a subprocess, logged beside its output, so a run that fails is reported as failed
+and the others go on (exit status 1 at the end).
 
     OUT/compare.json                the settings every training shares (a rerun must match)
+    OUT/heldout/                    cells: images/{i}.png, labels/{i}.tif (16-bit instances)
     OUT/<entry>/seed<K>/            run/ (the training's run folder), train.log, train.json,
-                                    heldout/, pred/, pred_tta8/, eval.csv, eval_tta8.csv,
-                                    result.json (every number and the file it came from)
+                                    heldout/ (ISBI), pred/, pred_tta8/, eval.csv,
+                                    eval_tta8.csv, result.json (every number and its file)
     OUT/table.md, OUT/table.csv     one row per entry: mean and min-max over seeds of the
-                                    four ISBI scores without and with TTA, parameters, GFLOP
-                                    at 512 x 512, steps, peak memory, seeds done
-    OUT/figure.png                  held-out V_rand against minutes, mean and min-max band
+                                    scores (ISBI: the four ISBI scores; cells: F1, SEG, AP)
+                                    without and with TTA, parameters, GFLOP at 512 x 512,
+                                    steps, peak memory, seeds done
+    OUT/figure.png                  ISBI only: held-out V_rand against minutes, mean and
+                                    min-max band (cells have no such curve: see
+                                    minunet/evaluation/comparison_table.py)
 
-Resumable: run it again with the same options and it skips every entry+seed with a
-result.json, and redoes a half-done one from its first missing step. A training that was
-interrupted starts again from iteration 0 (--overwrite): a time budget cannot be resumed
-fairly. The library half is minunet/training/comparison.py (the runs) and
-minunet/evaluation/comparison_table.py (the table and the figure).
+OUT defaults to runs/compare (ISBI) or runs/compare_cells (cells). Resumable: run it again with
+the same options and it skips every entry+seed with a result.json, and redoes a half-done one
+from its first missing step. A training that was interrupted starts again from iteration 0
+(--overwrite): a time budget cannot be resumed fairly. The library half is
+minunet/training/comparison.py (the runs) and minunet/evaluation/comparison_table.py (the table
+and the figure).
 """
 
 from __future__ import annotations
@@ -36,8 +50,12 @@ from minunet.exits import DONE, FAILED, INTERRUPTED, usage_error
 from minunet.files import atomic_write_text
 from minunet.training.comparison import (
     ENTRIES,
+    HELDOUT_SEED,
     Interrupted,
     Settings,
+    cells_data,
+    cells_heldout,
+    cells_options,
     check_entry,
     entry_cost,
     run_pair,
@@ -54,13 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m minunet.compare",
         description="Train, predict and score every network of the U-Net family on ISBI 2012 "
-                    "by the same protocol and time budget, several seeds each, resumably; "
-                    "OUT/table.md, OUT/table.csv and OUT/figure.png.")
-    p.add_argument("--data", required=True, metavar="isbi2012:PATH",
-                   help="the ISBI 2012 slices (images/ and labels/) or stacks")
-    p.add_argument("--out", default="runs/compare",
-                   help="the comparison's folder (default runs/compare); a rerun with the "
-                        "same --out goes on where the last one stopped")
+                    "or on the README's touching cells by the same protocol and time budget, "
+                    "several seeds each, resumably; OUT/table.md, OUT/table.csv (and for ISBI "
+                    "OUT/figure.png).")
+    p.add_argument("--data", required=True, metavar="isbi2012:PATH|cells[:n=16,size=384]",
+                   help="isbi2012:PATH: the ISBI 2012 slices (images/ and labels/) or stacks, "
+                        "pixel scores; cells: the README's cells walk-through (n=16, size=384 "
+                        "unless given; seed=K: another training set), object scores on its "
+                        "three held-out images")
+    p.add_argument("--out", default=None,
+                   help="the comparison's folder (default runs/compare, for cells "
+                        "runs/compare_cells); a rerun with the same --out goes on where the "
+                        "last one stopped")
     p.add_argument("--nets", default="", metavar="ENTRY,...",
                    help=f"the entries to run, in this order (default all): {entries}")
     p.add_argument("--seeds", default="0,1,2", help="seeds, '0,1,2' or '0-2' (default 0,1,2)")
@@ -73,8 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu",
                    help="the train preset of every entry (default cpu: the U-Net's CPU recipe; "
                         "a family network keeps its entry's widths)")
-    for name, text in (("val", "validation slices (default: the ISBI split, 23-24 of 30)"),
-                       ("holdout", "held-out slices (default: the ISBI split, 25-29 of 30)"),
+    for name, text in (("val", "validation slices (default: the ISBI split, 23-24 of 30; "
+                               "cells: the last sixth, 3 of 16)"),
+                       ("holdout", "held-out slices (default: the ISBI split, 25-29 of 30; "
+                                   "not for cells, whose held-out images are the "
+                                   "walk-through's)"),
                        ("tile", "training tile of every entry (default: the preset's, for "
                                 "each network its nearest valid size below)"),
                        ("val_every", "iterations between validations (default the preset's)")):
@@ -103,20 +129,31 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def settings_of(args) -> Settings:
-    """The checked settings: data an ISBI 2012 folder holding slices out, a budget or
-    iterations; ValueError (DataError) naming what is wrong."""
-    from minunet.data.loaders import as_holdout, as_index_list, load_dataset
+    """The checked settings: data an ISBI 2012 folder holding slices out, or the cells walk-
+    through's spec; a budget or iterations; ValueError (DataError) naming what is wrong."""
+    from minunet.data.loaders import as_holdout, as_index_list, load_dataset, split_indices
     from minunet.training.config import parse_duration
 
     kind, _, path = args.data.partition(":")
-    if kind != "isbi2012" or not path:
-        raise ValueError(f"--data {args.data}: the comparison follows the ISBI 2012 protocol; "
-                         "give --data isbi2012:PATH")
-    data = f"isbi2012:{Path(path).resolve()}"
-    loaded = load_dataset(data, as_index_list(args.val or ""), "binary", "auto",
-                          as_holdout(args.holdout or ""))
-    if not loaded.holdout:
-        raise ValueError(f"--data {args.data} holds no slice out to score; give --holdout")
+    if kind == "cells":
+        opts = cells_options(args.data)
+        if args.holdout is not None:
+            raise ValueError("--holdout is for isbi2012: the cells' held-out images are the "
+                             f"walk-through's touching_cells(size, seed=({HELDOUT_SEED}, i)), "
+                             "i = 0..2, in OUT/heldout; leave it out")
+        if args.val:
+            split_indices(opts["n"], as_index_list(args.val))
+        data = cells_data(opts)
+    elif kind == "isbi2012" and path:
+        data = f"isbi2012:{Path(path).resolve()}"
+        loaded = load_dataset(data, as_index_list(args.val or ""), "binary", "auto",
+                              as_holdout(args.holdout or ""))
+        if not loaded.holdout:
+            raise ValueError(f"--data {args.data} holds no slice out to score; give --holdout")
+    else:
+        raise ValueError(f"--data {args.data}: the comparison follows the ISBI 2012 protocol "
+                         "or the README's cells walk-through; give --data isbi2012:PATH or "
+                         "--data cells[:n=16,size=384]")
     if args.iters is not None and args.time is not None:
         raise ValueError("--time and --iters both set the length of the trainings: give one")
     if args.iters is not None and args.iters < 1:
@@ -145,29 +182,34 @@ def check_same_settings(out: Path, settings: Settings) -> None:
 
 
 def write_outputs(out: Path, entries, seeds: list[int], settings: Settings) -> list[dict]:
+    """table.md, table.csv (and for ISBI figure.png) from the result.json files so far."""
+    task = settings.task
     results = load_results(out, [e.name for e in entries], seeds)
     rows = []
     for e in entries:
         done = [r for r in results[e.name] if r.get("status") == "done"]
         cost = None if done else entry_cost(e, settings)
         rows.append(summarize(e.name, results[e.name], len(seeds), cost,
-                              {"arch": e.arch, "loss": e.loss, "options": e.options}))
+                              {"arch": e.arch, "loss": e.loss, "options": e.options}, task))
     length = f"--iters {settings.iters}" if settings.iters else f"--time {settings.time}"
-    title = f"The U-Net family on ISBI 2012: {length}, seeds {','.join(map(str, seeds))}"
-    atomic_write_text(out / "table.md", markdown(rows, title))
-    write_csv(rows, out / "table.csv")
-    plot(results, out / "figure.png", f"held-out V_rand, {length}: mean over seeds, band "
-                                      "min-max")
+    on = "ISBI 2012" if task == "isbi2012" else f"touching cells ({settings.data})"
+    title = f"The U-Net family on {on}: {length}, seeds {','.join(map(str, seeds))}"
+    atomic_write_text(out / "table.md", markdown(rows, title, task))
+    write_csv(rows, out / "table.csv", task)
+    if task == "isbi2012":
+        plot(results, out / "figure.png", f"held-out V_rand, {length}: mean over seeds, band "
+                                          "min-max")
     return rows
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    out = Path(args.out)
     try:
         entries = select_entries(args.nets)
         seeds = parse_seeds(args.seeds)
         settings = settings_of(args)
+        out = Path(args.out or ("runs/compare" if settings.task == "isbi2012" else
+                                "runs/compare_cells"))
         for e in entries:
             check_entry(e, settings)
         check_same_settings(out, settings)
@@ -177,10 +219,19 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise usage_error(f"--out {out}: cannot create it ({e.strerror})") from e
-    atomic_write_text(out / "compare.json", json.dumps(
-        {"settings": settings.record(),
-         "entries": {e.name: {"arch": e.arch, "options": e.options, "loss": e.loss,
-                              "note": e.note} for e in ENTRIES.values()}}, indent=1))
+    record = {"settings": settings.record(),
+              "entries": {e.name: {"arch": e.arch, "options": e.options, "loss": e.loss,
+                                   "note": e.note} for e in ENTRIES.values()}}
+    if settings.task == "cells":
+        size = cells_options(settings.data)["size"]
+        record["heldout"] = {"folder": "heldout", "images": f"touching_cells({size}, seed=("
+                             f"{HELDOUT_SEED}, i)), i = 0..2: images/i.png, labels/i.tif"}
+        try:
+            if not args.table_only:  # written once; where there, the same images or refused
+                cells_heldout(out, size)
+        except ValueError as e:
+            raise usage_error(e) from e
+    atomic_write_text(out / "compare.json", json.dumps(record, indent=1))
     status = DONE
     if not args.table_only:
         try:
@@ -201,7 +252,8 @@ def main(argv=None) -> int:
             status = INTERRUPTED
     rows = write_outputs(out, entries, seeds, settings)
     print((out / "table.md").read_text())
-    print(f"wrote {out / 'table.md'}, {out / 'table.csv'}, {out / 'figure.png'}")
+    figure = f", {out / 'figure.png'}" if settings.task == "isbi2012" else ""
+    print(f"wrote {out / 'table.md'}, {out / 'table.csv'}{figure}")
     if status == DONE and any(r["seeds_failed"] for r in rows):
         print("error: some runs failed (table.md lists them with their logs)", file=sys.stderr)
         status = FAILED

@@ -1,4 +1,5 @@
-"""Shared fixtures: `xp` (NumPy, and CuPy where a GPU is present), `rng`, the `gpu` marker.
+"""Shared fixtures: `xp` (NumPy, and CuPy where a GPU is present), `rng`, `isbi_like` (a tiny
+folder in the ISBI 2012 layout), the `gpu` marker.
 
 Tests marked `@pytest.mark.gpu` (and the CuPy case of `xp`) are skipped, with the
 reason, on a machine without a usable GPU; everything else must pass there (CI).
@@ -31,6 +32,27 @@ def xp(request):
 def rng():
     """A seeded NumPy generator: every test sees the same random numbers on every run."""
     return np.random.default_rng(20150518)  # U-Net's arXiv date
+
+
+@pytest.fixture
+def isbi_like(tmp_path):
+    """Six 200 x 200 slices in the ISBI layout (tmp_path/isbi/images, labels: 00..05.png), cells
+    with membranes between them; its default split trains on 00-03, validates on 04 and holds
+    05 out (tests/test_curve.py, tests/test_compare.py)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for sub in ("images", "labels"):
+        (tmp_path / "isbi" / sub).mkdir(parents=True)
+    for i in range(6):
+        label = np.full((200, 200), 255, np.uint8)
+        for c in rng.integers(20, 180, 4):
+            label[:, c:c + 3] = 0
+            label[c + 5:c + 8, :] = 0
+        image = np.where(label > 0, 170, 60) + rng.integers(0, 40, label.shape)
+        Image.fromarray(image.astype(np.uint8)).save(tmp_path / "isbi" / "images" / f"{i:02d}.png")
+        Image.fromarray(label).save(tmp_path / "isbi" / "labels" / f"{i:02d}.png")
+    return tmp_path / "isbi"
 
 
 FIRST_ON_GPU = ("test_gpu.py", "test_model_gpu.py")  # the kernels and the whole network

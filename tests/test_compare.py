@@ -1,6 +1,8 @@
 """`python -m minunet.compare`: the family comparison, end to end on a tiny ISBI-like folder
-(two entries, --iters 4 instead of a --time budget, one seed), resumable, its table traceable
-to result.json; failed trainings reported while the others go on; usage errors in one line."""
+(two entries, --iters 4 instead of a --time budget, one seed; the folder is tests/conftest.py's
+`isbi_like`) and on tiny touching cells (the valid U-Net and a padded network, --iters 2),
+resumable, its table traceable to result.json; the cells' held-out set written once; failed
+trainings reported while the others go on; usage errors in one line."""
 
 import csv
 import json
@@ -8,11 +10,13 @@ import sys
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 import minunet.training.comparison as comparison
 from minunet.compare import main as compare
-from minunet.evaluation.comparison_table import band
+from minunet.data.synthetic import touching_cells
+from minunet.evaluation.comparison_table import band, columns
 
 TINY = ["--seeds", "0", "--iters", "4", "--val-every", "2", "--preset", "tiny", "--device",
         "cpu"]
@@ -21,24 +25,6 @@ TINY = ["--seeds", "0", "--iters", "4", "--val-every", "2", "--preset", "tiny", 
 def rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-@pytest.fixture
-def isbi_like(tmp_path):
-    """Six 200 x 200 slices in the ISBI layout (as tests/test_curve.py): the default split of
-    six trains on 00-03, validates on 04 and holds 05 out."""
-    rng = np.random.default_rng(3)
-    for sub in ("images", "labels"):
-        (tmp_path / "isbi" / sub).mkdir(parents=True)
-    for i in range(6):
-        label = np.full((200, 200), 255, np.uint8)
-        for c in rng.integers(20, 180, 4):
-            label[:, c:c + 3] = 0
-            label[c + 5:c + 8, :] = 0
-        image = np.where(label > 0, 170, 60) + rng.integers(0, 40, label.shape)
-        Image.fromarray(image.astype(np.uint8)).save(tmp_path / "isbi" / "images" / f"{i:02d}.png")
-        Image.fromarray(label).save(tmp_path / "isbi" / "labels" / f"{i:02d}.png")
-    return tmp_path / "isbi"
 
 
 @pytest.mark.slow
@@ -144,8 +130,10 @@ def test_usage_errors_are_one_line_and_leave_nothing(isbi_like, tmp_path, capsys
     assert not out.exists()
 
 
-def test_data_must_be_isbi_and_a_rerun_must_share_the_settings(isbi_like, tmp_path, capsys):
-    for data, message in ((f"folder:{isbi_like}", "give --data isbi2012:PATH"),
+def test_data_must_be_isbi_or_cells_and_a_rerun_must_share_the_settings(isbi_like, tmp_path,
+                                                                         capsys):
+    for data, message in ((f"folder:{isbi_like}", "give --data isbi2012:PATH or --data cells"),
+                          ("foo:", "give --data isbi2012:PATH or --data cells[:n=16,size=384]"),
                           (f"isbi2012:{tmp_path / 'nowhere'}", "does not exist")):
         with pytest.raises(SystemExit) as e:
             compare(["--data", data, "--out", str(tmp_path / "x")])
@@ -187,3 +175,95 @@ def test_band_interpolates_the_seeds_on_the_minutes_they_all_cover():
     assert np.interp(2.0, grid, mean) == pytest.approx((0.6 + 0.6) / 2, abs=1e-3)
     assert lo[0] == pytest.approx(0.4 + 0.2 / 1.5 * 0.5) and hi[0] == 0.5
     assert lo[at2] <= mean[at2] <= hi[at2]
+
+
+CELLS = ["--data", "cells:n=2,size=128", "--nets", "unet,unet-bn", "--seeds", "0", "--iters",
+         "2", "--val-every", "2", "--preset", "tiny", "--device", "cpu"]
+
+
+@pytest.mark.slow
+def test_cells_end_to_end_resumable_held_out_once(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert compare([*CELLS, "--out", str(out)]) == 0
+    held = {p: p.stat().st_mtime_ns for p in (out / "heldout").rglob("*.*")}
+    assert sorted(p.name for p in held) == ["0.png", "0.tif", "1.png", "1.tif", "2.png", "2.tif"]
+    truth = [touching_cells(128, seed=(99, i)) for i in range(3)]  # the README's held-out set
+    for i, c in enumerate(truth):
+        assert np.array_equal(np.asarray(Image.open(out / f"heldout/images/{i}.png")), c.image)
+        labels = tifffile.imread(out / f"heldout/labels/{i}.tif")
+        assert labels.dtype == np.uint16 and np.array_equal(labels, c.instances)
+    assert not (out / "figure.png").exists()
+    with open(out / "table.csv", newline="") as f:
+        assert next(csv.reader(f)) == columns("cells")
+    table = {r["entry"]: r for r in rows(out / "table.csv")}
+    assert list(table) == ["unet", "unet-bn"] and table["unet-bn"]["gflop_size"] == "512"
+    for row in table.values():
+        result = json.loads((out / row["results"]).read_text())
+        assert result["status"] == "done" and result["heldout"] == ["0", "1", "2"]
+        assert "curve" not in result and not (out / result["run"] / "checkpoints").exists()
+        for kind, suffix in (("plain", ""), ("tta8", "_tta8")):
+            scores = result["scores"][kind]
+            assert scores["predictions"].endswith("pred/instances" if kind == "plain" else
+                                                  "pred_tta8/instances")
+            assert scores["n_true"] == sum(int(c.instances.max()) for c in truth)
+            by_evaluate = rows(out / scores["csv"])[-1]  # evaluate --instances' 'all' row
+            assert by_evaluate["slice"] == "all"
+            for s in ("f1", "seg", "ap"):
+                assert float(row[f"{s}{suffix}_mean"]) == scores[s] == float(by_evaluate[s])
+    md = (out / "table.md").read_text()
+    assert "| entry | loss | parameters | GFLOP@512 | steps | peak MB | F1 | F1 +TTA | SEG | " \
+           "SEG +TTA | AP | AP +TTA | seeds |" in md
+    assert json.loads((out / "compare.json").read_text())["settings"]["data"] == \
+        "cells:n=2,size=128"
+
+    # half done: only the TTA scores of unet-bn are made again; the held-out set is not rewritten
+    (out / "unet-bn/seed0/result.json").unlink()
+    (out / "unet-bn/seed0/eval_tta8.csv").unlink()
+    capsys.readouterr()
+    assert compare([*CELLS, "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "unet seed 0: done, skipped" in said and ": training" not in said
+    assert "unet-bn seed 0: predicting the held-out images with --tta 8" in said
+    assert "predicting the held-out images\n" not in said
+    assert {p: p.stat().st_mtime_ns for p in (out / "heldout").rglob("*.*")} == held
+
+    # a held-out set that is not the walk-through's is refused, in one line
+    tifffile.imwrite(out / "heldout/labels/2.tif", np.zeros((128, 128), np.uint16))
+    with pytest.raises(SystemExit) as e:
+        compare([*CELLS, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert "is not the held-out set of touching_cells(128, seed=(99, i)), i = 0..2; remove it" \
+        in err
+
+
+@pytest.mark.parametrize("data, extra, message", [
+    ("cells:n=1", [], "need n >= 2"),
+    ("cells:m=3", [], "'m=3' not understood; give cells:n=16,size=384"),
+    ("cells:size=32", [], "give size >= 64"),
+    ("cells:seed=99", [], "seed 99 would train on the held-out images"),
+    ("cells", ["--holdout", "1"], "--holdout is for isbi2012"),
+    ("cells", ["--val", "20"], "validation count 20 must lie in [0, 15] for 16 images"),
+])
+def test_cells_usage_errors_are_one_line(tmp_path, capsys, data, extra, message):
+    out = tmp_path / "cmp"
+    with pytest.raises(SystemExit) as e:
+        compare(["--data", data, "--out", str(out), *extra])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_cells_alone_is_the_walk_through_into_runs_compare_cells(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert compare(["--data", "cells", "--nets", "unet", "--table-only"]) == 0
+    out = tmp_path / "runs" / "compare_cells"
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["settings"] == {"data": "cells:n=16,size=384", "time": "10m", "iters": None,
+                                 "preset": "cpu"}
+    assert saved["heldout"]["images"].startswith("touching_cells(384, seed=(99, i))")
+    assert not (out / "heldout").exists()  # --table-only runs nothing
+    assert rows(out / "table.csv")[0]["f1_mean"] == ""  # nothing run yet
+    with pytest.raises(SystemExit):  # the same folder with other settings is refused
+        compare(["--data", "cells:size=256", "--nets", "unet", "--table-only"])
+    assert "data 'cells:n=16,size=256' (there: 'cells:n=16,size=384')" in capsys.readouterr().err

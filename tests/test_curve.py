@@ -3,9 +3,7 @@ same numbers as `predict` + `evaluate` give, and a figure against minutes and it
 
 import csv
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from minunet.curve import main as curve
 from minunet.evaluate import main as evaluate
@@ -16,23 +14,6 @@ from minunet.train import main as train
 def rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-@pytest.fixture
-def isbi_like(tmp_path):
-    """Six 200 x 200 slices in the ISBI layout: cells with membranes between them."""
-    rng = np.random.default_rng(3)
-    for sub in ("images", "labels"):
-        (tmp_path / "isbi" / sub).mkdir(parents=True)
-    for i in range(6):
-        label = np.full((200, 200), 255, np.uint8)
-        for c in rng.integers(20, 180, 4):
-            label[:, c:c + 3] = 0
-            label[c + 5:c + 8, :] = 0
-        image = np.where(label > 0, 170, 60) + rng.integers(0, 40, label.shape)
-        Image.fromarray(image.astype(np.uint8)).save(tmp_path / "isbi" / "images" / f"{i:02d}.png")
-        Image.fromarray(label).save(tmp_path / "isbi" / "labels" / f"{i:02d}.png")
-    return tmp_path / "isbi"
 
 
 def test_curve_scores_kept_checkpoints_like_predict_and_evaluate(isbi_like, tmp_path, capsys):

@@ -3,15 +3,21 @@ result.json files of its runs (minunet/training/comparison.py), so that every nu
 traces back to a run folder:
 
     OUT/table.md    one row per entry: the mean over the seeds done and, in brackets, the
-                    min-max over them, of the held-out pixel error, Rand error, V_rand and
-                    V_info from best.npz without and with --tta 8; parameters, GFLOP at 512 x
-                    512 (the valid U-Net at 572 x 572), steps in the budget, peak memory of
-                    the training process, seeds done; failed runs with their logs below
+                    min-max over them, of the held-out scores from best.npz without and with
+                    --tta 8 (ISBI 2012: pixel error, Rand error, V_rand, V_info; cells: F1,
+                    SEG, AP of the objects); parameters, GFLOP at 512 x 512 (the valid U-Net at
+                    572 x 572), steps in the budget, peak memory of the training process,
+                    seeds done; failed runs with their logs below
     OUT/table.csv   the same numbers unrounded (mean, min, max in columns), and the result.json
                     files each row comes from (column results; paths relative to OUT)
-    OUT/figure.png  held-out V_rand against wall-clock minutes of training for every entry:
-                    the mean over seeds (line) and the min-max band, each seed's curve.csv
-                    interpolated linearly on a common grid of the minutes all its seeds cover
+    OUT/figure.png  ISBI 2012 only: held-out V_rand against wall-clock minutes of training
+                    for every entry, the mean over seeds (line) and the min-max band, each
+                    seed's curve.csv interpolated linearly on a common grid of the minutes all
+                    its seeds cover (cells have no twin: scoring objects per kept checkpoint
+                    would predict every checkpoint with --instances, a run of its own)
+
+The task (TABLES: 'isbi2012', 'cells') picks the score columns and the note under the table;
+the rest of a row is the same for both.
 """
 
 from __future__ import annotations
@@ -27,7 +33,22 @@ from minunet.files import atomic_write_text, save_figure
 
 SCORES = ("pixel_error", "rand_error", "v_rand", "v_info")
 SCORE_NAMES = {"pixel_error": "pixel error", "rand_error": "Rand error", "v_rand": "V_rand",
-               "v_info": "V_info"}
+               "v_info": "V_info", "f1": "F1", "seg": "SEG", "ap": "AP"}
+# task -> (the scores in table.csv's order, in table.md's order, the note on them in table.md)
+TABLES = {
+    "isbi2012": (SCORES, ("v_rand", "v_info", "pixel_error", "rand_error"),
+                 "Scores of best.npz (chosen on the validation slices) on the held-out slices "
+                 "only, as the ISBI 2012 challenge's Fiji code computes them, each at its best "
+                 "threshold; +TTA: `predict --tta 8`."),
+    "cells": (("f1", "seg", "ap"), ("f1", "seg", "ap"),
+              "Object scores of best.npz (chosen on the validation images) on the three "
+              "held-out images of the README's cells walk-through (OUT/heldout: "
+              "touching_cells(size, seed=(99, i)), i = 0..2, never trained on): `predict "
+              "--instances`, then `evaluate --instances`, pooled over the three images (its "
+              "'all' row): F1 of the matching at IoU >= 0.5, SEG (the Cell Tracking "
+              "Challenge's), AP = TP / (TP + FP + FN) averaged over IoU 0.5:0.95; +TTA: "
+              "`predict --instances --tta 8`."),
+}
 KINDS = {"plain": "", "tta8": "_tta8"}  # result.json's scores -> the column suffix
 GRID = 200  # points of the common time grid of the figure
 
@@ -55,10 +76,10 @@ def _spread(values: list[float], prefix: str) -> dict:
 
 
 def summarize(name: str, results: list[dict], n_seeds: int, cost: dict | None = None,
-              about: dict | None = None) -> dict:
+              about: dict | None = None, task: str = "isbi2012") -> dict:
     """One table row (CSV columns) of an entry from its results. cost: the network's
     parameters and GFLOP when no run of it finished (they come from the runs otherwise);
-    about: arch, loss, options where no result says them."""
+    about: arch, loss, options where no result says them; task: a key of TABLES."""
     done = [r for r in results if r.get("status") == "done"]
     failed = [r for r in results if r.get("status") != "done"]
     first = (done or results or [about or {}])[0]
@@ -69,7 +90,7 @@ def summarize(name: str, results: list[dict], n_seeds: int, cost: dict | None = 
            "params": net.get("params", ""), "gflop": net.get("gflop", ""),
            "gflop_size": net.get("size", "")}
     for kind, suffix in KINDS.items():
-        for s in SCORES:
+        for s in TABLES[task][0]:
             row |= _spread([r["scores"][kind][s] for r in done], s + suffix)
     row |= _spread([r["train"]["steps"] for r in done], "steps")
     row |= _spread([r["train"]["wall_s"] for r in done], "train_s")
@@ -81,18 +102,19 @@ def summarize(name: str, results: list[dict], n_seeds: int, cost: dict | None = 
     return row
 
 
-def columns() -> list[str]:
+def columns(task: str = "isbi2012") -> list[str]:
+    """table.csv's columns for a task (a key of TABLES)."""
     cols = ["entry", "arch", "loss", "options", "seeds", "seeds_done", "seeds_failed", "params",
             "gflop", "gflop_size"]
     for suffix in KINDS.values():
-        cols += [f"{s}{suffix}_{m}" for s in SCORES for m in ("mean", "min", "max")]
+        cols += [f"{s}{suffix}_{m}" for s in TABLES[task][0] for m in ("mean", "min", "max")]
     cols += [f"{k}_{m}" for k in ("steps", "train_s") for m in ("mean", "min", "max")]
     return cols + ["peak_rss_mb", "results", "failed"]
 
 
-def write_csv(rows: list[dict], path: Path) -> Path:
+def write_csv(rows: list[dict], path: Path, task: str = "isbi2012") -> Path:
     text = io.StringIO()
-    w = csv.DictWriter(text, columns(), lineterminator="\n")
+    w = csv.DictWriter(text, columns(task), lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     return atomic_write_text(path, text.getvalue())
@@ -107,10 +129,11 @@ def _cell(row: dict, key: str, fmt: str = "{:.3f}") -> str:
     return f"{fmt.format(mean)} ({fmt.format(lo)}-{fmt.format(hi)})"
 
 
-def markdown(rows: list[dict], title: str = "") -> str:
+def markdown(rows: list[dict], title: str = "", task: str = "isbi2012") -> str:
     """table.md: the rows, then what the numbers are and the failed runs."""
+    _, shown, note = TABLES[task]
     head = ["entry", "loss", "parameters", "GFLOP@512", "steps", "peak MB"]
-    for s in ("v_rand", "v_info", "pixel_error", "rand_error"):
+    for s in shown:
         head += [SCORE_NAMES[s], f"{SCORE_NAMES[s]} +TTA"]
     lines = [f"# {title}", ""] if title else []
     lines += ["| " + " | ".join([*head, "seeds"]) + " |", "|" + "---|" * (len(head) + 1)]
@@ -121,15 +144,13 @@ def markdown(rows: list[dict], title: str = "") -> str:
                  "-" if r["params"] == "" else f"{r['params']:,}", gflop,
                  _cell(r, "steps", "{:,.0f}"),
                  "-" if r["peak_rss_mb"] == "" else f"{r['peak_rss_mb']:,.0f}"]
-        for s in ("v_rand", "v_info", "pixel_error", "rand_error"):
+        for s in shown:
             cells += [_cell(r, s), _cell(r, s + "_tta8")]
         seeds = f"{r['seeds_done']}/{r['seeds']}" + \
             (f", {r['seeds_failed']} failed" if r["seeds_failed"] else "")
         lines.append("| " + " | ".join([*cells, seeds]) + " |")
     lines += ["", "Mean over the seeds done, in brackets the min-max over them (two or more "
-              "seeds). Scores of best.npz (chosen on the validation slices) on the held-out "
-              "slices only, as the ISBI 2012 challenge's Fiji code computes them, each at its "
-              "best threshold; +TTA: `predict --tta 8`. GFLOP: forward, 2 per multiply-add, at "
+              f"seeds). {note} GFLOP: forward, 2 per multiply-add, at "
               "512 x 512 from the network's own layer table (the valid U-Net, which takes no "
               "512 x 512 tile, at 572 x 572: marked). Steps: the iterations the time budget "
               "chose (run/config.json). Peak MB: the largest peak resident memory (VmHWM) of "

@@ -1,22 +1,32 @@
 """The family comparison's runs (`python -m minunet.compare`, issue 27): every entry (a network,
-its options and its loss) trained and scored by the ISBI 2012 protocol (docs/DESIGN.md, "ISBI
-2012 protocol", "Time budget"), one seed at a time, each step a subprocess of the commands a user
-would type, so that a crash of one run does not end the comparison.
+its options and its loss) trained for the same budget and scored on held-out data, one seed at a
+time, each step a subprocess of the commands a user would type, so that a crash of one run does
+not end the comparison. The data kind chooses the task (`Settings.task`):
+
+- isbi2012:PATH, the ISBI 2012 protocol (docs/DESIGN.md, "ISBI 2012 protocol", "Time budget"):
+  the slices the run holds out, scored pixel-wise (V_rand, V_info, pixel and Rand error), and
+  every kept checkpoint scored with `curve`;
+- cells[:n=16,size=384], the README's cells walk-through ("Cells: instances, object scores"):
+  trained on `touching_cells` (instance labels), scored as objects (F1, SEG, AP) on its three
+  held-out images touching_cells(size, seed=(99, i)), i = 0..2, never trained on, written once
+  for the whole comparison into OUT/heldout/images/{i}.png and labels/{i}.tif (16-bit ids).
 
 Per entry and seed, in OUT/<entry>/seed<K>/:
 
-    run/                  python -m minunet.train --data isbi2012:PATH --time T --seed K
-                          --arch ... --keep-checkpoints --out .../run   (train.log)
+    run/                  python -m minunet.train --data DATA --time T --seed K --arch ...
+                          [--keep-checkpoints: ISBI only] --out .../run   (train.log)
     train.json            the training's command, exit status, wall-clock seconds and peak
                           resident memory (VmHWM of the training process, read from
                           /proc/PID/status every POLL_S seconds while it runs: a high-water
                           mark, so only a peak in its last POLL_S seconds can be missed)
     heldout/images, heldout/truth
-                          the slices run/config.json holds out (ISBI default 25-29 of 30)
+                          ISBI: the slices run/config.json holds out (default 25-29 of 30)
     pred/, pred_tta8/     python -m minunet.predict --checkpoint run/best.npz [--tta 8]
+                          (cells: OUT/heldout/images --instances)
     eval.csv, eval_tta8.csv
                           python -m minunet.evaluate pred/prob heldout/truth --csv ...
-    run/curve.csv         python -m minunet.curve run: every kept checkpoint's held-out scores
+                          (cells: pred/instances OUT/heldout/labels --instances --csv ...)
+    run/curve.csv         ISBI: python -m minunet.curve run: every kept checkpoint's scores
     result.json           every number above and the file it came from (paths relative to OUT)
 
 Resumable: an entry+seed whose result.json exists is skipped; a half-done one is redone from
@@ -26,6 +36,9 @@ iteration 0 with --overwrite, because a --time budget cannot be resumed fairly (
 measured its steps and counts wall-clock time from the start of its one process, so a run
 continued later would have had more time, or less, than the others). Training again removes
 the scores of the earlier training (pred*, eval*.csv; --overwrite removes run/curve.csv).
+The training, its resumption and its memory are one code path for both tasks (`train_step`),
+and so are prediction and scoring (`score_heldout`); only the held-out set and the columns read
+from evaluate's CSV differ.
 """
 
 from __future__ import annotations
@@ -36,14 +49,23 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from minunet.files import atomic_write_text
 
 POLL_S = 0.2  # seconds between two readings of the training process's VmHWM
 SCORES = ("pixel_error", "rand_error", "v_rand", "v_info")  # the ISBI 2012 scores
+# evaluate --instances' scores (minunet/evaluation/objects.py), and its object counts
+CELL_SCORES = ("f1", "seg", "ap", "precision", "recall", "mean_matched_iou", "ap_50", "ap_75")
+CELL_COUNTS = ("n_true", "n_pred", "tp", "fp", "fn")
+CELLS = {"n": 16, "size": 384, "seed": 0}  # README, "Cells: ...": cells:n=16,size=384
+HELDOUT_SEED = 99  # the walk-through's held-out images: touching_cells(size, seed=(99, i))
+HELDOUT_IMAGES = 3
 PREDICTIONS = {"plain": ("pred", "eval.csv", []), "tta8": ("pred_tta8", "eval_tta8.csv",
                                                            ["--tta", "8"])}
 XENT = "softmax_cross_entropy"  # the U-Net's weighted cross-entropy
@@ -105,22 +127,59 @@ def select_entries(text: str) -> list[Entry]:
     return [ENTRIES[n] for n in names]
 
 
+def cells_options(spec: str) -> dict:
+    """'cells' or 'cells:n=..,size=..,seed=..' -> {'n', 'size', 'seed'}, the walk-through's
+    n=16, size=384 where not given. ValueError naming the fix for an unknown option, n < 2, a
+    size under 64 (two cells or fewer), or seed 99 (the held-out images' seed)."""
+    kind, _, rest = spec.partition(":")
+    opts = dict(CELLS)
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, value = (t.strip() for t in part.partition("="))
+        if kind != "cells" or not sep or key not in CELLS or not value.isdigit():
+            raise ValueError(f"--data {spec}: {part!r} not understood; give cells:n=16,"
+                             "size=384 (integers n, size and optionally seed)")
+        opts[key] = int(value)
+    if opts["n"] < 2:
+        raise ValueError(f"--data {spec}: need n >= 2 (one to train, one to validate)")
+    if opts["size"] < 64:
+        raise ValueError(f"--data {spec}: size {opts['size']} holds hardly a cell; give "
+                         "size >= 64 (the walk-through's is 384)")
+    if opts["seed"] == HELDOUT_SEED:
+        raise ValueError(f"--data {spec}: seed {HELDOUT_SEED} would train on the held-out "
+                         f"images touching_cells(size, seed=({HELDOUT_SEED}, i)); give "
+                         "another seed")
+    return opts
+
+
+def cells_data(opts: dict) -> str:
+    """{'n': 16, 'size': 384, 'seed': 0} -> 'cells:n=16,size=384' (',seed=K' when K != 0):
+    one spelling per data set, as train gets it and compare.json records it."""
+    return f"cells:n={opts['n']},size={opts['size']}" + \
+        (f",seed={opts['seed']}" if opts["seed"] else "")
+
+
 @dataclass
 class Settings:
     """What every training of one comparison shares (OUT/compare.json records it)."""
 
-    data: str  # isbi2012:PATH, PATH absolute
+    data: str  # isbi2012:PATH (PATH absolute) or cells:n=N,size=S[,seed=K] (`cells_data`)
     time: str = "10m"  # the budget of every training ('' when iters is set)
     iters: int | None = None  # a fixed number of steps instead (tests, quick looks)
     preset: str = "cpu"
     train_options: dict = field(default_factory=dict)  # val, holdout, tile, val_every, device
 
+    @property
+    def task(self) -> str:
+        """'isbi2012' or 'cells': the data kind, which chooses the held-out set and scores."""
+        return self.data.partition(":")[0]
+
     def given(self, entry: Entry, seed: int, run: Path) -> dict:
-        """The TrainConfig options of one training (as `python -m minunet.train` gets them)."""
+        """The TrainConfig options of one training (as `python -m minunet.train` gets them);
+        checkpoints are kept for `curve` (ISBI only)."""
         length = {"iters": self.iters} if self.iters else {"time": self.time}
         return {"data": self.data, **length, "preset": self.preset, **self.train_options,
-                "seed": seed, "arch": entry.arch, **entry.options, "keep_checkpoints": True,
-                "out": str(run)}
+                "seed": seed, "arch": entry.arch, **entry.options,
+                "keep_checkpoints": self.task == "isbi2012", "out": str(run)}
 
     def record(self) -> dict:
         return {"data": self.data, "time": self.time, "iters": self.iters,
@@ -287,11 +346,53 @@ def held_out(run: Path, dest: Path) -> list[str]:
     return names
 
 
-def read_all_row(path: Path) -> dict:
-    """The 'all' row of an evaluate CSV: the four ISBI scores as floats."""
+def cells_heldout(out: Path, size: int) -> list[str]:
+    """The walk-through's held-out images, written once for a whole comparison:
+    OUT/heldout/images/{i}.png (uint8) and OUT/heldout/labels/{i}.tif (uint16 instance ids) of
+    touching_cells(size, seed=(99, i)), i = 0..2; their names. Written into a temporary folder
+    renamed when complete (never a half set); where OUT/heldout exists, its files are read back
+    and must equal the generator's, else ValueError naming the fix."""
+    import tifffile
+    from PIL import Image
+
+    from minunet.data.synthetic import touching_cells
+
+    names = [str(i) for i in range(HELDOUT_IMAGES)]
+    cells = [touching_cells(size, seed=(HELDOUT_SEED, i)) for i in range(HELDOUT_IMAGES)]
+    dest = out / "heldout"
+    if dest.exists():
+        files = {f"{sub}/{p.name}" for sub in ("images", "labels") if (dest / sub).is_dir()
+                 for p in (dest / sub).iterdir()}
+        want = [f"{sub}/{n}.{ext}" for sub, ext in (("images", "png"), ("labels", "tif"))
+                for n in names]
+        same = files == set(want) and all(
+            np.array_equal(np.asarray(Image.open(dest / "images" / f"{n}.png")), c.image) and
+            np.array_equal(tifffile.imread(dest / "labels" / f"{n}.tif"), c.instances)
+            for n, c in zip(names, cells, strict=True))
+        if not same:
+            raise ValueError(f"{dest} is not the held-out set of touching_cells({size}, "
+                             f"seed=({HELDOUT_SEED}, i)), i = 0..{HELDOUT_IMAGES - 1}; remove "
+                             "it (it is written again), or name another --out")
+        return names
+    tmp = Path(tempfile.mkdtemp(prefix=".heldout-", dir=out))
+    try:
+        for sub in ("images", "labels"):
+            (tmp / sub).mkdir()
+        for n, c in zip(names, cells, strict=True):
+            Image.fromarray(c.image).save(tmp / "images" / f"{n}.png")
+            tifffile.imwrite(tmp / "labels" / f"{n}.tif", c.instances.astype(np.uint16))
+        os.rename(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return names
+
+
+def read_all_row(path: Path, scores=SCORES, counts=()) -> dict:
+    """The 'all' row of an evaluate CSV: `scores` as floats (default the four ISBI scores),
+    `counts` as integers."""
     with open(path, newline="") as f:
         row = [r for r in csv.DictReader(f) if r["slice"] == "all"][-1]
-    return {k: float(row[k]) for k in SCORES}
+    return {**{k: float(row[k]) for k in scores}, **{k: int(row[k]) for k in counts}}
 
 
 def read_curve(path: Path) -> list[dict]:
@@ -316,95 +417,153 @@ def training_done(pair: Path) -> dict | None:
     return done
 
 
+class StepFailed(Exception):
+    """A step's command exited with a status other than 0: the entry+seed failed there."""
+
+    def __init__(self, step: str, log: Path, returncode: int):
+        super().__init__(f"{step} failed (exit status {returncode}; {log})")
+        self.step, self.log, self.returncode = step, log, returncode
+
+
+def run_step(cmd: list[str], log: Path, step: str) -> Finished:
+    """run_logged, StepFailed where the command fails."""
+    done = run_logged(cmd, log)
+    if done.returncode != 0:
+        raise StepFailed(step, log, done.returncode)
+    return done
+
+
+def train_step(entry: Entry, seed: int, settings: Settings, pair: Path, rel, say) -> dict:
+    """The training of one entry+seed in PAIR/run, unless `training_done` (then its
+    train.json); an unfinished one again from iteration 0 (--overwrite), the earlier scores
+    removed. train.json: command, exit status, wall-clock seconds, peak memory (returned).
+    Interrupted on exit status 130, StepFailed on another failure."""
+    run, log = pair / "run", pair / "train.log"
+    trained = training_done(pair)
+    if trained is not None:
+        return trained
+    overwrite = run.exists()
+    for stale in ("train.json", *(v[1] for v in PREDICTIONS.values())):
+        (pair / stale).unlink(missing_ok=True)
+    for stale in ("heldout", *(v[0] for v in PREDICTIONS.values())):
+        shutil.rmtree(pair / stale, ignore_errors=True)
+    cmd = train_command(settings.given(entry, seed, run), overwrite)
+    say(f"{entry.name} seed {seed}: training"
+        + (" again from the start (--overwrite: a budget cannot be resumed fairly)"
+           if overwrite else "") + f" (log {log})")
+    done = run_logged(cmd, log, watch_memory=True)
+    if done.returncode == 130:
+        raise Interrupted(f"{entry.name} seed {seed}: training interrupted ({log})")
+    if done.returncode != 0:
+        raise StepFailed("train", log, done.returncode)
+    trained = {"command": cmd, "returncode": 0, "wall_s": done.wall_s,
+               "peak_rss_mb": done.peak_rss_mb, "log": rel(log)}
+    atomic_write_text(pair / "train.json", json.dumps(trained, indent=1))
+    return trained
+
+
+def training_record(entry: Entry, trained: dict, pair: Path, rel) -> dict:
+    """result.json's 'train' (steps, iterations of best.npz and last.npz, budget, wall_s,
+    peak memory) and 'network' (parameters, GFLOP) of a finished training, with their files."""
+    from minunet.training.checkpoint import load_checkpoint
+
+    run = pair / "run"
+    config = json.loads((run / "config.json").read_text())
+    best, last = load_checkpoint(run / "best.npz"), load_checkpoint(run / "last.npz")
+    return {"train": {**trained, "config": rel(run / "config.json"),
+                      "steps": config["train"]["iters"], "last_iteration": last.iteration,
+                      "best_iteration": best.iteration, "budget": config.get("budget"),
+                      "from": f"{rel(run / 'config.json')} (train.iters, budget), "
+                              f"{rel(pair / 'train.json')} (wall_s, peak_rss_mb: VmHWM)"},
+            "network": {**network_cost(entry.arch, config["model"]),
+                        "from": f"layer table of {rel(run / 'config.json')} 'model'"}}
+
+
+def score_heldout(pair: Path, inputs, truth: Path, task: str, device: str, rel, say,
+                  label: str) -> dict:
+    """Predict the held-out images from PAIR/run/best.npz without and with --tta 8 and score
+    both with `evaluate`, each where its CSV is missing; {'plain'|'tta8': the 'all' row's
+    scores, their CSV, predictions, checkpoint, tta}. inputs(): the images to predict (called
+    only when something is predicted). task 'cells': --instances for both commands. label:
+    'ENTRY seed K', for what it says."""
+    cells = task == "cells"
+    what, scored = ("images", "instances") if cells else ("slices", "prob")
+    flag = ["--instances"] if cells else []
+    best = pair / "run" / "best.npz"
+    scores = {}
+    for kind, (pred, csv_name, extra) in PREDICTIONS.items():
+        if not (pair / csv_name).is_file():
+            images = inputs()
+            shutil.rmtree(pair / pred, ignore_errors=True)
+            say(f"{label}: predicting the held-out {what}"
+                + (" with --tta 8" if extra else ""))
+            run_step([sys.executable, "-m", "minunet.predict", "--checkpoint", str(best),
+                      *map(str, images), "--out", str(pair / pred), *flag, *extra,
+                      *(["--device", device] if device else [])],
+                     pair / f"{pred}.log", f"predict ({kind})")
+            run_step([sys.executable, "-m", "minunet.evaluate", str(pair / pred / scored),
+                      str(truth), *flag, "--csv", str(pair / csv_name)],
+                     pair / f"{csv_name[:-4]}.log", f"evaluate ({kind})")
+        read = read_all_row(pair / csv_name, CELL_SCORES, CELL_COUNTS) if cells else \
+            read_all_row(pair / csv_name)
+        scores[kind] = {**read, "csv": rel(pair / csv_name),
+                        "predictions": rel(pair / pred / scored), "checkpoint": rel(best),
+                        "tta": 8 if extra else 1}
+    return scores
+
+
 def run_pair(entry: Entry, seed: int, settings: Settings, out: Path, device: str = "",
              say=print) -> dict:
     """Train, predict, evaluate and score one entry+seed in OUT/<entry>/seed<K>, each step
     skipped where its output exists; result.json (also returned). A step that fails gives a
-    result with status 'failed', the step and its log. Interrupted: a training interrupted."""
+    result with status 'failed', the step and its log. Interrupted: a training interrupted.
+    ISBI: the run's held-out slices, then `curve`; cells: OUT/heldout (`cells_heldout`)."""
     pair = out / entry.name / f"seed{seed}"
     rel = lambda p: os.path.relpath(p, out)  # noqa: E731  paths in result.json: from OUT
     run = pair / "run"
     result = {"entry": entry.name, "arch": entry.arch, "options": entry.options,
               "loss": entry.loss, "seed": seed, "settings": settings.record(),
               "folder": rel(pair), "run": rel(run)}
+    try:
+        result |= training_record(entry, train_step(entry, seed, settings, pair, rel, say),
+                                  pair, rel)
+        if settings.task == "cells":
+            size = cells_options(settings.data)["size"]
+            names = cells_heldout(out, size)  # written once, else checked (0.2 s each)
+            result["scores"] = score_heldout(pair, lambda: [out / "heldout" / "images"],
+                                             out / "heldout" / "labels", "cells", device,
+                                             rel, say, f"{entry.name} seed {seed}")
+            result["heldout"] = names
+            result["heldout_from"] = (f"{rel(out / 'heldout')}: touching_cells({size}, seed="
+                                      f"({HELDOUT_SEED}, i)), i = 0..{HELDOUT_IMAGES - 1}")
+        else:
+            truth = pair / "heldout"
 
-    def failed(step: str, log: Path, rc: int) -> dict:
-        result.update(status="failed", step=step, returncode=rc, log=rel(log))
-        say(f"{entry.name} seed {seed}: {step} FAILED (exit status {rc}; {log}): {tail(log)}")
+            def slices() -> list[Path]:
+                if not (truth / "truth").is_dir():
+                    held_out(run, truth)
+                return sorted((truth / "images").iterdir())
+
+            result["scores"] = score_heldout(pair, slices, truth / "truth", "isbi2012",
+                                             device, rel, say, f"{entry.name} seed {seed}")
+            if (truth / "truth").is_dir():
+                result["heldout"] = sorted(p.stem for p in (truth / "truth").iterdir())
+            if not (run / "curve.csv").is_file():
+                say(f"{entry.name} seed {seed}: scoring the kept checkpoints (curve)")
+                run_step([sys.executable, "-m", "minunet.curve", str(run)],
+                         pair / "curve.log", "curve")
+            result["curve"] = {"csv": rel(run / "curve.csv"),
+                               "rows": read_curve(run / "curve.csv")}
+    except StepFailed as f:
+        result.update(status="failed", step=f.step, returncode=f.returncode, log=rel(f.log))
+        say(f"{entry.name} seed {seed}: {f.step} FAILED (exit status {f.returncode}; "
+            f"{f.log}): {tail(f.log)}")
         atomic_write_text(pair / "result.json", json.dumps(result, indent=1))
         return result
-
-    trained = training_done(pair)
-    log = pair / "train.log"
-    if trained is None:
-        overwrite = run.exists()
-        for stale in ("train.json", *(v[1] for v in PREDICTIONS.values())):
-            (pair / stale).unlink(missing_ok=True)
-        for stale in ("heldout", *(v[0] for v in PREDICTIONS.values())):
-            shutil.rmtree(pair / stale, ignore_errors=True)
-        cmd = train_command(settings.given(entry, seed, run), overwrite)
-        say(f"{entry.name} seed {seed}: training"
-            + (" again from the start (--overwrite: a budget cannot be resumed fairly)"
-               if overwrite else "") + f" (log {log})")
-        done = run_logged(cmd, log, watch_memory=True)
-        if done.returncode == 130:
-            raise Interrupted(f"{entry.name} seed {seed}: training interrupted ({log})")
-        if done.returncode != 0:
-            return failed("train", log, done.returncode)
-        trained = {"command": cmd, "returncode": 0, "wall_s": done.wall_s,
-                   "peak_rss_mb": done.peak_rss_mb, "log": rel(log)}
-        atomic_write_text(pair / "train.json", json.dumps(trained, indent=1))
-    config = json.loads((run / "config.json").read_text())
-    from minunet.training.checkpoint import load_checkpoint
-
-    best, last = load_checkpoint(run / "best.npz"), load_checkpoint(run / "last.npz")
-    result["train"] = {**trained, "config": rel(run / "config.json"),
-                       "steps": config["train"]["iters"], "last_iteration": last.iteration,
-                       "best_iteration": best.iteration, "budget": config.get("budget"),
-                       "from": f"{rel(run / 'config.json')} (train.iters, budget), "
-                               f"{rel(pair / 'train.json')} (wall_s, peak_rss_mb: VmHWM)"}
-    result["network"] = {**network_cost(entry.arch, config["model"]),
-                         "from": f"layer table of {rel(run / 'config.json')} 'model'"}
-
-    truth = pair / "heldout"
-    result["scores"] = {}
-    for kind, (pred, csv_name, extra) in PREDICTIONS.items():
-        if not (pair / csv_name).is_file():
-            if not (truth / "truth").is_dir():
-                held_out(run, truth)
-            shutil.rmtree(pair / pred, ignore_errors=True)
-            say(f"{entry.name} seed {seed}: predicting the held-out slices"
-                + (" with --tta 8" if extra else ""))
-            log = pair / f"{pred}.log"
-            cmd = [sys.executable, "-m", "minunet.predict", "--checkpoint",
-                   str(run / "best.npz"), *sorted(map(str, (truth / "images").iterdir())),
-                   "--out", str(pair / pred), *extra,
-                   *(["--device", device] if device else [])]
-            done = run_logged(cmd, log)
-            if done.returncode != 0:
-                return failed(f"predict ({kind})", log, done.returncode)
-            log = pair / f"{csv_name[:-4]}.log"
-            done = run_logged([sys.executable, "-m", "minunet.evaluate", str(pair / pred / "prob"),
-                               str(truth / "truth"), "--csv", str(pair / csv_name)], log)
-            if done.returncode != 0:
-                return failed(f"evaluate ({kind})", log, done.returncode)
-        result["scores"][kind] = {**read_all_row(pair / csv_name), "csv": rel(pair / csv_name),
-                                  "predictions": rel(pair / pred / "prob"),
-                                  "checkpoint": rel(run / "best.npz"),
-                                  "tta": 8 if extra else 1}
-    if (truth / "truth").is_dir():
-        result["heldout"] = sorted(p.stem for p in (truth / "truth").iterdir())
-
-    if not (run / "curve.csv").is_file():
-        say(f"{entry.name} seed {seed}: scoring the kept checkpoints (curve)")
-        log = pair / "curve.log"
-        done = run_logged([sys.executable, "-m", "minunet.curve", str(run)], log)
-        if done.returncode != 0:
-            return failed("curve", log, done.returncode)
-    result["curve"] = {"csv": rel(run / "curve.csv"), "rows": read_curve(run / "curve.csv")}
     result["status"] = "done"
     atomic_write_text(pair / "result.json", json.dumps(result, indent=1))
     v = result["scores"]
-    say(f"{entry.name} seed {seed}: done; held-out V_rand {v['plain']['v_rand']:.4f}, with "
-        f"--tta 8 {v['tta8']['v_rand']:.4f} ({rel(pair / 'result.json')})")
+    key, name = ("f1", "F1") if settings.task == "cells" else ("v_rand", "V_rand")
+    say(f"{entry.name} seed {seed}: done; held-out {name} {v['plain'][key]:.4f}, with "
+        f"--tta 8 {v['tta8'][key]:.4f} ({rel(pair / 'result.json')})")
     return result
