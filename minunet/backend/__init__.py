@@ -16,6 +16,8 @@ The backend, by concern:
     chunks.py      chunk sizes, reusable workspaces, parallel_for over the workers
     threads.py     the CPU's worker threads beneath parallel_for
     cpu.py gpu.py  the twins themselves
+    cpu_rows.py    the CPU's 3x3 conv loops without columns (for minunet/fast/conv.py)
+    cpu_winograd.py  the CPU's Winograd F(2x2, 3x3) for it (neither has a GPU twin)
 
 This file only gathers their public names, so `backend.xp_of`,
 `backend.im2col`, `backend.workspace`, ... work as before. Imports flow one

@@ -37,6 +37,24 @@ what each buys:
   dw, db from the rows in float64 (direct_dw_rows); dx, when asked, keeps the
   GEMM + col2im. It buys about 20% of that layer's time (572/16: 23 -> 17 ms of
   forward + backward, 16 -> 13 ms of CPU time, on a shared 2-core machine).
+- Rows loops for few channels (3x3, Cin and Cout <= ROWS_MAX = 16: the U-Net's top
+  levels at base 8 and 16). The GEMM has only Cout = 8-16 rows there and BLAS runs
+  it at 20-60 GFLOP/s, behind an im2col copy as long as the product. The rows loops
+  (backend/cpu_rows.py) read the image in place, four output rows per pass (80
+  GFLOP/s on one core); the backward writes the gradient after the ReLU mask once,
+  zero-padded, and gets dx as the same loops over it with the flipped weights (a
+  gather: each dx row is one chunk's, no col2im, no halo) and dw as nine dot
+  products per channel pair over the chunk's rows as one run. 316/8, 8 -> 8
+  channels at 312 px, one thread: forward 3.8 -> 1.7 ms, dx 2.8 -> 1.7, dw 4.7 -> 1.5.
+- Winograd F(2x2, 3x3) for more channels (Lavin & Gray 2016; backend/cpu_winograd.py):
+  the forward and, on the padded gradient, dx as 16 GEMMs of the transformed filters
+  and tiles per chunk: 2.25x fewer GEMM flops, and its transformed input is 4 values
+  per output pixel and channel where im2col copies 9. 572/16, 64 -> 64 channels at 136
+  px, one thread: forward 18 -> 11 ms, dx 16 -> 13. Its float32 error is that of a
+  summation order (backend/cpu_winograd.py; tests/fast/test_conv_paths.py).
+  `_plan` picks the loops of each layer and direction, with the measurements behind
+  it; MINUNET_CONV_PATH=gemm turns the rows loops and Winograd off (im2col + GEMM, as
+  before them), for A/B timings.
 - Fused epilogue. Bias and ReLU in one pass over the output; on the CPU each chunk
   runs it (backend.bias_relu_rows) right after its GEMM, while the chunk's output
   is still in cache and in the same dispatch; on the GPU one launch over the whole
@@ -46,6 +64,9 @@ what each buys:
 
 from __future__ import annotations
 
+import os
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import backend
@@ -53,19 +74,21 @@ from ..ops._check import check_conv2d, check_dout
 from ..ops.conv import Conv2dCache
 
 
-def _row_chunks(N, Ho, k, xp, row_bytes):
+def _row_chunks(N, Ho, k, xp, row_bytes, multiple=1):
     """Chunks (n, y0, y1) of output rows, image by image, for `backend.parallel_for`.
 
     Each chunk's column matrix fits `backend.chunk_bytes`; an image has at least two
     chunks per worker when it is tall enough, and every chunk is at least k-1 rows
-    tall (so that only neighbouring chunks touch the same input rows). One chunk per
-    worker was tried (fewer Python calls per layer): 316/8 gained (75 -> 62 ms) but
-    572/16 lost 17% of CPU time (bigger chunks fall out of cache), so it is not done.
+    tall (so that only neighbouring chunks touch the same input rows) and a multiple
+    of `multiple` rows (Winograd's tile rows are 2 output rows), but the image's last.
+    One chunk per worker was tried (fewer Python calls per layer): 316/8 gained
+    (75 -> 62 ms) but 572/16 lost 17% of CPU time (bigger chunks fall out of cache).
     """
     fit = backend.chunk_bytes(xp) // max(1, row_bytes)
     T = backend.workers(xp)
     per_worker = -(-Ho // (2 * T)) if T > 1 else Ho  # ceil(Ho / 2T)
     step = max(1, k - 1, min(fit, per_worker))
+    step = -(-step // multiple) * multiple  # rounded up to a multiple
     return [(n, y0, min(Ho, y0 + step)) for n in range(N) for y0 in range(0, Ho, step)]
 
 
@@ -76,6 +99,83 @@ def _direct(x, k) -> bool:
     """Whether a conv of x (N, Cin, H, W) with a k x k kernel runs the direct loops: on the
     CPU, for k > 1 (a 1x1 conv has no columns to save) and Cin*k*k <= DIRECT_MAX."""
     return not backend.is_gpu_array(x) and k > 1 and x.shape[1] * k * k <= DIRECT_MAX
+
+
+ROWS_MAX = 16  # Cin and Cout up to this (3x3, CPU): the rows loops for all three
+PATHS = ("auto", "gemm")  # MINUNET_CONV_PATH: the rule below, or im2col + GEMM everywhere
+
+
+class Plan(NamedTuple):
+    """The loops of one conv layer, per direction: "gemm", "direct", "rows", "winograd"."""
+
+    forward: str
+    dx: str
+    dw: str
+
+
+def _plan(x, w) -> Plan:
+    """Which loops a conv of x (N, Cin, H, W) with w (Cout, Cin, k, k) runs: the one rule.
+
+    "gemm"      im2col + GEMM (+ col2im for dx): the GPU, 1x1, odd output widths, and all
+                but the first layer when MINUNET_CONV_PATH=gemm (the path before the others)
+    "direct"    the first layer (Cin*k*k <= DIRECT_MAX, `_direct`): forward and dw; dx gemm
+    "rows"      backend/cpu_rows.py: the forward four output rows at a time; dx as the
+                same loops over the zero-padded gradient (a gather); dw as nine dot
+                products per channel pair over the chunk's rows, summed in float64
+    "winograd"  backend/cpu_winograd.py, F(2x2, 3x3): the forward, or dx on the padded
+                gradient; needs an even output width
+
+    On the CPU, for 3x3: all rows when Cin, Cout <= ROWS_MAX; else, with an even width,
+    the forward by Winograd and the backward: the GEMM's when a channel count passes 32
+    and Wo < 96; else dw by the rows, dx by the rows when Cin <= 16 or (Cin <= 32 and
+    Wo >= 256), else by Winograd.
+
+    The numbers behind the rule: CPU time of one thread (time.thread_time) on a 2-core
+    AMD EPYC (AVX-512, OpenBLAS, float32, the other core busy), one image, each candidate
+    on the same row chunks, alternating, medians of 3-5, ms; the U-Net's layers at 316/8
+    and 572/16 (issue 28):
+
+        layer                forward                dx                   dw
+        (Cin->Cout, Wo)      gemm  rows  winograd   gemm  rows  winograd  gemm  rows
+        8->8, 312            3.8   1.7   3.0        2.8   1.7   3.3       4.7   1.5
+        16->16, 568          30    18    22         31    22    34        44    19
+        16->8, 134           1.4   0.7   1.0        1.1   0.7   0.9       1.6   0.6
+        16->32, 282          13    9.9   9.6        11    9.0   13        15    9.4
+        32->32, 280          24    18    15         26    20    24        35    19
+        32->16, 390          28    18    19         27    17    22        38    19
+        32->32, 72           1.9   1.5   1.1        1.4   1.7   1.1       1.6   1.2
+        64->64, 136          18    17    11         16    20    13        21    18
+        64->64, 32           1.2   1.1   0.6        1.0   1.5   0.7       1.1   1.4
+        128->128, 64         15    18    8.5        14    23    10        17    18
+        256->256, 28         11    24    8.8        12    33    10        18    18
+
+    (gemm's dx includes col2im, its dw the im2col; the gradient's mask/padding pass, the
+    same for all, is left out.) The GEMM runs at 20-60 GFLOP/s with Cout = 8-16 rows; the
+    rows loops at 60-80 whatever the channels, but their cost grows with Cin*Cout while
+    Winograd's GEMMs do 2.25x fewer flops and its transforms grow with Cin + Cout. Where
+    dw stays with the GEMM, Winograd's dx did not pay for its own pass over the gradient
+    (316/8 bottleneck, 64->128 at 14 px: backward 0.9 ms with the GEMM's, 1.1 with
+    Winograd's dx), so those layers keep the GEMM's whole backward. Whole layers, the
+    forward and backward of every 3x3 layer of a step, this rule against
+    MINUNET_CONV_PATH=gemm, one thread: 316/8 72.5 -> 49.0 ms, 572/16 885 -> 656 ms.
+    """
+    Cout, Cin, k, _ = w.shape
+    if _direct(x, k):
+        return Plan("direct", "gemm", "direct")
+    choice = os.environ.get("MINUNET_CONV_PATH", "auto").strip() or "auto"
+    if choice not in PATHS:
+        raise ValueError(f"MINUNET_CONV_PATH must be one of {', '.join(PATHS)}, got {choice!r}")
+    Wo = x.shape[3] - k + 1
+    if backend.is_gpu_array(x) or k != 3 or choice == "gemm":
+        return Plan("gemm", "gemm", "gemm")
+    if max(Cin, Cout) <= ROWS_MAX:
+        return Plan("rows", "rows", "rows")
+    if Wo % 2:
+        return Plan("gemm", "gemm", "gemm")
+    if max(Cin, Cout) > 32 and Wo < 96:  # many channels, short rows: the GEMM's backward
+        return Plan("winograd", "gemm", "gemm")
+    return Plan("winograd", "rows" if Cin <= 16 or (Cin <= 32 and Wo >= 256) else "winograd",
+                "rows")
 
 
 def _blocks(chunks, T):
@@ -129,6 +229,35 @@ def _add_bias(out, b, relu):
     backend.parallel_for(xp, blocks, piece)
 
 
+_MULTIPLE = {"winograd": 2, "rows": 4}  # chunk heights: whole tile rows; whole 4-row passes
+
+
+def _filter_space(dtype, Cout, Cin):
+    """A workspace (16, Cout, Cin) for Winograd's transformed filters (no page faults)."""
+    return backend.workspace(np, dtype, 16 * Cout * Cin, slot=backend.Slot("wino_u")).reshape(
+        16, Cout, Cin)
+
+
+def _winograd_rows(x1, xr0, R, U, w, b, relu, out3, or0, worker):
+    """R output rows or0.. of a valid 3x3 conv of x1 (Cin, Hx, Wx) from its rows xr0.. into
+    out3 (Cout, Ho3, Wx-2), by Winograd F(2x2, 3x3) (backend/cpu_winograd.py): U (16, Cout,
+    Cin) the transformed w (Cout, Cin, 3, 3); an odd last row by the rows loops."""
+    from ..backend import cpu_rows, cpu_winograd
+
+    Cin, Cout, Tw = x1.shape[0], out3.shape[0], out3.shape[2] // 2
+    nt = R // 2  # tile rows
+    if nt:
+        ws, Slot = backend.workspace, backend.Slot
+        V = ws(np, x1.dtype, 16 * Cin * nt * Tw, slot=Slot("wino_v", worker))
+        M = ws(np, x1.dtype, 16 * Cout * nt * Tw, slot=Slot("wino_m", worker))
+        V, M = V.reshape(16, Cin, nt * Tw), M.reshape(16, Cout, nt * Tw)
+        cpu_winograd.winograd_input(x1, xr0, nt, V)
+        np.matmul(U, V, out=M)  # 16 GEMMs (Cout, Cin) @ (Cin, tiles)
+        cpu_winograd.winograd_output(M, b, relu, out3, or0, nt)
+    if R % 2:
+        cpu_rows.conv3_rows(x1, xr0 + R - 1, w, b, relu, out3, or0 + R - 1, 1)
+
+
 def conv2d_forward(x, w, b, relu=False):
     """Valid 2-D convolution (cross-correlation), stride 1, with bias (and a fused ReLU).
 
@@ -151,15 +280,23 @@ def conv2d_forward(x, w, b, relu=False):
     fused = not backend.is_gpu_array(x)  # the CPU: the epilogue runs on each chunk, in the
     # same dispatch as its GEMM
     bias = b.astype(x.dtype, copy=False)
-
-    if _direct(x, k):
-        from ..backend import cpu
+    path = _plan(x, w).forward
+    if path != "gemm":
+        from ..backend import cpu, cpu_rows, cpu_winograd
         wc = xp.ascontiguousarray(w)
+    if path == "winograd":  # the transformed filters (16, Cout, Cin), in a workspace
+        U = cpu_winograd.winograd_filter(wc, _filter_space(x.dtype, Cout, Cin))
 
     def conv_chunk(chunk, worker):
         n, y0, y1 = chunk
-        if _direct(x, k):  # no columns: shifted rows of the image, bias and ReLU fused
+        if path == "direct":  # no columns: shifted rows of the image, bias and ReLU fused
             cpu.direct_conv_rows(x[n], wc, bias, y0, y1, relu, out[n])
+            return
+        if path == "rows":  # no columns: four output rows at a time, bias and ReLU fused
+            cpu_rows.conv3_rows(x[n], y0, wc, bias, relu, out[n], y0, y1 - y0)
+            return
+        if path == "winograd":
+            _winograd_rows(x[n], y0, y1 - y0, U, wc, bias, relu, out[n], y0, worker)
             return
         cols = _columns(x[n], k, y0, y1, worker)  # (Cin*k*k, (y1-y0)*Wo)
         o2 = out[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo]  # (Cout, (y1-y0)*Wo)
@@ -167,7 +304,7 @@ def conv2d_forward(x, w, b, relu=False):
         if fused:  # bias (and ReLU) while the chunk's output is still in cache
             backend.bias_relu_rows(o2, bias, relu)
 
-    chunks = _row_chunks(N, Ho, k, xp, Cin * k * k * Wo * x.itemsize)
+    chunks = _row_chunks(N, Ho, k, xp, Cin * k * k * Wo * x.itemsize, _MULTIPLE.get(path, 1))
     backend.parallel_for(xp, _blocks(chunks, backend.workers(xp)), _each(conv_chunk))
     if not fused:  # the GPU: one launch over the whole output
         _add_bias(out, b, relu)
@@ -190,7 +327,10 @@ def conv2d_backward(dout, cache, need_dx=True):
     dout = xp.ascontiguousarray(dout)
     w2 = xp.ascontiguousarray(w).reshape(Cout, Cin * k * k)  # (Cout, Cin*k*k)
     T = backend.workers(xp)
-    direct = _direct(x, k)
+    plan = _plan(x, w)
+    if plan.dw == "rows":  # dx a gather: no col2im, no halos
+        return _gather_backward(dout, x, w, out, need_dx, plan)
+    direct = plan.forward == "direct"
     acc = np.float64 if direct else x.dtype  # the direct loops sum dw, db in float64
     dw_parts = [xp.zeros((Cout, Cin * k * k), dtype=acc) for _ in range(T)]  # per worker
     db_parts = [xp.zeros(Cout, dtype=acc) for _ in range(T)]
@@ -254,3 +394,62 @@ def conv2d_backward(dout, cache, need_dx=True):
     if direct:
         dw2, db = dw2.astype(x.dtype), db.astype(x.dtype)
     return dx, dw2.reshape(w.shape), db
+
+
+def _gather_backward(dout, x, w, out, need_dx, plan):
+    """conv2d_backward where dw runs the rows loops (the CPU, 3x3; see `_plan`).
+
+    dout (N, Cout, Ho, Wo) contiguous, x (N, Cin, H, W), w (Cout, Cin, 3, 3), out the
+    output when a ReLU was fused (its mask), else None. Returns (dx or None, dw, db).
+
+    Each chunk of output rows y0..y1-1 writes the gradient after the ReLU mask once, in
+    the two layouts its loops read (backend/cpu_rows.py grad_rows), then
+    - dw, db: nine dot products per channel pair over the chunk's rows, float64 sums;
+    - dx rows y0..y1-1 (and the image's last 2 rows with its last chunk): the valid conv
+      of the gradient zero-padded by 2 with the flipped, transposed weights, by the rows
+      loops or by Winograd (plan.dx). A dx row is the sum of one chunk's products only:
+      nothing is added across chunks, so no halo rows, and dx needs no zeroing.
+    dw, db are summed per worker and added in worker order: the same numbers run to run.
+    """
+    from ..backend import cpu_rows, cpu_winograd
+
+    N, Cin, H, W = x.shape
+    Cout, Ho, Wo = dout.shape[1:]
+    T = backend.workers(np)
+    dw_parts = [np.zeros((Cout, Cin, 3, 3)) for _ in range(T)]  # float64, per worker
+    db_parts = [np.zeros(Cout) for _ in range(T)]
+    wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), dtype=x.dtype)  # (Cin,
+    # Cout, 3, 3): dx[c, Y, X] = sum_{o,i,j} wf[c, o, i, j] * gpad[o, Y+i, X+j]
+    zero = np.zeros(Cin, dtype=x.dtype)
+    wino_dx = need_dx and plan.dx == "winograd"
+    Uf = cpu_winograd.winograd_filter(wf, _filter_space(x.dtype, Cin, Cout)) if wino_dx else None
+    dx = np.empty_like(x) if need_dx else None
+
+    def grad_chunk(chunk, worker):
+        n, y0, y1 = chunk
+        Y1 = H if y1 == Ho else y1  # dx rows y0..Y1-1: the last chunk also the last 2
+        r0, r1 = (y0 - 2, Y1) if need_dx else (y0, y0)  # the padded gradient's rows
+        gp = backend.workspace(np, x.dtype, Cout * (r1 - r0) * (Wo + 4),
+                               slot=backend.Slot("grad_pad", worker))
+        gf = backend.workspace(np, x.dtype, Cout * (y1 - y0) * W,
+                               slot=backend.Slot("grad_flat", worker))
+        gp = gp.reshape(Cout, r1 - r0, Wo + 4)
+        gf = gf.reshape(Cout, (y1 - y0) * W)
+        cpu_rows.grad_rows(dout[n], dout[n] if out is None else out[n], out is not None,
+                           r0, r1, y0, y1, gp, gf)
+        cpu_rows.conv3_dw_rows(x[n].reshape(Cin, H * W), W, gf, y0, y1 - y0,
+                               dw_parts[worker], db_parts[worker])
+        if not need_dx:
+            return
+        if wino_dx:
+            _winograd_rows(gp, 0, Y1 - y0, Uf, wf, zero, False, dx[n], y0, worker)
+        else:
+            cpu_rows.conv3_rows(gp, 0, wf, zero, False, dx[n], y0, Y1 - y0)
+
+    chunks = _row_chunks(N, Ho, 3, np, Cin * 9 * Wo * x.itemsize, _MULTIPLE[plan.dx])
+    backend.parallel_for(np, _blocks(chunks, T), _each(grad_chunk))
+    dw, db = dw_parts[0], db_parts[0]
+    for dwp, dbp in zip(dw_parts[1:], db_parts[1:], strict=True):  # in worker order
+        dw += dwp
+        db += dbp
+    return dx, dw.astype(x.dtype), db.astype(x.dtype)
