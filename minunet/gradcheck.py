@@ -24,6 +24,7 @@ from minunet.nn.gradcheck import (
     run_checks,
     summary_line,
 )
+from minunet.nn.opspec import STEP_CONV_RELU, STEP_KINKED, STEP_LINEAR
 
 
 def _parse_ops(values: list[str] | None, parser: argparse.ArgumentParser,
@@ -85,14 +86,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as e:
         parser.error(str(e))
 
-    h = STEP_FLOAT64 if args.dtype == "float64" else STEP_FLOAT32
     where = "cuda (CuPy)" if device == "cuda" else "cpu (NumPy)"
     module = "minunet/ops" if args.ops == "plain" else "minunet/fast"
     print(f"minunet gradient check: {args.ops} ops ({module}), {args.dtype} on {where}, "
           f"seed {args.seed}")
     if args.device == "auto" and device == "cpu":
         print(f"(--device auto chose the CPU: {backend.gpu_status().reason})")
-    print(f"central differences with step h = {h:g}; "
+    steps = (f"each op's own: {STEP_LINEAR:g} if linear in each input, {STEP_KINKED:g} ReLU "
+             f"and max-pool, {STEP_CONV_RELU:g} conv with its ReLU, {STEP_FLOAT64:g} smooth "
+             "ops (minunet/nn/opspec.py)"
+             if args.dtype == "float64" else f"{STEP_FLOAT32:g}")
+    print(f"central differences with step h = {steps}; "
           f"rel error = max |a - n| / max(|a| + |n|, {REL_ERROR_FLOOR:g})")
     if args.dtype == "float32":
         print(f"float32 keeps only ~7 digits, so: a larger step (STEP_FLOAT32 = "

@@ -145,3 +145,34 @@ def test_a_wrong_fast_backward_fails_the_fast_check(monkeypatch):
     failed = [r for r in gradcheck.run_checks(["maxpool2x2"], kind="fast") if not r.passed]
     assert failed and all(r.op == "maxpool2x2" for r in failed)
     assert all(r.passed for r in gradcheck.run_checks(["maxpool2x2"], kind="plain"))
+
+
+# Seeds at which the command once failed a correct op (before each op took its spec's step and
+# ReLU6's inputs kept off its cap): conv2d with its ReLU (dx ~1e-5 entries, h = 1e-4 for every
+# op), relu6 (inputs moved onto the cap at 6), nearest_upsample2 in float32 (its backward sums 4
+# entries, checked as if it only copied). A sweep of seeds 0-59, both doors, both dtypes, finds
+# no failure of a correct op (docs/DESIGN.md, "Gradient checks").
+@pytest.mark.parametrize("op, dtype, seeds", [
+    ("conv2d", "float64", (6, 20, 29)),
+    ("relu6", "float64", (4, 5, 8, 34)),
+    ("relu6", "float32", (4, 37, 40)),
+    ("nearest_upsample2", "float32", (9, 11, 19)),
+])
+@pytest.mark.parametrize("kind", ["plain", "fast"])
+def test_correct_ops_pass_at_seeds_that_once_failed(op, dtype, seeds, kind):
+    for seed in seeds:
+        results = gradcheck.run_checks([op], dtype, "cpu", seed, kind, family=True)
+        assert results and all(r.passed for r in results), (
+            f"seed {seed}: " + "; ".join(f"{r.op} d{r.input} {r.max_rel_error:.2e}"
+                                         for r in results if not r.passed))
+
+
+def test_relu6_inputs_stay_off_both_kinks():
+    from minunet.nn.opspec import relu6_inputs
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x = relu6_inputs(rng, np.float64)["x"]
+        assert np.abs(x).min() >= 0.1 and np.abs(x - 6.0).min() >= 0.1
+    above = np.mean([(relu6_inputs(rng, np.float64)["x"] > 6).mean() for _ in range(200)])
+    assert 0.15 < above < 0.25  # about a fifth above the cap, as the maker says

@@ -183,11 +183,14 @@ plt.show()
 # line is $10^9$ times higher, so its best error is only about $10^{-6}$ to $10^{-5}$. The
 # convolution has no truncation error, so its error only falls as $h$ grows.
 #
-# That explains the project's steps (vertical lines): most U-Net ops are linear in each input
-# (convolution, up-convolution, crop, concat, dropout) or piecewise linear (ReLU, max-pool), so
-# a larger step only helps; float64 uses $h = 10^{-4}$, where even the smooth softmax's
-# truncation error is still small; float32 uses $h = 3\cdot10^{-2}$ and looser thresholds,
-# because its rounding error would otherwise drown everything.
+# That explains the project's steps: most U-Net ops are linear in each input (convolution,
+# up-convolution, crop, concat, dropout) or piecewise linear (ReLU, max-pool), so a larger step
+# only helps. In float64 each op takes its own (its spec in `minunet/nn/opspec.py`): $h = 1$
+# for the linear ones, the largest step that stays off the kinks for the piecewise-linear ones
+# ($0.04$ for ReLU and max-pool, $0.01$ for a convolution with its ReLU), and
+# $h = 10^{-4}$ (the blue line) for smooth ops such as the softmax, where the truncation error
+# is still small. float32 uses $h = 3\cdot10^{-2}$ (the orange line) for every op, with looser
+# thresholds, because its rounding error would otherwise drown everything.
 #
 # **Check.** The measured best steps must lie within a factor of 30 of $\varepsilon^{1/3}$, in
 # both precisions (the constants $|g|$ and $|g'''|$ move the optimum a little).
@@ -404,7 +407,8 @@ assert not r.passed and r.max_rel_error == 1.0 and xr[r.worst_index] < 0 and r.n
 #   central differences measure that slope with a truncation error $\propto h^2$.
 # - Rounding adds an error $\propto \varepsilon / h$; the best step is near
 #   $\varepsilon^{1/3}$ for smooth functions, larger for (piecewise) linear ones. minunet uses
-#   $h = 10^{-4}$ in float64 and $3\cdot10^{-2}$ in float32.
+#   $h = 10^{-4}$ for smooth ops in float64, up to $h = 1$ for linear ones, and
+#   $3\cdot10^{-2}$ in float32.
 # - The relative error has a $10^{-8}$ floor, so entries that are both about 0 do not divide by
 #   0. A single op in float64 passes below $10^{-7}$.
 # - Inputs must stay farther than $h$ from kinks (ReLU at 0, max-pool ties).

@@ -11,8 +11,11 @@ two errors: ~h^2 times the third derivative from the curvature, and the rounding
 of f (~eps * |f|) divided by 2h. Most U-Net ops are linear in each input (conv,
 up-conv, crop, concat, dropout) or piecewise linear (ReLU, max-pool away from
 kinks), so their curvature error is exactly 0 and only rounding is left, which a
-larger step shrinks: float64 (eps ~ 1e-16) uses h = 1e-4, for which the smooth
-softmax's curvature error (~1e-9) is still below its rounding error.
+larger step shrinks. So each op takes its own step (its spec in minunet/nn/opspec.py):
+h = 1 for ops linear in each input, the largest step that stays off the kinks for
+piecewise-linear ones (0.04 for ReLU and max-pool, 0.01 for a conv with its fused
+ReLU), and h = 1e-4 in float64 (eps ~ 1e-16) for smooth ops such as the softmax,
+whose curvature error (~1e-9) is then still below its rounding error.
 
 We compare the analytic gradient a with the numerical one n element by element:
 
@@ -63,10 +66,12 @@ from minunet.nn.opspec import (  # noqa: F401  (the steps and thresholds, named 
 
 # --- step sizes and thresholds (the numbers a student may want to change) ------------
 
-# STEP_FLOAT64 = 1e-4: central-difference step h for float64 inputs (see the docstring)
-# THRESHOLD_FLOAT64 = 1e-7: max relative error of one op's gradient in float64
-# (reached with h = 1e-4 over 150 seeds: worst 3e-8, for a conv2d dx entry that
-# happened to be tiny; typically 1e-9 to 1e-10; ops that only copy: ~1e-16)
+# STEP_FLOAT64 = 1e-4: central-difference step h for smooth ops in float64; ops linear or
+# piecewise linear in each input take their spec's larger step (see the docstring)
+# THRESHOLD_FLOAT64 = 1e-7: max relative error of one op's gradient in float64. With
+# h = 1e-4 for every op a correct conv with its fused ReLU missed it at 3 seeds of 41
+# (worst 6.4e-7: a dx entry of ~1e-5, rounding ~1e-11 over 2h); with each spec's step
+# the worst over seeds 0-40 is given in opspec.py's notes on the conv2d spec.
 
 # float32 keeps only ~7 significant digits (eps ~ 6e-8). The forward pass then
 # rounds each output by ~1e-7 of its size, and that rounding divided by 2h is the
@@ -249,15 +254,17 @@ def check_spec(op: str, forward: Callable, backward: Callable, inputs: dict,
                rng: np.random.Generator, name: str | None = None) -> list[GradCheckResult]:
     """check_op with what the op's spec (minunet/nn/opspec.py) says: its differentiable inputs
     (those of `inputs` that are given: a conv without bias has no db), the threshold and floor
-    of the inputs' dtype, the command's step. For tests that check an op on inputs of their
-    own (tests/ops): they list no wrt or threshold of their own."""
-    from minunet.nn.opspec import command_step, spec
+    of the inputs' dtype, its step. For tests that check an op on inputs of their own
+    (tests/ops): they list no wrt, threshold or step of their own, and keep their inputs as
+    far from the op's kinks as the spec's makers do (its step never crosses one)."""
+    from minunet.nn.opspec import spec
 
     s = spec(op)
     wrt = tuple(n for n in s.wrt if inputs.get(n) is not None)
     dtype = next(v.dtype for k, v in inputs.items() if k in wrt)
+    h = s.step(dtype, relu=bool(inputs.get("relu", False)))
     return check_op(name or op, forward, backward, inputs, wrt, rng,
-                    threshold=s.threshold(dtype), h=command_step(dtype),
+                    threshold=s.threshold(dtype), h=h,
                     floor_fraction=s.floor(dtype))
 
 
@@ -414,7 +421,6 @@ def run_checks(ops: Sequence[str] | None = None, dtype: str = "float64",
         if unknown:
             raise ValueError(f"unknown op(s) {', '.join(unknown)}; valid ops: "
                              f"{', '.join(op_names(family))}")
-    h = STEP_FLOAT64 if dtype == np.float64 else STEP_FLOAT32  # one step for every op
     results = []
     for position, c in enumerate(checks):
         if (ops is not None and c.op not in ops) or (dtype == np.float32 and not c.float32):
@@ -424,6 +430,7 @@ def run_checks(ops: Sequence[str] | None = None, dtype: str = "float64",
         if device == "cuda":
             inputs = {k: (backend.to_device(v) if _is_array(v) else v)
                       for k, v in inputs.items()}
+        h = c.spec.step(dtype, relu=bool(inputs.get("relu", False)))  # the op's own step
         results += check_op(c.name, c.forward, c.backward, inputs, c.wrt, rng,
                             threshold=c.spec.threshold(dtype), h=h,
                             floor_fraction=c.spec.floor(dtype))
