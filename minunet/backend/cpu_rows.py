@@ -240,7 +240,8 @@ def conv3_dw_rows(xf, W, gf, y0, R, dw, db):
     """dw, db of a valid 3x3 conv from R output rows y0.. of one image, without columns.
 
     xf (Cin, H*W) the input's flat planes; gf (Cout, R*W) grad_rows' flat rows of g (each
-    row's W-2 values, then two zeros); dw (Cout, Cin, 3, 3) and db (Cout,) float64, added to:
+    row's W-2 values, then two zeros); dw (Cout, Cin, 3, 3) and db (Cout,) float64 or of x's
+    dtype (the fast conv's per-worker sums at many channels), added to:
     dw[o,c,i,j] += sum_{q<R, xx<W-2} g[o, y0+q, xx] * x[c, y0+q+i, xx+j], db[o] += sum of g.
 
     The trick: in flat rows of the same width W the R rows are ONE run of R*W - 2 products
@@ -249,10 +250,12 @@ def conv3_dw_rows(xf, W, gf, y0, R, dw, db):
     layer: 3.2 -> 1.3 ms); two output channels at a time share the nine loads of x (a
     further 10-15%). The sums run in x's dtype
     (`reassoc`: a fixed order for a given build, the same numbers run to run), then add to
-    the float64 dw. x's values must be finite (a padding zero times inf is NaN).
+    dw. x's values must be finite (a padding zero times inf is NaN).
     """
-    if dw.dtype != np.float64 or db.dtype != np.float64 or xf.shape[1] < (y0 + R + 2) * W:
-        raise ValueError("conv3_dw_rows: dw, db float64 and rows y0..y0+R+1 inside x")
+    sums = (np.dtype(np.float64), xf.dtype)
+    if dw.dtype not in sums or db.dtype != dw.dtype or xf.shape[1] < (y0 + R + 2) * W:
+        raise ValueError("conv3_dw_rows: dw, db both float64 or both x's dtype, and rows "
+                         "y0..y0+R+1 inside x")
     if gf.shape[1] < R * W or not (xf.flags.c_contiguous and gf.flags.c_contiguous):
         raise ValueError("conv3_dw_rows: xf, gf C-contiguous, gf (Cout, R*W)")
     if R > 0:

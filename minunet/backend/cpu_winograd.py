@@ -19,6 +19,7 @@ copy before the GEMM moves less too. The fast conv (minunet/fast/conv.py) runs i
 per row chunk:
 
     winograd_filter(w)                        U = G g G^T, (16, Cout, Cin), once per call
+                                              (flip=True: dx's, from w itself)
     winograd_input(x1, xr0, nt, V)            V (16, Cin, nt*Tw): nt rows of tiles
     numpy.matmul(U, V, out=M)                 16 BLAS GEMMs, M (16, Cout, nt*Tw)
     winograd_output(M, b, relu, out3, or0, nt)  A^T M A, bias and ReLU fused
@@ -46,37 +47,63 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
+def _transform(g, t, u, k):
+    """u[:, k] = the 16 entries of G g G^T (4a+b order) in float64; t a (4, 3) scratch."""
+    for j in range(3):  # G's four rows: g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2
+        g0, g1, g2 = np.float64(g[0, j]), np.float64(g[1, j]), np.float64(g[2, j])
+        t[0, j], t[1, j], t[2, j], t[3, j] = g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2
+    for a in range(4):  # (G g) G^T: the same four combinations along the row
+        r0, r1, r2 = t[a, 0], t[a, 1], t[a, 2]
+        u[4 * a, k], u[4 * a + 1, k] = r0, 0.5 * (r0 + r1 + r2)
+        u[4 * a + 2, k], u[4 * a + 3, k] = 0.5 * (r0 - r1 + r2), r2
+
+
+@njit(cache=True, nogil=True)
 def _winograd_filter(w, U):
     Cout, Cin = w.shape[0], w.shape[1]
-    t = np.empty((4, 3))  # G g
+    t = np.empty((4, 3))
     u = np.empty((16, Cin))  # one output channel's U, written to U[:, o] in runs of Cin
     for o in range(Cout):
         for c in range(Cin):
-            g = w[o, c]
-            for j in range(3):  # G's four rows: g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2
-                g0, g1, g2 = np.float64(g[0, j]), np.float64(g[1, j]), np.float64(g[2, j])
-                t[0, j], t[1, j], t[2, j], t[3, j] = g0, 0.5 * (g0 + g1 + g2), \
-                    0.5 * (g0 - g1 + g2), g2
-            for a in range(4):  # (G g) G^T: the same four combinations along the row
-                r0, r1, r2 = t[a, 0], t[a, 1], t[a, 2]
-                u[4 * a, c], u[4 * a + 1, c] = r0, 0.5 * (r0 + r1 + r2)
-                u[4 * a + 2, c], u[4 * a + 3, c] = 0.5 * (r0 - r1 + r2), r2
+            _transform(w[o, c], t, u, c)
         for xi in range(16):
             for c in range(Cin):
                 U[xi, o, c] = u[xi, c]
 
 
-def winograd_filter(w, out=None):
+@njit(cache=True, nogil=True)
+def _winograd_filter_flip(w, U):
+    Cout, Cin = w.shape[0], w.shape[1]
+    t = np.empty((4, 3))
+    u = np.empty((16, Cout))  # one input channel's, written to U[:, c] in runs of Cout
+    for c in range(Cin):
+        for o in range(Cout):
+            _transform(w[o, c], t, u, o)
+        for a in range(4):  # U[4a+b, c, o] = u[4p(a)+p(b), o], p swapping 0 and 3
+            pa = 3 - a if a % 3 == 0 else a
+            for b in range(4):
+                pb = 3 - b if b % 3 == 0 else b
+                for o in range(Cout):
+                    U[4 * a + b, c, o] = u[4 * pa + pb, o]
+
+
+def winograd_filter(w, out=None, flip=False):
     """U (16, Cout, Cin) in w's dtype: U[4a+b, o, c] = (G w[o, c] G^T)[a, b], computed in
-    float64. w: (Cout, Cin, 3, 3); out: a C-contiguous (16, Cout, Cin) array to write U
-    into (a workspace: no page faults), or None for a new one. Returns U. (A loop:
-    NumPy's einsum of G, w, G took 4 ms for 128 x 128 channels, this 0.2.)"""
+    float64. w: (Cout, Cin, 3, 3); out: a C-contiguous array of U's shape to write U into,
+    or None for a new one. Returns U. (A loop: NumPy's einsum of G, w, G took 4 ms for
+    128 x 128 channels, this 0.2.)
+
+    flip=True: U (16, Cin, Cout) of the flipped, transposed filters wf[c, o] = w[o, c, ::-1,
+    ::-1] (those of dx), without writing wf: G J = P G (J reverses the 3 columns, P swaps
+    rows 0 and 3 of the 4), so G wf G^T = P (G w G^T) P^T, the same 16 numbers with the
+    indices 0 and 3 swapped."""
     Cout, Cin = w.shape[:2]
-    U = np.empty((16, Cout, Cin), dtype=w.dtype) if out is None else out
-    if U.shape != (16, Cout, Cin) or U.dtype != w.dtype or not U.flags.c_contiguous:
-        raise ValueError(f"winograd_filter: out must be C-contiguous (16, Cout, Cin) of w's "
-                         f"dtype, got {U.shape} {U.dtype}")
-    _winograd_filter(np.ascontiguousarray(w), U)
+    shape = (16, Cin, Cout) if flip else (16, Cout, Cin)
+    U = np.empty(shape, dtype=w.dtype) if out is None else out
+    if U.shape != shape or U.dtype != w.dtype or not U.flags.c_contiguous:
+        raise ValueError(f"winograd_filter: out must be C-contiguous {shape} of w's dtype, got "
+                         f"{U.shape} {U.dtype}")
+    (_winograd_filter_flip if flip else _winograd_filter)(np.ascontiguousarray(w), U)
     return U
 
 

@@ -52,6 +52,15 @@ what each buys:
   per output pixel and channel where im2col copies 9. 572/16, 64 -> 64 channels at 136
   px, one thread: forward 18 -> 11 ms, dx 16 -> 13. Its float32 error is that of a
   summation order (backend/cpu_winograd.py; tests/fast/test_conv_paths.py).
+  At the paper's widths (572/64) the backward's dw stays with the rows loops, whose
+  chunks hold only the gradient's rows: every 3x3 layer but the first, forward and
+  backward, one thread: 13.1 s (GEMM), 11.4 (b2ec7fe's rule), 9.0 (this one).
+  Memory: these loops take the GEMM path's workspace slots (Winograd's tiles and
+  products those of the columns and their gradient, the padded and the flat gradient
+  those too), within the same bytes, and the transformed filters (64 MB at 1024 x 1024
+  channels) are each call's own array, not a workspace that would live on in the
+  step's peak (572/64: 1462 MB with them, 1396 now, the GEMM path 1391; the rest is
+  about the compiled code of the loops, 4.6 MB).
   `_plan` picks the loops of each layer and direction, with the measurements behind
   it; MINUNET_CONV_PATH=gemm turns the rows loops and Winograd off (im2col + GEMM, as
   before them), for A/B timings.
@@ -64,6 +73,7 @@ what each buys:
 
 from __future__ import annotations
 
+import mmap
 import os
 from typing import NamedTuple
 
@@ -74,21 +84,24 @@ from ..ops._check import check_conv2d, check_dout
 from ..ops.conv import Conv2dCache
 
 
-def _row_chunks(N, Ho, k, xp, row_bytes, multiple=1):
+def _row_chunks(N, Ho, k, xp, row_bytes, multiple=1, room=None):
     """Chunks (n, y0, y1) of output rows, image by image, for `backend.parallel_for`.
 
-    Each chunk's column matrix fits `backend.chunk_bytes`; an image has at least two
+    Each chunk's column matrix (or another loop's workspace: row_bytes per output row)
+    fits `backend.chunk_bytes`; an image has at least two
     chunks per worker when it is tall enough, and every chunk is at least k-1 rows
     tall (so that only neighbouring chunks touch the same input rows) and a multiple
     of `multiple` rows (Winograd's tile rows are 2 output rows), but the image's last.
     One chunk per worker was tried (fewer Python calls per layer): 316/8 gained
     (75 -> 62 ms) but 572/16 lost 17% of CPU time (bigger chunks fall out of cache).
+    room: the bytes a chunk may take instead of chunk_bytes (Winograd's, `_wino_room`).
     """
-    fit = backend.chunk_bytes(xp) // max(1, row_bytes)
+    fit = (room or backend.chunk_bytes(xp)) // max(1, row_bytes)
     T = backend.workers(xp)
     per_worker = -(-Ho // (2 * T)) if T > 1 else Ho  # ceil(Ho / 2T)
     step = max(1, k - 1, min(fit, per_worker))
-    step = -(-step // multiple) * multiple  # rounded up to a multiple
+    step = max(multiple, step - step % multiple)  # a multiple: rounded down, so that the
+    # chunk's workspaces stay within chunk_bytes
     return [(n, y0, min(Ho, y0 + step)) for n in range(N) for y0 in range(0, Ho, step)]
 
 
@@ -102,6 +115,7 @@ def _direct(x, k) -> bool:
 
 
 ROWS_MAX = 16  # Cin and Cout up to this (3x3, CPU): the rows loops for all three
+TINY_WO = 16  # output widths below this (3x3, CPU, more channels): the GEMM's backward
 PATHS = ("auto", "gemm")  # MINUNET_CONV_PATH: the rule below, or im2col + GEMM everywhere
 
 
@@ -121,14 +135,13 @@ def _plan(x, w) -> Plan:
     "direct"    the first layer (Cin*k*k <= DIRECT_MAX, `_direct`): forward and dw; dx gemm
     "rows"      backend/cpu_rows.py: the forward four output rows at a time; dx as the
                 same loops over the zero-padded gradient (a gather); dw as nine dot
-                products per channel pair over the chunk's rows, summed in float64
+                products per channel pair over the chunk's rows (float64 sums up to 4 MB)
     "winograd"  backend/cpu_winograd.py, F(2x2, 3x3): the forward, or dx on the padded
                 gradient; needs an even output width
 
     On the CPU, for 3x3: all rows when Cin, Cout <= ROWS_MAX; else, with an even width,
-    the forward by Winograd and the backward: the GEMM's when a channel count passes 32
-    and Wo < 96; else dw by the rows, dx by the rows when Cin <= 16 or (Cin <= 32 and
-    Wo >= 256), else by Winograd.
+    the forward by Winograd and the backward: the GEMM's when Wo < TINY_WO; else dw by the
+    rows, dx by the rows when Cin <= 16 or (Cin <= 32 and Wo >= 256), else by Winograd.
 
     The numbers behind the rule: CPU time of one thread (time.thread_time) on a 2-core
     AMD EPYC (AVX-512, OpenBLAS, float32, the other core busy), one image, each candidate
@@ -148,16 +161,38 @@ def _plan(x, w) -> Plan:
         64->64, 32           1.2   1.1   0.6        1.0   1.5   0.7       1.1   1.4
         128->128, 64         15    18    8.5        14    23    10        17    18
         256->256, 28         11    24    8.8        12    33    10        18    18
+        64->128, 14          0.4   1.1   0.4        0.5   0.5   0.5       0.5   0.8
+        128->128, 12         0.6   1.1   0.6        0.7   2.2   0.6       0.8   1.2
+
+    and at the paper's widths, 572/64, each layer timed on 24 of its rows (all rows up to
+    64 px) and scaled to the layer, with the chunks below:
+
+        64->64, 568          333   277   230        345   324   228       348   323
+        128->128, 280        297   262   168        293   351   197       329   311
+        256->256, 136        258   282   135        253   398   190       327   298
+        512->512, 64         227   263   121        213   361   158       470   281
+        512->1024, 30        94    240   81         92    172   141       262   138
+        1024->1024, 28       164   364   139        177   519   271       683   251
+        1024->512, 54        331   581   211        343   474   202       903   388
+        128->64, 390         287   263   200        322   293   172       315   289
 
     (gemm's dx includes col2im, its dw the im2col; the gradient's mask/padding pass, the
-    same for all, is left out.) The GEMM runs at 20-60 GFLOP/s with Cout = 8-16 rows; the
-    rows loops at 60-80 whatever the channels, but their cost grows with Cin*Cout while
-    Winograd's GEMMs do 2.25x fewer flops and its transforms grow with Cin + Cout. Where
-    dw stays with the GEMM, Winograd's dx did not pay for its own pass over the gradient
-    (316/8 bottleneck, 64->128 at 14 px: backward 0.9 ms with the GEMM's, 1.1 with
-    Winograd's dx), so those layers keep the GEMM's whole backward. Whole layers, the
-    forward and backward of every 3x3 layer of a step, this rule against
-    MINUNET_CONV_PATH=gemm, one thread: 316/8 72.5 -> 49.0 ms, 572/16 885 -> 656 ms.
+    same for all, is left out of the first table and in dw's column of the second.) The
+    GEMM runs at 20-60 GFLOP/s with Cout = 8-16 rows; the rows loops at 60-80 whatever the
+    channels, but their forward and dx grow with Cin*Cout while Winograd's GEMMs do 2.25x
+    fewer flops and its transforms grow with Cin + Cout. dw is another matter: the GEMM's
+    writes a (Cout, Cin*9) product per chunk and adds it to the worker's sum, and with
+    chunks of a few rows (its columns fit 4 MB: 3 rows at 1024 channels) that traffic, not
+    the flops, is its time at 512-1024 channels (20 GFLOP/s); the rows loops' chunks need
+    only the gradient's rows (`_gather_backward`), so they add into dw once or twice per
+    worker. With commit b2ec7fe's rule (the GEMM's backward for more than 32 channels and
+    Wo < 96) and chunks, the 572/64 bottleneck's backward was 911 ms, here 522. Only on
+    tiny images (316/8's bottleneck, 12-14 px) does the GEMM's dw still win, and Winograd's
+    dx did not pay for its own pass over the gradient there (64->128 at 14 px: backward 0.9
+    ms with the GEMM's, 1.1 with Winograd's dx), so those layers keep the GEMM's whole
+    backward. At 512-1024 channels on 28-30 px the GEMM's dx still beats Winograd's
+    (1024->1024: 177 against 271 ms) but there is no GEMM dx beside the rows loops' dw.
+    MINUNET_CONV_PATH=gemm turns it all off, for A/B timings.
     """
     Cout, Cin, k, _ = w.shape
     if _direct(x, k):
@@ -172,7 +207,7 @@ def _plan(x, w) -> Plan:
         return Plan("rows", "rows", "rows")
     if Wo % 2:
         return Plan("gemm", "gemm", "gemm")
-    if max(Cin, Cout) > 32 and Wo < 96:  # many channels, short rows: the GEMM's backward
+    if Wo < TINY_WO:  # a tiny image: the GEMM's backward
         return Plan("winograd", "gemm", "gemm")
     return Plan("winograd", "rows" if Cin <= 16 or (Cin <= 32 and Wo >= 256) else "winograd",
                 "rows")
@@ -232,25 +267,54 @@ def _add_bias(out, b, relu):
 _MULTIPLE = {"winograd": 2, "rows": 4}  # chunk heights: whole tile rows; whole 4-row passes
 
 
-def _filter_space(dtype, Cout, Cin):
-    """A workspace (16, Cout, Cin) for Winograd's transformed filters (no page faults)."""
-    return backend.workspace(np, dtype, 16 * Cout * Cin, slot=backend.Slot("wino_u")).reshape(
-        16, Cout, Cin)
+def _wino_row_bytes(Cin, Cout, Wo, itemsize):
+    """Bytes per output row of Winograd's per-chunk workspaces, V (16, Cin, tiles) and M (16,
+    Cout, tiles) together: 4 values per output pixel and channel of each."""
+    return 4 * (Cin + Cout) * Wo * itemsize
 
 
-def _winograd_rows(x1, xr0, R, U, w, b, relu, out3, or0, worker):
+def _wino_room(U):
+    """The bytes Winograd's V and M of one chunk (or run) may take: chunk_bytes, or as many
+    as the transformed filters U where those outweigh it (256 x 512 channels and more), in
+    arrays of the chunk's own, freed with it. Each chunk packs the 16 GEMMs' (Cout, Cin)
+    operand anew, as costly as the product itself when a chunk has ~30 tiles (572/64,
+    dx of 1024 -> 1024 at 28 px: 323 -> 271 ms, of 1024 -> 512 at 54 px: 349 -> 202 ms);
+    such layers' images are small, and the step's peak comes with the big top layers."""
+    return max(backend.chunk_bytes(np), U.nbytes)
+
+
+def _own(shape, dtype):
+    """An array of its own in an anonymous memory map, unmapped when the array is freed.
+
+    A block from np.empty under glibc's mmap threshold (which rises to 32 MB as blocks are
+    freed) comes from a heap, per thread for the workers, and stays resident once freed:
+    Winograd's transient filters and tiles raised the 572/64 step's peak by 30 MB that way.
+    """
+    n = int(np.prod(shape))
+    buf = mmap.mmap(-1, max(1, n * np.dtype(dtype).itemsize))
+    return np.frombuffer(buf, dtype=dtype, count=n).reshape(shape)
+
+
+def _wino_space(n, dtype, slot):
+    """n values for V or M: the slot's workspace if they fit chunk_bytes, else their own."""
+    if n * np.dtype(dtype).itemsize <= backend.chunk_bytes(np):
+        return backend.workspace(np, dtype, n, slot=slot)
+    return _own((n,), dtype)
+
+
+def _winograd_rows(x1, xr0, R, U, w, b, relu, out3, or0, V, M):
     """R output rows or0.. of a valid 3x3 conv of x1 (Cin, Hx, Wx) from its rows xr0.. into
     out3 (Cout, Ho3, Wx-2), by Winograd F(2x2, 3x3) (backend/cpu_winograd.py): U (16, Cout,
-    Cin) the transformed w (Cout, Cin, 3, 3); an odd last row by the rows loops."""
+    Cin) the transformed w (Cout, Cin, 3, 3); an odd last row by the rows loops (w may be None
+    when R is even). V, M: 1-D workspaces of at least 16*Cin*(R//2)*Tw and 16*Cout*(R//2)*Tw
+    values, Tw = (Wx-2)/2, for the transformed tiles and the 16 products."""
     from ..backend import cpu_rows, cpu_winograd
 
     Cin, Cout, Tw = x1.shape[0], out3.shape[0], out3.shape[2] // 2
     nt = R // 2  # tile rows
     if nt:
-        ws, Slot = backend.workspace, backend.Slot
-        V = ws(np, x1.dtype, 16 * Cin * nt * Tw, slot=Slot("wino_v", worker))
-        M = ws(np, x1.dtype, 16 * Cout * nt * Tw, slot=Slot("wino_m", worker))
-        V, M = V.reshape(16, Cin, nt * Tw), M.reshape(16, Cout, nt * Tw)
+        V = V[: 16 * Cin * nt * Tw].reshape(16, Cin, nt * Tw)
+        M = M[: 16 * Cout * nt * Tw].reshape(16, Cout, nt * Tw)
         cpu_winograd.winograd_input(x1, xr0, nt, V)
         np.matmul(U, V, out=M)  # 16 GEMMs (Cout, Cin) @ (Cin, tiles)
         cpu_winograd.winograd_output(M, b, relu, out3, or0, nt)
@@ -284,8 +348,9 @@ def conv2d_forward(x, w, b, relu=False):
     if path != "gemm":
         from ..backend import cpu, cpu_rows, cpu_winograd
         wc = xp.ascontiguousarray(w)
-    if path == "winograd":  # the transformed filters (16, Cout, Cin), in a workspace
-        U = cpu_winograd.winograd_filter(wc, _filter_space(x.dtype, Cout, Cin))
+    if path == "winograd":  # the transformed filters (16, Cout, Cin): this call's own array,
+        # not a workspace (those live on: 64 MB at 1024 x 1024 channels, in the step's peak)
+        U = cpu_winograd.winograd_filter(wc, _own((16, Cout, Cin), x.dtype))
 
     def conv_chunk(chunk, worker):
         n, y0, y1 = chunk
@@ -295,8 +360,11 @@ def conv2d_forward(x, w, b, relu=False):
         if path == "rows":  # no columns: four output rows at a time, bias and ReLU fused
             cpu_rows.conv3_rows(x[n], y0, wc, bias, relu, out[n], y0, y1 - y0)
             return
-        if path == "winograd":
-            _winograd_rows(x[n], y0, y1 - y0, U, wc, bias, relu, out[n], y0, worker)
+        if path == "winograd":  # V, M in the slots of the GEMM's columns and their gradient
+            nt, Slot = (y1 - y0) // 2, backend.Slot
+            V = _wino_space(16 * Cin * nt * (Wo // 2), x.dtype, Slot("cols", worker))
+            M = _wino_space(16 * Cout * nt * (Wo // 2), x.dtype, Slot("dcols", worker))
+            _winograd_rows(x[n], y0, y1 - y0, U, wc, bias, relu, out[n], y0, V, M)
             return
         cols = _columns(x[n], k, y0, y1, worker)  # (Cin*k*k, (y1-y0)*Wo)
         o2 = out[n].reshape(Cout, Ho * Wo)[:, y0 * Wo : y1 * Wo]  # (Cout, (y1-y0)*Wo)
@@ -304,7 +372,12 @@ def conv2d_forward(x, w, b, relu=False):
         if fused:  # bias (and ReLU) while the chunk's output is still in cache
             backend.bias_relu_rows(o2, bias, relu)
 
-    chunks = _row_chunks(N, Ho, k, xp, Cin * k * k * Wo * x.itemsize, _MULTIPLE.get(path, 1))
+    if path == "winograd":  # V and M together within _wino_room
+        chunks = _row_chunks(N, Ho, k, xp, _wino_row_bytes(Cin, Cout, Wo, x.itemsize), 2,
+                             _wino_room(U))
+    else:  # the columns within chunk_bytes
+        chunks = _row_chunks(N, Ho, k, xp, Cin * k * k * Wo * x.itemsize,
+                             _MULTIPLE.get(path, 1))
     backend.parallel_for(xp, _blocks(chunks, backend.workers(xp)), _each(conv_chunk))
     if not fused:  # the GPU: one launch over the whole output
         _add_bias(out, b, relu)
@@ -404,7 +477,8 @@ def _gather_backward(dout, x, w, out, need_dx, plan):
 
     Each chunk of output rows y0..y1-1 writes the gradient after the ReLU mask once, in
     the two layouts its loops read (backend/cpu_rows.py grad_rows), then
-    - dw, db: nine dot products per channel pair over the chunk's rows, float64 sums;
+    - dw, db: nine dot products per channel pair over the chunk's rows, summed per worker
+      in float64 (in x's dtype past 4 MB of sums: the GEMM path's order of rounding);
     - dx rows y0..y1-1 (and the image's last 2 rows with its last chunk): the valid conv
       of the gradient zero-padded by 2 with the flipped, transposed weights, by the rows
       loops or by Winograd (plan.dx). A dx row is the sum of one chunk's products only:
@@ -415,41 +489,62 @@ def _gather_backward(dout, x, w, out, need_dx, plan):
 
     N, Cin, H, W = x.shape
     Cout, Ho, Wo = dout.shape[1:]
-    T = backend.workers(np)
-    dw_parts = [np.zeros((Cout, Cin, 3, 3)) for _ in range(T)]  # float64, per worker
-    db_parts = [np.zeros(Cout) for _ in range(T)]
-    wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), dtype=x.dtype)  # (Cin,
-    # Cout, 3, 3): dx[c, Y, X] = sum_{o,i,j} wf[c, o, i, j] * gpad[o, Y+i, X+j]
+    T, Slot, itemsize = backend.workers(np), backend.Slot, x.itemsize
+    budget = backend.chunk_bytes(np)
+    # dw, db summed per worker in float64 where that is small (up to 128 x 256 channels), else
+    # in x's dtype as the GEMM's path does: at 1024 x 1024 channels the float64 sums were
+    # 2 x 75 MB at the bottleneck, the step's peak (572/64: 1458 MB, against 1391 for the GEMM)
+    acc = np.float64 if Cout * Cin * 9 * 8 <= budget else x.dtype
+    dw_parts = [np.zeros((Cout, Cin, 3, 3), dtype=acc) for _ in range(T)]  # per worker
+    db_parts = [np.zeros(Cout, dtype=acc) for _ in range(T)]
     zero = np.zeros(Cin, dtype=x.dtype)
     wino_dx = need_dx and plan.dx == "winograd"
-    Uf = cpu_winograd.winograd_filter(wf, _filter_space(x.dtype, Cin, Cout)) if wino_dx else None
+    wf = None  # (Cin, Cout, 3, 3): dx[c, Y, X] = sum_{o,i,j} wf[c, o, i, j] * gpad[o, Y+i, X+j];
+    # Winograd's dx needs it only for an odd last row (an odd height)
+    if need_dx and (not wino_dx or H % 2):
+        wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), dtype=x.dtype)
+    Uf = (cpu_winograd.winograd_filter(w, _own((16, Cin, Cout), x.dtype), flip=True)
+          if wino_dx else None)  # wf's, from w
     dx = np.empty_like(x) if need_dx else None
+    # The chunks: the padded and the flat gradient's rows together fit chunk_bytes, not the
+    # columns' (there are none): dw's loops add into the (Cout, Cin, 3, 3) sums once per
+    # chunk, 38-75 MB read and written at 1024 channels (572/64, bottleneck, dw: 496 ->
+    # 251 ms). Winograd's dx runs in even runs of `sub` rows whose V (16, Cout, tiles) and
+    # M (16, Cin, tiles) together fit `_wino_room`, in the slot of the flat gradient, which
+    # dw's loops are done with by then.
+    chunks = _row_chunks(N, Ho, 3, np, Cout * (2 * Wo + 6) * itemsize, _MULTIPLE[plan.dx])
+    room = _wino_room(Uf) if wino_dx else budget
+    sub = room // _wino_row_bytes(Cin, Cout, W, itemsize)  # dx rows are W wide
+    sub = max(2, sub - sub % 2)
 
     def grad_chunk(chunk, worker):
         n, y0, y1 = chunk
         Y1 = H if y1 == Ho else y1  # dx rows y0..Y1-1: the last chunk also the last 2
         r0, r1 = (y0 - 2, Y1) if need_dx else (y0, y0)  # the padded gradient's rows
-        gp = backend.workspace(np, x.dtype, Cout * (r1 - r0) * (Wo + 4),
-                               slot=backend.Slot("grad_pad", worker))
-        gf = backend.workspace(np, x.dtype, Cout * (y1 - y0) * W,
-                               slot=backend.Slot("grad_flat", worker))
-        gp = gp.reshape(Cout, r1 - r0, Wo + 4)
-        gf = gf.reshape(Cout, (y1 - y0) * W)
+        gp = backend.workspace(np, x.dtype, Cout * (r1 - r0) * (Wo + 4), slot=Slot("cols", worker))
+        gf = backend.workspace(np, x.dtype, Cout * (y1 - y0) * W, slot=Slot("dcols", worker))
+        gp = gp.reshape(Cout, r1 - r0, Wo + 4)  # in the slots of the GEMM's columns and their
+        gf = gf.reshape(Cout, (y1 - y0) * W)  # gradient; dw's loops are done with gf before
+        # Winograd's dx writes its V and M there
         cpu_rows.grad_rows(dout[n], dout[n] if out is None else out[n], out is not None,
                            r0, r1, y0, y1, gp, gf)
         cpu_rows.conv3_dw_rows(x[n].reshape(Cin, H * W), W, gf, y0, y1 - y0,
                                dw_parts[worker], db_parts[worker])
         if not need_dx:
             return
-        if wino_dx:
-            _winograd_rows(gp, 0, Y1 - y0, Uf, wf, zero, False, dx[n], y0, worker)
+        if wino_dx:  # in runs of `sub` rows (or the chunk's, if fewer)
+            nt = min(sub, Y1 - y0 + 1) // 2 * (W // 2)  # tiles in a run
+            nv = 16 * Cout * nt  # V's room, then M's
+            vm = _wino_space(16 * (Cout + Cin) * nt, x.dtype, Slot("dcols", worker))
+            for s in range(0, Y1 - y0, sub):
+                _winograd_rows(gp, s, min(sub, Y1 - y0 - s), Uf, wf, zero, False, dx[n], y0 + s,
+                               vm[:nv], vm[nv:])
         else:
             cpu_rows.conv3_rows(gp, 0, wf, zero, False, dx[n], y0, Y1 - y0)
 
-    chunks = _row_chunks(N, Ho, 3, np, Cin * 9 * Wo * x.itemsize, _MULTIPLE[plan.dx])
     backend.parallel_for(np, _blocks(chunks, T), _each(grad_chunk))
     dw, db = dw_parts[0], db_parts[0]
     for dwp, dbp in zip(dw_parts[1:], db_parts[1:], strict=True):  # in worker order
         dw += dwp
         db += dbp
-    return dx, dw.astype(x.dtype), db.astype(x.dtype)
+    return dx, dw.astype(x.dtype, copy=False), db.astype(x.dtype, copy=False)

@@ -120,6 +120,16 @@ def test_winograd_steps_against_loops(rng, relu):
         cpu_winograd.winograd_input(x[:, :, :9], 0, 1, np.empty((16, Cin, 3)))
 
 
+def test_winograd_filter_flip(rng):
+    """flip=True: the transformed filters of dx (flipped, transposed) straight from w."""
+    w = rng.standard_normal((5, 3, 3, 3))
+    wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    np.testing.assert_allclose(cpu_winograd.winograd_filter(w, flip=True),
+                               cpu_winograd.winograd_filter(wf), rtol=1e-15, atol=1e-15)
+    with pytest.raises(ValueError, match=r"\(16, 3, 5\)"):
+        cpu_winograd.winograd_filter(w, out=np.empty((16, 5, 3)), flip=True)
+
+
 def test_winograd_float32_error(rng):
     """Winograd's float32 error against the exact product (float64), He-scaled weights: within
     WINOGRAD_F32, and at most twice the im2col GEMM's on the same inputs."""
@@ -143,10 +153,10 @@ def test_winograd_float32_error(rng):
 # (N, Cin, H, W, Cout): the plan each picks on the CPU
 CASES = {
     ("rows", "rows", "rows"): [(2, 8, 13, 20, 8), (1, 16, 10, 9, 3), (1, 2, 7, 6, 16)],
-    ("winograd", "rows", "rows"): [(1, 12, 11, 12, 24), (1, 24, 4, 258, 20)],  # Cin <= 16;
+    ("winograd", "rows", "rows"): [(1, 12, 11, 20, 24), (1, 24, 4, 258, 20)],  # Cin <= 16;
     # Cin <= 32 and Wo >= 256
-    ("winograd", "winograd", "rows"): [(2, 24, 10, 14, 20)],
-    ("winograd", "gemm", "gemm"): [(1, 40, 9, 12, 40), (1, 8, 8, 12, 36)],
+    ("winograd", "winograd", "rows"): [(2, 24, 10, 20, 20), (1, 40, 9, 18, 40)],
+    ("winograd", "gemm", "gemm"): [(1, 40, 9, 12, 40), (1, 8, 8, 12, 36)],  # Wo < TINY_WO
     ("gemm", "gemm", "gemm"): [(1, 20, 8, 13, 20)],  # odd output width: no Winograd
 }
 SHAPES = [(plan, shape) for plan, shapes in CASES.items() for shape in shapes]
@@ -227,9 +237,11 @@ def test_the_unet_layers_and_the_switch(monkeypatch):
     p = plans(316, 8)
     assert p["down0.conv0"] == ("direct", "gemm", "direct")
     assert p["down0.conv1"] == p["up0.conv1"] == p["down1.conv1"] == ("rows", "rows", "rows")
-    assert p["down3.conv1"] == ("winograd", "gemm", "gemm")
-    assert p["down2.conv1"] == ("winograd", "winograd", "rows")
+    assert p["bottleneck.conv1"] == ("winograd", "gemm", "gemm")  # 12 px
+    assert p["down2.conv1"] == p["down3.conv1"] == ("winograd", "winograd", "rows")
     assert plans(572, 16)["down1.conv1"] == ("winograd", "rows", "rows")
+    p = plans(572, 64)  # the paper's widths: Winograd forward and dx, the rows loops' dw
+    assert set(v for k, v in p.items() if k != "down0.conv0") == {("winograd", "winograd", "rows")}
     monkeypatch.setenv("MINUNET_CONV_PATH", "gemm")
     p = plans(316, 8)
     assert p["down0.conv0"] == ("direct", "gemm", "direct")
@@ -251,5 +263,49 @@ def test_workspaces_stay_bounded(rng, monkeypatch, Cin, Cout):
     out, cache = fast.conv2d_forward(x, w, np.zeros(Cout, np.float32), relu=True)
     fast.conv2d_backward(rng.standard_normal(out.shape).astype(np.float32), cache)
     assert Cin * 9 * (H - 2) * (W - 2) * 4 > 6 * 2**20  # the whole layer's columns
+    assert chunks._workspaces and max(b.nbytes for b in chunks._workspaces.values()) <= 4 * 2**20
+    backend.release_workspaces()
+
+
+@pytest.mark.parametrize("Cin,Cout", [(1024, 512), (512, 1024)])
+def test_paper_widths_equal_plain(rng, monkeypatch, Cin, Cout):
+    """The paper's channel counts (up3.conv0, bottleneck.conv0 at 572/64) at a small size, float64,
+    against the plain op to 1e-12: Winograd's filters too big for a workspace, chunks small
+    enough (as if the layer were wide) that the image has 3, the last with an odd row, and
+    Winograd's dx, in runs as big as its filters allow, in arrays of their own. (Runs of 2
+    rows, several per chunk: test_fast_equals_plain with tiny chunks.)"""
+    monkeypatch.setattr(threads, "n_threads", lambda: 2)
+    monkeypatch.setattr(chunks, "CPU_CHUNK_BYTES", 600_000)  # chunks of 4 rows
+    N, H, W = 1, 11, 20
+    assert tuple(conv._plan(np.zeros((N, Cin, H, W)), np.zeros((Cout, Cin, 3, 3)))) == (
+        "winograd", "winograd", "rows")
+    x = rng.standard_normal((N, Cin, H, W))
+    w = rng.standard_normal((Cout, Cin, 3, 3)) * np.sqrt(2 / (9 * Cin))
+    b = rng.standard_normal(Cout)
+    out_p, cache_p = ops.conv2d_forward(x, w, b, relu=True)
+    out_f, cache_f = fast.conv2d_forward(x, w, b, relu=True)
+    assert rel(out_f, out_p) <= F64_TOL
+    d = rng.standard_normal(out_p.shape)
+    for name, a, want in zip(("dx", "dw", "db"), fast.conv2d_backward(d, cache_f),
+                             ops.conv2d_backward(d, cache_p), strict=True):
+        assert rel(a, want) <= F64_TOL, (name, rel(a, want))
+
+
+def test_big_filters_leave_no_workspace(rng, monkeypatch):
+    """Winograd's transformed filters of 256 -> 512 channels (8 MB in float32) are the call's
+    own array, not a workspace that would stay for the rest of the process (and in its peak);
+    dw's per-worker sums, past 4 MB in float64, run in float32 and still match the plain op."""
+    monkeypatch.setattr(threads, "n_threads", lambda: 2)
+    backend.release_workspaces()
+    x = rng.standard_normal((1, 256, 12, 20)).astype(np.float32)
+    w = (rng.standard_normal((512, 256, 3, 3)) / 48).astype(np.float32)
+    b = np.zeros(512, np.float32)
+    out, cache = fast.conv2d_forward(x, w, b, relu=True)
+    d = rng.standard_normal(out.shape).astype(np.float32)
+    got = fast.conv2d_backward(d, cache)
+    assert 16 * 512 * 256 * 4 > 4 * 2**20 and 512 * 256 * 9 * 8 > 4 * 2**20
+    for a, want in zip(got, ops.conv2d_backward(d, ops.conv2d_forward(x, w, b, relu=True)[1]),
+                       strict=True):
+        assert a.dtype == np.float32 and rel(a, want) <= F32_TOL
     assert chunks._workspaces and max(b.nbytes for b in chunks._workspaces.values()) <= 4 * 2**20
     backend.release_workspaces()
