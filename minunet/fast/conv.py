@@ -295,6 +295,18 @@ def _own(shape, dtype):
     return np.frombuffer(buf, dtype=dtype, count=n).reshape(shape)
 
 
+def _filters(shape, dtype, name):
+    """An array for Winograd's transformed filters (16, Co, Ci): up to chunk_bytes (316/8 and
+    572/16: at most 4 MB) the workspace slot `name` (no page faults; a map of its own costs
+    every call one per 4 KB, which doubled the forward of 316/8's bottleneck, 0.6 -> 1.1
+    ms), above it (the paper's 512-1024 channels, up to 64 MB) a map of its own (`_own`), so
+    that it leaves the step's peak when freed."""
+    n = int(np.prod(shape))
+    if n * np.dtype(dtype).itemsize <= backend.chunk_bytes(np):
+        return backend.workspace(np, dtype, n, slot=backend.Slot(name)).reshape(shape)
+    return _own(shape, dtype)
+
+
 def _wino_space(n, dtype, slot):
     """n values for V or M: the slot's workspace if they fit chunk_bytes, else their own."""
     if n * np.dtype(dtype).itemsize <= backend.chunk_bytes(np):
@@ -350,7 +362,7 @@ def conv2d_forward(x, w, b, relu=False):
         wc = xp.ascontiguousarray(w)
     if path == "winograd":  # the transformed filters (16, Cout, Cin): this call's own array,
         # not a workspace (those live on: 64 MB at 1024 x 1024 channels, in the step's peak)
-        U = cpu_winograd.winograd_filter(wc, _own((16, Cout, Cin), x.dtype))
+        U = cpu_winograd.winograd_filter(wc, _filters((16, Cout, Cin), x.dtype, "wino_u"))
 
     def conv_chunk(chunk, worker):
         n, y0, y1 = chunk
@@ -503,7 +515,7 @@ def _gather_backward(dout, x, w, out, need_dx, plan):
     # Winograd's dx needs it only for an odd last row (an odd height)
     if need_dx and (not wino_dx or H % 2):
         wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), dtype=x.dtype)
-    Uf = (cpu_winograd.winograd_filter(w, _own((16, Cin, Cout), x.dtype), flip=True)
+    Uf = (cpu_winograd.winograd_filter(w, _filters((16, Cin, Cout), x.dtype, "wino_u"), flip=True)
           if wino_dx else None)  # wf's, from w
     dx = np.empty_like(x) if need_dx else None
     # The chunks: the padded and the flat gradient's rows together fit chunk_bytes, not the
