@@ -57,10 +57,11 @@ what each buys:
   backward, one thread: 13.1 s (GEMM), 11.4 (b2ec7fe's rule), 9.0 (this one).
   Memory: these loops take the GEMM path's workspace slots (Winograd's tiles and
   products those of the columns and their gradient, the padded and the flat gradient
-  those too), within the same bytes, and the transformed filters (64 MB at 1024 x 1024
-  channels) are each call's own array, not a workspace that would live on in the
-  step's peak (572/64: 1462 MB with them, 1396 now, the GEMM path 1391; the rest is
-  about the compiled code of the loops, 4.6 MB).
+  those too), within the same bytes, and the transformed filters are a workspace of
+  their own only up to chunk_bytes; above it (64 MB at 1024 x 1024 channels) each
+  call's own array, not a workspace that would live on in the step's peak (572/64,
+  bench without PyTorch: 1462 MB with them in a workspace, 1396 without, the GEMM path
+  1391; with PyTorch in the same bench run: 1487 now, the GEMM path 1467).
   `_plan` picks the loops of each layer and direction, with the measurements behind
   it; MINUNET_CONV_PATH=gemm turns the rows loops and Winograd off (im2col + GEMM, as
   before them), for A/B timings.
