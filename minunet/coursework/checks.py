@@ -33,6 +33,7 @@ from minunet.nn.opspec import (  # noqa: F401  (the shared makers, named here fo
     batchnorm_inputs,
     concat_inputs,
     conv_general_inputs,
+    conv_inputs,
     crop_inputs,
     distinct_inputs,
     dropout_inputs,
@@ -245,15 +246,7 @@ FORWARD_TOL = {"float64": 1e-10, "float32": 1e-5}  # max |out - expected| / max 
 
 
 # Every maker is opspec's (minunet/nn/opspec.py: one per kind of input, shared with the gradcheck
-# command); conv_inputs draws for the grader's step.
-
-
-def conv_inputs(n, cin, cout, k, h, w, relu=False):
-    """opspec.conv_inputs for the grader's step (the conv2d spec's relu_step in float64):
-    x, w, b, relu, away from the ReLU's kink."""
-    conv2d = opspec.spec("conv2d")
-    return opspec.conv_inputs(n, cin, cout, k, h, w, relu,
-                              reach_step=lambda dtype: conv2d.step(dtype, relu=True))
+# command, which takes the same steps).
 
 
 # --- the public checks ----------------------------------------------------------------------

@@ -302,14 +302,12 @@ def _filters(shape, dtype, name):
     every call one per 4 KB, which doubled the forward of 316/8's bottleneck, 0.6 -> 1.1
     ms), above it (the paper's 512-1024 channels, up to 64 MB) a map of its own (`_own`), so
     that it leaves the step's peak when freed."""
-    n = int(np.prod(shape))
-    if n * np.dtype(dtype).itemsize <= backend.chunk_bytes(np):
-        return backend.workspace(np, dtype, n, slot=backend.Slot(name)).reshape(shape)
-    return _own(shape, dtype)
+    return _wino_space(int(np.prod(shape)), dtype, backend.Slot(name)).reshape(shape)
 
 
 def _wino_space(n, dtype, slot):
-    """n values for V or M: the slot's workspace if they fit chunk_bytes, else their own."""
+    """n values (V, M or the filters): the slot's workspace if they fit chunk_bytes, else
+    an array of their own (`_own`)."""
     if n * np.dtype(dtype).itemsize <= backend.chunk_bytes(np):
         return backend.workspace(np, dtype, n, slot=slot)
     return _own((n,), dtype)
@@ -361,8 +359,8 @@ def conv2d_forward(x, w, b, relu=False):
     if path != "gemm":
         from ..backend import cpu, cpu_rows, cpu_winograd
         wc = xp.ascontiguousarray(w)
-    if path == "winograd":  # the transformed filters (16, Cout, Cin): this call's own array,
-        # not a workspace (those live on: 64 MB at 1024 x 1024 channels, in the step's peak)
+    if path == "winograd":  # the transformed filters (16, Cout, Cin): a workspace up to
+        # chunk_bytes, else this call's own array (`_filters`)
         U = cpu_winograd.winograd_filter(wc, _filters((16, Cout, Cin), x.dtype, "wino_u"))
 
     def conv_chunk(chunk, worker):

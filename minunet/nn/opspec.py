@@ -58,12 +58,6 @@ STEP_CONV_RELU = 0.01  # conv2d with its fused ReLU: inputs redrawn until no ste
 STEP_SMOOTH = STEP_FLOAT64  # softmax, BatchNorm, the losses: curved, so the small step
 
 
-def conv_relu_step(dtype) -> float:
-    """The step of a check of conv2d with its fused ReLU (the spec's relu_step, float32's
-    STEP_FLOAT32): its input maker keeps every pre-activation out of this step's reach."""
-    return STEP_CONV_RELU if np.dtype(dtype) == np.float64 else STEP_FLOAT32
-
-
 @dataclass(frozen=True)
 class Case:
     """One row of the gradcheck command: its label and its input maker."""
@@ -133,12 +127,12 @@ def _valid_conv(x, w, b):
     return np.einsum("nchwij,ocij->nohw", windows, w) + b[None, :, None, None]
 
 
-def conv_inputs(n, cin, cout, k, h, w, relu: bool = False, reach_step=None):
+def conv_inputs(n, cin, cout, k, h, w, relu: bool = False):
     """x (n, cin, h, w), w (cout, cin, k, k), b (cout,), relu. With relu, redrawn until every
     pre-activation is far from the ReLU's kink at 0: a step of one input moves a
     pre-activation by at most step * max(|x|, |w|, 1), so every one must be twice that far.
-    `reach_step(dtype name)` is the step of whoever checks (conv_relu_step: the conv2d
-    spec's relu_step in float64, for the command and the grader alike)."""
+    The step is the conv2d spec's (`OpSpec.step(dtype, relu=True)`), which the gradcheck
+    command and the grader both take."""
     def make(rng, dtype):
         for _ in range(1000):
             inputs = {"x": normal(rng, (n, cin, h, w), dtype),
@@ -147,7 +141,7 @@ def conv_inputs(n, cin, cout, k, h, w, relu: bool = False, reach_step=None):
             if not relu:
                 return inputs
             z = _valid_conv(inputs["x"], inputs["w"], inputs["b"])
-            reach = reach_step(np.dtype(dtype).name) * max(np.abs(inputs["x"]).max(),
+            reach = spec("conv2d").step(dtype, relu=True) * max(np.abs(inputs["x"]).max(),
                                                            np.abs(inputs["w"]).max(), 1.0)
             if np.abs(z).min() > 2 * reach:
                 return inputs
@@ -383,8 +377,7 @@ _SPECS = [
     _spec("conv2d", "conv", XWB,
           ("conv2d (k=3)", conv_inputs(2, 3, 4, 3, 7, 6)),
           ("conv2d (k=1)", conv_inputs(2, 5, 2, 1, 4, 3)),
-          ("conv2d (k=3, relu)", conv_inputs(2, 3, 4, 3, 6, 5, relu=True,
-                                             reach_step=conv_relu_step)),
+          ("conv2d (k=3, relu)", conv_inputs(2, 3, 4, 3, 6, 5, relu=True)),
           relu_step=STEP_CONV_RELU),
     _spec("upconv2x2", "upconv", XWB, ("upconv2x2", upconv_inputs(2, 3, 4, 3, 4))),
     _spec("maxpool2x2", "pool", ("x",), ("maxpool2x2", distinct_inputs((2, 3, 4, 6))),
