@@ -9,7 +9,10 @@ For one configuration (input size, base, batch, dtype, device) it
   3. times forward, forward + backward and a whole training step of the U-Net on
      the fast ops (minunet/fast, what training runs) and on the plain ops
      (minunet/ops, the lesson) (median over --rounds x --repeat runs, each after
-     --warmup), with GFLOP/s and peak memory, each in a fresh process;
+     --warmup), with GFLOP/s and peak memory, each in a fresh process: the process's
+     peak, and the training steps' own (the high-water mark reset after the forward and
+     forward + backward timings, on Linux: ours keeps a training-mode forward's caches
+     until the next forward replaces them, which PyTorch's no-grad forward does not);
   4. if PyTorch happens to be importable (never a dependency), times the same
      network in PyTorch in the same run and prints our time / PyTorch's time;
   5. optionally (--data) the tiles per second of the augmentation pipeline.
@@ -279,8 +282,13 @@ def bench_model(cfg: UNetConfig, size, batch, device, timer, repeat, warmup) -> 
 
     res = {}
     for name, fn in (("forward", fwd), ("forward+backward", fwd_bwd), ("training step", step)):
+        if name == "training step":
+            res["peak_mb"] = _peak_mb(xp)  # the process's, so far: a timed forward here
+            # keeps the caches of the one before until it has replaced them (training mode)
+            backend.reset_peak_rss()  # the steps' own peak (CPU, Linux), as in training
         res[name] = timer(fn, repeat, warmup)  # all the times; the parent takes the median
-    res["peak_mb"] = _peak_mb(xp)
+    res["peak_mb"] = max(res["peak_mb"], _peak_mb(xp))
+    res["step_peak_mb"] = _peak_mb(xp)
     return res
 
 
@@ -351,7 +359,8 @@ def _alternate(a, device: str) -> dict:
     for which, rs in runs.items():
         if rs:
             pooled[which] = {n: median([t for r in rs for t in r[n]]) for n in names}
-            pooled[which]["peak_mb"] = max(r["peak_mb"] for r in rs)
+            for peak in ("peak_mb", "step_peak_mb"):
+                pooled[which][peak] = max(r.get(peak, r["peak_mb"]) for r in rs)
     return pooled
 
 
@@ -955,8 +964,9 @@ def main(argv=None) -> int:
         for num, den in _ratios(times).values():
             line += f"{times[num][name] / times[den][name]:12.2f}x"
         print(line)
-    peaks = "".join(f"{times[k]['peak_mb']:10.0f}{'':9}" for k in cols)
-    print(f"   {'peak memory MB':<18}{peaks}")
+    for label, key in (("peak memory MB", "peak_mb"), ("  training step", "step_peak_mb")):
+        peaks = "".join(f"{times[k][key]:10.0f}{'':9}" for k in cols)
+        print(f"   {label:<18}{peaks}")
     if "torch" not in times and not a.no_torch:
         print("   (PyTorch not installed: no comparison)")
 

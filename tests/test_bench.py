@@ -25,6 +25,7 @@ def test_bench_times_one_door_when_asked(capsys):
                        "--warmup", "0", "--no-torch", "--no-ops", "--ops", "plain"]) == 0
     out = capsys.readouterr().out
     assert "plain s" in out and "fast s" not in out
+    assert "peak memory MB" in out and "training step" in out.split("peak memory MB")[1]
 
 
 def test_bench_refuses_to_time_a_wrong_fast_path(monkeypatch, capsys):

@@ -47,6 +47,7 @@ from .device import (
     is_gpu_array,
     is_out_of_memory,
     peak_rss_mb,
+    reset_peak_rss,
     resolve_device,
     set_tf32,
     to_device,
@@ -85,6 +86,7 @@ __all__ = [
     # device.py
     "is_gpu_array", "xp_of", "GpuStatus", "gpu_status", "device_info", "resolve_device",
     "to_device", "to_host", "is_out_of_memory", "set_tf32", "peak_rss_mb",
+    "reset_peak_rss",
     # chunks.py
     "WORKSPACE_BYTES", "CPU_CHUNK_BYTES", "chunk_bytes", "Slot", "workspace", "release_workspaces",
     "workers", "split", "parallel_for",

@@ -166,3 +166,15 @@ def peak_rss_mb() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Start peak_rss_mb over from the current resident memory, so that it measures what
+    comes next (e.g. a training step after warm-up, not the warm-up's one-time costs).
+    Linux only (writing 5 to /proc/self/clear_refs, Linux 4.0+); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False

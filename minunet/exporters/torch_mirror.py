@@ -124,11 +124,20 @@ def bench(cfg, size, batch, device, repeat, warmup, tf32=False) -> dict:
                 ts.append(time.perf_counter() - t0)
         return ts
 
-    res = {"forward": timed(fwd), "forward+backward": timed(fwd_bwd), "training step": timed(step)}
-    if device == "cuda":
-        res["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        from minunet import backend
+    from minunet import backend
 
-        res["peak_mb"] = backend.peak_rss_mb()  # this process's own pages
+    def peak():
+        if device == "cuda":
+            return torch.cuda.max_memory_allocated() / 2**20
+        return backend.peak_rss_mb()  # this process's own pages
+
+    res = {"forward": timed(fwd), "forward+backward": timed(fwd_bwd)}
+    res["peak_mb"] = peak()
+    if device == "cuda":  # the training steps' own peak, as minunet.bench measures ours
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        backend.reset_peak_rss()
+    res["training step"] = timed(step)
+    res["step_peak_mb"] = peak()
+    res["peak_mb"] = max(res["peak_mb"], res["step_peak_mb"])
     return res
