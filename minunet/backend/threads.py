@@ -34,6 +34,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
+from .heap import keep_freed_memory
+
 _local = threading.local()  # .inside is True on a worker thread
 
 
@@ -88,6 +90,7 @@ def parallel_for(items, fn) -> None:
 
     Returns when all calls are done; the first exception of a worker is raised here.
     """
+    keep_freed_memory()  # once: the steps' arrays reuse the heap, not fresh pages (heap.py)
     items = list(items)
     T = min(workers(), len(items))
     if T <= 1 or getattr(_local, "inside", False):  # nested calls run in order
