@@ -52,9 +52,14 @@ what each buys:
   per output pixel and channel where im2col copies 9. 572/16, 64 -> 64 channels at 136
   px, one thread: forward 18 -> 11 ms, dx 16 -> 13. Its float32 error is that of a
   summation order (backend/cpu_winograd.py; tests/fast/test_conv_paths.py).
-  At the paper's widths (572/64) the backward's dw stays with the rows loops, whose
-  chunks hold only the gradient's rows: every 3x3 layer but the first, forward and
-  backward, one thread: 13.1 s (GEMM), 11.4 (b2ec7fe's rule), 9.0 (this one).
+  At the paper's widths (572/64) the backward's chunks hold only the gradient's rows
+  (no columns): every 3x3 layer but the first, forward and backward, one thread: 13.1 s
+  (GEMM), 11.4 (b2ec7fe's rule), 9.0 (the rows loops' dw everywhere).
+- Shifted GEMMs for dw where many channels meet a small image (64 channels below 48 px,
+  256 and more at any size): the chunk's flat gradient rows times x's flat rows shifted by
+  each (i, j) of the kernel, nine GEMMs on views of x, no copy (`_shifted_dw`): the rows
+  loops' dw read x once per pair of output channels, BLAS blocks for its cache. 572/64
+  training step, CPU time of both workers: 9.9 -> 9.2 s, the same peak.
   Memory: these loops take the GEMM path's workspace slots (Winograd's tiles and
   products those of the columns and their gradient, the padded and the flat gradient
   those too), within the same bytes, and the transformed filters are a workspace of
@@ -117,6 +122,7 @@ def _direct(x, k) -> bool:
 
 ROWS_MAX = 16  # Cin and Cout up to this (3x3, CPU): the rows loops for all three
 TINY_WO = 16  # output widths below this (3x3, CPU, more channels): the GEMM's backward
+SHIFTED_WO = 48  # dw by nine GEMMs on shifted views where Cin*Cout/4096 >= Wo/SHIFTED_WO
 PATHS = ("auto", "gemm")  # MINUNET_CONV_PATH: the rule below, or im2col + GEMM everywhere
 
 
@@ -139,10 +145,14 @@ def _plan(x, w) -> Plan:
                 products per channel pair over the chunk's rows (float64 sums up to 4 MB)
     "winograd"  backend/cpu_winograd.py, F(2x2, 3x3): the forward, or dx on the padded
                 gradient; needs an even output width
+    "shifted"   dw only: the chunk's gradient rows (as the rows loops lay them out, one flat
+                run) times nine shifted views of x's flat rows, nine GEMMs and no copy
+                (`_shifted_dw`)
 
     On the CPU, for 3x3: all rows when Cin, Cout <= ROWS_MAX; else, with an even width,
-    the forward by Winograd and the backward: the GEMM's when Wo < TINY_WO; else dw by the
-    rows, dx by the rows when Cin <= 16 or (Cin <= 32 and Wo >= 256), else by Winograd.
+    the forward by Winograd and the backward: the GEMM's when Wo < TINY_WO; else dx by the
+    rows when Cin <= 16 or (Cin <= 32 and Wo >= 256), else by Winograd, and dw shifted
+    where Cin*Cout/4096 >= Wo/48 (many channels on a small image), else by the rows.
 
     The numbers behind the rule: CPU time of one thread (time.thread_time) on a 2-core
     AMD EPYC (AVX-512, OpenBLAS, float32, the other core busy), one image, each candidate
@@ -193,6 +203,18 @@ def _plan(x, w) -> Plan:
     ms with the GEMM's, 1.1 with Winograd's dx), so those layers keep the GEMM's whole
     backward. At 512-1024 channels on 28-30 px the GEMM's dx still beats Winograd's
     (1024->1024: 177 against 271 ms) but there is no GEMM dx beside the rows loops' dw.
+    The rows loops' dw reads each x row once per pair of output channels: at 64 channels
+    and more that is most of its time, while nine GEMMs of the chunk's flat gradient rows
+    with x's rows shifted by (i, j) (`_shifted_dw`: x read in place, BLAS with x's plane
+    size as its leading dimension) run at BLAS's rate, from about 4,096 channel pairs on 48
+    px (dw, one thread, same chunks, medians of 5, ms: rows / shifted):
+
+        64->64, 20: 0.77 / 0.56      64->64, 32: 1.39 / 1.19      64->64, 62: 4.1 / 4.7
+        128->64, 22: 2.3 / 1.3       64->128, 66: 11.7 / 9.9      128->64, 102: 23.6 / 25.1
+        128->128, 64: 16.6 / 14.5    128->128, 280: 292 / 285     64->64, 568: 292 / 331
+        256->256, 136: 297 / 260     512->512, 64: 303 / 227      1024->1024, 28: 361 / 187
+        512->1024, 30: 175 / 99      1024->512, 54: 474 / 342     256->512, 66: 162 / 119
+
     MINUNET_CONV_PATH=gemm turns it all off, for A/B timings.
     """
     Cout, Cin, k, _ = w.shape
@@ -211,7 +233,7 @@ def _plan(x, w) -> Plan:
     if Wo < TINY_WO:  # a tiny image: the GEMM's backward
         return Plan("winograd", "gemm", "gemm")
     return Plan("winograd", "rows" if Cin <= 16 or (Cin <= 32 and Wo >= 256) else "winograd",
-                "rows")
+                "shifted" if SHIFTED_WO * Cin * Cout >= 4096 * Wo else "rows")
 
 
 def _blocks(chunks, T):
@@ -420,7 +442,7 @@ def conv2d_backward(dout, cache, need_dx=True):
     w2 = xp.ascontiguousarray(w).reshape(Cout, Cin * k * k)  # (Cout, Cin*k*k)
     T = backend.workers(xp)
     plan = _plan(x, w)
-    if plan.dw == "rows":  # dx a gather: no col2im, no halos
+    if plan.dw in ("rows", "shifted"):  # dx a gather: no col2im, no halos
         return _gather_backward(dout, x, w, out, need_dx, plan)
     direct = plan.forward == "direct"
     acc = np.float64 if direct else x.dtype  # the direct loops sum dw, db in float64
@@ -514,7 +536,8 @@ def _gather_backward(dout, x, w, out, need_dx, plan):
     # in x's dtype as the GEMM's path does: at 1024 x 1024 channels the float64 sums were
     # 2 x 75 MB at the bottleneck, the step's peak (572/64: 1458 MB, against 1391 for the GEMM)
     acc = np.float64 if Cout * Cin * 9 * 8 <= budget else x.dtype
-    dw_parts = [np.zeros((Cout, Cin, 3, 3), dtype=acc) for _ in range(T)]  # per worker
+    dw_shape = (3, 3, Cout, Cin) if plan.dw == "shifted" else (Cout, Cin, 3, 3)
+    dw_parts = [np.zeros(dw_shape, dtype=acc) for _ in range(T)]  # per worker
     db_parts = [np.zeros(Cout, dtype=acc) for _ in range(T)]
     zero = np.zeros(Cin, dtype=x.dtype)
     wino_dx = need_dx and plan.dx == "winograd"
@@ -547,8 +570,12 @@ def _gather_backward(dout, x, w, out, need_dx, plan):
         # Winograd's dx writes its V and M there
         cpu_rows.grad_rows(dout[n], dout[n] if out is None else out[n], out is not None,
                            r0, r1, y0, y1, gp, gf)
-        cpu_rows.conv3_dw_rows(x[n].reshape(Cin, H * W), W, gf, y0, y1 - y0,
-                               dw_parts[worker], db_parts[worker])
+        if plan.dw == "shifted":
+            _shifted_dw(x[n].reshape(Cin, H * W), W, gf, y0, y1 - y0, dw_parts[worker],
+                        db_parts[worker])
+        else:
+            cpu_rows.conv3_dw_rows(x[n].reshape(Cin, H * W), W, gf, y0, y1 - y0,
+                                   dw_parts[worker], db_parts[worker])
         if not need_dx:
             return
         if wino_dx:  # in runs of `sub` rows (or the chunk's, if fewer)
@@ -566,4 +593,37 @@ def _gather_backward(dout, x, w, out, need_dx, plan):
     for dwp, dbp in zip(dw_parts[1:], db_parts[1:], strict=True):  # in worker order
         dw += dwp
         db += dbp
+    if plan.dw == "shifted":  # (3, 3, Cout, Cin) -> (Cout, Cin, 3, 3), into the second
+        # worker's sums, which are added in and free by now (no third array of dw's size)
+        into = (dw_parts[1].reshape(Cout, Cin, 3, 3) if T > 1
+                else np.empty((Cout, Cin, 3, 3), dtype=dw.dtype))
+        np.copyto(into, dw.transpose(2, 3, 0, 1))
+        dw = into
     return dx, dw.astype(x.dtype, copy=False), db.astype(x.dtype, copy=False)
+
+
+def _shifted_dw(xf, W, gf, y0, R, dw, db):
+    """dw, db of a valid 3x3 conv from R output rows y0.. of one image, by nine GEMMs.
+
+    xf (Cin, H*W) the image's flat planes, gf (Cout, R*W) grad_rows' flat gradient rows
+    (each row's W-2 values, then two zeros), as for cpu_rows.conv3_dw_rows; dw (3, 3, Cout,
+    Cin) and db (Cout,), float64 or x's dtype, added to:
+    dw[i, j, o, c] += sum_{q<R, xx<W-2} g[o, y0+q, xx] * x[c, y0+q+i, xx+j].
+
+    The chunk's rows are one run of P = R*W - 2 values (x's columns W-2, W-1 meet the
+    gradient's padding zeros), so the sum for (i, j) is gf[:, :P] @ xf[:, s:s+P].T with s =
+    (y0+i)*W + j: x's planes read in place, a (Cin, P) view whose rows lie H*W apart, which
+    BLAS takes as its leading dimension. Each product goes to a (Cout, Cin) array of the
+    call's (from the heap, backend/heap.py: a workspace would stay in the step's peak),
+    then into dw: a fixed order, the same numbers run to run.
+    """
+    Cin, Cout = xf.shape[0], gf.shape[0]
+    P = R * W - 2
+    g = gf[:, :P]
+    db += g.sum(axis=1, dtype=db.dtype)
+    tmp = np.empty((Cout, Cin), dtype=xf.dtype)
+    for i in range(3):
+        for j in range(3):
+            s = (y0 + i) * W + j
+            np.matmul(g, xf[:, s : s + P].T, out=tmp)  # (Cout, P) @ (P, Cin)
+            dw[i, j] += tmp

@@ -155,7 +155,10 @@ CASES = {
     ("rows", "rows", "rows"): [(2, 8, 13, 20, 8), (1, 16, 10, 9, 3), (1, 2, 7, 6, 16)],
     ("winograd", "rows", "rows"): [(1, 12, 11, 20, 24), (1, 24, 4, 258, 20)],  # Cin <= 16;
     # Cin <= 32 and Wo >= 256
-    ("winograd", "winograd", "rows"): [(2, 24, 10, 20, 20), (1, 40, 9, 18, 40)],
+    ("winograd", "winograd", "rows"): [(2, 24, 10, 20, 20), (1, 40, 9, 34, 40)],
+    ("winograd", "winograd", "shifted"): [(1, 40, 9, 18, 40), (2, 72, 10, 20, 64)],  # many
+    # channels on a small image: 48 * Cin * Cout >= 4096 * Wo
+    ("winograd", "rows", "shifted"): [(1, 16, 8, 20, 260)],
     ("winograd", "gemm", "gemm"): [(1, 40, 9, 12, 40), (1, 8, 8, 12, 36)],  # Wo < TINY_WO
     ("gemm", "gemm", "gemm"): [(1, 20, 8, 13, 20)],  # odd output width: no Winograd
 }
@@ -204,6 +207,29 @@ def test_fast_equals_plain(rng, cpu_setup, dtype, relu, plan, shape):
 
 
 @pytest.mark.parametrize("plan,shape", SHAPES, ids=[f"{'-'.join(p)} {s}" for p, s in SHAPES])
+def test_the_backward_runs_the_planned_dw(rng, monkeypatch, plan, shape):
+    """The loops the rule names are the ones that run (an equal result alone would not
+    tell, since every path is right): dw by the rows loops, by the shifted GEMMs, or by the
+    GEMM's columns."""
+    from minunet.backend import cpu_rows
+
+    ran = []
+    for mod, name, tag in ((cpu_rows, "conv3_dw_rows", "rows"), (conv, "_shifted_dw", "shifted"),
+                           (conv, "_columns", "gemm")):
+        def spy(*a, _f=getattr(mod, name), _tag=tag, **k):
+            ran.append(_tag)
+            return _f(*a, **k)
+        monkeypatch.setattr(mod, name, spy)
+    N, Cin, H, W, Cout = shape
+    x = rng.standard_normal((N, Cin, H, W))
+    out, cache = fast.conv2d_forward(x, rng.standard_normal((Cout, Cin, 3, 3)),
+                                     np.zeros(Cout), relu=True)
+    ran.clear()  # the forward's columns, if any
+    fast.conv2d_backward(rng.standard_normal(out.shape), cache)
+    assert ran and set(ran) == {plan[2]}
+
+
+@pytest.mark.parametrize("plan,shape", SHAPES, ids=[f"{'-'.join(p)} {s}" for p, s in SHAPES])
 def test_run_to_run_bit_identical(rng, monkeypatch, plan, shape):
     """Two workers, tiny chunks (several chunks per worker, dw summed per worker): twice the
     same call, the same bits."""
@@ -238,10 +264,15 @@ def test_the_unet_layers_and_the_switch(monkeypatch):
     assert p["down0.conv0"] == ("direct", "gemm", "direct")
     assert p["down0.conv1"] == p["up0.conv1"] == p["down1.conv1"] == ("rows", "rows", "rows")
     assert p["bottleneck.conv1"] == ("winograd", "gemm", "gemm")  # 12 px
-    assert p["down2.conv1"] == p["down3.conv1"] == ("winograd", "winograd", "rows")
+    assert p["down2.conv1"] == ("winograd", "winograd", "rows")  # 32 channels at 72 px
+    assert p["down3.conv1"] == p["up3.conv0"] == ("winograd", "winograd", "shifted")  # 64 at 32
     assert plans(572, 16)["down1.conv1"] == ("winograd", "rows", "rows")
-    p = plans(572, 64)  # the paper's widths: Winograd forward and dx, the rows loops' dw
-    assert set(v for k, v in p.items() if k != "down0.conv0") == {("winograd", "winograd", "rows")}
+    p = plans(572, 64)  # the paper's widths: Winograd forward and dx; dw by the rows loops on
+    # the two top levels (64-128 channels at 280-568 px), shifted below
+    assert set(v for k, v in p.items() if k != "down0.conv0") == {
+        ("winograd", "winograd", "rows"), ("winograd", "winograd", "shifted")}
+    assert p["down1.conv1"] == p["up1.conv1"] == ("winograd", "winograd", "rows")
+    assert p["down2.conv0"] == p["bottleneck.conv1"] == ("winograd", "winograd", "shifted")
     monkeypatch.setenv("MINUNET_CONV_PATH", "gemm")
     p = plans(316, 8)
     assert p["down0.conv0"] == ("direct", "gemm", "direct")
@@ -278,7 +309,7 @@ def test_paper_widths_equal_plain(rng, monkeypatch, Cin, Cout):
     monkeypatch.setattr(chunks, "CPU_CHUNK_BYTES", 600_000)  # chunks of 4 rows
     N, H, W = 1, 11, 20
     assert tuple(conv._plan(np.zeros((N, Cin, H, W)), np.zeros((Cout, Cin, 3, 3)))) == (
-        "winograd", "winograd", "rows")
+        "winograd", "winograd", "shifted")
     x = rng.standard_normal((N, Cin, H, W))
     w = rng.standard_normal((Cout, Cin, 3, 3)) * np.sqrt(2 / (9 * Cin))
     b = rng.standard_normal(Cout)
