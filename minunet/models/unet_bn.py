@@ -193,6 +193,8 @@ class UNetBN(Model):
         (N, K, S, S') (K = 2 with the sigmoid head: [0, z]). No dropout: `dropout_key` is
         accepted and ignored."""
         self._check_input(x)
+        self.release_caches()  # the last forward's: held while this one runs, they would
+        # double the peak of back-to-back forwards (the new ones replace them anyway)
         p = self.params
         skips = []
         h = x
