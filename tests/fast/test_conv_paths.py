@@ -214,12 +214,16 @@ def test_the_backward_runs_the_planned_dw(rng, monkeypatch, plan, shape):
     from minunet.backend import cpu_rows
 
     ran = []
+
+    def spy(f, tag):
+        def run(*a, **k):
+            ran.append(tag)
+            return f(*a, **k)
+        return run
+
     for mod, name, tag in ((cpu_rows, "conv3_dw_rows", "rows"), (conv, "_shifted_dw", "shifted"),
                            (conv, "_columns", "gemm")):
-        def spy(*a, _f=getattr(mod, name), _tag=tag, **k):
-            ran.append(_tag)
-            return _f(*a, **k)
-        monkeypatch.setattr(mod, name, spy)
+        monkeypatch.setattr(mod, name, spy(getattr(mod, name), tag))
     N, Cin, H, W, Cout = shape
     x = rng.standard_normal((N, Cin, H, W))
     out, cache = fast.conv2d_forward(x, rng.standard_normal((Cout, Cin, 3, 3)),
