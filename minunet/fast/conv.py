@@ -55,11 +55,6 @@ what each buys:
   At the paper's widths (572/64) the backward's chunks hold only the gradient's rows
   (no columns): every 3x3 layer but the first, forward and backward, one thread: 13.1 s
   (GEMM), 11.4 (b2ec7fe's rule), 9.0 (the rows loops' dw everywhere).
-- Shifted GEMMs for dw where many channels meet a small image (64 channels below 48 px,
-  256 and more at any size): the chunk's flat gradient rows times x's flat rows shifted by
-  each (i, j) of the kernel, nine GEMMs on views of x, no copy (`_shifted_dw`): the rows
-  loops' dw read x once per pair of output channels, BLAS blocks for its cache. 572/64
-  training step, CPU time of both workers: 9.9 -> 9.2 s, the same peak.
   Memory: these loops take the GEMM path's workspace slots (Winograd's tiles and
   products those of the columns and their gradient, the padded and the flat gradient
   those too), within the same bytes, and the transformed filters are a workspace of
@@ -70,6 +65,12 @@ what each buys:
   `_plan` picks the loops of each layer and direction, with the measurements behind
   it; MINUNET_CONV_PATH=gemm turns the rows loops and Winograd off (im2col + GEMM, as
   before them), for A/B timings.
+- Shifted GEMMs for dw where many channels meet a small image (Cin*Cout/4096 >= Wo/48:
+  64 channels up to 48 px, 128 up to 192, 256 and more at every U-Net size up to 572):
+  the chunk's flat gradient rows times x's flat rows shifted by each (i, j) of the
+  kernel, nine GEMMs on views of x, no copy (`_shifted_dw`): the rows loops' dw read x
+  once per pair of output channels, BLAS blocks for its cache. 572/64 training step, CPU
+  time of both workers: 9.9 -> 9.2 s, the same peak.
 - Fused epilogue. Bias and ReLU in one pass over the output; on the CPU each chunk
   runs it (backend.bias_relu_rows) right after its GEMM, while the chunk's output
   is still in cache and in the same dispatch; on the GPU one launch over the whole
