@@ -11,8 +11,7 @@ For one configuration (input size, base, batch, dtype, device) it
      (minunet/ops, the lesson) (median over --rounds x --repeat runs, each after
      --warmup), with GFLOP/s and peak memory, each in a fresh process: the process's
      peak, and the training steps' own (the high-water mark reset after the forward and
-     forward + backward timings, on Linux: ours keeps a training-mode forward's caches
-     until the next forward replaces them, which PyTorch's no-grad forward does not);
+     forward + backward timings, on Linux; on the GPU both are the memory pool's);
   4. if PyTorch happens to be importable (never a dependency), times the same
      network in PyTorch in the same run and prints our time / PyTorch's time;
   5. optionally (--data) the tiles per second of the augmentation pipeline.
@@ -283,9 +282,9 @@ def bench_model(cfg: UNetConfig, size, batch, device, timer, repeat, warmup) -> 
     res = {}
     for name, fn in (("forward", fwd), ("forward+backward", fwd_bwd), ("training step", step)):
         if name == "training step":
-            res["peak_mb"] = _peak_mb(xp)  # the process's, so far: a timed forward here
-            # keeps the caches of the one before until it has replaced them (training mode)
-            backend.reset_peak_rss()  # the steps' own peak (CPU, Linux), as in training
+            res["peak_mb"] = _peak_mb(xp)  # the process's, so far
+            if xp is np:
+                backend.reset_peak_rss()  # from here the steps' own peak (Linux)
         res[name] = timer(fn, repeat, warmup)  # all the times; the parent takes the median
     res["peak_mb"] = max(res["peak_mb"], _peak_mb(xp))
     res["step_peak_mb"] = _peak_mb(xp)
@@ -360,7 +359,7 @@ def _alternate(a, device: str) -> dict:
         if rs:
             pooled[which] = {n: median([t for r in rs for t in r[n]]) for n in names}
             for peak in ("peak_mb", "step_peak_mb"):
-                pooled[which][peak] = max(r.get(peak, r["peak_mb"]) for r in rs)
+                pooled[which][peak] = max(r[peak] for r in rs)
     return pooled
 
 

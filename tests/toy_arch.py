@@ -65,7 +65,7 @@ class ToyResUNet(Model):
                 self.upconv, self.cat, self.dec, self.final]
 
     def forward(self, x, dropout_key=None):
-        self._check_input(x)
+        self._begin_forward(x)
         p = self.params
         skip = self.enc.forward(p, x)
         h = self.down.forward(p, self.pool.forward(skip))

@@ -329,10 +329,10 @@ def _own(shape, dtype):
 
 def _filters(shape, dtype, name):
     """An array for Winograd's transformed filters (16, Co, Ci): up to chunk_bytes (316/8 and
-    572/16: at most 4 MB) the workspace slot `name` (no page faults; a map of its own costs
-    every call one per 4 KB, which doubled the forward of 316/8's bottleneck, 0.6 -> 1.1
-    ms), above it (the paper's 512-1024 channels, up to 64 MB) a map of its own (`_own`), so
-    that it leaves the step's peak when freed."""
+    572/16: at most 4 MB) the workspace slot `name` (no page faults; a map of its own per
+    call, faulted in 4 KB at a time as maps then were, doubled the forward of 316/8's
+    bottleneck, 0.6 -> 1.1 ms), above it (the paper's 512-1024 channels, up to 64 MB) a
+    map of its own (`_own`), so that it leaves the step's peak when freed."""
     return _wino_space(int(np.prod(shape)), dtype, backend.Slot(name)).reshape(shape)
 
 
@@ -519,7 +519,8 @@ def _gather_backward(dout, x, w, out, need_dx, plan):
 
     Each chunk of output rows y0..y1-1 writes the gradient after the ReLU mask once, in
     the two layouts its loops read (backend/cpu_rows.py grad_rows), then
-    - dw, db: nine dot products per channel pair over the chunk's rows, summed per worker
+    - dw, db: nine dot products per channel pair over the chunk's rows (plan.dw "rows"),
+      or nine GEMMs with shifted views of x ("shifted", `_shifted_dw`), summed per worker
       in float64 (in x's dtype past 4 MB of sums: the GEMM path's order of rounding);
     - dx rows y0..y1-1 (and the image's last 2 rows with its last chunk): the valid conv
       of the gradient zero-padded by 2 with the flipped, transposed weights, by the rows

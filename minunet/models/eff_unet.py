@@ -308,9 +308,7 @@ class EffUNet(Model):
     def forward(self, x, dropout_key: int | None = None):
         """x (N, Cin, H, W), H and W multiples of 32 -> logits (N, K, H, W).
         dropout_key: in training mode an int that seeds this step's stochastic depth."""
-        self._check_input(x)
-        self.release_caches()  # the last forward's: held while this one runs, they would
-        # double the peak of back-to-back forwards (the new ones replace them anyway)
+        self._begin_forward(x)
         if not self.training:
             dropout_key = None
         elif dropout_key is None and self.config.drop_connect > 0:

@@ -224,9 +224,7 @@ class MobileUNet(Model):
     def forward(self, x, dropout_key: int | None = None):
         """x (N, Cin, H, W), H and W multiples of 32 -> logits (N, K, H, W). No randomness:
         dropout_key is accepted (the trainer passes one) and not used."""
-        self._check_input(x)
-        self.release_caches()  # the last forward's: held while this one runs, they would
-        # double the peak of back-to-back forwards (the new ones replace them anyway)
+        self._begin_forward(x)
         skips, bottom = self.encode(x)
         return self.decoder.forward(self.params, skips, bottom)
 

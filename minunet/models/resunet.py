@@ -218,9 +218,7 @@ class ResUNet(Model):
         """x: (N, in_channels, S, S'), S and S' multiples of 2^depth. Returns logits
         (N, K, S, S') (K = 2 with the sigmoid head: [0, z]). No dropout: `dropout_key` is
         accepted and ignored."""
-        self._check_input(x)
-        self.release_caches()  # the last forward's: held while this one runs, they would
-        # double the peak of back-to-back forwards (the new ones replace them anyway)
+        self._begin_forward(x)
         p = self.params
         skips = []
         h = x

@@ -142,9 +142,7 @@ class UNet(Model):
         dropout_key: in training mode an int that seeds this step's dropout masks
         (same key, same masks, on CPU and GPU alike); ignored in eval mode.
         """
-        self._check_input(x)
-        self.release_caches()  # the last forward's: held while this one runs, they would
-        # double the peak of back-to-back forwards (the new ones replace them anyway)
+        self._begin_forward(x)
         if not self.training:
             dropout_key = None
         elif dropout_key is None and self.config.dropout > 0:

@@ -282,9 +282,7 @@ class UNet3P(Model):
 
         dropout_key: in training mode with the CGM (dropout > 0) an int that seeds the
         branch's dropout mask; ignored in eval mode."""
-        self._check_input(x)
-        self.release_caches()  # the last forward's: held while this one runs, they would
-        # double the peak of back-to-back forwards (the new ones replace them anyway)
+        self._begin_forward(x)
         c, p, L = self.config, self.params, LEVELS
         train_cgm = c.cgm and self.training
         if not train_cgm:

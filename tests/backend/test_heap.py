@@ -4,6 +4,7 @@ next time (no page faults); with glibc's defaults the heap's free top (80 MB, ov
 trim threshold of twice the largest freed block) goes back to the OS and each array is
 faulted in anew, 2,048 pages each."""
 
+import os
 import platform
 import subprocess
 import sys
@@ -28,7 +29,6 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0)
 
 def _faults(env_value):
     env = {"MINUNET_KEEP_FREED": env_value, "NUMPY_MADVISE_HUGEPAGE": "0"}
-    import os
     out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True,
                          check=True, timeout=120, env={**os.environ, **env}).stdout.split()
     return out[0] == "True", int(out[1])

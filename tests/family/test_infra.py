@@ -117,3 +117,35 @@ def test_release_frees_the_caches_of_composite_layers():
     assert held()
     m.release_caches()
     assert held() == []
+
+
+@pytest.mark.parametrize("name", __import__("minunet.models.registry", fromlist=["names"]).names())
+def test_a_forward_drops_the_last_forwards_caches_first(name):
+    """Every network of the house: when a second forward starts, no layer still holds the
+    first forward's caches (Model._begin_forward), so back-to-back forwards do not hold two
+    steps' activations; the second forward's own caches are there for its backward."""
+    from minunet.models import registry
+
+    try:
+        cfg = registry.get(name).test_config(dtype="float64")
+    except NotImplementedError:  # the U-Net: the smallest of its own
+        cfg = registry.config_for(name, {"base": 2, "dtype": "float64"})
+    model = registry.build_model(cfg, seed=1)
+    s = next(s for s in range(64, 400) if model.geometry.is_valid(s))
+    x = np.random.default_rng(0).standard_normal((2, cfg.in_channels, s, s))
+    model.forward(x, dropout_key=1)
+    layers = list(model.layers())
+    assert any(getattr(lay, n) is not None for lay in layers for n in lay.cache_names)
+    seen = []
+    first = layers[0]
+    plain = first.forward
+
+    def spy(*a, **k):  # the first layer of the second forward: nothing held by then
+        seen.append([getattr(lay, n) for lay in layers for n in lay.cache_names
+                     if getattr(lay, n) is not None])
+        return plain(*a, **k)
+
+    first.forward = spy
+    model.forward(x, dropout_key=1)
+    assert seen and seen[0] == []
+    assert any(getattr(lay, n) is not None for lay in layers for n in lay.cache_names)

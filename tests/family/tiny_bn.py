@@ -57,7 +57,7 @@ class TinyBN(Model):
                 self.head2, self.bin2]
 
     def forward(self, x, dropout_key=None):
-        self._check_input(x)
+        self._begin_forward(x)
         p = self.params
         s = self.a.forward(p, x)
         h = self.up.forward(self.b.forward(p, self.pool.forward(s)))
