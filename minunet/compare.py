@@ -30,7 +30,10 @@ and the others go on (exit status 1 at the end).
                                     min-max band (cells have no such curve: see
                                     minunet/evaluation/comparison_table.py)
 
-OUT defaults to runs/compare (ISBI) or runs/compare_cells (cells). Resumable: run it again with
+Every --time training validates --validations times (default 10) evenly over its budget, so
+that a network with slow steps gets as many learning-curve points as a fast one. OUT defaults
+to runs/compare (ISBI) or runs/compare_cells (cells); the project's own comparison lives in
+docs/compare/ (its .gitignore keeps the records and leaves checkpoints and predictions out). Resumable: run it again with
 the same options and it skips every entry+seed with a result.json, and redoes a half-done one
 from its first missing step. A training that was interrupted starts again from iteration 0
 (--overwrite): a time budget cannot be resumed fairly. The library half is
@@ -62,7 +65,10 @@ from minunet.training.comparison import (
     select_entries,
 )
 
-FORWARDED = ("val", "holdout", "tile", "val_every")  # train options every training gets
+FORWARDED = ("val", "holdout", "tile", "val_every", "validations")  # train options every
+# training gets
+VALIDATIONS = 10  # validations of every timed training unless --val-every is given: one
+# learning-curve point (ISBI) per tenth of the budget, whatever the network's step costs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,9 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "walk-through's)"),
                        ("tile", "training tile of every entry (default: the preset's, for "
                                 "each network its nearest valid size below)"),
-                       ("val_every", "iterations between validations (default the preset's)")):
+                       ("val_every", "iterations between validations (default: with --iters "
+                                     "the preset's; with --time, see --validations)"),
+                       ("validations", f"validations of every --time training, evenly over "
+                                       f"its budget (default {VALIDATIONS} unless --val-every "
+                                       f"is given): each network's curve gets as many points")):
         p.add_argument("--" + name.replace("_", "-"), dest=name,
-                       type=int if name in ("tile", "val_every") else str, help=text)
+                       type=int if name in ("tile", "val_every", "validations") else str,
+                       help=text)
     p.add_argument("--device", default="", choices=("", "auto", "cpu", "cuda"),
                    help="device of training and prediction (default: train's, auto)")
     p.add_argument("--retry-failed", action="store_true",
@@ -161,7 +172,14 @@ def settings_of(args) -> Settings:
     time = "" if args.iters else (args.time or "10m")
     if time:
         parse_duration(time)
+    if args.validations is not None and not time:
+        raise ValueError("--validations spreads validations over a --time budget; with --iters "
+                         "give --val-every")
+    if args.validations is not None and args.val_every is not None:
+        raise ValueError("--validations and --val-every both set when to validate: give one")
     forwarded = {k: getattr(args, k) for k in FORWARDED if getattr(args, k) is not None}
+    if time and args.val_every is None and args.validations is None:
+        forwarded["validations"] = VALIDATIONS
     if args.device:
         forwarded["device"] = args.device
     return Settings(data, time, args.iters, args.preset, forwarded)

@@ -118,6 +118,8 @@ def test_a_failed_training_is_reported_and_the_others_go_on(isbi_like, tmp_path,
     (["--time", "ten minutes"], "--time 'ten minutes' not understood"),
     (["--tile", "190"], "entry unet: --tile"),
     (["--holdout", "none"], "holds no slice out to score; give --holdout"),
+    (["--iters", "5", "--validations", "3"], "--validations spreads validations over a --time"),
+    (["--val-every", "5", "--validations", "3"], "--validations and --val-every both"),
 ])
 def test_usage_errors_are_one_line_and_leave_nothing(isbi_like, tmp_path, capsys, extra,
                                                      message):
@@ -146,6 +148,21 @@ def test_data_must_be_isbi_or_cells_and_a_rerun_must_share_the_settings(isbi_lik
         compare(["--data", f"isbi2012:{isbi_like}", "--out", str(out), "--time", "5m"])
     err = capsys.readouterr().err
     assert "holds a comparison with other settings: time '5m' (there: '10m')" in err
+
+
+def test_timed_trainings_validate_ten_times_unless_told(isbi_like):
+    """Every network's curve gets as many points, whatever its step costs: --validations 10
+    is forwarded to each --time training unless --val-every or --validations is given."""
+    from minunet.compare import build_parser, settings_of
+
+    def forwarded(*extra):
+        args = build_parser().parse_args(["--data", f"isbi2012:{isbi_like}", *extra])
+        return settings_of(args).train_options
+
+    assert forwarded() == {"validations": 10}
+    assert forwarded("--validations", "4") == {"validations": 4}
+    assert forwarded("--val-every", "50") == {"val_every": 50}
+    assert forwarded("--iters", "5") == {}
 
 
 def test_default_entries_separate_the_architecture_from_the_loss():
@@ -260,7 +277,7 @@ def test_cells_alone_is_the_walk_through_into_runs_compare_cells(tmp_path, monke
     out = tmp_path / "runs" / "compare_cells"
     saved = json.loads((out / "compare.json").read_text())
     assert saved["settings"] == {"data": "cells:n=16,size=384", "time": "10m", "iters": None,
-                                 "preset": "cpu"}
+                                 "preset": "cpu", "validations": 10}
     assert saved["heldout"]["images"].startswith("touching_cells(384, seed=(99, i))")
     assert not (out / "heldout").exists()  # --table-only runs nothing
     assert rows(out / "table.csv")[0]["f1_mean"] == ""  # nothing run yet

@@ -82,6 +82,36 @@ def test_a_budget_too_short_is_one_error_and_creates_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.slow  # 4-8 s on a 2-core CPU
+def test_validations_spread_evenly_over_a_budget_whatever_the_step_costs(tmp_path):
+    """--validations K: val_every = ceil(N / K), chosen with N; the run validates K times at
+    most (the last at N), and `--iters N --val-every V` repeats it."""
+    run = tmp_path / "run"
+    timed = Trainer(TrainConfig(**{**TINY, "val_every": 10**6}, time="4s", validations=3,
+                                out=str(run)), quiet=True)
+    n, every = timed.cfg.iters, timed.cfg.val_every
+    assert every == -(-n // 3) and n >= 3
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["val_every"] == config["budget"]["val_every"] == every
+    assert timed.run() == 0
+    rows = (run / "metrics.csv").read_text().splitlines()[1:]
+    validated = sorted({*range(every, n + 1, every), n})
+    assert len(validated) <= 3
+    skipped = timed.skipped  # a slow moment may skip some (never the last)
+    assert [int(r.split(",")[0]) for r in rows] == validated[skipped:] or (
+        int(rows[-1].split(",")[0]) == n and len(rows) == len(validated) - skipped)
+
+
+def test_validations_need_a_budget(capsys):
+    with pytest.raises(ValueError, match="--validations spreads validations over a --time"):
+        TrainConfig(**TINY, iters=5, validations=3)
+    with pytest.raises(ValueError, match="--validations must be an integer >= 0"):
+        TrainConfig(**TINY, time="1m", validations=-1)
+    assert main(["--device", "cpu", "--preset", "tiny", "--validations", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --validations spreads") and err.count("\n") == 1
+
+
 def test_time_and_resume_do_not_mix(tmp_path, capsys):
     run = tmp_path / "run"
     assert Trainer(TrainConfig(**TINY, iters=2, out=str(run)), quiet=True).run() == 0

@@ -54,20 +54,26 @@ def fit_budget(trainer, seconds: float) -> None:
     trainer.sampler = trainer._sampler(0)
     left = seconds - (time.monotonic() - trainer.started)
     reserve = 0.03 * seconds + 0.5  # the step time drifts; closing the run takes a moment
-    n = int(max(0.0, left - reserve) / (step + validation / cfg.val_every))
-    while n > 0 and n * step + math.ceil(n / cfg.val_every) * validation > left - reserve:
+    if cfg.validations:  # K validations, whatever the step costs: N * step + K * validation
+        n = int(max(0.0, left - reserve - cfg.validations * validation) / step)
+    else:
+        n = int(max(0.0, left - reserve) / (step + validation / cfg.val_every))
+    every = lambda n: -(-n // cfg.validations) if cfg.validations else cfg.val_every  # noqa: E731
+    while n > 0 and n * step + math.ceil(n / every(n)) * validation > left - reserve:
         n -= 1
     if n < 1:
         raise ValueError(f"--time {cfg.time} is too short: setting up took "
                          f"{seconds - left:.1f} s, a step takes {step:.2f} s and a "
                          f"validation {validation:.1f} s; give more time or use --iters")
     cfg.iters = trainer.opt.config.max_iter = n
+    cfg.val_every = every(n)
     trainer.budget = {"time": cfg.time, "seconds": seconds, "step_s": round(step, 4),
                    "validation_s": round(validation, 3), "setup_s": round(seconds - left, 2),
-                   "iters": n}
+                   "iters": n, "val_every": cfg.val_every}
     trainer._say(f"--time {cfg.time}: a step takes {step:.3f} s, a validation with its "
               f"checkpoint {validation:.1f} s, setting up took {seconds - left:.1f} s: "
-              f"training {n} iterations (repeat with --iters {n}; config.json)")
+              f"training {n} iterations, validating every {cfg.val_every} (repeat with "
+              f"--iters {n} --val-every {cfg.val_every}; config.json)")
 
 
 def behind_budget(trainer) -> bool:

@@ -89,6 +89,9 @@ class TrainConfig:
     weight_map: bool = True  # the paper's border weight map (else all weights 1)
     seed: int = 0  # seed of the initial weights, tiles and dropout masks, >= 0
     val_every: int = 500  # iterations between validations and checkpoints
+    validations: int = 0  # with --time: validate this many times, evenly over the budget
+    # (--val-every becomes the iterations it chooses divided by this, rounded up; written to
+    # config.json); 0: every --val-every iterations, however many that makes
     keep_checkpoints: bool = False  # also keep each validation's checkpoint as
     # RUN/checkpoints/ITERATION.npz (python -m minunet.curve scores them: the learning curve)
     out: str = ""  # run folder; unset (''): runs/<date-time>
@@ -111,7 +114,8 @@ class TrainConfig:
 RULES = {  # option: (is the value valid?, what it must be)
     **{k: (lambda v: v >= 1, "an integer >= 1")
        for k in ("base", "depth", "batch", "iters", "val_every")},
-    **{k: (lambda v: v >= 0, "an integer >= 0") for k in ("warmup", "seed", "prefetch")},
+    **{k: (lambda v: v >= 0, "an integer >= 0")
+       for k in ("warmup", "seed", "prefetch", "validations")},
     "lr": (lambda v: 0 < v < math.inf, "a number > 0"),
     "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "weight_decay": (lambda v: 0 <= v < math.inf, "a number >= 0"),
@@ -149,6 +153,9 @@ def check_config(cfg: TrainConfig) -> None:
     as_holdout(cfg.holdout)  # likewise --holdout
     if cfg.time:
         parse_duration(cfg.time)  # likewise --time
+    elif cfg.validations:
+        raise ValueError("--validations spreads validations over a --time budget: give --time, "
+                         "or with --iters choose their interval with --val-every")
     parse_normalize(cfg.normalize)  # likewise for --normalize
 
 
