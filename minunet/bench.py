@@ -768,16 +768,6 @@ def _layer_cost(sp, cfg, table, item) -> tuple[float, float]:
     return g, nbytes / 2**20
 
 
-def _blas_kernel() -> str:
-    """Which BLAS and which kernel NumPy runs (threadpoolctl), e.g. 'openblas SkylakeX'."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "unknown (no threadpoolctl)"
-    return ", ".join(f"{i['internal_api']} {i.get('architecture', '')}".strip()
-                     for i in threadpool_info() if i["user_api"] == "blas") or "none found"
-
-
 def print_layers(a) -> int:
     """Section 7 (--layers): the per-layer table of a training step, ours beside PyTorch's."""
     cfg = UNetConfig(base=a.base, depth=a.depth, dtype=a.dtype, ops=a.ops if a.ops != "both"
@@ -788,7 +778,7 @@ def print_layers(a) -> int:
     table = {r["layer"]: r for r in layer_table(cfg, a.size, a.batch)}
     item = np.dtype(a.dtype).itemsize
     step = median(ours["step"])
-    print(f"\n   BLAS: {_blas_kernel()}; torch threads: "
+    print(f"\n   BLAS: {backend.blas_kernel()}; torch threads: "
           f"{torch_rec.pop('_threads', '?') if torch_rec else 'not run'}")
     print(f"\n7. per layer: one training step at {a.size}/{a.base} on the {cfg.ops} ops, medians "
           f"of {a.rounds * a.repeat} steps (ours: inside the step; PyTorch: each layer alone "

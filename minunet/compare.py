@@ -33,12 +33,14 @@ and the others go on (exit status 1 at the end).
 Every --time training validates --validations times (default 10) evenly over its budget, so
 that a network with slow steps gets as many learning-curve points as a fast one. OUT defaults
 to runs/compare (ISBI) or runs/compare_cells (cells); the project's own comparison lives in
-docs/compare/ (its .gitignore keeps the records and leaves checkpoints and predictions out). Resumable: run it again with
-the same options and it skips every entry+seed with a result.json, and redoes a half-done one
-from its first missing step. A training that was interrupted starts again from iteration 0
-(--overwrite): a time budget cannot be resumed fairly. The library half is
-minunet/training/comparison.py (the runs) and minunet/evaluation/comparison_table.py (the table
-and the figure).
+docs/compare/ (its .gitignore keeps the records and leaves checkpoints and predictions out).
+Resumable: run it again with the same options and it skips every entry+seed with a
+result.json, and redoes a half-done one from its first missing step. A training that was
+interrupted starts again from iteration 0 (--overwrite): a time budget cannot be resumed
+fairly. The library half is minunet/training/comparison.py (the runs) and
+minunet/evaluation/comparison_table.py (the table and the figure). Each run's config.json
+records its machine (CPU, cores, SIMD, BLAS kernel): the steps a budget buys depend on it, so
+table.md names the machines, and a comparison's runs belong on one kind of machine.
 """
 
 from __future__ import annotations

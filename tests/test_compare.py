@@ -14,9 +14,10 @@ import tifffile
 from PIL import Image
 
 import minunet.training.comparison as comparison
+from minunet import backend
 from minunet.compare import main as compare
 from minunet.data.synthetic import touching_cells
-from minunet.evaluation.comparison_table import band, columns
+from minunet.evaluation.comparison_table import band, columns, machine_label
 
 TINY = ["--seeds", "0", "--iters", "4", "--val-every", "2", "--preset", "tiny", "--device",
         "cpu"]
@@ -57,6 +58,8 @@ def test_compare_end_to_end_resumable_and_traceable(isbi_like, tmp_path, capsys)
     assert table["unetpp"]["loss"] == "bce_dice"
     md = (out / "table.md").read_text()
     assert "| unet | softmax_cross_entropy | 121,658 | 1.20 (at 572) | 4 |" in md
+    here = machine_label(backend.machine())  # every run's config.json says where it ran
+    assert {r["machines"] for r in table.values()} == {here} and f"Machine: {here}." in md
 
     # again: everything is done, nothing runs
     capsys.readouterr()
@@ -181,6 +184,28 @@ def test_default_entries_separate_the_architecture_from_the_loss():
                        "OUT/unetpp-xent/seed2/run"]
     unet = comparison.entry_cost(comparison.ENTRIES["unet"], settings)  # the CPU preset, base 8
     assert unet["size"] == 572 and unet["params"] == 485_682
+
+
+def test_the_table_names_each_machine_and_which_entries_ran_there():
+    from minunet.evaluation.comparison_table import markdown, summarize
+
+    def result(seed, cpu):
+        return {"status": "done", "seed": seed, "result": f"x/seed{seed}/result.json",
+                "network": {"params": 1, "gflop": 1.0, "size": 512},
+                "scores": {k: dict.fromkeys(comparison.SCORES, 0.5) for k in ("plain", "tta8")},
+                "train": {"steps": 10, "wall_s": 600, "peak_rss_mb": 100,
+                          "machine": cpu and {"cpu": cpu, "cores": 2, "simd": "avx2",
+                                              "blas": "openblas Haswell"}}}
+    rows = [summarize("a", [result(0, "CPU A"), result(1, "CPU B")], 2),
+            summarize("b", [result(0, "CPU A"), result(1, None)], 2)]
+    assert rows[0]["machines"] == "CPU A, 2 cores, avx2, openblas Haswell;CPU B, 2 cores, " \
+                                  "avx2, openblas Haswell"
+    md = markdown(rows)
+    assert "The runs ran on 3 machines, whose steps in one budget differ: CPU A, 2 cores, " \
+           "avx2, openblas Haswell (a, b); CPU B, 2 cores, avx2, openblas Haswell (a); not " \
+           "recorded (b)." in md
+    one = markdown([summarize("c", [result(0, "CPU A")], 1)])
+    assert "Machine: CPU A, 2 cores, avx2, openblas Haswell." in one and "machines" not in one
 
 
 def test_band_interpolates_the_seeds_on_the_minutes_they_all_cover():

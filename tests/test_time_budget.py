@@ -47,14 +47,14 @@ def _interrupt_at(trainer, k):
     trainer.step = interrupted_step
 
 
-@pytest.mark.slow  # 5-12 s on a 2-core CPU
+@pytest.mark.slow  # 9-16 s on a 2-core CPU
 def test_timed_run_is_repeated_by_its_iterations_and_resumes_to_the_same_end(tmp_path):
-    timed = Trainer(TrainConfig(**TINY, time="4s", out=str(tmp_path / "timed")), quiet=True)
+    timed = Trainer(TrainConfig(**TINY, time="8s", out=str(tmp_path / "timed")), quiet=True)
     n = timed.cfg.iters
     config = json.loads((tmp_path / "timed" / "config.json").read_text())
     assert config["train"]["iters"] == config["budget"]["iters"] == n >= 4
     assert config["optimizer"]["max_iter"] == n  # the poly schedule reaches 0 at the end
-    assert config["budget"]["seconds"] == 4 and config["budget"]["step_s"] > 0
+    assert config["budget"]["seconds"] == 8 and config["budget"]["step_s"] > 0
     _interrupt_at(timed, n // 2)
     assert timed.run() == 130
     assert load_checkpoint(tmp_path / "timed" / "last.npz").iteration == n // 2
@@ -82,12 +82,12 @@ def test_a_budget_too_short_is_one_error_and_creates_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.slow  # 4-8 s on a 2-core CPU
+@pytest.mark.slow  # 8-10 s on a 2-core CPU
 def test_validations_spread_evenly_over_a_budget_whatever_the_step_costs(tmp_path):
     """--validations K: val_every = ceil(N / K), chosen with N; the run validates K times at
     most (the last at N), and `--iters N --val-every V` repeats it."""
     run = tmp_path / "run"
-    timed = Trainer(TrainConfig(**{**TINY, "val_every": 10**6}, time="4s", validations=3,
+    timed = Trainer(TrainConfig(**{**TINY, "val_every": 10**6}, time="8s", validations=3,
                                 out=str(run)), quiet=True)
     n, every = timed.cfg.iters, timed.cfg.val_every
     assert every == -(-n // 3) and n >= 3
@@ -123,7 +123,7 @@ def test_a_run_behind_its_budget_skips_validations_but_not_steps(tmp_path, capsy
     """A machine that slows down after the measurement: the run skips the validations that
     would end it late (never the last) and keeps every step, so its model is that of
     `--iters N`."""
-    slow = Trainer(TrainConfig(**{**TINY, "val_every": 2}, time="4s", out=str(tmp_path / "slow")))
+    slow = Trainer(TrainConfig(**{**TINY, "val_every": 2}, time="8s", out=str(tmp_path / "slow")))
     n = slow.cfg.iters
     slow.budget["seconds"] = 0.01  # as if every step had taken far longer than measured
     assert slow.run() == 0

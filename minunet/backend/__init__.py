@@ -42,10 +42,12 @@ from .chunks import (
 from .chunks import _workspaces as _workspaces  # private: read by tests of the fast conv
 from .device import (
     GpuStatus,
+    blas_kernel,
     device_info,
     gpu_status,
     is_gpu_array,
     is_out_of_memory,
+    machine,
     peak_rss_mb,
     reset_peak_rss,
     resolve_device,
@@ -86,7 +88,7 @@ __all__ = [
     # device.py
     "is_gpu_array", "xp_of", "GpuStatus", "gpu_status", "device_info", "resolve_device",
     "to_device", "to_host", "is_out_of_memory", "set_tf32", "peak_rss_mb",
-    "reset_peak_rss",
+    "reset_peak_rss", "machine", "blas_kernel",
     # chunks.py
     "WORKSPACE_BYTES", "CPU_CHUNK_BYTES", "chunk_bytes", "Slot", "workspace", "release_workspaces",
     "workers", "split", "parallel_for",

@@ -23,7 +23,7 @@ import numpy as np
 
 __all__ = [
     "is_gpu_array", "xp_of", "GpuStatus", "gpu_status", "device_info", "resolve_device",
-    "to_device", "to_host", "is_out_of_memory", "set_tf32",
+    "to_device", "to_host", "is_out_of_memory", "set_tf32", "machine", "blas_kernel",
 ]
 
 
@@ -107,6 +107,43 @@ def device_info() -> str:
     if st.available:
         return f"GPU: {st.name} (sm_{st.compute_capability}, {st.memory_bytes / 2**30:.0f} GiB)"
     return f"CPU: {os.cpu_count()} cores (no GPU: {st.reason})"
+
+
+def machine(device: str = "cpu") -> dict:
+    """What a run runs on, as its config.json records it (a --time budget buys as many steps
+    as the machine gives): the CPU's model name, the cores this process may use, the widest
+    SIMD its flags name (avx512, avx2, avx, neon; '' where /proc/cpuinfo cannot say), the BLAS
+    NumPy calls with its kernel, and on device 'cuda' the GPU's name."""
+    flags, name = set(), ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key == "model name" and not name:
+                    name = value.strip()
+                elif key in ("flags", "features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    simd = next((s for s, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"),
+                                   ("neon", "asimd")) if flag in flags), "")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    found = {"cpu": name or (os.uname().machine if hasattr(os, "uname") else ""),
+             "cores": cores, "simd": simd, "blas": blas_kernel()}
+    if device == "cuda":
+        found["gpu"] = gpu_status().name
+    return found
+
+
+def blas_kernel() -> str:
+    """Which BLAS and which kernel NumPy runs (threadpoolctl), e.g. 'openblas SkylakeX'."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (no threadpoolctl)"
+    return ", ".join(f"{i['internal_api']} {i.get('architecture', '')}".strip()
+                     for i in threadpool_info() if i["user_api"] == "blas") or "none found"
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -96,10 +96,20 @@ def summarize(name: str, results: list[dict], n_seeds: int, cost: dict | None = 
     row |= _spread([r["train"]["wall_s"] for r in done], "train_s")
     peaks = [r["train"]["peak_rss_mb"] for r in done if r["train"].get("peak_rss_mb")]
     row["peak_rss_mb"] = max(peaks) if peaks else ""
+    row["machines"] = ";".join(sorted({machine_label(r["train"].get("machine")) for r in done}))
     row["results"] = ";".join(r["result"] for r in done)
     row["failed"] = ";".join(f"seed{r['seed']}: {r.get('step', '?')} exit {r.get('returncode')}"
                              f" ({r.get('log', '')})" for r in failed)
     return row
+
+
+def machine_label(m: dict | None) -> str:
+    """E.g. 'AMD EPYC, 2 cores, avx2, openblas Haswell', from a run's config.json 'machine'."""
+    if not m:
+        return "not recorded"
+    parts = [m.get("cpu") or "CPU ?", f"{m.get('cores', '?')} cores", m.get("simd") or "",
+             m.get("blas") or "", m.get("gpu") or ""]
+    return ", ".join(p for p in parts if p)
 
 
 def columns(task: str = "isbi2012") -> list[str]:
@@ -109,7 +119,7 @@ def columns(task: str = "isbi2012") -> list[str]:
     for suffix in KINDS.values():
         cols += [f"{s}{suffix}_{m}" for s in TABLES[task][0] for m in ("mean", "min", "max")]
     cols += [f"{k}_{m}" for k in ("steps", "train_s") for m in ("mean", "min", "max")]
-    return cols + ["peak_rss_mb", "results", "failed"]
+    return cols + ["peak_rss_mb", "machines", "results", "failed"]
 
 
 def write_csv(rows: list[dict], path: Path, task: str = "isbi2012") -> Path:
@@ -156,6 +166,14 @@ def markdown(rows: list[dict], title: str = "", task: str = "isbi2012") -> str:
               "chose (run/config.json). Peak MB: the largest peak resident memory (VmHWM) of "
               "the training processes. Every number comes from the result.json files that "
               "table.csv names (column results)."]
+    machines = sorted({m for r in rows for m in r["machines"].split(";") if m})
+    if len(machines) == 1:  # a --time budget buys the steps a machine gives: say which
+        lines += ["", f"Machine: {machines[0]}."]
+    elif machines:
+        ran = {m: ", ".join(r["entry"] for r in rows if m in r["machines"].split(";"))
+               for m in machines}
+        lines += ["", f"The runs ran on {len(machines)} machines, whose steps in one budget "
+                  "differ: " + "; ".join(f"{m} ({ran[m]})" for m in machines) + "."]
     failed = [(r["entry"], f) for r in rows for f in r["failed"].split(";") if f]
     if failed:
         lines += ["", "Failed:", ""] + [f"- {e} {f}" for e, f in failed]

@@ -13,7 +13,7 @@ from minunet.training.runfolder import RunFolder
 
 # steps run and then undone to measure the step time: WARM_STEPS untimed, then up to
 # TIMED_STEPS timed, fewer (but at least 3) once they take MEASURE_SHARE of the budget
-WARM_STEPS, TIMED_STEPS, MEASURE_SHARE = 3, 20, 0.02
+WARM_STEPS, TIMED_STEPS, MEASURE_SHARE = 3, 40, 0.03
 
 
 def fit_budget(trainer, seconds: float) -> None:

@@ -463,8 +463,9 @@ def train_step(entry: Entry, seed: int, settings: Settings, pair: Path, rel, say
 
 
 def training_record(entry: Entry, trained: dict, pair: Path, rel) -> dict:
-    """result.json's 'train' (steps, iterations of best.npz and last.npz, budget, wall_s,
-    peak memory) and 'network' (parameters, GFLOP) of a finished training, with their files."""
+    """result.json's 'train' (steps, iterations of best.npz and last.npz, budget, the
+    machine, wall_s, peak memory) and 'network' (parameters, GFLOP) of a finished training,
+    with their files."""
     from minunet.training.checkpoint import load_checkpoint
 
     run = pair / "run"
@@ -473,7 +474,8 @@ def training_record(entry: Entry, trained: dict, pair: Path, rel) -> dict:
     return {"train": {**trained, "config": rel(run / "config.json"),
                       "steps": config["train"]["iters"], "last_iteration": last.iteration,
                       "best_iteration": best.iteration, "budget": config.get("budget"),
-                      "from": f"{rel(run / 'config.json')} (train.iters, budget), "
+                      "machine": config.get("machine"),
+                      "from": f"{rel(run / 'config.json')} (train.iters, budget, machine), "
                               f"{rel(pair / 'train.json')} (wall_s, peak_rss_mb: VmHWM)"},
             "network": {**network_cost(entry.arch, config["model"]),
                         "from": f"layer table of {rel(run / 'config.json')} 'model'"}}

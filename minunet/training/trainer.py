@@ -97,6 +97,7 @@ class Trainer:
             cfg, changes = self._resumed_config(ckpt.config, cfg, resume, given)
         self.cfg = cfg
         self.budget = ckpt.config.get("budget") if ckpt is not None else None
+        self.machine = backend.machine(cfg.device)  # where this process trains: config.json
         out = Path(cfg.out) if cfg.out else self._new_run_path()
         self.folder = RunFolder(out, new=ckpt is None, overwrite=overwrite)
         self.out = self.folder.path
@@ -370,7 +371,7 @@ class Trainer:
     def _config_json(self) -> dict:
         budget = {"budget": self.budget} if self.budget else {}  # what --time measured and chose
         return {"train": asdict(self.cfg), "model": asdict(self.model.config),
-                "optimizer": self.opt.config_dict(), **budget}
+                "optimizer": self.opt.config_dict(), **budget, "machine": self.machine}
 
     def _say(self, msg: str) -> None:
         if not self.quiet:

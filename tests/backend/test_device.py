@@ -62,6 +62,21 @@ def test_gpu_status_and_device_info_never_raise():
     assert device.device_info().startswith("GPU: " if st.available else "CPU: ")
 
 
+def test_machine_names_the_cpu_its_cores_simd_and_blas(monkeypatch, tmp_path):
+    """What config.json records of the machine: read from /proc/cpuinfo where there is one."""
+    m = device.machine()
+    assert set(m) == {"cpu", "cores", "simd", "blas"} and m["cores"] >= 1 and m["blas"]
+    assert m["simd"] in ("avx512", "avx2", "avx", "neon", "")
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: fpu avx avx2 "
+                    "avx512f\n\nprocessor\t: 1\nmodel name\t: Some CPU 9000\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(
+        info if path == "/proc/cpuinfo" else path, *a, **k))
+    m = device.machine()
+    assert (m["cpu"], m["simd"]) == ("Some CPU 9000", "avx512")
+
+
 def test_a_cupy_older_than_14_is_named_not_used(monkeypatch):
     import sys
     import types
