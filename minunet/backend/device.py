@@ -142,8 +142,9 @@ def blas_kernel() -> str:
         from threadpoolctl import threadpool_info
     except ImportError:
         return "unknown (no threadpoolctl)"
-    return ", ".join(f"{i['internal_api']} {i.get('architecture', '')}".strip()
-                     for i in threadpool_info() if i["user_api"] == "blas") or "none found"
+    found = (f"{i['internal_api']} {i.get('architecture', '')}".strip()
+             for i in threadpool_info() if i["user_api"] == "blas")
+    return ", ".join(dict.fromkeys(found)) or "none found"  # SciPy may bring a second copy
 
 
 def resolve_device(device: str = "auto") -> str:
