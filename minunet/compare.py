@@ -83,11 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "or on the README's touching cells by the same protocol and time budget, "
                     "several seeds each, resumably; OUT/table.md, OUT/table.csv (and for ISBI "
                     "OUT/figure.png).")
-    p.add_argument("--data", required=True, metavar="isbi2012:PATH|cells[:n=16,size=384]",
+    p.add_argument("--data", default="", metavar="isbi2012:PATH|cells[:n=16,size=384]",
                    help="isbi2012:PATH: the ISBI 2012 slices (images/ and labels/) or stacks, "
                         "pixel scores; cells: the README's cells walk-through (n=16, size=384 "
                         "unless given; seed=K: another training set), object scores on its "
-                        "three held-out images")
+                        "three held-out images (not needed with --table-only on an --out "
+                        "that holds a comparison)")
     p.add_argument("--out", default=None,
                    help="the comparison's folder (default runs/compare, for cells "
                         "runs/compare_cells); a rerun with the same --out goes on where the "
@@ -125,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run again the entry+seeds whose result.json says failed (otherwise "
                         "they are kept as failed, like the finished ones)")
     p.add_argument("--table-only", action="store_true",
-                   help="run nothing: write the table and the figure from the results so far")
+                   help="run nothing: write the table and the figure from the results so far "
+                        "(on an --out holding a comparison: with the settings its "
+                        "compare.json records, whatever --data, --time, ... say)")
     return p
 
 
@@ -187,6 +190,16 @@ def settings_of(args) -> Settings:
     return Settings(data, time, args.iters, args.preset, forwarded)
 
 
+def saved_settings(out: Path) -> Settings | None:
+    """The settings OUT/compare.json records, None where there is none."""
+    path = out / "compare.json"
+    if not path.is_file():
+        return None
+    record = dict(json.loads(path.read_text())["settings"])
+    return Settings(record.pop("data"), record.pop("time", ""), record.pop("iters", None),
+                    record.pop("preset", "cpu"), record)
+
+
 def check_same_settings(out: Path, settings: Settings) -> None:
     """A rerun into OUT must share its settings: results of other budgets are not mixed."""
     saved = out / "compare.json"
@@ -227,14 +240,22 @@ def main(argv=None) -> int:
     try:
         entries = select_entries(args.nets)
         seeds = parse_seeds(args.seeds)
-        settings = settings_of(args)
-        out = Path(args.out or ("runs/compare" if settings.task == "isbi2012" else
-                                "runs/compare_cells"))
-        for e in entries:
-            check_entry(e, settings)
-        check_same_settings(out, settings)
+        saved = saved_settings(Path(args.out)) if args.table_only and args.out else None
+        if saved is None:
+            if not args.data:
+                raise ValueError("give --data isbi2012:PATH or --data cells[:n=16,size=384] "
+                                 "(only --table-only on an --out holding a comparison needs "
+                                 "none)")
+            settings = settings_of(args)
+            out = Path(args.out or ("runs/compare" if settings.task == "isbi2012" else
+                                    "runs/compare_cells"))
+            for e in entries:
+                check_entry(e, settings)
+            check_same_settings(out, settings)
     except (ValueError, FileNotFoundError) as e:  # DataError is a ValueError
         raise usage_error(e) from e
+    if saved is not None:  # the table of the runs there, wherever their data lay
+        return write_and_print(Path(args.out), entries, seeds, saved, DONE)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -270,6 +291,12 @@ def main(argv=None) -> int:
                   "go on (an interrupted training starts again from iteration 0)",
                   file=sys.stderr)
             status = INTERRUPTED
+    return write_and_print(out, entries, seeds, settings, status)
+
+
+def write_and_print(out: Path, entries, seeds: list[int], settings: Settings,
+                    status: int) -> int:
+    """Write the table and the figure, print the table; FAILED where a run failed."""
     rows = write_outputs(out, entries, seeds, settings)
     print((out / "table.md").read_text())
     figure = f", {out / 'figure.png'}" if settings.task == "isbi2012" else ""

@@ -69,6 +69,19 @@ def test_compare_end_to_end_resumable_and_traceable(isbi_like, tmp_path, capsys)
     assert said.count("skipped") == 2 and ": training" not in said and "predicting" not in said
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.log")} == logs
 
+    # the table again from the records alone, as from a clone whose data lie elsewhere (or
+    # nowhere): the settings are those of compare.json, which stays as it was
+    saved = (out / "compare.json").read_text()
+    (out / "table.csv").unlink()
+    for data in ([], ["--data", "isbi2012:/elsewhere", "--time", "5m"]):
+        assert compare(["--out", str(out), "--nets", "unet,unetpp", "--seeds", "0",
+                        "--table-only", *data]) == 0
+        assert rows(out / "table.csv") == list(table.values())
+        assert (out / "compare.json").read_text() == saved
+    with pytest.raises(SystemExit):  # no comparison there: --data is needed
+        compare(["--out", str(tmp_path / "none"), "--table-only"])
+    assert "give --data isbi2012:PATH" in capsys.readouterr().err
+
     # half done: the TTA scores missing; only they are made again, the training is kept
     before = json.loads((out / "unetpp/seed0/result.json").read_text())
     (out / "unetpp/seed0/result.json").unlink()
