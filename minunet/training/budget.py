@@ -58,7 +58,10 @@ def fit_budget(trainer, seconds: float) -> None:
         n = int(max(0.0, left - reserve - cfg.validations * validation) / step)
     else:
         n = int(max(0.0, left - reserve) / (step + validation / cfg.val_every))
-    every = lambda n: -(-n // cfg.validations) if cfg.validations else cfg.val_every  # noqa: E731
+
+    def every(n: int) -> int:  # the validation interval for n iterations
+        return -(-n // cfg.validations) if cfg.validations else cfg.val_every
+
     while n > 0 and n * step + math.ceil(n / every(n)) * validation > left - reserve:
         n -= 1
     if n < 1:
