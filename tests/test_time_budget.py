@@ -84,8 +84,8 @@ def test_a_budget_too_short_is_one_error_and_creates_nothing(tmp_path, capsys):
 
 @pytest.mark.slow  # 8-10 s on a 2-core CPU
 def test_validations_spread_evenly_over_a_budget_whatever_the_step_costs(tmp_path):
-    """--validations K: val_every = ceil(N / K), chosen with N; the run validates K times at
-    most (the last at N), and `--iters N --val-every V` repeats it."""
+    """--validations K: val_every = ceil(N / K), chosen with N and written to config.json;
+    the run validates K times at most, the last at N."""
     run = tmp_path / "run"
     timed = Trainer(TrainConfig(**{**TINY, "val_every": 10**6}, time="8s", validations=3,
                                 out=str(run)), quiet=True)
@@ -97,9 +97,9 @@ def test_validations_spread_evenly_over_a_budget_whatever_the_step_costs(tmp_pat
     rows = (run / "metrics.csv").read_text().splitlines()[1:]
     validated = sorted({*range(every, n + 1, every), n})
     assert len(validated) <= 3
-    skipped = timed.skipped  # a slow moment may skip some (never the last)
-    assert [int(r.split(",")[0]) for r in rows] == validated[skipped:] or (
-        int(rows[-1].split(",")[0]) == n and len(rows) == len(validated) - skipped)
+    done = [int(r.split(",")[0]) for r in rows]  # a slow moment may skip some, never the last
+    assert set(done) <= set(validated) and done[-1] == n
+    assert len(done) == len(validated) - timed.skipped
 
 
 def test_validations_need_a_budget(capsys):
