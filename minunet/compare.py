@@ -2,8 +2,12 @@
 cells walk-through, `python -m minunet.compare --data cells[:n=16,size=384]`.
 
 For each entry (a network, its options and its loss; --nets) and each seed (--seeds), train for
-the same wall-clock budget (--time, default 10m) and score best.npz on held-out data without and
-with --tta 8, each with the commands a user would type. The data kind chooses the task:
+the same budget (--time, default 10m) and score best.npz on held-out data without and with
+--tta 8, each with the commands a user would type. The budget is spent as steps: first every
+entry's step time is measured side by side on this machine (OUT/calibration.json, written once;
+minunet/training/calibration.py), then each training runs `--iters floor(budget / its step
+time)`, so the steps a network gets depend neither on the machine's load during its run nor on
+the machine a later run is made on. The data kind chooses the task:
 
 - isbi2012:PATH, by the ISBI 2012 protocol (docs/DESIGN.md): train with --keep-checkpoints,
   predict the held-out slices (the run's config.json names them; by default 25-29 of 30), score
@@ -18,6 +22,8 @@ Each step is a subprocess, logged beside its output, so a run that fails is repo
 and the others go on (exit status 1 at the end).
 
     OUT/compare.json                the settings every training shares (a rerun must match)
+    OUT/calibration.json            the step times measured side by side, the machine, and
+                                    each entry's steps (--iters) and --val-every
     OUT/heldout/                    cells: images/{i}.png, labels/{i}.tif (16-bit instances)
     OUT/<entry>/seed<K>/            run/ (the training's run folder), train.log, train.json,
                                     heldout/ (ISBI), pred/, pred_tta8/, eval.csv,
@@ -30,17 +36,17 @@ and the others go on (exit status 1 at the end).
                                     min-max band (cells have no such curve: see
                                     minunet/evaluation/comparison_table.py)
 
-Every --time training validates --validations times (default 10) evenly over its budget, so
-that a network with slow steps gets as many learning-curve points as a fast one. OUT defaults
+Every training validates --validations times (default 10) evenly over its steps, so that a
+network with slow steps gets as many learning-curve points as a fast one. OUT defaults
 to runs/compare (ISBI) or runs/compare_cells (cells); the project's own comparison lives in
 docs/compare/ (its .gitignore keeps the records and leaves checkpoints and predictions out).
 Resumable: run it again with the same options and it skips every entry+seed with a
 result.json, and redoes a half-done one from its first missing step. A training that was
-interrupted starts again from iteration 0 (--overwrite): a time budget cannot be resumed
-fairly. The library half is minunet/training/comparison.py (the runs) and
+interrupted starts again from iteration 0 (--overwrite). The library half is
+minunet/training/comparison.py (the runs), minunet/training/calibration.py (the steps) and
 minunet/evaluation/comparison_table.py (the table and the figure). Each run's config.json
-records its machine (CPU, cores, SIMD, BLAS kernel): the steps a budget buys depend on it, so
-table.md names the machines, and a comparison's runs belong on one kind of machine.
+records its machine (CPU, cores, SIMD, BLAS kernel) and table.md names the machine the steps
+were measured on; runs made elsewhere take other wall-clock times for the same steps.
 """
 
 from __future__ import annotations
@@ -125,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true",
                    help="run again the entry+seeds whose result.json says failed (otherwise "
                         "they are kept as failed, like the finished ones)")
+    p.add_argument("--calibrate-only", action="store_true",
+                   help="measure the entries' step times side by side and write "
+                        "OUT/calibration.json (the steps the budget buys each), train nothing "
+                        "(a comparison with a --time budget does this first where "
+                        "calibration.json is missing)")
     p.add_argument("--table-only", action="store_true",
                    help="run nothing: write the table and the figure from the results so far "
                         "(on an --out holding a comparison: with the settings its "
@@ -170,6 +181,10 @@ def settings_of(args) -> Settings:
         raise ValueError(f"--data {args.data}: the comparison follows the ISBI 2012 protocol "
                          "or the README's cells walk-through; give --data isbi2012:PATH or "
                          "--data cells[:n=16,size=384]")
+    if args.calibrate_only and (args.iters is not None or args.table_only):
+        raise ValueError("--calibrate-only measures the steps a --time budget buys each entry; "
+                         "leave out " + ("--iters" if args.iters is not None else
+                                         "--table-only"))
     if args.iters is not None and args.time is not None:
         raise ValueError("--time and --iters both set the length of the trainings: give one")
     if args.iters is not None and args.iters < 1:
@@ -196,6 +211,7 @@ def saved_settings(out: Path) -> Settings | None:
     if not path.is_file():
         return None
     record = dict(json.loads(path.read_text())["settings"])
+    record.pop("steps", None)  # Settings.record() says it again for a time budget
     return Settings(record.pop("data"), record.pop("time", ""), record.pop("iters", None),
                     record.pop("preset", "cpu"), record)
 
@@ -214,6 +230,43 @@ def check_same_settings(out: Path, settings: Settings) -> None:
                          f"{'; '.join(differ)}; give the same options, or name another --out")
 
 
+def calibration_of(out: Path, entries, settings: Settings, command: str,
+                   say=print) -> dict:
+    """OUT/calibration.json (minunet/training/calibration.py): read where it exists (it must
+    hold every entry asked for, for this budget), else measured now for `entries` side by
+    side and written with `command`, the command line that measured. ValueError naming the
+    fix."""
+    from minunet.training.calibration import calibrate
+    from minunet.training.config import parse_duration, resolve_config
+
+    path = out / "calibration.json"
+    seconds = parse_duration(settings.time)
+    if path.is_file():
+        record = json.loads(path.read_text())
+        missing = [e.name for e in entries if e.name not in record["entries"]]
+        if missing or record["seconds"] != seconds:
+            why = (f"has no steps for {', '.join(missing)} (its step times were measured side "
+                   f"by side for {', '.join(record['entries'])})" if missing else
+                   f"was measured for a budget of {record['seconds']:g} s, not {seconds:g} s")
+            raise ValueError(f"{path} {why}: run those entries, or name another --out (a new "
+                             "comparison measures all its entries together)")
+        return record
+    configs = {}
+    for e in entries:
+        given = settings.given(e, 0, out / "unused")
+        configs[e.name] = resolve_config({**{k: v for k, v in given.items() if k != "out"},
+                                          "keep_checkpoints": False})
+    say(f"calibrating {len(configs)} entries side by side on this machine (the steps a "
+        f"budget of {settings.time} buys each; {path})")
+    record = calibrate(configs, seconds, settings.train_options.get("validations") or 1,
+                       say=say)
+    record["command"] = command
+    atomic_write_text(path, json.dumps(record, indent=1))
+    say("calibrated: " + ", ".join(f"{n} {c['step_s']:.3f} s a step, {c['iters']:,} steps"
+                                   for n, c in record["entries"].items()))
+    return record
+
+
 def write_outputs(out: Path, entries, seeds: list[int], settings: Settings) -> list[dict]:
     """table.md, table.csv (and for ISBI figure.png) from the result.json files so far."""
     task = settings.task
@@ -224,10 +277,14 @@ def write_outputs(out: Path, entries, seeds: list[int], settings: Settings) -> l
         cost = None if done else entry_cost(e, settings)
         rows.append(summarize(e.name, results[e.name], len(seeds), cost,
                               {"arch": e.arch, "loss": e.loss, "options": e.options}, task))
-    length = f"--iters {settings.iters}" if settings.iters else f"--time {settings.time}"
+    path = out / "calibration.json"
+    calibration = json.loads(path.read_text()) if settings.time and path.is_file() else None
+    length = f"--iters {settings.iters}" if settings.iters else \
+        f"{settings.time} of training, steps measured side by side" if calibration else \
+        f"--time {settings.time}"
     on = "ISBI 2012" if task == "isbi2012" else f"touching cells ({settings.data})"
     title = f"The U-Net family on {on}: {length}, seeds {','.join(map(str, seeds))}"
-    atomic_write_text(out / "table.md", markdown(rows, title, task))
+    atomic_write_text(out / "table.md", markdown(rows, title, task, calibration))
     write_csv(rows, out / "table.csv", task)
     if task == "isbi2012":
         plot(results, out / "figure.png", f"held-out V_rand, {length}: mean over seeds, band "
@@ -273,6 +330,18 @@ def main(argv=None) -> int:
         except ValueError as e:
             raise usage_error(e) from e
     atomic_write_text(out / "compare.json", json.dumps(record, indent=1))
+    if settings.time and not args.table_only:
+        try:
+            calibration = calibration_of(out, entries, settings, " ".join(
+                ["python -m minunet.compare", *(sys.argv[1:] if argv is None else argv)]))
+        except ValueError as e:
+            raise usage_error(e) from e
+        except KeyboardInterrupt:
+            print("\ninterrupted while calibrating; nothing was written", file=sys.stderr)
+            return INTERRUPTED
+        settings.steps = {e.name: calibration["entries"][e.name] for e in entries}
+        if args.calibrate_only:
+            return DONE
     status = DONE
     if not args.table_only:
         try:

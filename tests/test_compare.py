@@ -159,7 +159,8 @@ def test_data_must_be_isbi_or_cells_and_a_rerun_must_share_the_settings(isbi_lik
     out = tmp_path / "cmp"
     (out).mkdir()
     (out / "compare.json").write_text(json.dumps({"settings": {
-        "data": f"isbi2012:{isbi_like}", "time": "10m", "iters": None, "preset": "cpu"}}))
+        "data": f"isbi2012:{isbi_like}", "time": "10m", "iters": None, "preset": "cpu",
+        "validations": 10, "steps": "calibration.json"}}))
     with pytest.raises(SystemExit):
         compare(["--data", f"isbi2012:{isbi_like}", "--out", str(out), "--time", "5m"])
     err = capsys.readouterr().err
@@ -315,7 +316,8 @@ def test_cells_alone_is_the_walk_through_into_runs_compare_cells(tmp_path, monke
     out = tmp_path / "runs" / "compare_cells"
     saved = json.loads((out / "compare.json").read_text())
     assert saved["settings"] == {"data": "cells:n=16,size=384", "time": "10m", "iters": None,
-                                 "preset": "cpu", "validations": 10}
+                                 "preset": "cpu", "validations": 10,
+                                 "steps": "calibration.json"}
     assert saved["heldout"]["images"].startswith("touching_cells(384, seed=(99, i))")
     assert not (out / "heldout").exists()  # --table-only runs nothing
     assert rows(out / "table.csv")[0]["f1_mean"] == ""  # nothing run yet

@@ -139,8 +139,11 @@ def _cell(row: dict, key: str, fmt: str = "{:.3f}") -> str:
     return f"{fmt.format(mean)} ({fmt.format(lo)}-{fmt.format(hi)})"
 
 
-def markdown(rows: list[dict], title: str = "", task: str = "isbi2012") -> str:
-    """table.md: the rows, then what the numbers are and the failed runs."""
+def markdown(rows: list[dict], title: str = "", task: str = "isbi2012",
+             calibration: dict | None = None) -> str:
+    """table.md: the rows, then what the numbers are and the failed runs. calibration: the
+    comparison's calibration.json (minunet/training/calibration.py), where its budget was
+    spent as calibrated steps."""
     _, shown, note = TABLES[task]
     head = ["entry", "loss", "parameters", "GFLOP@512", "steps", "peak MB"]
     for s in shown:
@@ -162,12 +165,21 @@ def markdown(rows: list[dict], title: str = "", task: str = "isbi2012") -> str:
     lines += ["", "Mean over the seeds done, in brackets the min-max over them (two or more "
               f"seeds). {note} GFLOP: forward, 2 per multiply-add, at "
               "512 x 512 from the network's own layer table (the valid U-Net, which takes no "
-              "512 x 512 tile, at 572 x 572: marked). Steps: the iterations the time budget "
-              "chose (run/config.json). Peak MB: the largest peak resident memory (VmHWM) of "
+              "512 x 512 tile, at 572 x 572: marked). Steps: the iterations of the runs "
+              "(run/config.json): " + ("the budget over the network's step time, measured side "
+              "by side with the others' (calibration.json)" if calibration else
+                                       "those the time budget chose") + ". "
+              "Peak MB: the largest peak resident memory (VmHWM) of "
               "the training processes. Every number comes from the result.json files that "
               "table.csv names (column results)."]
     machines = sorted({m for r in rows for m in r["machines"].split(";") if m})
-    if len(machines) == 1:  # a --time budget buys the steps a machine gives: say which
+    if calibration:  # the steps are the calibrating machine's; the runs' only take time
+        lines += ["", f"Steps measured on: {machine_label(calibration.get('machine'))} "
+                  f"({calibration.get('date', '?')}, {calibration['seconds']:g} s of training "
+                  "each). Runs made on another machine train the same steps and so the same "
+                  "models up to rounding; the runs ran on: "
+                  + ("; ".join(machines) if machines else "-") + "."]
+    elif len(machines) == 1:  # a --time budget buys the steps a machine gives: say which
         lines += ["", f"Machine: {machines[0]}."]
     elif machines:
         ran = {m: ", ".join(r["entry"] for r in rows if m in r["machines"].split(";"))
@@ -181,15 +193,22 @@ def markdown(rows: list[dict], title: str = "", task: str = "isbi2012") -> str:
 
 
 def curves_of(results: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(minutes, V_rand) of each finished seed's curve.csv (rows with a time)."""
+    """(minutes, V_rand) of each finished seed's curve.csv: minutes of training, for a run
+    with calibrated steps iteration * its calibrated step time (the same on every machine),
+    else the wall-clock seconds curve.csv records (rows with a time)."""
     out = []
     for r in results:
         if r.get("status") != "done":
             continue
-        rows = [c for c in r["curve"]["rows"] if c["elapsed_s"] is not None]
+        calibrated = (r.get("train") or {}).get("calibration")
+        if calibrated:
+            rows = r["curve"]["rows"]
+            minutes = [c["iteration"] * calibrated["step_s"] / 60 for c in rows]
+        else:
+            rows = [c for c in r["curve"]["rows"] if c["elapsed_s"] is not None]
+            minutes = [c["elapsed_s"] / 60 for c in rows]
         if rows:
-            out.append((np.array([c["elapsed_s"] / 60 for c in rows]),
-                        np.array([c["v_rand"] for c in rows])))
+            out.append((np.array(minutes), np.array([c["v_rand"] for c in rows])))
     return out
 
 
@@ -218,7 +237,10 @@ def plot(results: dict[str, list[dict]], path: Path, title: str = "") -> Path:
                 label=f"{name} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
         if len(curves) > 1:
             ax.fill_between(grid, lo, hi, color=color, alpha=0.2, lw=0)
-    ax.set_xlabel("wall-clock minutes of training")
+    calibrated = any((r.get("train") or {}).get("calibration")
+                     for res in results.values() for r in res)
+    ax.set_xlabel("minutes of training (iteration x step time measured side by side)"
+                  if calibrated else "wall-clock minutes of training")
     ax.set_ylabel("held-out V_rand (higher is better)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

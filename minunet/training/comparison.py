@@ -29,12 +29,16 @@ Per entry and seed, in OUT/<entry>/seed<K>/:
     run/curve.csv         ISBI: python -m minunet.curve run: every kept checkpoint's scores
     result.json           every number above and the file it came from (paths relative to OUT)
 
+With a time budget every training runs the steps OUT/calibration.json gives its entry (the
+budget over its step time measured side by side with the others', minunet/training/
+calibration.py): --iters, --val-every and the poly schedule a --time run would take.
+
 Resumable: an entry+seed whose result.json exists is skipped; a half-done one is redone from
 its first missing step. A finished training (train.json with exit status 0 and run/last.npz at
 the run's last iteration) is not trained again; an interrupted one is started again from
-iteration 0 with --overwrite, because a --time budget cannot be resumed fairly (the budget
-measured its steps and counts wall-clock time from the start of its one process, so a run
-continued later would have had more time, or less, than the others). Training again removes
+iteration 0 with --overwrite (one path for every length: its train.json's wall-clock and peak
+memory are then those of one process, and a plain --time budget, which counts wall-clock from
+the start of its process, could not be resumed fairly at all). Training again removes
 the scores of the earlier training (pred*, eval*.csv; --overwrite removes run/curve.csv).
 The training, its resumption and its memory are one code path for both tasks (`train_step`),
 and so are prediction and scoring (`score_heldout`); only the held-out set and the columns read
@@ -166,7 +170,11 @@ class Settings:
     time: str = "10m"  # the budget of every training ('' when iters is set)
     iters: int | None = None  # a fixed number of steps instead (tests, quick looks)
     preset: str = "cpu"
-    train_options: dict = field(default_factory=dict)  # val, holdout, tile, val_every, device
+    train_options: dict = field(default_factory=dict)  # val, holdout, tile, val_every,
+    # validations, device
+    # with a time budget: {entry: OUT/calibration.json's entry ('iters', 'val_every',
+    # 'step_s')}, the steps the budget buys each network (minunet/training/calibration.py)
+    steps: dict = field(default_factory=dict)
 
     @property
     def task(self) -> str:
@@ -175,15 +183,29 @@ class Settings:
 
     def given(self, entry: Entry, seed: int, run: Path) -> dict:
         """The TrainConfig options of one training (as `python -m minunet.train` gets them);
-        checkpoints are kept for `curve` (ISBI only)."""
-        length = {"iters": self.iters} if self.iters else {"time": self.time}
-        return {"data": self.data, **length, "preset": self.preset, **self.train_options,
+        checkpoints are kept for `curve` (ISBI only). With a time budget and the entry's
+        calibrated steps: --iters and --val-every from them and the schedule --time would
+        take (poly: the rate ends at the last step); without them, --time (only to resolve
+        the entry's options: the comparison trains nothing before it is calibrated)."""
+        options = dict(self.train_options)
+        if self.iters:
+            length = {"iters": self.iters}
+        elif entry.name in self.steps:
+            options.pop("validations", None)  # spread over the steps already (val_every)
+            calibrated = self.steps[entry.name]
+            length = {"iters": calibrated["iters"], "val_every": calibrated["val_every"],
+                      "schedule": "poly"}
+        else:
+            length = {"time": self.time}
+        return {"data": self.data, **length, "preset": self.preset, **options,
                 "seed": seed, "arch": entry.arch, **entry.options,
                 "keep_checkpoints": self.task == "isbi2012", "out": str(run)}
 
     def record(self) -> dict:
+        """compare.json's settings; a time budget is spent as calibrated steps."""
         return {"data": self.data, "time": self.time, "iters": self.iters,
-                "preset": self.preset, **self.train_options}
+                "preset": self.preset, **self.train_options,
+                **({"steps": "calibration.json"} if self.time else {})}
 
 
 def train_command(given: dict, overwrite: bool = False) -> list[str]:
@@ -462,10 +484,11 @@ def train_step(entry: Entry, seed: int, settings: Settings, pair: Path, rel, say
     return trained
 
 
-def training_record(entry: Entry, trained: dict, pair: Path, rel) -> dict:
-    """result.json's 'train' (steps, iterations of best.npz and last.npz, budget, the
-    machine, wall_s, peak memory) and 'network' (parameters, GFLOP) of a finished training,
-    with their files."""
+def training_record(entry: Entry, trained: dict, pair: Path, rel,
+                    calibrated: dict | None = None) -> dict:
+    """result.json's 'train' (steps, iterations of best.npz and last.npz, budget or
+    calibration, the machine, wall_s, peak memory) and 'network' (parameters, GFLOP) of a
+    finished training, with their files. calibrated: the entry's calibration.json entry."""
     from minunet.training.checkpoint import load_checkpoint
 
     run = pair / "run"
@@ -474,6 +497,9 @@ def training_record(entry: Entry, trained: dict, pair: Path, rel) -> dict:
     return {"train": {**trained, "config": rel(run / "config.json"),
                       "steps": config["train"]["iters"], "last_iteration": last.iteration,
                       "best_iteration": best.iteration, "budget": config.get("budget"),
+                      "calibration": None if calibrated is None else {
+                          "step_s": calibrated["step_s"], "iters": calibrated["iters"],
+                          "from": rel(pair.parent.parent / "calibration.json")},
                       "machine": config.get("machine"),
                       "from": f"{rel(run / 'config.json')} (train.iters, budget, machine), "
                               f"{rel(pair / 'train.json')} (wall_s, peak_rss_mb: VmHWM)"},
@@ -528,7 +554,7 @@ def run_pair(entry: Entry, seed: int, settings: Settings, out: Path, device: str
               "folder": rel(pair), "run": rel(run)}
     try:
         result |= training_record(entry, train_step(entry, seed, settings, pair, rel, say),
-                                  pair, rel)
+                                  pair, rel, settings.steps.get(entry.name))
         if settings.task == "cells":
             size = cells_options(settings.data)["size"]
             names = cells_heldout(out, size)  # written once, else checked (0.2 s each)
