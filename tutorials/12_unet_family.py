@@ -554,19 +554,23 @@ assert all(e > 1e-8 for e in eff_seam.values())
 # ## The comparison
 #
 # Which network segments best? Only training answers that, by one protocol for all: the same
-# data, the same time budget, several seeds, held-out slices scored by the ISBI 2012 measures.
-# That is `python -m minunet.compare` (README, "Comparing the family"):
+# data, the same budget of training time, several seeds, held-out slices scored by the ISBI
+# 2012 measures. That is `python -m minunet.compare` (README, "Comparing the family"):
 #
 #     python -m minunet.compare --data isbi2012:PATH --time 10m --seeds 0,1,2 --out runs/compare
 #
-# It writes `runs/compare/table.csv` (and `table.md`, `figure.png`); the full run takes hours on
-# a CPU. Set `MINUNET_COMPARE` to its output folder and the next cell shows its table.
+# It first times every network's training step side by side (`calibration.json`), then gives
+# each network the steps ten minutes buy at its own step time, so a slow network gets fewer
+# steps, and the steps do not depend on how busy the machine was during its run. It writes
+# `runs/compare/table.csv` (and `table.md`, `figure.png`); the full run takes hours on a CPU.
+# The project's own comparison is in the repository: `MINUNET_COMPARE=docs/compare/isbi2012`
+# (or your own output folder) and the next cell shows its table.
 # Otherwise the cell runs a **toy**: three networks, one short time budget each, one seed, on
 # the built-in synthetic EM (or on ISBI 2012 when `MINUNET_ISBI2012` is set, scored on its
 # held-out slices). A toy says that the networks train, not which one is better: with one
 # seed and seconds of training, the differences are noise, and a network that looks far
 # behind may only be slower to start (its own loss, fewer steps in the same time). That is why
-# the comparison also draws held-out V_rand against wall-clock time.
+# the comparison also draws held-out V_rand against minutes of training.
 
 # %%
 compare_dir = os.environ.get("MINUNET_COMPARE", "").strip()
