@@ -222,6 +222,31 @@ def test_the_table_names_each_machine_and_which_entries_ran_there():
     assert "Machine: CPU A, 2 cores, avx2, openblas Haswell." in one and "machines" not in one
 
 
+def test_the_table_says_which_entries_are_apart_beyond_the_seeds_spread():
+    from minunet.evaluation.comparison_table import apart, markdown, summarize
+
+    def result(seed, v_rand, tta):
+        scores = {"plain": dict.fromkeys(comparison.SCORES, 0.5),
+                  "tta8": dict.fromkeys(comparison.SCORES, 0.5)}
+        scores["plain"]["v_rand"], scores["tta8"]["v_rand"] = v_rand, tta
+        return {"status": "done", "seed": seed, "result": f"x/seed{seed}/result.json",
+                "network": {"params": 1, "gflop": 1.0, "size": 512}, "scores": scores,
+                "train": {"steps": 10, "wall_s": 600, "peak_rss_mb": 100}}
+
+    rows = [summarize("b", [result(0, 0.80, 0.85), result(1, 0.84, 0.86)], 3),
+            summarize("a", [result(0, 0.90, 0.86), result(1, 0.92, 0.91)], 3),
+            summarize("c", [result(0, 0.70, 0.80), result(1, 0.85, 0.84)], 3),
+            summarize("d", [result(0, 0.10, 0.10)], 3)]  # one seed: no spread to set against
+    # a's lowest 0.90 lies above b's highest 0.84 and c's 0.85; b and c overlap
+    assert apart(rows, "v_rand") == ["a above b, c"]
+    # with TTA a (0.86-0.91) overlaps b (0.85-0.86), c (0.80-0.84) lies below both
+    assert apart(rows, "v_rand_tta8") == ["a above c", "b above c"]
+    md = markdown(rows)
+    assert "among entries with two or more seeds): V_rand: a above b, c. V_rand +TTA: a " \
+           "above c; b above c." in md and "above d" not in md
+    assert "Apart beyond" not in markdown(rows[:1] + rows[3:])  # fewer than two with spread
+
+
 def test_band_interpolates_the_seeds_on_the_minutes_they_all_cover():
     curves = [(np.array([1.0, 3.0]), np.array([0.5, 0.7])),
               (np.array([0.5, 2.0, 4.0]), np.array([0.4, 0.6, 0.8]))]

@@ -7,7 +7,8 @@ traces back to a run folder:
                     --tta 8 (ISBI 2012: pixel error, Rand error, V_rand, V_info; cells: F1,
                     SEG, AP of the objects); parameters, GFLOP at 512 x 512 (the valid U-Net at
                     572 x 572), steps in the budget, peak memory of the training process,
-                    seeds done; failed runs with their logs below
+                    seeds done; below, which entries score above which beyond the
+                    spread over seeds (`apart`), and the failed runs with their logs
     OUT/table.csv   the same numbers unrounded (mean, min, max in columns), and the result.json
                     files each row comes from (column results; paths relative to OUT)
     OUT/figure.png  ISBI 2012 only: held-out V_rand against wall-clock minutes of training
@@ -186,10 +187,36 @@ def markdown(rows: list[dict], title: str = "", task: str = "isbi2012",
                for m in machines}
         lines += ["", f"The runs ran on {len(machines)} machines, whose steps in one budget "
                   "differ: " + "; ".join(f"{m} ({ran[m]})" for m in machines) + "."]
+    if sum(r["seeds_done"] >= 2 for r in rows) >= 2:  # what the seeds' spread allows
+        main = shown[0]
+        said = []
+        for key, label in ((main, SCORE_NAMES[main]), (main + "_tta8",
+                                                         f"{SCORE_NAMES[main]} +TTA")):
+            found = apart(rows, key)
+            said.append(f"{label}: " + ("; ".join(found) if found else "none"))
+        lines += ["", "Apart beyond the spread over seeds (an entry's lowest seed above the "
+                  "other's highest, among entries with two or more seeds): " + ". ".join(said)
+                  + "."]
     failed = [(r["entry"], f) for r in rows for f in r["failed"].split(";") if f]
     if failed:
         lines += ["", "Failed:", ""] + [f"- {e} {f}" for e, f in failed]
     return "\n".join(lines) + "\n"
+
+
+def apart(rows: list[dict], key: str) -> list[str]:
+    """Which entries score above which beyond the spread over seeds: 'a above b, c' for each
+    entry a whose lowest seed of `key` (a higher-is-better score column, e.g. 'v_rand' or
+    'v_rand_tta8') lies above the highest seed of b, among the entries with two or more seeds
+    done. A one-sided, seed-by-seed reading: disjoint min-max ranges, no test of significance
+    (three seeds cannot give one)."""
+    done = [r for r in rows if r["seeds_done"] >= 2 and r[f"{key}_mean"] != ""]
+    lines = []
+    for a in sorted(done, key=lambda r: -r[f"{key}_mean"]):
+        below = [b["entry"] for b in sorted(done, key=lambda r: -r[f"{key}_mean"])
+                 if b is not a and a[f"{key}_min"] > b[f"{key}_max"]]
+        if below:
+            lines.append(f"{a['entry']} above {', '.join(below)}")
+    return lines
 
 
 def curves_of(results: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
