@@ -177,8 +177,9 @@ def markdown(rows: list[dict], title: str = "", task: str = "isbi2012",
     if calibration:  # the steps are the calibrating machine's; the runs' only take time
         lines += ["", f"Steps measured on: {machine_label(calibration.get('machine'))} "
                   f"({calibration.get('date', '?')}, {calibration['seconds']:g} s of training "
-                  "each). Runs made on another machine train the same steps and so the same "
-                  "models up to rounding; the runs ran on: "
+                  "each). A run made on another machine trains the same steps on the same "
+                  "tiles; only its floating-point rounding (BLAS kernels) and its wall-clock "
+                  "differ. The runs ran on: "
                   + ("; ".join(machines) if machines else "-") + "."]
     elif len(machines) == 1:  # a --time budget buys the steps a machine gives: say which
         lines += ["", f"Machine: {machines[0]}."]

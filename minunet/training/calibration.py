@@ -17,8 +17,10 @@ round's mean. Each network then trains
     iters = floor(budget seconds / its step time)        (the steps its budget buys)
 
 with `--iters iters --val-every ceil(iters / validations)` and the --time schedule (the rate
-decays to 0 at the last step): the same steps, and so the same model up to floating-point
-rounding, on whatever machine a run is made later. The budget is training time; setting up,
+decays to 0 at the last step): the same steps on the same tiles on whatever machine a run is
+made later, where only the floating-point rounding differs (another BLAS kernel sums in
+another order, and thousands of steps can carry such differences as far as a seed's). The
+budget is training time; setting up,
 validating and scoring come on top, as the wall-clock they take does not depend on the network
 alone. OUT/calibration.json records the measurement, the machine and each network's steps;
 its curves are drawn against iteration * step time (minutes of training on that machine).
