@@ -287,8 +287,8 @@ def write_outputs(out: Path, entries, seeds: list[int], settings: Settings) -> l
     atomic_write_text(out / "table.md", markdown(rows, title, task, calibration))
     write_csv(rows, out / "table.csv", task)
     if task == "isbi2012":
-        plot(results, out / "figure.png", f"held-out V_rand, {length}: mean over seeds, band "
-                                          "min-max")
+        plot(results, out / "figure.png", f"held-out V_rand, {length}\nmean over seeds, "
+                                          "band min-max")
     return rows
 
 
