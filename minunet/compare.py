@@ -337,7 +337,8 @@ def main(argv=None) -> int:
         except ValueError as e:
             raise usage_error(e) from e
         except KeyboardInterrupt:
-            print("\ninterrupted while calibrating; nothing was written", file=sys.stderr)
+            print("\ninterrupted while calibrating; no calibration.json was written",
+                  file=sys.stderr)
             return INTERRUPTED
         settings.steps = {e.name: calibration["entries"][e.name] for e in entries}
         if args.calibrate_only:

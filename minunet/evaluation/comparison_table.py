@@ -11,8 +11,9 @@ traces back to a run folder:
                     spread over seeds (`apart`), and the failed runs with their logs
     OUT/table.csv   the same numbers unrounded (mean, min, max in columns), and the result.json
                     files each row comes from (column results; paths relative to OUT)
-    OUT/figure.png  ISBI 2012 only: held-out V_rand against wall-clock minutes of training
-                    for every entry, the mean over seeds (line) and the min-max band, each
+    OUT/figure.png  ISBI 2012 only: held-out V_rand against minutes of training (with
+                    calibrated steps iteration x step time, else wall-clock) for every
+                    entry, the mean over seeds (line) and the min-max band, each
                     seed's curve.csv interpolated linearly on a common grid of the minutes all
                     its seeds cover (cells have no twin: scoring objects per kept checkpoint
                     would predict every checkpoint with --instances, a run of its own)
@@ -210,11 +211,11 @@ def apart(rows: list[dict], key: str) -> list[str]:
     'v_rand_tta8') lies above the highest seed of b, among the entries with two or more seeds
     done. A one-sided, seed-by-seed reading: disjoint min-max ranges, no test of significance
     (three seeds cannot give one)."""
-    done = [r for r in rows if r["seeds_done"] >= 2 and r[f"{key}_mean"] != ""]
+    done = sorted((r for r in rows if r["seeds_done"] >= 2 and r[f"{key}_mean"] != ""),
+                  key=lambda r: -r[f"{key}_mean"])
     lines = []
-    for a in sorted(done, key=lambda r: -r[f"{key}_mean"]):
-        below = [b["entry"] for b in sorted(done, key=lambda r: -r[f"{key}_mean"])
-                 if b is not a and a[f"{key}_min"] > b[f"{key}_max"]]
+    for a in done:
+        below = [b["entry"] for b in done if a[f"{key}_min"] > b[f"{key}_max"]]
         if below:
             lines.append(f"{a['entry']} above {', '.join(below)}")
     return lines

@@ -30,8 +30,7 @@ def fit_budget(trainer, seconds: float) -> None:
     times = []
     while len(times) < WARM_STEPS + TIMED_STEPS:
         t = time.perf_counter()
-        with np.errstate(all="ignore"):
-            float(trainer.step()[0])  # float() waits for the device
+        throwaway_step(trainer)
         times.append(time.perf_counter() - t)
         timed = times[WARM_STEPS:]
         if len(timed) >= 3 and sum(timed) > MEASURE_SHARE * seconds:
@@ -77,6 +76,13 @@ def fit_budget(trainer, seconds: float) -> None:
               f"checkpoint {validation:.1f} s, setting up took {seconds - left:.1f} s: "
               f"training {n} iterations, validating every {cfg.val_every} (repeat with "
               f"--iters {n} --val-every {cfg.val_every}; config.json)")
+
+
+def throwaway_step(trainer) -> None:
+    """One training step whose loss is thrown away (a step being timed, or a warm-up), done
+    when this returns: float() waits for the device."""
+    with np.errstate(all="ignore"):
+        float(trainer.step()[0])
 
 
 def behind_budget(trainer) -> bool:

@@ -38,8 +38,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 ROUNDS, STEPS = 7, 8  # rounds of turns, timed steps of each network in a turn
 WARM_STEPS = 2  # untimed steps of each network before the first round (imports, JIT)
 
@@ -49,6 +47,7 @@ def measure(configs: dict, rounds: int = ROUNDS, steps: int = STEPS,
     """{name: [seconds a step, one per round]} of the TrainConfigs `configs` ({name: cfg}),
     each built as a Trainer (its data, model, optimiser, sampler) in a temporary folder and
     stepped in turns (see the module docstring). The trainers exist together, one process."""
+    from minunet.training.budget import throwaway_step
     from minunet.training.trainer import Trainer
 
     times = {name: [] for name in configs}
@@ -61,17 +60,17 @@ def measure(configs: dict, rounds: int = ROUNDS, steps: int = STEPS,
                                   quiet=True)
                 trainers[name] = trainer
                 for _ in range(WARM_STEPS):
-                    _step(trainer)
+                    throwaway_step(trainer)
                 trainer.model.release_caches()
             names = list(trainers)
             for r in range(rounds):
                 order = names[r % len(names):] + names[:r % len(names)]  # rotates
                 for name in order:
                     trainer = trainers[name]
-                    _step(trainer)  # untimed: caches and the tile pipeline come back
+                    throwaway_step(trainer)  # untimed: caches and the tile pipeline come back
                     t = time.perf_counter()
                     for _ in range(steps):
-                        _step(trainer)
+                        throwaway_step(trainer)
                     times[name].append((time.perf_counter() - t) / steps)
                     trainer.model.release_caches()
                 say(f"calibrating: round {r + 1}/{rounds}: " + ", ".join(
@@ -80,11 +79,6 @@ def measure(configs: dict, rounds: int = ROUNDS, steps: int = STEPS,
             for trainer in trainers.values():
                 trainer.sampler.close()
     return times
-
-
-def _step(trainer) -> None:
-    with np.errstate(all="ignore"):
-        float(trainer.step()[0])  # float() waits for the device
 
 
 def steps_for(seconds: float, step_s: float, validations: int) -> dict:
