@@ -35,7 +35,8 @@ from minunet.training.checkpoint import save_checkpoint
 #                        the whole validation images, dropout off.
 # pixel_error, rand_error, v_rand and v_info are the ISBI 2012 scores of the validation images
 # (two-class models), as `python -m minunet.evaluate` computes them; best.npz is the checkpoint of
-# the lowest pixel_error (minunet/train.py, validate_and_save).
+# the lowest pixel_error (minunet/training/trainer.py, Trainer.validate_and_save, by
+# minunet/training/validation.py's score_of).
 # Validation is not weighted as well: its number should measure the segmentation a user gets,
 # comparable between runs with and without the weight map, rather than mostly the thin borders
 # between cells that the weight map (w0 = 10) emphasises.
