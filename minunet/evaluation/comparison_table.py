@@ -170,7 +170,8 @@ def markdown(rows: list[dict], title: str = "", task: str = "isbi2012",
               "512 x 512 tile, at 572 x 572: marked). Steps: the iterations of the runs "
               "(run/config.json): " + ("the budget over the network's step time, measured side "
               "by side with the others' (calibration.json)" if calibration else
-                                       "those the time budget chose") + ". "
+                                       "those --iters, or each run's own --time budget, "
+                                       "chose") + ". "
               "Peak MB: the largest peak resident memory (VmHWM) of "
               "the training processes. Every number comes from the result.json files that "
               "table.csv names (column results)."]
