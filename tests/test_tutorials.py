@@ -112,6 +112,41 @@ def test_runs_fast(source, fast_times, tmp_path):
         f"{source.name} changed tutorials/figures/ (only make_notebooks.py may)")
 
 
+# --- tutorial 12 reads the project's comparisons --------------------------------------------
+
+COMPARISONS = sorted(p.parent for p in (ROOT / "docs" / "compare").glob("*/table.csv"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", COMPARISONS, ids=[p.name for p in COMPARISONS])
+def test_family_tutorial_reads_the_comparison(folder, tmp_path):
+    """MINUNET_COMPARE=docs/compare/<task>: tutorial 12 prints that table's scores (ISBI 2012's
+    V_rand.., the cells' F1..), each entry's mean as table.csv has it, instead of its toy."""
+    import csv
+
+    source = TUTORIALS / "12_unet_family.py"
+    env = dict(os.environ, MINUNET_FAST="1", MPLBACKEND="Agg", TMPDIR=str(tmp_path),
+               MINUNET_COMPARE=str(folder.relative_to(ROOT)))
+    env.pop("MINUNET_WRITE_FIGURES", None)
+    proc = subprocess.run([sys.executable, str(source.relative_to(ROOT))], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=FAST_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "TOY COMPARISON" not in proc.stdout
+    with open(folder / "table.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    lines = proc.stdout.splitlines()
+    at = lines.index(f"the comparison's table (MINUNET_COMPARE): {len(rows)} entries")
+    header = lines[at + 1].split()
+    first = "F1" if "f1_mean" in rows[0] else "V_rand"
+    assert header[:5] == ["entry", "parameters", "GFLOP", "steps", first], header
+    key = "f1_mean" if first == "F1" else "v_rand_mean"
+    for row, line in zip(rows, lines[at + 2:at + 2 + len(rows)], strict=True):
+        cells = line.split()
+        assert cells[0] == row["entry"] and cells[-1] == row["seeds_done"], line
+        want = f"{float(row[key]):.3f}" if row[key] else "-"
+        assert cells[4] == want, f"{row['entry']}: printed {cells[4]}, table.csv {row[key]}"
+
+
 # --- (b) and (c): the notebooks --------------------------------------------------------------
 
 

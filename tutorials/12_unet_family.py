@@ -564,7 +564,8 @@ assert all(e > 1e-8 for e in eff_seam.values())
 # steps, and the steps do not depend on how busy the machine was during its run. It writes
 # `runs/compare/table.csv` (and `table.md`, `figure.png`); the full run takes hours on a CPU.
 # The project's own comparison is in the repository: `MINUNET_COMPARE=docs/compare/isbi2012`
-# (or your own output folder) and the next cell shows its table.
+# (or `docs/compare/cells`, the same networks scored as instances by F1, SEG and AP, or your
+# own output folder) and the next cell shows its table.
 # Otherwise the cell runs a **toy**: three networks, one short time budget each, one seed, on
 # the built-in synthetic EM (or on ISBI 2012 when `MINUNET_ISBI2012` is set, scored on its
 # held-out slices). A toy says that the networks train, not which one is better: with one
@@ -580,15 +581,21 @@ if compare_table is not None and compare_table.is_file():
     with open(compare_table, newline="") as f:
         compared = list(csv.DictReader(f))
     print(f"the comparison's table (MINUNET_COMPARE): {len(compared)} entries")
-    print(f"{'entry':<14}{'parameters':>12}{'GFLOP':>9}{'steps':>8}{'V_rand':>8}{'+TTA':>7}"
-          f"{'V_info':>8}{'pixel err':>10}{'seeds':>6}")
+    # ISBI 2012's table has the challenge's scores, the cells' the object scores
+    # (F1, SEG, AP); each mean over the seeds done, +TTA: predict --tta 8
+    cells = bool(compared) and "f1_mean" in compared[0]
+    shown = ([("F1", "f1"), ("+TTA", "f1_tta8"), ("SEG", "seg"), ("AP", "ap")] if cells else
+             [("V_rand", "v_rand"), ("+TTA", "v_rand_tta8"), ("V_info", "v_info"),
+              ("pixel err", "pixel_error")])
+    print(f"{'entry':<14}{'parameters':>12}{'GFLOP':>9}{'steps':>8}"
+          + "".join(f"{title:>10}" for title, _ in shown) + f"{'seeds':>6}")
     for row in compared:
         def num(key, fmt="{:.3f}", row=row):
             return fmt.format(float(row[key])) if row.get(key) not in ("", None) else "-"
         print(f"{row['entry']:<14}{num('params', '{:,.0f}'):>12}{num('gflop', '{:.1f}'):>9}"
-              f"{num('steps_mean', '{:,.0f}'):>8}{num('v_rand_mean'):>8}"
-              f"{num('v_rand_tta8_mean'):>7}{num('v_info_mean'):>8}"
-              f"{num('pixel_error_mean'):>10}{row['seeds_done']:>6}")
+              f"{num('steps_mean', '{:,.0f}'):>8}"
+              + "".join(f"{num(key + '_mean'):>10}" for _, key in shown)
+              + f"{row['seeds_done']:>6}")
 else:
     if compare_dir:
         print("MINUNET_COMPARE has no table.csv: running the toy instead")
