@@ -75,24 +75,30 @@ def fast_times(request):
 # --- (a) every tutorial runs as a script in fast mode ------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("source", SOURCES, ids=_ids(SOURCES))
-def test_runs_fast(source, fast_times, tmp_path):
-    tmp = tmp_path / "tmp"  # the run's temporary directory: it must be left empty
-    tmp.mkdir()
-    figures = sorted((p.name, p.stat().st_mtime_ns) for p in (TUTORIALS / "figures").glob("*"))
+def _run_fast(source: Path, tmp: Path, **env_extra: str) -> subprocess.CompletedProcess:
+    """python tutorials/NN_topic.py in fast mode from the repository root, TMPDIR=tmp (never
+    writing figures), within FAST_TIMEOUT_S; env_extra adds environment variables."""
     env = dict(os.environ, MINUNET_FAST="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1",
-               TMPDIR=str(tmp))
+               TMPDIR=str(tmp), **env_extra)
     env.pop("MINUNET_WRITE_FIGURES", None)
-    start = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, str(source.relative_to(ROOT))], cwd=ROOT,
+        return subprocess.run([sys.executable, str(source.relative_to(ROOT))], cwd=ROOT,
                               env=env, capture_output=True, text=True, timeout=FAST_TIMEOUT_S)
     except subprocess.TimeoutExpired as e:
         out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) \
             else (e.stdout or "")
         pytest.fail(f"{source.name} took more than {FAST_TIMEOUT_S} s in fast mode; "
                     f"last output:\n{out[-2000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", SOURCES, ids=_ids(SOURCES))
+def test_runs_fast(source, fast_times, tmp_path):
+    tmp = tmp_path / "tmp"  # the run's temporary directory: it must be left empty
+    tmp.mkdir()
+    figures = sorted((p.name, p.stat().st_mtime_ns) for p in (TUTORIALS / "figures").glob("*"))
+    start = time.perf_counter()
+    proc = _run_fast(source, tmp)
     seconds = time.perf_counter() - start
     fast_times[source.stem] = seconds
     assert proc.returncode == 0, (
@@ -120,31 +126,31 @@ COMPARISONS = sorted(p.parent for p in (ROOT / "docs" / "compare").glob("*/table
 @pytest.mark.slow
 @pytest.mark.parametrize("folder", COMPARISONS, ids=[p.name for p in COMPARISONS])
 def test_family_tutorial_reads_the_comparison(folder, tmp_path):
-    """MINUNET_COMPARE=docs/compare/<task>: tutorial 12 prints that table's scores (ISBI 2012's
-    V_rand.., the cells' F1..), each entry's mean as table.csv has it, instead of its toy."""
+    """MINUNET_COMPARE=docs/compare/<task>: tutorial 12 prints that table instead of its toy,
+    with the task's scores (ISBI 2012: V_rand, +TTA, V_info, pixel error; cells: F1, +TTA, SEG,
+    AP), every entry's means as table.csv has them."""
     import csv
 
-    source = TUTORIALS / "12_unet_family.py"
-    env = dict(os.environ, MINUNET_FAST="1", MPLBACKEND="Agg", TMPDIR=str(tmp_path),
-               MINUNET_COMPARE=str(folder.relative_to(ROOT)))
-    env.pop("MINUNET_WRITE_FIGURES", None)
-    proc = subprocess.run([sys.executable, str(source.relative_to(ROOT))], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=FAST_TIMEOUT_S)
+    proc = _run_fast(TUTORIALS / "12_unet_family.py", tmp_path,
+                     MINUNET_COMPARE=str(folder.relative_to(ROOT)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "TOY COMPARISON" not in proc.stdout
     with open(folder / "table.csv", newline="") as f:
         rows = list(csv.DictReader(f))
+    cells = "f1_mean" in rows[0]
+    scores = (["f1", "f1_tta8", "seg", "ap"] if cells else
+              ["v_rand", "v_rand_tta8", "v_info", "pixel_error"])
     lines = proc.stdout.splitlines()
     at = lines.index(f"the comparison's table (MINUNET_COMPARE): {len(rows)} entries")
-    header = lines[at + 1].split()
-    first = "F1" if "f1_mean" in rows[0] else "V_rand"
-    assert header[:5] == ["entry", "parameters", "GFLOP", "steps", first], header
-    key = "f1_mean" if first == "F1" else "v_rand_mean"
+    assert lines[at + 1].split()[:5] == ["entry", "parameters", "GFLOP", "steps",
+                                         "F1" if cells else "V_rand"], lines[at + 1]
     for row, line in zip(rows, lines[at + 2:at + 2 + len(rows)], strict=True):
-        cells = line.split()
-        assert cells[0] == row["entry"] and cells[-1] == row["seeds_done"], line
-        want = f"{float(row[key]):.3f}" if row[key] else "-"
-        assert cells[4] == want, f"{row['entry']}: printed {cells[4]}, table.csv {row[key]}"
+        fields = line.split()
+        assert fields[0] == row["entry"] and fields[-1] == row["seeds_done"], line
+        for score, printed in zip(scores, fields[4:8], strict=True):
+            value = row[f"{score}_mean"]
+            want = f"{float(value):.3f}" if value else "-"
+            assert printed == want, f"{row['entry']} {score}: printed {printed}, table.csv {value}"
 
 
 # --- (b) and (c): the notebooks --------------------------------------------------------------
