@@ -32,8 +32,9 @@ and the others go on (exit status 1 at the end).
                                     scores (ISBI: the four ISBI scores; cells: F1, SEG, AP)
                                     without and with TTA, parameters, GFLOP at 512 x 512,
                                     steps, peak memory, seeds done
-    OUT/figure.png                  ISBI only: held-out V_rand against minutes, mean and
-                                    min-max band (cells have no such curve: see
+    OUT/figure.png                  V_rand against minutes, mean and min-max band: ISBI
+                                    the held-out slices' (kept checkpoints), cells the
+                                    validation images' (the training's metrics.csv; see
                                     minunet/evaluation/comparison_table.py)
 
 Every training validates --validations times (default 10) evenly over its steps, so that a
@@ -87,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m minunet.compare",
         description="Train, predict and score every network of the U-Net family on ISBI 2012 "
                     "or on the README's touching cells by the same protocol and time budget, "
-                    "several seeds each, resumably; OUT/table.md, OUT/table.csv (and for ISBI "
-                    "OUT/figure.png).")
+                    "several seeds each, resumably; OUT/table.md, OUT/table.csv and "
+                    "OUT/figure.png.")
     p.add_argument("--data", default="", metavar="isbi2012:PATH|cells[:n=16,size=384]",
                    help="isbi2012:PATH: the ISBI 2012 slices (images/ and labels/) or stacks, "
                         "pixel scores; cells: the README's cells walk-through (n=16, size=384 "
@@ -268,7 +269,7 @@ def calibration_of(out: Path, entries, settings: Settings, command: str,
 
 
 def write_outputs(out: Path, entries, seeds: list[int], settings: Settings) -> list[dict]:
-    """table.md, table.csv (and for ISBI figure.png) from the result.json files so far."""
+    """table.md, table.csv and figure.png from the result.json files so far."""
     task = settings.task
     results = load_results(out, [e.name for e in entries], seeds)
     rows = []
@@ -289,6 +290,10 @@ def write_outputs(out: Path, entries, seeds: list[int], settings: Settings) -> l
     if task == "isbi2012":
         plot(results, out / "figure.png", f"held-out V_rand, {length}\nmean over seeds, "
                                           "band min-max")
+    else:  # no held-out curve (see comparison_table): the validation the training logged
+        plot(results, out / "figure.png", f"validation V_rand (pixels), {length}\nmean over "
+             "seeds, band min-max", "V_rand on the validation images, pixels (higher is "
+             "better)", out)
     return rows
 
 
@@ -369,8 +374,7 @@ def write_and_print(out: Path, entries, seeds: list[int], settings: Settings,
     """Write the table and the figure, print the table; FAILED where a run failed."""
     rows = write_outputs(out, entries, seeds, settings)
     print((out / "table.md").read_text())
-    figure = f", {out / 'figure.png'}" if settings.task == "isbi2012" else ""
-    print(f"wrote {out / 'table.md'}, {out / 'table.csv'}{figure}")
+    print(f"wrote {out / 'table.md'}, {out / 'table.csv'}, {out / 'figure.png'}")
     if status == DONE and any(r["seeds_failed"] for r in rows):
         print("error: some runs failed (table.md lists them with their logs)", file=sys.stderr)
         status = FAILED

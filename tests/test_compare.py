@@ -17,7 +17,7 @@ import minunet.training.comparison as comparison
 from minunet import backend
 from minunet.compare import main as compare
 from minunet.data.synthetic import touching_cells
-from minunet.evaluation.comparison_table import band, columns, machine_label
+from minunet.evaluation.comparison_table import band, columns, curves_of, machine_label
 
 TINY = ["--seeds", "0", "--iters", "4", "--val-every", "2", "--preset", "tiny", "--device",
         "cpu"]
@@ -258,6 +258,23 @@ def test_band_interpolates_the_seeds_on_the_minutes_they_all_cover():
     assert lo[at2] <= mean[at2] <= hi[at2]
 
 
+def test_curves_come_from_the_held_out_curve_else_from_the_training_validations(tmp_path):
+    run = tmp_path / "e/seed0/run"
+    run.mkdir(parents=True)
+    (run / "metrics.csv").write_text("iteration,elapsed_s,v_rand,v_info\n"
+                                     "5,2.0,0.6,0.9\n10,4.5,,\n15,7.0,0.8,0.95\n")
+    step = {"calibration": {"step_s": 6.0}}
+    cells = {"status": "done", "run": "e/seed0/run", "train": step}
+    (minutes, v_rand), = curves_of([cells], tmp_path)  # row 10 has no validation
+    assert minutes.tolist() == pytest.approx([0.5, 1.5]) and v_rand.tolist() == [0.6, 0.8]
+    (minutes, _), = curves_of([{**cells, "train": {}}], tmp_path)  # no calibration: wall-clock
+    assert minutes.tolist() == pytest.approx([2.0 / 60, 7.0 / 60])
+    isbi = {**cells, "curve": {"rows": [{"iteration": 10, "elapsed_s": None, "v_rand": 0.7}]}}
+    (minutes, v_rand), = curves_of([isbi], tmp_path)  # curve.csv's held-out V_rand first
+    assert minutes.tolist() == [1.0] and v_rand.tolist() == [0.7]
+    assert curves_of([cells]) == [] and curves_of([{**cells, "status": "failed"}], tmp_path) == []
+
+
 CELLS = ["--data", "cells:n=2,size=128", "--nets", "unet,unet-bn", "--seeds", "0", "--iters",
          "2", "--val-every", "2", "--preset", "tiny", "--device", "cpu"]
 
@@ -273,7 +290,7 @@ def test_cells_end_to_end_resumable_held_out_once(tmp_path, capsys):
         assert np.array_equal(np.asarray(Image.open(out / f"heldout/images/{i}.png")), c.image)
         labels = tifffile.imread(out / f"heldout/labels/{i}.tif")
         assert labels.dtype == np.uint16 and np.array_equal(labels, c.instances)
-    assert not (out / "figure.png").exists()
+    assert (out / "figure.png").stat().st_size > 0  # the validation V_rand of metrics.csv
     with open(out / "table.csv", newline="") as f:
         assert next(csv.reader(f)) == columns("cells")
     table = {r["entry"]: r for r in rows(out / "table.csv")}

@@ -11,12 +11,14 @@ traces back to a run folder:
                     spread over seeds (`apart`), and the failed runs with their logs
     OUT/table.csv   the same numbers unrounded (mean, min, max in columns), and the result.json
                     files each row comes from (column results; paths relative to OUT)
-    OUT/figure.png  ISBI 2012 only: held-out V_rand against minutes of training (with
-                    calibrated steps iteration x step time, else wall-clock) for every
-                    entry, the mean over seeds (line) and the min-max band, each
-                    seed's curve.csv interpolated linearly on a common grid of the minutes all
-                    its seeds cover (cells have no twin: scoring objects per kept checkpoint
-                    would predict every checkpoint with --instances, a run of its own)
+    OUT/figure.png  V_rand against minutes of training (with calibrated steps iteration x
+                    step time, else wall-clock) for every entry, the mean over seeds (line)
+                    and the min-max band, each seed's curve interpolated linearly on a
+                    common grid of the minutes all its seeds cover. ISBI 2012: the held-out
+                    V_rand of the kept checkpoints (curve.csv); cells: the validation V_rand
+                    (pixels) the training logged (run/metrics.csv), as scoring held-out
+                    objects per kept checkpoint would predict each with --instances, a run
+                    of its own
 
 The task (TABLES: 'isbi2012', 'cells') picks the score columns and the note under the table;
 the rest of a row is the same for both.
@@ -222,24 +224,39 @@ def apart(rows: list[dict], key: str) -> list[str]:
     return lines
 
 
-def curves_of(results: list[dict]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(minutes, V_rand) of each finished seed's curve.csv: minutes of training, for a run
-    with calibrated steps iteration * its calibrated step time (the same on every machine),
-    else the wall-clock seconds curve.csv records (rows with a time)."""
-    out = []
+def curves_of(results: list[dict], out: Path | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(minutes, V_rand) of each finished seed: the held-out curve of result.json (ISBI 2012,
+    from `curve`) or, where it has none (cells), the validation rows of OUT/<run>/metrics.csv.
+    Minutes of training: for a run with calibrated steps iteration * its calibrated step time
+    (the same on every machine), else the wall-clock seconds recorded (rows with a time)."""
+    curves = []
     for r in results:
         if r.get("status") != "done":
             continue
+        rows = r["curve"]["rows"] if "curve" in r else _metrics_rows(out, r)
         calibrated = (r.get("train") or {}).get("calibration")
         if calibrated:
-            rows = r["curve"]["rows"]
             minutes = [c["iteration"] * calibrated["step_s"] / 60 for c in rows]
         else:
-            rows = [c for c in r["curve"]["rows"] if c["elapsed_s"] is not None]
+            rows = [c for c in rows if c["elapsed_s"] is not None]
             minutes = [c["elapsed_s"] / 60 for c in rows]
         if rows:
-            out.append((np.array(minutes), np.array([c["v_rand"] for c in rows])))
-    return out
+            curves.append((np.array(minutes), np.array([c["v_rand"] for c in rows])))
+    return curves
+
+
+def _metrics_rows(out: Path | None, result: dict) -> list[dict]:
+    """The validations of a run's metrics.csv (OUT/<run>/metrics.csv) as curve rows:
+    [{'iteration', 'elapsed_s', 'v_rand'}], rows without a V_rand left out; [] without OUT or
+    the file."""
+    path = out / result["run"] / "metrics.csv" if out is not None and result.get("run") else None
+    if path is None or not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [{"iteration": int(row["iteration"]),
+                 "elapsed_s": float(row["elapsed_s"]) if row.get("elapsed_s") else None,
+                 "v_rand": float(row["v_rand"])}
+                for row in csv.DictReader(f) if row.get("v_rand")]
 
 
 def band(curves: list[tuple[np.ndarray, np.ndarray]]):
@@ -252,13 +269,16 @@ def band(curves: list[tuple[np.ndarray, np.ndarray]]):
     return grid, ys.mean(0), ys.min(0), ys.max(0)
 
 
-def plot(results: dict[str, list[dict]], path: Path, title: str = "") -> Path:
+def plot(results: dict[str, list[dict]], path: Path, title: str = "",
+         ylabel: str = "held-out V_rand (higher is better)", out: Path | None = None) -> Path:
+    """figure.png: V_rand against minutes of training per entry, mean over seeds and min-max
+    band (`curves_of`; OUT for the runs' metrics.csv where result.json has no curve)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 5), dpi=100)
     ax = fig.subplots()
     for c, (name, res) in enumerate(results.items()):
-        curves = curves_of(res)
+        curves = curves_of(res, out)
         if not curves:
             continue
         grid, mean, lo, hi = band(curves)
@@ -271,7 +291,7 @@ def plot(results: dict[str, list[dict]], path: Path, title: str = "") -> Path:
                      for res in results.values() for r in res)
     ax.set_xlabel("minutes of training (iteration x step time measured side by side)"
                   if calibrated else "wall-clock minutes of training")
-    ax.set_ylabel("held-out V_rand (higher is better)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
