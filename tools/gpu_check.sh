@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # tools/gpu_check.sh OUTDIR [ISBI_DIR]
 #
-# The one-shot GPU check of issue 17: everything the project wants to know from a short
-# lease of an NVIDIA H200, in one command of at most 8 minutes (GPU_CHECK_BUDGET seconds,
+# The one-shot GPU check of issue 30 (first filed as 17): everything the project wants to
+# know from a short lease of an NVIDIA H100 or H200, in one command of at most 8 minutes
+# (GPU_CHECK_BUDGET seconds,
 # counted by this script's own clock). Stages, in order:
 #   1. the card (nvidia-smi), the versions, and `pytest -m gpu` (kernels vs CPU twins,
 #      gradient checks on CuPy, plain vs fast, whole U-Net CPU vs GPU, no host<->device
@@ -198,7 +199,7 @@ skip_row() { row "$1" "$2" SKIPPED 0 - "$3"; }
 write_summary() {
     local r id what st wall lim key
     {
-        echo "# GPU check of issue 17: summary"
+        echo "# GPU check of issue 30: summary"
         echo
         echo "- started $START_DATE on $(hostname 2>/dev/null || echo '?'); $SECONDS s elapsed" \
             "of the ${BUDGET} s budget$([[ $DRY_RUN == 1 ]] && echo '; DRY RUN: nothing was run')"
@@ -251,7 +252,7 @@ stage_versions() {
 
 # 1c. Every GPU test: kernels vs CPU twins (float32, float64), gradient checks on CuPy,
 # plain vs fast on CuPy, whole U-Net CPU vs GPU, no copy or sync inside a training step.
-# A per-test limit where pytest-timeout is installed (it is on the H200 machine).
+# A per-test limit where pytest-timeout is installed (KINDS.md lists it on the device machines).
 stage_pytest() {
     local log=$OUT/pytest.log key args
     echo "== 1c pytest -m gpu"
