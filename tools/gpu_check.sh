@@ -3,8 +3,7 @@
 #
 # The one-shot GPU check of issue 30 (first filed as 17): everything the project wants to
 # know from a short lease of an NVIDIA H100 or H200, in one command of at most 8 minutes
-# (GPU_CHECK_BUDGET seconds,
-# counted by this script's own clock). Stages, in order:
+# (GPU_CHECK_BUDGET seconds, counted by this script's own clock). Stages, in order:
 #   1. the card (nvidia-smi), the versions, and `pytest -m gpu` (kernels vs CPU twins,
 #      gradient checks on CuPy, plain vs fast, whole U-Net CPU vs GPU, no host<->device
 #      copy inside a training step) with a junit report;
